@@ -1,0 +1,72 @@
+# giantvm: `make` builds build/giantvm and build/libgiantvm-preload.so;
+# `make test` runs every test; `make demo` boots a small guest on an embedded pool.
+# ASAN=1 builds everything with AddressSanitizer + UndefinedBehaviorSanitizer.
+
+CC       ?= cc
+BUILD    ?= build
+PREFIX   ?= /usr/local
+CFLAGS   ?= -O2 -g
+CFLAGS   += -std=gnu11 -Wall -Wextra -Werror -Wno-format-truncation -fPIC -pthread -D_GNU_SOURCE \
+            -Iinclude -Isrc/lib -Isrc/memserver
+LDLIBS   += -pthread -lcrypto
+ifeq ($(ASAN),1)
+CFLAGS   += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS  += -fsanitize=address,undefined
+BUILD    := build-asan
+endif
+
+LIB_SRC  := $(wildcard src/lib/*.c) $(wildcard src/memserver/*.c)
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+CLI_SRC  := $(wildcard src/cli/*.c)
+CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
+PRE_SRC  := $(wildcard src/preload/*.c)
+PRE_OBJ  := $(PRE_SRC:%.c=$(BUILD)/%.o)
+UNIT_SRC := $(wildcard tests/unit/*.c)
+UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+INT_SRC  := $(wildcard tests/integration/*.c)
+INT_BIN  := $(INT_SRC:tests/integration/%.c=$(BUILD)/tests/%)
+
+.PHONY: all test unit demo install clean fuzz bench
+all: $(BUILD)/giantvm $(BUILD)/libgiantvm-preload.so $(UNIT_BIN) $(INT_BIN)
+
+$(BUILD)/%.o: %.c $(wildcard include/*.h src/*/*.h tests/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/libgiantvm.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/giantvm: $(CLI_OBJ) $(BUILD)/libgiantvm.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# The preload library exports only what src/preload/preload.map lists.
+$(BUILD)/libgiantvm-preload.so: $(PRE_OBJ) $(BUILD)/libgiantvm.a src/preload/preload.map
+	$(CC) $(LDFLAGS) -shared -Wl,--version-script=src/preload/preload.map -o $@ $(PRE_OBJ) $(BUILD)/libgiantvm.a $(LDLIBS) -ldl
+
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libgiantvm.a tests/test.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests $(LDFLAGS) -o $@ $< $(BUILD)/libgiantvm.a $(LDLIBS)
+
+$(BUILD)/tests/%: tests/integration/%.c $(BUILD)/libgiantvm.a tests/test.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests $(LDFLAGS) -o $@ $< $(BUILD)/libgiantvm.a $(LDLIBS)
+
+test: all
+	BUILD=$(BUILD) tests/run.sh
+
+unit: all
+	BUILD=$(BUILD) tests/run.sh unit
+
+demo: all
+	BUILD=$(BUILD) tests/e2e/demo.sh
+
+bench: all
+	$(BUILD)/giantvm bench
+
+install: all
+	install -D -m 755 $(BUILD)/giantvm $(DESTDIR)$(PREFIX)/bin/giantvm
+	install -D -m 755 $(BUILD)/libgiantvm-preload.so $(DESTDIR)$(PREFIX)/lib/giantvm/libgiantvm-preload.so
+
+clean:
+	rm -rf build build-asan build-fuzz

@@ -1,0 +1,113 @@
+/*
+ * giantvm: a memory range whose pages live in a pool of memory servers.
+ *
+ * A pool is a set of memory nodes (cluster_uffd.conf) and a placement
+ * function. An engine owns one userfaultfd and one event thread; regions are
+ * attached to it: a missing page of a region is fetched from the node that
+ * owns its stripe and installed with UFFDIO_COPY (UFFDIO_ZEROPAGE for zero
+ * pages). Functions return >= 0 on success and -errno on failure; they never
+ * print to stdout and never exit the process.
+ */
+#ifndef GIANTVM_H
+#define GIANTVM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define GVM_REGION_KEY_SIZE 32
+
+struct gvm_pool;
+struct gvm_engine;
+
+struct gvm_pool_opts {
+	const char *config_path;      /* cluster_uffd.conf, or NULL to use nodes[] */
+	const char *const *nodes;     /* "HOST[:PORT]" list when config_path is NULL */
+	unsigned n_nodes;
+	const void *token;            /* shared secret for HELLO, or NULL */
+	size_t token_len;
+	unsigned replicas;            /* copies of each stripe; 0 = 2 if >= 2 nodes, else 1 */
+	int request_timeout_ms;       /* no reply within this: fail over; 0 = 2000 */
+	int fault_deadline_ms;        /* every replica down this long: give up; 0 = 10000 */
+};
+
+/* Load the config and build the placement. On error, err holds "FILE:LINE: why". */
+int gvm_pool_open(struct gvm_pool **out, const struct gvm_pool_opts *opts, char *err, size_t errlen);
+void gvm_pool_close(struct gvm_pool *pool);
+unsigned gvm_pool_node_count(const struct gvm_pool *pool);
+const char *gvm_pool_node_name(const struct gvm_pool *pool, unsigned node);
+unsigned gvm_pool_replicas(const struct gvm_pool *pool);
+/* Try to connect to every node (HELLO included) within timeout_ms; -EHOSTUNREACH
+ * with the first unreachable node's name in err. For "is the pool up" checks. */
+int gvm_pool_probe(const struct gvm_pool *pool, int timeout_ms, char *err, size_t errlen);
+
+/* What to do when a page cannot be fetched from any replica before the deadline. */
+enum gvm_lost_policy {
+	GVM_LOST_POISON = 0,  /* UFFDIO_POISON: the accessor gets SIGBUS (kernel >= 6.6), else FATAL */
+	GVM_LOST_FATAL,       /* call on_fatal (default: log; the caller decides to stop) */
+};
+
+struct gvm_engine_opts {
+	unsigned prefetch;            /* pages fetched per fault, 1..32 (power of 2); 0 = 32 */
+	unsigned readahead;           /* windows fetched ahead of a sequential run; 0 = default 4, -1u = none */
+	uint64_t local_mem;           /* resident-page budget in bytes; 0 = unlimited */
+	int lost_policy;              /* enum gvm_lost_policy */
+	/* Called on the engine thread when the engine cannot go on (e.g. pages
+	 * lost with no POISON support). May not return. NULL = log only. */
+	void (*on_fatal)(const char *why, void *arg);
+	void *fatal_arg;
+};
+
+int gvm_engine_open(struct gvm_engine **out, struct gvm_pool *pool, const struct gvm_engine_opts *opts);
+/*
+ * Register [addr, addr+len) (page aligned, anonymous private memory) with
+ * userfaultfd under `region` and its key. Pages already present stay as they
+ * are and count as resident. Returns 0 or -errno.
+ */
+int gvm_engine_attach(struct gvm_engine *e, uint64_t region, const uint8_t key[GVM_REGION_KEY_SIZE],
+		      void *addr, size_t len);
+/* Write every resident page of every region to the pool and wait for the
+ * acknowledgements. Zero pages are not sent (the pool forgets them). */
+int gvm_engine_flush(struct gvm_engine *e);
+void gvm_engine_close(struct gvm_engine *e);
+
+struct gvm_stats {
+	uint64_t faults;              /* userfaultfd faults handled */
+	uint64_t pages_fetched;       /* pages installed from the pool (incl. zero) */
+	uint64_t zero_pages;          /* of which zero (UFFDIO_ZEROPAGE, nothing sent) */
+	uint64_t readahead_pages;     /* installed ahead of any fault */
+	uint64_t bytes_in;            /* page bytes received */
+	uint64_t bytes_out;           /* page bytes written to the pool */
+	uint64_t resident_pages;
+	uint64_t budget_pages;        /* 0 = unlimited */
+	uint64_t evictions;           /* pages dropped */
+	uint64_t writebacks;          /* dirty pages written back */
+	uint64_t clean_drops;         /* pages dropped without a write */
+	uint64_t errors;              /* failed requests, connection losses */
+	uint64_t lost_pages;          /* pages given up on (poisoned or fatal) */
+	uint64_t fault_p50_ns;
+	uint64_t fault_p99_ns;
+	unsigned nodes;               /* nodes in the pool */
+	unsigned nodes_connected;
+	unsigned nodes_down;
+};
+int gvm_engine_stats(struct gvm_engine *e, struct gvm_stats *st);
+/* Per-node figures as a JSON array into buf (nodes with traffic only). */
+int gvm_engine_nodes_json(struct gvm_engine *e, char *buf, size_t len);
+
+/* Kernel userfaultfd features found at engine open, as text (for logs). */
+const char *gvm_engine_features(const struct gvm_engine *e);
+
+/* Region id for a VM's RAM block: FNV/mix hash of "vm-id/block-name". */
+uint64_t gvm_region_id(const char *vm_id, const char *block);
+/* Region key: HMAC-SHA256(secret, "giantvm-region-key" || region) into key. */
+int gvm_region_key(const void *secret, size_t secret_len, uint64_t region,
+		   uint8_t key[GVM_REGION_KEY_SIZE]);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,497 @@
+/*
+ * giantvm bench: measures the pool and the fault path in one run.
+ *
+ *  1. fills a fresh region with incompressible non-zero pages (every replica);
+ *  2. tcp_rtt_us: round trip of a one-page (4 KiB) READ on a blocking
+ *     connection to each node (the network + server floor);
+ *  3. local ceiling: the same fault path served from a local buffer by a
+ *     plain userfaultfd handler with the same window (local_fault_us is its
+ *     random-fault p50, local_ceiling_GBps its sequential first touch);
+ *  4. remote random single-page faults through the engine (p50, p99);
+ *  5. remote sequential first touch through the engine (seq_GBps).
+ * Every page read is verified against the pattern.
+ */
+#define LOG_PREFIX "bench: "
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "client.h"
+#include "common.h"
+#include "log.h"
+#include "placement.h"
+#include "pool_int.h"
+#include "uffd.h"
+#include "util.h"
+
+#define PAGE GVM_PAGE_SIZE
+
+struct bench_opts {
+	struct cli_pool_args pa;
+	uint64_t size;
+	unsigned prefetch;
+	unsigned samples;
+	int json;
+};
+
+static void pattern_page(uint64_t seed, uint64_t page, void *out)
+{
+	uint64_t *w = out;
+	uint64_t x = gvm_mix64(seed ^ (page * 0x9e3779b97f4a7c15ull));
+
+	for (unsigned i = 0; i < PAGE / 8; i++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		w[i] = x | 1; /* never an all-zero page */
+	}
+}
+
+static int verify_range(const uint8_t *base, uint64_t seed, uint64_t first, uint64_t n)
+{
+	uint8_t want[PAGE];
+
+	for (uint64_t p = first; p < first + n; p++) {
+		pattern_page(seed, p, want);
+		if (memcmp(base + p * PAGE, want, PAGE)) {
+			fprintf(stderr, "giantvm bench: page %" PRIu64 " differs from what was written\n", p);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+static double pct_us(uint64_t *v, size_t n, double p)
+{
+	if (!n)
+		return 0;
+	qsort(v, n, sizeof(*v), cmp_u64);
+	return (double)v[(size_t)((double)(n - 1) * p)] / 1000.0;
+}
+
+/* ----------------------------------------------------------- fill + rtt */
+
+struct node_clients {
+	struct gvm_client *c;
+	uint8_t *connected;
+};
+
+static int client_for(struct gvm_pool *pool, struct node_clients *nc, uint32_t node,
+		      uint64_t region, const uint8_t *key)
+{
+	int r;
+
+	if (nc->connected[node])
+		return 0;
+	r = gvm_client_connect(&nc->c[node], gvm_node_name(&pool->cfg, node), pool->token,
+			       pool->token_len, 5000);
+	if (!r)
+		r = gvm_client_open(&nc->c[node], region, key);
+	if (r) {
+		fprintf(stderr, "giantvm bench: node %s: %s\n", gvm_node_name(&pool->cfg, node), strerror(-r));
+		return r;
+	}
+	nc->connected[node] = 1;
+	return 0;
+}
+
+static int fill(struct gvm_pool *pool, struct node_clients *nc, uint64_t region, const uint8_t *key,
+		uint64_t seed, uint64_t npages)
+{
+	uint8_t *buf = malloc((size_t)GVM_STRIPE_PAGES * PAGE);
+	int r = 0;
+
+	if (!buf)
+		return -ENOMEM;
+	for (uint64_t s = 0; s * GVM_STRIPE_PAGES < npages && !r; s++) {
+		uint64_t p0 = s * GVM_STRIPE_PAGES;
+		unsigned n = (unsigned)GVM_MIN((uint64_t)GVM_STRIPE_PAGES, npages - p0);
+		uint32_t nodes[GVM_MAX_REPLICAS];
+		unsigned nr = gvm_placement_replicas(&pool->pl, region, s, pool->replicas, nodes);
+
+		for (unsigned i = 0; i < n; i++)
+			pattern_page(seed, p0 + i, buf + (size_t)i * PAGE);
+		for (unsigned k = 0; k < nr && !r; k++) {
+			r = client_for(pool, nc, nodes[k], region, key);
+			if (!r)
+				r = gvm_client_write(&nc->c[nodes[k]], region, p0, n, buf);
+			if (r)
+				fprintf(stderr, "giantvm bench: fill: node %s: %s\n",
+					gvm_node_name(&pool->cfg, nodes[k]), strerror(-r));
+		}
+	}
+	free(buf);
+	return r;
+}
+
+static double measure_rtt(struct gvm_pool *pool, struct node_clients *nc, uint64_t region,
+			  const uint8_t *key, uint64_t npages)
+{
+	enum { PER_NODE = 200 };
+	uint32_t n = pool->cfg.n_nodes;
+	uint32_t nodes_used = GVM_MIN(n, 16u); /* sample at most 16 nodes */
+	uint64_t *v = calloc((size_t)nodes_used * PER_NODE, sizeof(*v));
+	uint8_t buf[PAGE];
+	size_t k = 0;
+	double r;
+
+	if (!v)
+		return -1;
+	for (uint32_t s = 0, seen = 0; s * GVM_STRIPE_PAGES < npages && seen < nodes_used; s++) {
+		uint32_t node = gvm_placement_node(&pool->pl, region, s);
+		if (nc->connected[node] == 2 || client_for(pool, nc, node, region, key))
+			continue;
+		nc->connected[node] = 2;
+		seen++;
+		for (int i = 0; i < PER_NODE; i++) {
+			uint64_t t0 = gvm_now_ns();
+			if (gvm_client_read(&nc->c[node], region, s * GVM_STRIPE_PAGES, 1, buf))
+				break;
+			v[k++] = gvm_now_ns() - t0;
+		}
+	}
+	r = pct_us(v, k, 0.5);
+	free(v);
+	return r;
+}
+
+/* ------------------------------------------------------ local ceiling */
+
+struct local_handler {
+	int uffd, quitfd;
+	uintptr_t base;
+	uint64_t npages;
+	unsigned window;
+	const uint8_t *src;  /* npages of pattern */
+	uint64_t faults;
+};
+
+static void *local_thread(void *arg)
+{
+	struct local_handler *h = arg;
+	struct pollfd pfd[2] = { { .fd = h->uffd, .events = POLLIN }, { .fd = h->quitfd, .events = POLLIN } };
+	struct uffd_msg msg;
+
+	for (;;) {
+		if (poll(pfd, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			return NULL;
+		}
+		if (pfd[1].revents)
+			return NULL;
+		ssize_t n = read(h->uffd, &msg, sizeof(msg));
+		if (n != sizeof(msg) || msg.event != UFFD_EVENT_PAGEFAULT)
+			continue;
+		uint64_t p = (msg.arg.pagefault.address - h->base) / PAGE;
+		uint64_t w0 = p / h->window * h->window;
+		uint64_t len = GVM_MIN((uint64_t)h->window, h->npages - w0) * PAGE;
+		uintptr_t dst = h->base + w0 * PAGE;
+		const uint8_t *src = h->src + w0 * PAGE;
+		h->faults++;
+		while (len) {
+			struct uffdio_copy c = { .dst = dst, .src = (uintptr_t)src, .len = len };
+			if (ioctl(h->uffd, UFFDIO_COPY, &c) == 0)
+				break;
+			int64_t done = c.copy > 0 ? c.copy : 0;
+			dst += (uint64_t)done; src += done; len -= (uint64_t)done;
+			if (errno == EEXIST) {
+				struct uffdio_range rr = { dst, PAGE };
+				if (ioctl(h->uffd, UFFDIO_WAKE, &rr) < 0)
+					break;
+				dst += PAGE; src += PAGE; len -= PAGE;
+			} else if (errno != EAGAIN) {
+				perror("giantvm bench: UFFDIO_COPY");
+				break;
+			}
+		}
+	}
+}
+
+static void touch_random(uint8_t *base, uint64_t npages, unsigned window, unsigned samples,
+			 uint64_t seed, uint64_t *lat, uint64_t *pages)
+{
+	uint64_t nwin = (npages + window - 1) / window;
+	uint64_t x = seed | 1;
+
+	/* Distinct windows, so every sample is a real fault. */
+	uint64_t step = nwin / samples ? nwin / samples : 1;
+	for (unsigned i = 0; i < samples; i++) {
+		x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+		uint64_t w = (i * step + x % step) % nwin;
+		uint64_t p = w * window + (x >> 20) % GVM_MIN((uint64_t)window, npages - w * window);
+		volatile uint8_t *a = base + p * PAGE;
+		uint64_t t0 = gvm_now_ns();
+		(void)*a;
+		lat[i] = gvm_now_ns() - t0;
+		pages[i] = p;
+	}
+}
+
+static double touch_seq(uint8_t *base, uint64_t npages)
+{
+	uint64_t t0 = gvm_now_ns();
+	for (uint64_t p = 0; p < npages; p++)
+		(void)*(volatile uint8_t *)(base + p * PAGE);
+	return (double)(gvm_now_ns() - t0) / 1e9;
+}
+
+static int local_run(uint64_t npages, unsigned window, const uint8_t *src, int random_mode,
+		     unsigned samples, uint64_t *lat, uint64_t *pages, double *secs)
+{
+	size_t len = npages * PAGE;
+	struct local_handler h = { .npages = npages, .window = window, .src = src };
+	struct uffdio_register reg = { .mode = UFFDIO_REGISTER_MODE_MISSING };
+	pthread_t th;
+	uint64_t one = 1;
+	int r = -1;
+	uint8_t *base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (base == MAP_FAILED) {
+		perror("giantvm bench: mmap");
+		return -1;
+	}
+	h.base = (uintptr_t)base;
+	h.uffd = gvm_uffd_open(0, NULL, NULL);
+	if (h.uffd < 0)
+		goto out_unmap;
+	h.quitfd = eventfd(0, EFD_CLOEXEC);
+	if (h.quitfd < 0)
+		goto out_uffd;
+	reg.range.start = h.base;
+	reg.range.len = len;
+	if (ioctl(h.uffd, UFFDIO_REGISTER, &reg) < 0) {
+		perror("giantvm bench: UFFDIO_REGISTER");
+		goto out_ev;
+	}
+	if (pthread_create(&th, NULL, local_thread, &h))
+		goto out_ev;
+	if (random_mode)
+		touch_random(base, npages, window, samples, 42, lat, pages);
+	else
+		*secs = touch_seq(base, npages);
+	if (write(h.quitfd, &one, sizeof(one)) < 0)
+		perror("giantvm bench: eventfd");
+	pthread_join(th, NULL);
+	r = random_mode || !memcmp(base, src, len) ? 0 : -1;
+out_ev:
+	close(h.quitfd);
+out_uffd:
+	close(h.uffd);
+out_unmap:
+	munmap(base, len);
+	return r;
+}
+
+/* ------------------------------------------------------------ remote */
+
+static int remote_run(struct gvm_pool *pool, unsigned prefetch, unsigned readahead, uint64_t region,
+		      const uint8_t *key, uint64_t seed, uint64_t npages, int random_mode,
+		      unsigned samples, uint64_t *lat, double *secs, struct gvm_stats *st)
+{
+	struct gvm_engine_opts eo = { .prefetch = prefetch, .readahead = readahead };
+	struct gvm_engine *e = NULL;
+	size_t len = npages * PAGE;
+	uint64_t *pages = NULL;
+	int r;
+	uint8_t *base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (base == MAP_FAILED) {
+		perror("giantvm bench: mmap");
+		return -1;
+	}
+	r = gvm_engine_open(&e, pool, &eo);
+	if (r)
+		goto out;
+	r = gvm_engine_attach(e, region, key, base, len);
+	if (r)
+		goto out;
+	if (random_mode) {
+		pages = calloc(samples, sizeof(*pages));
+		if (!pages) {
+			r = -ENOMEM;
+			goto out;
+		}
+		touch_random(base, npages, prefetch, samples, 7, lat, pages);
+		for (unsigned i = 0; i < samples && !r; i++)
+			r = verify_range(base, seed, pages[i], 1);
+	} else {
+		*secs = touch_seq(base, npages);
+		r = verify_range(base, seed, 0, npages);
+	}
+	gvm_engine_stats(e, st);
+out:
+	gvm_engine_close(e);
+	free(pages);
+	munmap(base, len);
+	return r;
+}
+
+static void usage(FILE *f)
+{
+	fputs("usage: giantvm bench [--pool FILE] [--size SIZE] [--prefetch N] [--samples N]\n"
+	      "                     [--replicas R] [--token-file F] [--json]\n"
+	      "\n"
+	      "Fills a fresh region of SIZE (default 256M) in the pool with non-zero pages,\n"
+	      "then measures in one run: the 4 KiB READ round trip to each node (tcp_rtt_us),\n"
+	      "the local userfaultfd ceiling with the same window (local_fault_us,\n"
+	      "local_ceiling_GBps), random single-page remote faults (remote_fault_p50_us,\n"
+	      "remote_fault_p99_us) and a sequential first touch (seq_GBps). Every page read\n"
+	      "is verified. --prefetch is the fault window in pages (1..32, default 32).\n", f);
+}
+
+int cmd_bench(int argc, char **argv)
+{
+	struct bench_opts o = { .size = 256ull << 20, .prefetch = GVM_STRIPE_PAGES, .samples = 2000 };
+	struct cli_pool cp;
+	struct node_clients nc = { 0 };
+	uint8_t key[GVM_REGION_KEY_SIZE];
+	uint64_t region, seed, npages, *lat = NULL, *lpages = NULL;
+	uint8_t *local_src = NULL;
+	double rtt, local_secs = 0, seq_secs = 0, local_p50, remote_p50, remote_p99, dummy;
+	struct gvm_stats st_rand, st_seq;
+	uint64_t t_fill;
+	int rc = 1;
+
+	for (int i = 1; i < argc; i++) {
+		const char *v;
+		uint64_t n;
+		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+			usage(stdout);
+			return 0;
+		} else if (!strcmp(argv[i], "--json")) {
+			o.json = 1;
+		} else if ((v = cli_optval(argc, argv, &i, "--pool"))) {
+			o.pa.pool_path = v;
+		} else if ((v = cli_optval(argc, argv, &i, "--token-file"))) {
+			o.pa.token_file = v;
+		} else if ((v = cli_optval(argc, argv, &i, "--size"))) {
+			if (gvm_parse_size(v, &o.size) || o.size < (1u << 20)) {
+				fprintf(stderr, "giantvm bench: --size '%s': a size of at least 1M (e.g. 256M, 1G)\n", v);
+				return GVM_EXIT_USAGE;
+			}
+		} else if ((v = cli_optval(argc, argv, &i, "--prefetch"))) {
+			if (gvm_parse_u64(v, 1, GVM_STRIPE_PAGES, &n) || (n & (n - 1))) {
+				fprintf(stderr, "giantvm bench: --prefetch '%s': a power of two from 1 to %u\n", v, GVM_STRIPE_PAGES);
+				return GVM_EXIT_USAGE;
+			}
+			o.prefetch = (unsigned)n;
+		} else if ((v = cli_optval(argc, argv, &i, "--samples"))) {
+			if (gvm_parse_u64(v, 10, 1000000, &n)) {
+				fprintf(stderr, "giantvm bench: --samples '%s': a number from 10 to 1000000\n", v);
+				return GVM_EXIT_USAGE;
+			}
+			o.samples = (unsigned)n;
+		} else if ((v = cli_optval(argc, argv, &i, "--replicas"))) {
+			if (gvm_parse_u64(v, 1, GVM_MAX_REPLICAS, &n)) {
+				fprintf(stderr, "giantvm bench: --replicas '%s': a number from 1 to %u\n", v, GVM_MAX_REPLICAS);
+				return GVM_EXIT_USAGE;
+			}
+			o.pa.replicas = (unsigned)n;
+		} else {
+			fprintf(stderr, "giantvm bench: unknown option '%s'\n", argv[i]);
+			usage(stderr);
+			return GVM_EXIT_USAGE;
+		}
+	}
+	npages = o.size / PAGE;
+	if (o.samples > npages / o.prefetch)
+		o.samples = (unsigned)(npages / o.prefetch);
+	if (cli_pool_open(&cp, &o.pa))
+		return 1;
+	if (gvm_random(&seed, sizeof(seed)) || gvm_random(key, sizeof(key))) {
+		fprintf(stderr, "giantvm bench: getrandom failed\n");
+		goto out;
+	}
+	region = gvm_mix64(seed ^ 0x62656e6368ull);
+	nc.c = calloc(cp.pool->cfg.n_nodes, sizeof(*nc.c));
+	nc.connected = calloc(cp.pool->cfg.n_nodes, 1);
+	lat = calloc(o.samples, sizeof(*lat));
+	lpages = calloc(o.samples, sizeof(*lpages));
+	local_src = malloc(npages * PAGE);
+	if (!nc.c || !nc.connected || !lat || !lpages || !local_src) {
+		fprintf(stderr, "giantvm bench: out of memory\n");
+		goto out;
+	}
+	for (uint64_t p = 0; p < npages; p++)
+		pattern_page(seed, p, local_src + p * PAGE);
+
+	t_fill = gvm_now_ns();
+	if (fill(cp.pool, &nc, region, key, seed, npages))
+		goto out;
+	t_fill = gvm_now_ns() - t_fill;
+	rtt = measure_rtt(cp.pool, &nc, region, key, npages);
+
+	/* Local ceiling: same window, pages from a local buffer. */
+	if (local_run(npages, o.prefetch, local_src, 1, o.samples, lat, lpages, &dummy))
+		goto out;
+	local_p50 = pct_us(lat, o.samples, 0.5);
+	if (local_run(npages, o.prefetch, local_src, 0, 0, NULL, NULL, &local_secs))
+		goto out;
+
+	/* Remote: random faults without readahead, then a sequential pass. */
+	if (remote_run(cp.pool, o.prefetch, -1u, region, key, seed, npages, 1, o.samples, lat, &dummy,
+		       &st_rand))
+		goto out;
+	remote_p50 = pct_us(lat, o.samples, 0.5);
+	remote_p99 = pct_us(lat, o.samples, 0.99);
+	if (remote_run(cp.pool, o.prefetch, 0, region, key, seed, npages, 0, 0, NULL, &seq_secs, &st_seq))
+		goto out;
+
+	double gb = (double)o.size / 1e9;
+	if (o.json) {
+		printf("{\"nodes\":%u,\"replicas\":%u,\"size_bytes\":%" PRIu64 ",\"prefetch\":%u,"
+		       "\"samples\":%u,\"fill_GBps\":%.3f,\"tcp_rtt_us\":%.1f,\"local_fault_us\":%.1f,"
+		       "\"local_ceiling_GBps\":%.3f,\"remote_fault_p50_us\":%.1f,"
+		       "\"remote_fault_p99_us\":%.1f,\"seq_GBps\":%.3f,\"seq_vs_ceiling\":%.3f,"
+		       "\"seq_faults\":%" PRIu64 ",\"seq_readahead_pages\":%" PRIu64 ",\"verified\":true}\n",
+		       cp.pool->cfg.n_nodes, cp.pool->replicas, o.size, o.prefetch, o.samples,
+		       gb * (double)cp.pool->replicas / ((double)t_fill / 1e9), rtt, local_p50,
+		       gb / local_secs, remote_p50, remote_p99, gb / seq_secs,
+		       (gb / seq_secs) / (gb / local_secs), st_seq.faults, st_seq.readahead_pages);
+	} else {
+		printf("giantvm bench: %u node%s (%s), replicas %u, region %s, window %u pages\n",
+		       cp.pool->cfg.n_nodes, cp.pool->cfg.n_nodes == 1 ? "" : "s", cp.source,
+		       cp.pool->replicas, gvm_fmt_size(o.size, (char[32]){ 0 }, 32), o.prefetch);
+		printf("  %-34s %10.3f GB/s\n", "fill (all replicas)", gb * (double)cp.pool->replicas / ((double)t_fill / 1e9));
+		printf("  %-34s %10.1f us\n", "tcp_rtt_us (4 KiB READ, p50)", rtt);
+		printf("  %-34s %10.1f us\n", "local_fault_us (p50)", local_p50);
+		printf("  %-34s %10.3f GB/s\n", "local_ceiling_GBps", gb / local_secs);
+		printf("  %-34s %10.1f us\n", "remote_fault_p50_us", remote_p50);
+		printf("  %-34s %10.1f us\n", "remote_fault_p99_us", remote_p99);
+		printf("  %-34s %10.3f GB/s  (%.2fx ceiling)\n", "seq_GBps", gb / seq_secs,
+		       (gb / seq_secs) / (gb / local_secs));
+		printf("  every page read was verified (%u random, %" PRIu64 " sequential)\n", o.samples, npages);
+	}
+	rc = 0;
+out:
+	if (nc.c)
+		for (uint32_t i = 0; i < cp.pool->cfg.n_nodes; i++)
+			if (nc.connected[i]) {
+				gvm_client_free(&nc.c[i], region);
+				gvm_client_close(&nc.c[i]);
+			}
+	free(nc.c);
+	free(nc.connected);
+	free(lat);
+	free(lpages);
+	free(local_src);
+	cli_pool_close(&cp);
+	return rc;
+}

@@ -1,0 +1,102 @@
+#define LOG_PREFIX ""
+#include "common.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "auth.h"
+#include "config.h"
+#include "log.h"
+
+static void *embedded_main(void *arg)
+{
+	struct gvm_memserver *s = arg;
+
+	if (gvm_memserver_run(s) < 0)
+		pr_err("embedded memory server stopped with an error");
+	return NULL;
+}
+
+int cli_pool_open(struct cli_pool *cp, const struct cli_pool_args *a)
+{
+	struct gvm_pool_opts po = { .replicas = a->replicas };
+	char err[512] = "";
+	int r;
+
+	memset(cp, 0, sizeof(*cp));
+	if (a->token_file) {
+		r = gvm_auth_load_token(a->token_file, &cp->token, &cp->token_len, err, sizeof(err));
+		if (r) {
+			fprintf(stderr, "giantvm: %s\n", err);
+			return 1;
+		}
+		po.token = cp->token;
+		po.token_len = cp->token_len;
+	}
+	cp->path = gvm_config_locate(a->pool_path, &cp->source);
+	if (cp->path) {
+		po.config_path = cp->path;
+	} else {
+		struct gvm_memserver_opts so = { .listen = { "127.0.0.1:0" }, .n_listen = 1 };
+		const char *node = cp->embedded_addr;
+
+		r = gvm_memserver_open(&cp->embedded, &so);
+		if (r) {
+			fprintf(stderr, "giantvm: cannot start the embedded memory server: %s\n", strerror(-r));
+			return 1;
+		}
+		snprintf(cp->embedded_addr, sizeof(cp->embedded_addr), "127.0.0.1:%d",
+			 gvm_memserver_port(cp->embedded, 0));
+		r = pthread_create(&cp->embedded_thread, NULL, embedded_main, cp->embedded);
+		if (r) {
+			fprintf(stderr, "giantvm: pthread_create: %s\n", strerror(r));
+			gvm_memserver_close(cp->embedded);
+			cp->embedded = NULL;
+			return 1;
+		}
+		po.nodes = &node;
+		po.n_nodes = 1;
+		cp->source = "embedded";
+	}
+	r = gvm_pool_open(&cp->pool, &po, err, sizeof(err));
+	if (r) {
+		fprintf(stderr, "giantvm: %s\n", err);
+		cli_pool_close(cp);
+		return 1;
+	}
+	return 0;
+}
+
+void cli_pool_close(struct cli_pool *cp)
+{
+	gvm_pool_close(cp->pool);
+	cp->pool = NULL;
+	if (cp->embedded) {
+		gvm_memserver_stop(cp->embedded);
+		pthread_join(cp->embedded_thread, NULL);
+		gvm_memserver_close(cp->embedded);
+		cp->embedded = NULL;
+	}
+	free(cp->token);
+	cp->token = NULL;
+}
+
+const char *cli_optval(int argc, char **argv, int *i, const char *name)
+{
+	size_t n = strlen(name);
+	const char *a = argv[*i];
+
+	if (strncmp(a, name, n))
+		return NULL;
+	if (a[n] == '=')
+		return a + n + 1;
+	if (a[n])
+		return NULL;
+	if (*i + 1 >= argc) {
+		fprintf(stderr, "giantvm: %s needs a value\n", name);
+		exit(2); /* usage error, like GVM_EXIT_USAGE */
+	}
+	return argv[++*i];
+}

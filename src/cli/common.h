@@ -1,0 +1,36 @@
+/* What several subcommands share: choosing the pool, the embedded server. */
+#ifndef GVM_CLI_COMMON_H
+#define GVM_CLI_COMMON_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "giantvm.h"
+#include "memserver.h"
+
+struct cli_pool {
+	struct gvm_pool *pool;
+	const char *path;              /* config file used, or NULL (embedded) */
+	const char *source;            /* where the path came from */
+	struct gvm_memserver *embedded;/* the embedded server, or NULL */
+	pthread_t embedded_thread;
+	char embedded_addr[64];        /* "127.0.0.1:PORT" */
+	uint8_t *token;
+	size_t token_len;
+};
+
+struct cli_pool_args {
+	const char *pool_path;         /* --pool */
+	const char *token_file;        /* --token-file */
+	unsigned replicas;             /* --replicas (0 = default) */
+};
+
+/* Open the pool named by the arguments / environment, or start an embedded
+ * server. Prints a clear error and returns non-zero on failure. */
+int cli_pool_open(struct cli_pool *cp, const struct cli_pool_args *a);
+void cli_pool_close(struct cli_pool *cp);
+
+/* Parse "--opt=value" or "--opt value"; returns the value or NULL. */
+const char *cli_optval(int argc, char **argv, int *i, const char *name);
+
+#endif

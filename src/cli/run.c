@@ -1,0 +1,586 @@
+/*
+ * giantvm run [OPTIONS] -- QEMU [ARGS...]
+ *
+ * DESIGN
+ * UFFD mode: QEMU is started with libgiantvm-preload.so, paused (-S) and
+ * with a private QMP socket. Over QMP we learn which RAM blocks are guest
+ * RAM (query-memdev: every memory backend, including the one -m creates)
+ * and their sizes (info ramblock; its HVA column from QEMU 8.0 on). The
+ * preload recorded QEMU's RAM mmaps; we match blocks to those mappings, ask
+ * the preload to attach each block to the engine, and only then let the
+ * guest run (QMP cont). A block that cannot be matched stops everything with
+ * an error: the guest never runs on local RAM by accident.
+ *
+ * ORIGINAL mode: exec the original GiantVM QEMU with its cluster options.
+ */
+#define LOG_PREFIX ""
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "client.h"
+#include "common.h"
+#include "config.h"
+#include "log.h"
+#include "mode.h"
+#include "placement.h"
+#include "pool_int.h"
+#include "run_util.h"
+#include "util.h"
+
+struct run_opts {
+	struct cli_pool_args pa;
+	unsigned prefetch;
+	const char *vm_id;
+	const char *local_mem;
+	const char *orig_qemu;
+	const char *orig_conf;
+	long orig_id;
+	long orig_cpus;
+	int allow_vfio;
+	int timeout_ms, deadline_ms;
+	char **qemu_argv;
+	int qemu_argc;
+};
+
+static volatile sig_atomic_t child_pid;
+
+static void forward_signal(int sig)
+{
+	if (child_pid > 0)
+		kill(child_pid, sig);
+}
+
+static void usage(FILE *f)
+{
+	fputs("usage: giantvm run [OPTIONS] -- QEMU [QEMU ARGS...]\n"
+	      "\n"
+	      "Boots QEMU with the guest's RAM in the memory pool (UFFD mode), or hands over\n"
+	      "to the original GiantVM QEMU when the GiantVM kernel module is loaded.\n"
+	      "\n"
+	      "UFFD mode:\n"
+	      "  --pool FILE          pool config (else $GIANTVM_POOL, ./cluster_uffd.conf;\n"
+	      "                       with none, an embedded memory server on 127.0.0.1)\n"
+	      "  --prefetch N         pages fetched per fault, power of two 1..32 (default 32)\n"
+	      "  --replicas R         copies of each stripe (default 2 with 2+ nodes, else 1)\n"
+	      "  --local-mem SIZE     resident guest RAM budget (default: unlimited)\n"
+	      "  --vm-id ID           name for `giantvm stat` and region ids (default vm-PID)\n"
+	      "  --token-file F       shared secret of the memory servers\n"
+	      "  --timeout-ms N       a node silent this long is failed over (default 2000)\n"
+	      "  --deadline-ms N      every replica down this long: pages are poisoned\n"
+	      "                       (SIGBUS in the guest's accessor) or, without\n"
+	      "                       UFFDIO_POISON, the VM is stopped (default 10000)\n"
+	      "  --allow-vfio-pinning accept that a vfio-pci device pins (and so fetches)\n"
+	      "                       all guest RAM at start\n"
+	      "ORIGINAL mode:\n"
+	      "  --giantvm-qemu PATH  the original GiantVM QEMU (else $GIANTVM_QEMU)\n"
+	      "  --giantvm-conf FILE  its cluster file, one HOST:PORT per line\n"
+	      "  --giantvm-id N       this node's index in that file\n"
+	      "  --giantvm-cpus N     vCPUs run on this node (default: -smp / nodes)\n"
+	      "\n"
+	      "QEMU's exit status is giantvm run's exit status. Ctrl-C or SIGTERM stop QEMU\n"
+	      "and the embedded pool cleanly. `giantvm mode` shows which mode applies.\n", f);
+}
+
+static int parse_args(int argc, char **argv, struct run_opts *o)
+{
+	int i;
+
+	memset(o, 0, sizeof(*o));
+	o->orig_id = -1;
+	o->orig_cpus = -1;
+	for (i = 1; i < argc; i++) {
+		const char *v;
+		uint64_t n;
+		if (!strcmp(argv[i], "--")) {
+			i++;
+			break;
+		} else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+			usage(stdout);
+			exit(0);
+		} else if (!strcmp(argv[i], "--allow-vfio-pinning")) {
+			o->allow_vfio = 1;
+		} else if ((v = cli_optval(argc, argv, &i, "--pool"))) {
+			o->pa.pool_path = v;
+		} else if ((v = cli_optval(argc, argv, &i, "--token-file"))) {
+			o->pa.token_file = v;
+		} else if ((v = cli_optval(argc, argv, &i, "--vm-id"))) {
+			if (!*v || strlen(v) > 48 || strspn(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") != strlen(v)) {
+				fprintf(stderr, "giantvm run: --vm-id '%s': 1-48 letters, digits, '-', '_' or '.'\n", v);
+				return -1;
+			}
+			o->vm_id = v;
+		} else if ((v = cli_optval(argc, argv, &i, "--prefetch"))) {
+			if (gvm_parse_u64(v, 1, GVM_STRIPE_PAGES, &n) || (n & (n - 1))) {
+				fprintf(stderr, "giantvm run: --prefetch '%s': a power of two from 1 to %u\n", v, GVM_STRIPE_PAGES);
+				return -1;
+			}
+			o->prefetch = (unsigned)n;
+		} else if ((v = cli_optval(argc, argv, &i, "--replicas"))) {
+			if (gvm_parse_u64(v, 1, GVM_MAX_REPLICAS, &n)) {
+				fprintf(stderr, "giantvm run: --replicas '%s': a number from 1 to %u\n", v, GVM_MAX_REPLICAS);
+				return -1;
+			}
+			o->pa.replicas = (unsigned)n;
+		} else if ((v = cli_optval(argc, argv, &i, "--local-mem"))) {
+			if (gvm_parse_size(v, &n) || n < (16u << 20)) {
+				fprintf(stderr, "giantvm run: --local-mem '%s': a size of at least 16M (e.g. 128M, 4G)\n", v);
+				return -1;
+			}
+			o->local_mem = v;
+		} else if ((v = cli_optval(argc, argv, &i, "--timeout-ms"))) {
+			if (gvm_parse_u64(v, 10, 3600000, &n)) {
+				fprintf(stderr, "giantvm run: --timeout-ms '%s': 10 to 3600000\n", v);
+				return -1;
+			}
+			o->timeout_ms = (int)n;
+		} else if ((v = cli_optval(argc, argv, &i, "--deadline-ms"))) {
+			if (gvm_parse_u64(v, 10, 86400000, &n)) {
+				fprintf(stderr, "giantvm run: --deadline-ms '%s': 10 to 86400000\n", v);
+				return -1;
+			}
+			o->deadline_ms = (int)n;
+		} else if ((v = cli_optval(argc, argv, &i, "--giantvm-qemu"))) {
+			o->orig_qemu = v;
+		} else if ((v = cli_optval(argc, argv, &i, "--giantvm-conf"))) {
+			o->orig_conf = v;
+		} else if ((v = cli_optval(argc, argv, &i, "--giantvm-id"))) {
+			if (gvm_parse_u64(v, 0, 1000000, &n)) {
+				fprintf(stderr, "giantvm run: --giantvm-id '%s': a node index\n", v);
+				return -1;
+			}
+			o->orig_id = (long)n;
+		} else if ((v = cli_optval(argc, argv, &i, "--giantvm-cpus"))) {
+			if (gvm_parse_u64(v, 1, 4096, &n)) {
+				fprintf(stderr, "giantvm run: --giantvm-cpus '%s': 1 to 4096\n", v);
+				return -1;
+			}
+			o->orig_cpus = (long)n;
+		} else {
+			fprintf(stderr, "giantvm run: unknown option '%s' (QEMU's arguments go after --)\n", argv[i]);
+			return -1;
+		}
+	}
+	if (i >= argc) {
+		fprintf(stderr, "giantvm run: no QEMU command given (giantvm run [OPTIONS] -- QEMU [ARGS...])\n");
+		return -1;
+	}
+	o->qemu_argv = argv + i;
+	o->qemu_argc = argc - i;
+	return 0;
+}
+
+/* ------------------------------------------------------- original mode */
+
+static int run_original(struct run_opts *o)
+{
+	const char *qemu = o->orig_qemu ? o->orig_qemu : getenv("GIANTVM_QEMU");
+	struct gvm_config cfg;
+	char err[512], iplist[65536], localcpu[256];
+	char **args;
+	long smp, cpus;
+	size_t off = 0;
+	int n = 0;
+
+	printf("[GiantVM] Detected Custom Kernel Module. Entering ORIGINAL Mode.\n");
+	fflush(stdout);
+	if (!qemu) {
+		fprintf(stderr, "giantvm run: ORIGINAL mode needs the original GiantVM QEMU: "
+				"--giantvm-qemu PATH or $GIANTVM_QEMU\n");
+		return 1;
+	}
+	if (access(qemu, X_OK) < 0) {
+		fprintf(stderr, "giantvm run: original GiantVM QEMU '%s': %s\n", qemu, strerror(errno));
+		return 1;
+	}
+	if (!o->orig_conf || o->orig_id < 0) {
+		fprintf(stderr, "giantvm run: ORIGINAL mode needs --giantvm-conf cluster.conf and --giantvm-id N\n");
+		return 1;
+	}
+	gvm_config_init(&cfg);
+	if (gvm_config_load(&cfg, o->orig_conf, err, sizeof(err))) {
+		fprintf(stderr, "giantvm run: %s\n", err);
+		return 1;
+	}
+	if ((uint32_t)o->orig_id >= cfg.n_nodes) {
+		fprintf(stderr, "giantvm run: --giantvm-id %ld: %s has %u nodes (ids 0..%u)\n", o->orig_id,
+			o->orig_conf, cfg.n_nodes, cfg.n_nodes - 1);
+		return 1;
+	}
+	for (uint32_t i = 0; i < cfg.n_nodes; i++) {
+		int w = snprintf(iplist + off, sizeof(iplist) - off, "%s%s", i ? " " : "", gvm_node_name(&cfg, i));
+		if (w < 0 || (size_t)w >= sizeof(iplist) - off) {
+			fprintf(stderr, "giantvm run: %s: too many nodes for -local-cpu\n", o->orig_conf);
+			return 1;
+		}
+		off += (size_t)w;
+	}
+	smp = gvm_qemu_smp(o->qemu_argc, o->qemu_argv);
+	cpus = o->orig_cpus > 0 ? o->orig_cpus : GVM_MAX(1L, smp / (long)cfg.n_nodes);
+	snprintf(localcpu, sizeof(localcpu), "%ld,start=%ld,iplist=", cpus, cpus * o->orig_id);
+	args = calloc((size_t)o->qemu_argc + 4, sizeof(*args));
+	if (!args)
+		return 1;
+	args[n++] = (char *)qemu;
+	for (int i = 1; i < o->qemu_argc; i++)
+		args[n++] = o->qemu_argv[i];
+	args[n++] = "-local-cpu";
+	char *lc = malloc(strlen(localcpu) + strlen(iplist) + 3);
+	if (!lc)
+		return 1;
+	sprintf(lc, "%s\"%s\"", localcpu, iplist);
+	args[n++] = lc;
+	args[n] = NULL;
+	fflush(NULL);
+	execv(qemu, args);
+	fprintf(stderr, "giantvm run: exec %s: %s\n", qemu, strerror(errno));
+	return 1;
+}
+
+/* ----------------------------------------------------------- UFFD mode */
+
+static int preload_path(char *buf, size_t len)
+{
+	char exe[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	const char *env = getenv("GIANTVM_PRELOAD");
+	char *slash;
+
+	if (env) {
+		snprintf(buf, len, "%s", env);
+		return access(buf, R_OK);
+	}
+	if (n < 0)
+		return -1;
+	exe[n] = 0;
+	slash = strrchr(exe, '/');
+	if (slash)
+		*slash = 0;
+	/* Next to the binary (build tree), then PREFIX/lib/giantvm. */
+	snprintf(buf, len, "%s/libgiantvm-preload.so", exe);
+	if (access(buf, R_OK) == 0)
+		return 0;
+	snprintf(buf, len, "%s/../lib/giantvm/libgiantvm-preload.so", exe);
+	return access(buf, R_OK);
+}
+
+static void hex(const uint8_t *b, size_t n, char *out)
+{
+	for (size_t i = 0; i < n; i++)
+		sprintf(out + 2 * i, "%02x", b[i]);
+}
+
+static int attach_ram(int ctl, int qmp, const char *vm_key, uint64_t *regions, unsigned *n_regions,
+		      struct run_ram *rams, unsigned *n_rams)
+{
+	struct run_ram blocks[GVM_RUN_MAX_RAM];
+	struct run_cand cands[256];
+	char resp[65536], line[512];
+	int nb, nc;
+
+	nb = gvm_qmp_ram_blocks(qmp, blocks, GVM_RUN_MAX_RAM, resp, sizeof(resp));
+	if (nb < 0)
+		return -1;
+	if (nb == 0) {
+		fprintf(stderr, "giantvm run: QEMU reports no guest RAM block (query-memdev is empty)\n");
+		return -1;
+	}
+	nc = gvm_ctl_candidates(ctl, cands, 256);
+	if (nc < 0) {
+		fprintf(stderr, "giantvm run: cannot read the RAM mappings from the preload library\n");
+		return -1;
+	}
+	if (gvm_run_match(blocks, nb, cands, nc, line, sizeof(line)) < 0) {
+		fprintf(stderr, "giantvm run: %s\n", line);
+		return -1;
+	}
+	for (int i = 0; i < nb; i++) {
+		uint64_t region = gvm_region_id(vm_key, blocks[i].name);
+		char cmd[256];
+		snprintf(cmd, sizeof(cmd), "ATTACH %" PRIx64 " %" PRIu64 " %" PRIx64 " %s\n", blocks[i].hva,
+			 blocks[i].size, region, blocks[i].name);
+		if (gvm_ctl_command(ctl, cmd, line, sizeof(line)) < 0 || strncmp(line, "OK", 2)) {
+			fprintf(stderr, "giantvm run: guest RAM block '%s': %s\n", blocks[i].name, line);
+			return -1;
+		}
+		regions[(*n_regions)++] = region;
+		fprintf(stderr, "[GiantVM] guest RAM '%s': %" PRIu64 " MiB in the pool\n", blocks[i].name,
+			blocks[i].size >> 20);
+	}
+	memcpy(rams, blocks, sizeof(blocks[0]) * (size_t)nb);
+	*n_rams = (unsigned)nb;
+	return 0;
+}
+
+/* Forget the VM's regions on every node it may have used (best effort). */
+static void free_regions(struct gvm_pool *pool, const uint64_t *regions, unsigned nr,
+			 const uint8_t *secret)
+{
+	for (uint32_t node = 0; node < pool->cfg.n_nodes && node < 4096; node++) {
+		struct gvm_client c;
+		if (gvm_client_connect(&c, gvm_node_name(&pool->cfg, node), pool->token, pool->token_len, 1000))
+			continue;
+		for (unsigned i = 0; i < nr; i++) {
+			uint8_t key[GVM_REGION_KEY_SIZE];
+			if (gvm_region_key(secret, 32, regions[i], key) == 0 &&
+			    gvm_client_open(&c, regions[i], key) == 0)
+				gvm_client_free(&c, regions[i]);
+		}
+		gvm_client_close(&c);
+	}
+}
+
+static void print_final(const char *ctl_path)
+{
+	char path[PATH_MAX], buf[1 << 16];
+	struct gvm_run_stats s;
+	FILE *f;
+	size_t n;
+
+	snprintf(path, sizeof(path), "%s.final", ctl_path);
+	f = fopen(path, "r");
+	if (!f)
+		return;
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	unlink(path);
+	buf[n] = 0;
+	if (gvm_run_parse_stats(buf, &s) == 0)
+		fprintf(stderr,
+			"[GiantVM] engine: %" PRIu64 " faults, %" PRIu64 " pages fetched (%" PRIu64
+			" zero, %" PRIu64 " by readahead), %.1f MiB received, fault p50 %.1f us p99 %.1f us, "
+			"%" PRIu64 " errors\n",
+			s.faults, s.pages_fetched, s.zero_pages, s.readahead_pages,
+			(double)s.bytes_in / 1048576.0, s.p50_us, s.p99_us, s.errors);
+	if (getenv("GIANTVM_STATS_OUT")) {
+		FILE *o = fopen(getenv("GIANTVM_STATS_OUT"), "w");
+		if (o) {
+			fputs(buf, o);
+			fclose(o);
+		}
+	}
+}
+
+static int run_uffd(struct run_opts *o, struct gvm_mode *m)
+{
+	char dir[PATH_MAX - 64], ctl_path[PATH_MAX], qmp_path[PATH_MAX], preload[PATH_MAX];
+	char vm_id[64], vm_key[128], secret_hex[65], err[512], accel_err[256];
+	char qmp_arg[PATH_MAX + 32], nodes_env[256];
+	uint8_t secret[32];
+	uint64_t regions[GVM_RUN_MAX_RAM];
+	unsigned n_regions = 0, n_rams = 0;
+	struct run_ram rams[GVM_RUN_MAX_RAM];
+	struct cli_pool cp;
+	struct sigaction sa = { .sa_handler = forward_signal };
+	const char *accel;
+	char **args;
+	int status = 0, rc = 1, ctl = -1, qmp = -1, n = 0, user_paused;
+	pid_t pid;
+
+	printf("[GiantVM] No Custom Kernel. Entering UFFD High-Perf Mode.\n");
+	fflush(stdout);
+	if (!m->uffd) {
+		fprintf(stderr, "giantvm run: userfaultfd is not available (%s); as root, or with "
+				"vm.unprivileged_userfaultfd=1, or access to /dev/userfaultfd\n", m->uffd_why);
+		return 1;
+	}
+	if (gvm_qemu_has_vfio(o->qemu_argc, o->qemu_argv) && !o->allow_vfio) {
+		fprintf(stderr, "giantvm run: a vfio-pci device pins all guest RAM at start, so its pages "
+				"cannot stay in the pool and be fetched lazily. Pass --allow-vfio-pinning to "
+				"accept that all RAM is fetched at start and pinned, or drop the device.\n");
+		return 1;
+	}
+	if (gvm_qemu_has_arg(o->qemu_argc, o->qemu_argv, "-daemonize")) {
+		fprintf(stderr, "giantvm run: -daemonize is not supported (giantvm run waits for QEMU); "
+				"run giantvm itself in the background instead\n");
+		return 1;
+	}
+	accel = gvm_qemu_accel(o->qemu_argc, o->qemu_argv, m->kvm, accel_err, sizeof(accel_err));
+	if (!accel) {
+		fprintf(stderr, "giantvm run: %s\n", accel_err);
+		return 1;
+	}
+	printf("[GiantVM] UFFD Mode: accelerator %s (%s)\n", *accel ? accel : "as given", m->kvm_why);
+	fflush(stdout);
+	if (preload_path(preload, sizeof(preload))) {
+		fprintf(stderr, "giantvm run: libgiantvm-preload.so not found next to giantvm or in "
+				"../lib/giantvm (set $GIANTVM_PRELOAD)\n");
+		return 1;
+	}
+	if (cli_pool_open(&cp, &o->pa))
+		return 1;
+	if (!cp.embedded && gvm_pool_probe(cp.pool, 3000, err, sizeof(err))) {
+		fprintf(stderr, "giantvm run: pool not reachable, the guest was not started: %s\n", err);
+		goto out_pool;
+	}
+	printf("[GiantVM] pool: %u node%s (%s%s%s), replicas %u\n", cp.pool->cfg.n_nodes,
+	       cp.pool->cfg.n_nodes == 1 ? "" : "s", cp.source, cp.path ? " " : "",
+	       cp.path ? cp.path : "", cp.pool->replicas);
+	fflush(stdout);
+	if (gvm_runtime_dir(dir, sizeof(dir))) {
+		fprintf(stderr, "giantvm run: cannot create the runtime directory %s: %s\n", dir, strerror(errno));
+		goto out_pool;
+	}
+	snprintf(vm_id, sizeof(vm_id), "%s", o->vm_id ? o->vm_id : "");
+	if (!o->vm_id)
+		snprintf(vm_id, sizeof(vm_id), "vm-%d", (int)getpid());
+	snprintf(ctl_path, sizeof(ctl_path), "%s/%s.sock", dir, vm_id);
+	snprintf(qmp_path, sizeof(qmp_path), "%s/%s.qmp", dir, vm_id);
+	if (gvm_ctl_in_use(ctl_path)) {
+		fprintf(stderr, "giantvm run: a VM named '%s' is running already (%s)\n", vm_id, ctl_path);
+		goto out_pool;
+	}
+	unlink(qmp_path);
+	if (gvm_random(secret, sizeof(secret))) {
+		fprintf(stderr, "giantvm run: getrandom failed\n");
+		goto out_pool;
+	}
+	hex(secret, sizeof(secret), secret_hex);
+	/* Region ids are per run: a VM's RAM does not outlive the VM, and a
+	 * crashed run's pages can never be mistaken for the next run's. */
+	snprintf(vm_key, sizeof(vm_key), "%s/%.16s", vm_id, secret_hex);
+
+	user_paused = gvm_qemu_has_arg(o->qemu_argc, o->qemu_argv, "-S");
+	args = calloc((size_t)o->qemu_argc + 8, sizeof(*args));
+	if (!args)
+		goto out_pool;
+	for (int i = 0; i < o->qemu_argc; i++)
+		args[n++] = o->qemu_argv[i];
+	if (*accel) {
+		args[n++] = "-accel";
+		args[n++] = (char *)accel;
+	}
+	if (!user_paused)
+		args[n++] = "-S";
+	snprintf(qmp_arg, sizeof(qmp_arg), "unix:%s,server=on,wait=off", qmp_path);
+	args[n++] = "-qmp";
+	args[n++] = qmp_arg;
+	args[n] = NULL;
+
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
+	fflush(NULL);
+	pid = fork();
+	if (pid < 0) {
+		perror("giantvm run: fork");
+		goto out_args;
+	}
+	if (pid == 0) {
+		setenv("LD_PRELOAD", preload, 1);
+		setenv("GIANTVM_CTL", ctl_path, 1);
+		setenv("GIANTVM_VM_ID", vm_id, 1);
+		setenv("GIANTVM_VM_SECRET", secret_hex, 1);
+		if (cp.path) {
+			setenv("GIANTVM_POOL_FILE", cp.path, 1);
+		} else {
+			snprintf(nodes_env, sizeof(nodes_env), "%s", cp.embedded_addr);
+			setenv("GIANTVM_POOL_NODES", nodes_env, 1);
+		}
+		if (cp.token) {
+			char *tok = strndup((const char *)cp.token, cp.token_len);
+			if (tok)
+				setenv("GIANTVM_TOKEN", tok, 1);
+		}
+		char num[32];
+		snprintf(num, sizeof(num), "%u", cp.pool->replicas);
+		setenv("GIANTVM_REPLICAS", num, 1);
+		if (o->prefetch) {
+			snprintf(num, sizeof(num), "%u", o->prefetch);
+			setenv("GIANTVM_PREFETCH", num, 1);
+		}
+		if (o->local_mem)
+			setenv("GIANTVM_LOCAL_MEM", o->local_mem, 1);
+		if (o->timeout_ms) {
+			snprintf(num, sizeof(num), "%d", o->timeout_ms);
+			setenv("GIANTVM_TIMEOUT_MS", num, 1);
+		}
+		if (o->deadline_ms) {
+			snprintf(num, sizeof(num), "%d", o->deadline_ms);
+			setenv("GIANTVM_DEADLINE_MS", num, 1);
+		}
+		execvp(args[0], args);
+		fprintf(stderr, "giantvm run: cannot start QEMU '%s': %s\n", args[0], strerror(errno));
+		_exit(127);
+	}
+	child_pid = pid;
+
+	qmp = gvm_qmp_connect(qmp_path, pid, 60000);
+	if (qmp < 0)
+		goto wait_child;
+	ctl = gvm_ctl_connect(ctl_path, 5000);
+	if (ctl < 0) {
+		fprintf(stderr, "giantvm run: the preload library did not start in QEMU (%s)\n", ctl_path);
+		goto kill_child;
+	}
+	if (attach_ram(ctl, qmp, vm_key, regions, &n_regions, rams, &n_rams) < 0)
+		goto kill_child;
+	if (!user_paused && gvm_qmp_command(qmp, "{\"execute\":\"cont\"}", NULL, 0) < 0) {
+		fprintf(stderr, "giantvm run: QMP cont failed\n");
+		goto kill_child;
+	}
+	fprintf(stderr, "[GiantVM] VM '%s' running; `giantvm stat %s` shows its engine\n", vm_id, vm_id);
+	close(ctl);
+	ctl = -1;
+	goto wait_child;
+
+kill_child:
+	kill(pid, SIGKILL);
+wait_child:
+	while (waitpid(pid, &status, 0) < 0) {
+		if (errno != EINTR) {
+			perror("giantvm run: waitpid");
+			break;
+		}
+	}
+	child_pid = 0;
+	if (ctl >= 0)
+		close(ctl);
+	if (qmp >= 0)
+		close(qmp);
+	unlink(qmp_path);
+	unlink(ctl_path);
+	print_final(ctl_path);
+	if (WIFEXITED(status)) {
+		rc = WEXITSTATUS(status);
+		if (rc == 75)
+			fprintf(stderr, "giantvm run: the VM was stopped: guest memory could not be fetched "
+					"from any replica (see the log above)\n");
+	} else if (WIFSIGNALED(status)) {
+		rc = 128 + WTERMSIG(status);
+		fprintf(stderr, "giantvm run: QEMU was killed by signal %d\n", WTERMSIG(status));
+	}
+	if (!cp.embedded && n_regions)
+		free_regions(cp.pool, regions, n_regions, secret);
+out_args:
+	free(args);
+out_pool:
+	cli_pool_close(&cp);
+	return rc;
+}
+
+int cmd_run(int argc, char **argv)
+{
+	struct run_opts o;
+	struct gvm_mode m;
+
+	if (parse_args(argc, argv, &o))
+		return GVM_EXIT_USAGE;
+	gvm_mode_detect(&m);
+	if (m.original)
+		return run_original(&o);
+	return run_uffd(&o, &m);
+}

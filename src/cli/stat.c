@@ -1,0 +1,153 @@
+/* giantvm stat [VM] [--json] [--count N]: a running VM's engine, live. */
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "run_util.h"
+#include "util.h"
+
+static void usage(FILE *f)
+{
+	fputs("usage: giantvm stat [VM] [--json] [--count N]\n"
+	      "\n"
+	      "Shows the engine of a VM started by `giantvm run` (the only one running when\n"
+	      "VM is not given): one line per second with faults/s, MiB/s fetched, resident\n"
+	      "pages against the budget, zero pages, evictions and write-backs per second,\n"
+	      "fault latency p50/p99, errors and nodes connected. --json prints the full\n"
+	      "statistics (per node too) once, as one JSON object.\n", f);
+}
+
+static int find_vm(const char *dir, char *name, size_t len)
+{
+	DIR *d = opendir(dir);
+	struct dirent *de;
+	int n = 0;
+
+	if (!d)
+		return 0;
+	while ((de = readdir(d))) {
+		size_t l = strlen(de->d_name);
+		char path[PATH_MAX];
+		if (l < 6 || strcmp(de->d_name + l - 5, ".sock"))
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+		if (!gvm_ctl_in_use(path))
+			continue;
+		if (n++ == 0)
+			snprintf(name, len, "%.*s", (int)(l - 5), de->d_name);
+		else
+			fprintf(stderr, "%s  %.*s\n", n == 2 ? "giantvm stat: several VMs are running; name one:\n" : "",
+				(int)(l - 5), de->d_name);
+	}
+	closedir(d);
+	return n;
+}
+
+static double num(const char *json, const char *key)
+{
+	double v = 0;
+	gvm_json_number(json, key, &v);
+	return v;
+}
+
+int cmd_stat(int argc, char **argv)
+{
+	char dir[PATH_MAX - 64], path[PATH_MAX], vm[128] = "", *buf;
+	const char *name = NULL;
+	int json = 0, fd, rc = 1;
+	long count = -1;
+
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--json")) {
+			json = 1;
+		} else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+			usage(stdout);
+			return 0;
+		} else if (!strcmp(argv[i], "--count") && i + 1 < argc) {
+			count = strtol(argv[++i], NULL, 10);
+			if (count <= 0) {
+				fprintf(stderr, "giantvm stat: --count needs a positive number\n");
+				return GVM_EXIT_USAGE;
+			}
+		} else if (argv[i][0] == '-') {
+			fprintf(stderr, "giantvm stat: unknown option '%s'\n", argv[i]);
+			usage(stderr);
+			return GVM_EXIT_USAGE;
+		} else if (!name) {
+			name = argv[i];
+		} else {
+			usage(stderr);
+			return GVM_EXIT_USAGE;
+		}
+	}
+	if (gvm_runtime_dir(dir, sizeof(dir))) {
+		fprintf(stderr, "giantvm stat: %s: %s\n", dir, strerror(errno));
+		return 1;
+	}
+	if (!name) {
+		int n = find_vm(dir, vm, sizeof(vm));
+		if (n == 0) {
+			fprintf(stderr, "giantvm stat: no VM started by `giantvm run` is running (%s)\n", dir);
+			return 1;
+		}
+		if (n > 1)
+			return 1;
+		name = vm;
+	}
+	snprintf(path, sizeof(path), "%s/%s.sock", dir, name);
+	fd = gvm_ctl_connect(path, 0);
+	if (fd < 0) {
+		fprintf(stderr, "giantvm stat: VM '%s' is not running (%s: %s)\n", name, path, strerror(-fd));
+		return 1;
+	}
+	buf = malloc(1 << 20);
+	if (!buf)
+		goto out;
+	if (json) {
+		if (gvm_ctl_command(fd, "STAT\n", buf, 1 << 20) || strncmp(buf, "{", 1)) {
+			fprintf(stderr, "giantvm stat: %s\n", buf);
+			goto out;
+		}
+		printf("%s\n", buf);
+		rc = 0;
+		goto out;
+	}
+	double prev_f = 0, prev_b = 0, prev_e = 0, prev_w = 0;
+	for (long k = 0; count < 0 || k <= count; k++) {
+		if (gvm_ctl_command(fd, "STAT\n", buf, 1 << 20) || strncmp(buf, "{", 1)) {
+			if (k)
+				rc = 0; /* the VM went away */
+			else
+				fprintf(stderr, "giantvm stat: %s\n", buf);
+			goto out;
+		}
+		double f = num(buf, "faults"), b = num(buf, "bytes_in"), e = num(buf, "evictions"),
+		       w = num(buf, "writebacks");
+		if (k % 20 == 0)
+			printf("%8s %9s %9s %12s %10s %8s %8s %9s %9s %6s %7s\n", "uptime", "faults/s",
+			       "MiB/s in", "resident", "budget", "evict/s", "wback/s", "p50 us", "p99 us",
+			       "errors", "nodes");
+		if (k > 0 || count == 0)
+			printf("%8.0f %9.0f %9.1f %12.0f %10.0f %8.0f %8.0f %9.1f %9.1f %6.0f %3.0f/%-3.0f\n",
+			       num(buf, "uptime_s"), f - prev_f, (b - prev_b) / 1048576.0,
+			       num(buf, "resident_pages"), num(buf, "budget_pages"), e - prev_e, w - prev_w,
+			       num(buf, "fault_p50_us"), num(buf, "fault_p99_us"), num(buf, "errors"),
+			       num(buf, "nodes_connected"), num(buf, "nodes"));
+		fflush(stdout);
+		prev_f = f, prev_b = b, prev_e = e, prev_w = w;
+		if (count >= 0 && k == count)
+			break;
+		sleep(1);
+	}
+	rc = 0;
+out:
+	free(buf);
+	close(fd);
+	return rc;
+}

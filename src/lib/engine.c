@@ -1,0 +1,1057 @@
+/*
+ * Fault engine: serves userfaultfd faults of attached regions from the pool.
+ *
+ * DESIGN
+ * One event thread owns the userfaultfd, every node connection (transport.c)
+ * and all fetch state; it blocks in epoll_wait on the uffd, an eventfd
+ * (commands and quit) and the node sockets, so it never spins and needs no
+ * lock on the fault path. Concurrency comes from pipelining, not threads: a
+ * fault sends READ for its window and the thread goes back to epoll, so any
+ * number of faults (vCPUs, readahead, several regions) are in flight at once
+ * over one connection per node.
+ *
+ * Rule: the event thread never reads or writes guest memory. Guest memory
+ * that it believes resident may have been discarded by the owner (e.g. QEMU
+ * balloon), and touching it would fault into our own uffd and deadlock.
+ * Page contents are read by API threads (flush) and the evictor, which the
+ * event thread serves like any other faulting thread.
+ *
+ * Per page the engine keeps one byte of flags (pg[]), written by the event
+ * thread and read by others with atomics:
+ *   RESIDENT  installed (or present at attach): a fault on it means the
+ *             owner discarded it, and it is refilled with zeros as discard
+ *             semantics require;
+ *   INFLIGHT  a READ covering it is outstanding: a fault on it waits for the
+ *             install, which wakes every waiter on the range.
+ *
+ * Sequential readahead: a fault at window w that continues a run fetches
+ * the next `readahead` windows and installs them before they are touched.
+ * To keep the run going without a fault, the first page of the window half
+ * way through the readahead is held back in a one-page buffer; touching it
+ * faults, is served from the buffer at once, and extends the readahead.
+ */
+#define LOG_PREFIX "engine: "
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "engine_int.h"
+#include "log.h"
+#include "uffd.h"
+#include "util.h"
+
+#define MAX_EVENTS 64
+#define UFFD_BATCH 32
+
+static char uffd_tag, cmd_tag; /* epoll data.ptr sentinels */
+
+/* ---------------------------------------------------------------- stats */
+
+static unsigned hist_bucket(uint64_t ns)
+{
+	unsigned b, sub;
+
+	if (ns < 4)
+		return (unsigned)ns;
+	b = 63u - (unsigned)__builtin_clzll(ns);
+	sub = (unsigned)((ns >> (b - 2)) & 3u);
+	return GVM_MIN(b * 4u + sub, GVM_HIST_BUCKETS - 1u);
+}
+
+static uint64_t hist_value(unsigned bucket)
+{
+	unsigned b = bucket / 4u, sub = bucket % 4u;
+
+	if (b < 2)
+		return bucket;
+	return (4ull + sub) << (b - 2);
+}
+
+static void hist_add(struct gvm_engine *e, uint64_t ns)
+{
+	__atomic_fetch_add(&e->hist[hist_bucket(ns)], 1, __ATOMIC_RELAXED);
+}
+
+static uint64_t hist_pct(const struct gvm_engine *e, double pct)
+{
+	uint64_t total = 0, seen = 0, want;
+
+	for (unsigned i = 0; i < GVM_HIST_BUCKETS; i++)
+		total += __atomic_load_n(&e->hist[i], __ATOMIC_RELAXED);
+	if (!total)
+		return 0;
+	want = (uint64_t)((double)total * pct);
+	for (unsigned i = 0; i < GVM_HIST_BUCKETS; i++) {
+		seen += __atomic_load_n(&e->hist[i], __ATOMIC_RELAXED);
+		if (seen > want)
+			return hist_value(i);
+	}
+	return hist_value(GVM_HIST_BUCKETS - 1);
+}
+
+#define STAT_ADD(e, f, n) __atomic_fetch_add(&(e)->st.f, (n), __ATOMIC_RELAXED)
+
+/* ------------------------------------------------------------- regions */
+
+static struct gvm_region *region_of(struct gvm_engine *e, uintptr_t addr)
+{
+	unsigned n = __atomic_load_n(&e->n_regions, __ATOMIC_ACQUIRE);
+
+	for (unsigned i = 0; i < n; i++) {
+		struct gvm_region *rg = e->regions[i];
+		if (addr - rg->base < rg->len)
+			return rg;
+	}
+	return NULL;
+}
+
+static inline uint8_t pg_get(const struct gvm_region *rg, uint64_t p)
+{
+	return __atomic_load_n(&rg->pg[p], __ATOMIC_ACQUIRE);
+}
+static inline void pg_set(struct gvm_region *rg, uint64_t p, uint8_t f)
+{
+	__atomic_fetch_or(&rg->pg[p], f, __ATOMIC_RELEASE);
+}
+static inline void pg_clear(struct gvm_region *rg, uint64_t p, uint8_t f)
+{
+	__atomic_fetch_and(&rg->pg[p], (uint8_t)~f, __ATOMIC_RELEASE);
+}
+
+/* ------------------------------------------------------------- install */
+
+static void uffd_wake(struct gvm_engine *e, uintptr_t addr, size_t len)
+{
+	struct uffdio_range r = { .start = addr, .len = len };
+
+	if (ioctl(e->uffd, UFFDIO_WAKE, &r) < 0 && errno != ENOENT)
+		pr_perror("UFFDIO_WAKE %#lx", (unsigned long)addr);
+}
+
+/*
+ * Install [dst, dst+len) from src (or zero pages when src is NULL). A page
+ * that already exists stops the kernel's copy: resume after it. Returns 0,
+ * or -errno when the range is gone (the owner unmapped it or is exiting).
+ */
+static int uffd_fill(struct gvm_engine *e, uintptr_t dst, const uint8_t *src, size_t len)
+{
+	unsigned again = 0;
+
+	while (len) {
+		int64_t done;
+		int r, err;
+
+		if (src) {
+			struct uffdio_copy c = { .dst = dst, .src = (uintptr_t)src, .len = len };
+			r = ioctl(e->uffd, UFFDIO_COPY, &c);
+			done = c.copy;
+		} else {
+			struct uffdio_zeropage z = { .range = { .start = dst, .len = len } };
+			r = ioctl(e->uffd, UFFDIO_ZEROPAGE, &z);
+			done = z.zeropage;
+		}
+		if (r == 0)
+			return 0;
+		err = errno;
+		if (done > 0) {
+			dst += (size_t)done;
+			if (src)
+				src += done;
+			len -= (size_t)done;
+		}
+		if (err == EEXIST) {
+			/* Someone filled this page: wake its waiters and go on. */
+			uffd_wake(e, dst, GVM_PAGE_SIZE);
+			dst += GVM_PAGE_SIZE;
+			if (src)
+				src += GVM_PAGE_SIZE;
+			len -= GVM_PAGE_SIZE;
+			continue;
+		}
+		if (err == EAGAIN && ++again < 100000)
+			continue;
+		if (err == ENOENT || err == ESRCH)
+			return -err;
+		errno = err;
+		pr_perror("%s at %#lx (+%zu)", src ? "UFFDIO_COPY" : "UFFDIO_ZEROPAGE",
+			  (unsigned long)dst, len);
+		return -err;
+	}
+	return 0;
+}
+
+/* Install pages [p, p+n) of a region that are not resident yet. */
+static void install_run(struct gvm_engine *e, struct gvm_region *rg, uint64_t p, uint64_t n,
+			const uint8_t *src)
+{
+	uint64_t i = 0;
+
+	while (i < n) {
+		uint64_t j;
+		if (pg_get(rg, p + i) & PG_RESIDENT) {
+			i++;
+			continue;
+		}
+		for (j = i; j < n && !(pg_get(rg, p + j) & PG_RESIDENT); j++)
+			;
+		if (uffd_fill(e, rg->base + ((p + i) << GVM_PAGE_SHIFT),
+			      src ? src + (i << GVM_PAGE_SHIFT) : NULL,
+			      (j - i) << GVM_PAGE_SHIFT) == 0) {
+			if (!src)
+				STAT_ADD(e, zero_pages, j - i);
+			STAT_ADD(e, pages_fetched, j - i);
+			for (uint64_t k = i; k < j; k++) {
+				pg_set(rg, p + k, PG_RESIDENT | PG_REF);
+				pg_clear(rg, p + k, PG_INFLIGHT);
+			}
+			__atomic_fetch_add(&e->resident, j - i, __ATOMIC_RELAXED);
+		} else {
+			for (uint64_t k = i; k < j; k++)
+				pg_clear(rg, p + k, PG_INFLIGHT);
+		}
+		i = j;
+	}
+}
+
+/* Index (in packed data) of page i of a page payload, or -1 for zero. */
+static long packed_index(const uint8_t *bm, unsigned i)
+{
+	long k = 0;
+
+	if (!gvm_bitmap_test(bm, i))
+		return -1;
+	for (unsigned b = 0; b < i; b++)
+		k += gvm_bitmap_test(bm, b);
+	return k;
+}
+
+/* Install a READ reply's pages: the faulting page first (its thread
+ * resumes at once), then runs of equal kind. */
+static void install_payload(struct gvm_engine *e, struct gvm_region *rg, uint64_t page0,
+			    unsigned count, const uint8_t *payload, uint64_t fault_page,
+			    uint64_t hold_page)
+{
+	const uint8_t *bm = payload, *data = payload + GVM_BITMAP_BYTES(count);
+	unsigned i = 0;
+	long k = 0;
+
+	if (fault_page >= page0 && fault_page < page0 + count) {
+		long fi = packed_index(bm, (unsigned)(fault_page - page0));
+		install_run(e, rg, fault_page, 1, fi < 0 ? NULL : data + ((size_t)fi << GVM_PAGE_SHIFT));
+	}
+	if (hold_page >= page0 && hold_page < page0 + count && !(pg_get(rg, hold_page) & PG_RESIDENT)) {
+		long hi = packed_index(bm, (unsigned)(hold_page - page0));
+		if (rg->held != UINT64_MAX && !(pg_get(rg, rg->held) & PG_RESIDENT))
+			install_run(e, rg, rg->held, 1, rg->held_zero ? NULL : rg->held_buf);
+		rg->held = hold_page;
+		rg->held_zero = hi < 0;
+		if (hi >= 0)
+			memcpy(rg->held_buf, data + ((size_t)hi << GVM_PAGE_SHIFT), GVM_PAGE_SIZE);
+		pg_set(rg, hold_page, PG_RESIDENT); /* keep install_run off it */
+	}
+	while (i < count) {
+		int nz = gvm_bitmap_test(bm, i);
+		unsigned j = i;
+		while (j < count && gvm_bitmap_test(bm, j) == nz)
+			j++;
+		install_run(e, rg, page0 + i, j - i, nz ? data + ((size_t)k << GVM_PAGE_SHIFT) : NULL);
+		if (nz)
+			k += j - i;
+		i = j;
+	}
+	if (hold_page >= page0 && hold_page < page0 + count && rg->held == hold_page)
+		pg_clear(rg, hold_page, PG_RESIDENT);
+}
+
+/* --------------------------------------------------------------- fetch */
+
+static struct gvm_fetch *fetch_alloc(struct gvm_engine *e)
+{
+	struct gvm_fetch *f = e->free_fetch;
+
+	if (f) {
+		e->free_fetch = f->next;
+		memset(f, 0, sizeof(*f));
+		return f;
+	}
+	return calloc(1, sizeof(*f));
+}
+
+static void fetch_free(struct gvm_engine *e, struct gvm_fetch *f)
+{
+	f->next = e->free_fetch;
+	e->free_fetch = f;
+	e->inflight--;
+}
+
+static void fetch_park(struct gvm_engine *e, struct gvm_fetch *f, uint64_t now)
+{
+	f->parked = 1;
+	f->retry_ns = now + 50ull * 1000000ull;
+	f->next = e->parked;
+	e->parked = f;
+}
+
+/* Poison (or report) the pages of a fetch that cannot be served. */
+static void fetch_give_up(struct gvm_engine *e, struct gvm_fetch *f)
+{
+	struct gvm_region *rg = f->rg;
+	uint32_t nodes[GVM_MAX_REPLICAS];
+	unsigned nr = gvm_placement_replicas(&e->pool->pl, rg->id, f->page / GVM_STRIPE_PAGES,
+					     e->pool->replicas, nodes);
+	char who[256] = "";
+	size_t off = 0;
+
+	for (unsigned i = 0; i < nr && off < sizeof(who) - 1; i++) {
+		int n = snprintf(who + off, sizeof(who) - off, "%s%s", i ? ", " : "",
+				 gvm_node_name(&e->pool->cfg, nodes[i]));
+		if (n < 0)
+			break;
+		off += (size_t)n;
+	}
+	pr_err("pages %#lx-%#lx (region %016" PRIx64 " pages %" PRIu64 "-%" PRIu64
+	       ") unreachable for %d ms on every replica: %s",
+	       (unsigned long)(rg->base + (f->page << GVM_PAGE_SHIFT)),
+	       (unsigned long)(rg->base + ((f->page + f->count) << GVM_PAGE_SHIFT) - 1), rg->id,
+	       f->page, f->page + f->count - 1, e->pool->deadline_ms, who);
+	if (e->lost_policy == GVM_LOST_POISON && (e->features & UFFD_FEATURE_POISON)) {
+		for (uint32_t i = 0; i < f->count; i++) {
+			uint64_t p = f->page + i;
+			if (pg_get(rg, p) & PG_RESIDENT)
+				continue;
+			struct uffdio_poison po = { .range = { rg->base + (p << GVM_PAGE_SHIFT), GVM_PAGE_SIZE } };
+			if (ioctl(e->uffd, UFFDIO_POISON, &po) < 0 && errno != EEXIST)
+				pr_perror("UFFDIO_POISON");
+			pg_set(rg, p, PG_RESIDENT | PG_LOST);
+			pg_clear(rg, p, PG_INFLIGHT);
+			STAT_ADD(e, lost_pages, 1);
+		}
+		pr_err("those pages are poisoned: a guest access gets SIGBUS (memory error)");
+		fetch_free(e, f);
+		return;
+	}
+	STAT_ADD(e, lost_pages, f->count);
+	if (e->on_fatal) {
+		char why[512];
+		snprintf(why, sizeof(why), "guest memory lost: every replica (%s) unreachable for %d ms",
+			 who, e->pool->deadline_ms);
+		e->on_fatal(why, e->fatal_arg);
+	}
+	/* No poison and the fatal hook returned: keep trying; the log says why. */
+	f->start_ns = gvm_now_ns();
+	fetch_park(e, f, f->start_ns);
+}
+
+/* Send the fetch to the first usable replica from f->tries on. */
+static void fetch_send(struct gvm_engine *e, struct gvm_fetch *f)
+{
+	uint32_t nodes[GVM_MAX_REPLICAS];
+	unsigned nr = gvm_placement_replicas(&e->pool->pl, f->rg->id, f->page / GVM_STRIPE_PAGES,
+					     e->pool->replicas, nodes);
+	uint64_t now = gvm_now_ns();
+
+	while (f->tries < nr) {
+		struct gvm_hdr h = { .op = GVM_OP_READ, .region = f->rg->id, .page = f->page,
+				     .count = f->count };
+		uint32_t node = nodes[f->tries];
+		if (gvm_transport_usable(&e->tp, node, now) &&
+		    gvm_transport_send(&e->tp, node, &h, NULL, 0, f) == 0)
+			return;
+		f->tries++;
+	}
+	if (now - f->start_ns >= (uint64_t)e->pool->deadline_ms * 1000000ull) {
+		fetch_give_up(e, f);
+		return;
+	}
+	f->tries = 0;
+	fetch_park(e, f, now);
+}
+
+/* Start fetching [page, page+count) unless every page is resident or in
+ * flight. fault_page is the page a thread waits on (or UINT64_MAX). */
+static void fetch_start(struct gvm_engine *e, struct gvm_region *rg, uint64_t page, uint32_t count,
+			uint64_t fault_page, uint64_t now, int hold)
+{
+	struct gvm_fetch *f;
+	uint32_t want = 0;
+
+	for (uint32_t i = 0; i < count; i++)
+		if (!(pg_get(rg, page + i) & (PG_RESIDENT | PG_INFLIGHT)))
+			want++;
+	if (!want)
+		return;
+	f = fetch_alloc(e);
+	if (!f) {
+		pr_err("out of memory for a fetch");
+		return;
+	}
+	for (uint32_t i = 0; i < count; i++)
+		if (!(pg_get(rg, page + i) & (PG_RESIDENT | PG_INFLIGHT)))
+			pg_set(rg, page + i, PG_INFLIGHT);
+	f->rg = rg;
+	f->page = page;
+	f->count = count;
+	f->fault_page = fault_page;
+	f->fault_ns = fault_page == UINT64_MAX ? 0 : now;
+	f->start_ns = now;
+	f->hold = hold;
+	e->inflight++;
+	fetch_send(e, f);
+}
+
+static void ra_extend(struct gvm_engine *e, struct gvm_region *rg, uint64_t w, uint64_t now)
+{
+	uint64_t nwin = (rg->npages + e->prefetch - 1) / e->prefetch;
+	uint64_t from = GVM_MAX(rg->ra_next, w + 1), to = GVM_MIN(w + e->readahead, nwin - 1);
+	uint64_t hold_win = w + (e->readahead + 1) / 2;
+
+	if (!e->readahead || w + 1 >= nwin)
+		return;
+	for (uint64_t x = from; x <= to; x++) {
+		uint64_t p = x * e->prefetch;
+		fetch_start(e, rg, p, (uint32_t)GVM_MIN((uint64_t)e->prefetch, rg->npages - p),
+			    UINT64_MAX, now, x == hold_win);
+	}
+	rg->ra_next = GVM_MAX(rg->ra_next, to + 1);
+}
+
+static void on_fault(struct gvm_engine *e, uintptr_t addr, uint64_t now)
+{
+	struct gvm_region *rg = region_of(e, addr);
+	uint64_t p, w;
+	uint8_t fl;
+
+	if (!rg) {
+		pr_err("fault at %#lx outside every region", (unsigned long)addr);
+		return;
+	}
+	STAT_ADD(e, faults, 1);
+	p = (addr - rg->base) >> GVM_PAGE_SHIFT;
+	w = p / e->prefetch;
+	if (p == rg->held) {
+		/* The readahead marker: serve it now and keep the run going. */
+		rg->held = UINT64_MAX;
+		install_run(e, rg, p, 1, rg->held_zero ? NULL : rg->held_buf);
+		hist_add(e, gvm_now_ns() - now);
+		ra_extend(e, rg, w, now);
+		rg->last_win = w;
+		return;
+	}
+	fl = pg_get(rg, p);
+	if (fl & PG_INFLIGHT)
+		return; /* the install wakes it */
+	if (fl & PG_RESIDENT) {
+		/* Filled since the fault was queued (wake it), or discarded by
+		 * the owner (zero is what a discarded page reads as). */
+		if (fl & PG_LOST)
+			return;
+		struct uffdio_zeropage z = { .range = { addr & ~(uintptr_t)(GVM_PAGE_SIZE - 1), GVM_PAGE_SIZE } };
+		if (ioctl(e->uffd, UFFDIO_ZEROPAGE, &z) < 0) {
+			if (errno == EEXIST)
+				uffd_wake(e, z.range.start, GVM_PAGE_SIZE);
+			else if (errno != ENOENT)
+				pr_perror("UFFDIO_ZEROPAGE (discarded page)");
+		}
+		return;
+	}
+	fetch_start(e, rg, w * e->prefetch,
+		    (uint32_t)GVM_MIN((uint64_t)e->prefetch, rg->npages - w * e->prefetch), p, now, 0);
+	if (rg->last_win != UINT64_MAX && w > rg->last_win && w <= GVM_MAX(rg->ra_next, rg->last_win + 1))
+		ra_extend(e, rg, w, now);
+	else
+		rg->ra_next = w + 1;
+	rg->last_win = w;
+}
+
+static void drain_uffd(struct gvm_engine *e)
+{
+	struct uffd_msg msgs[UFFD_BATCH];
+
+	for (;;) {
+		ssize_t n = read(e->uffd, msgs, sizeof(msgs));
+		uint64_t now = gvm_now_ns();
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno != EAGAIN)
+				pr_perror("read(userfaultfd)");
+			return;
+		}
+		for (size_t i = 0; i < (size_t)n / sizeof(msgs[0]); i++) {
+			if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
+				on_fault(e, (uintptr_t)msgs[i].arg.pagefault.address, now);
+		}
+		if ((size_t)n < sizeof(msgs))
+			return;
+	}
+}
+
+/* ---------------------------------------------------------- write-back */
+
+static void wb_done(struct gvm_engine *e, struct gvm_wb *w)
+{
+	struct gvm_waiter *wt = w->waiter;
+
+	if (w->acks == 0 && !w->err)
+		w->err = -EHOSTUNREACH;
+	if (w->err)
+		STAT_ADD(e, errors, 1);
+	else
+		STAT_ADD(e, bytes_out, (uint64_t)w->nonzero << GVM_PAGE_SHIFT);
+	pthread_mutex_lock(&wt->mu);
+	if (w->err && !wt->err)
+		wt->err = w->err;
+	wt->pending--;
+	pthread_cond_broadcast(&wt->cv);
+	pthread_mutex_unlock(&wt->mu);
+	free(w);
+}
+
+static void wb_send(struct gvm_engine *e, struct gvm_wb *w)
+{
+	uint32_t nodes[GVM_MAX_REPLICAS];
+	unsigned nr = gvm_placement_replicas(&e->pool->pl, w->region, w->page / GVM_STRIPE_PAGES,
+					     e->pool->replicas, nodes);
+	uint64_t now = gvm_now_ns();
+	struct iovec iov = { .iov_base = w->payload, .iov_len = w->len };
+
+	w->outstanding = 0;
+	for (unsigned i = 0; i < nr; i++) {
+		struct gvm_hdr h = { .op = GVM_OP_WRITE, .region = w->region, .page = w->page,
+				     .count = w->count, .len = (uint32_t)w->len };
+		if (!gvm_transport_usable(&e->tp, nodes[i], now))
+			continue;
+		if (gvm_transport_send(&e->tp, nodes[i], &h, &iov, 1, w) == 0)
+			w->outstanding++;
+	}
+	if (w->outstanding == 0) {
+		if (now - w->start_ns >= (uint64_t)e->pool->deadline_ms * 1000000ull) {
+			pr_err("write-back of region %016" PRIx64 " pages %" PRIu64 "-%" PRIu64
+			       ": no replica reachable", w->region, w->page, w->page + w->count - 1);
+			w->err = -EHOSTUNREACH;
+			wb_done(e, w);
+			return;
+		}
+		w->retry_ns = now + 50ull * 1000000ull;
+		w->next = e->parked_wb;
+		e->parked_wb = w;
+	}
+}
+
+static void run_commands(struct gvm_engine *e)
+{
+	struct gvm_wb *list;
+	uint64_t v;
+
+	if (read(e->evfd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+		pr_perror("read(eventfd)");
+	pthread_mutex_lock(&e->cmd_mu);
+	list = e->cmd_head;
+	e->cmd_head = e->cmd_tail = NULL;
+	pthread_mutex_unlock(&e->cmd_mu);
+	while (list) {
+		struct gvm_wb *w = list;
+		list = list->next;
+		w->next = NULL;
+		wb_send(e, w);
+	}
+}
+
+/* ------------------------------------------------------ transport glue */
+
+static void on_reply(void *owner, struct gvm_conn *c, const struct gvm_req *req,
+		     const struct gvm_hdr *h, const uint8_t *payload)
+{
+	struct gvm_engine *e = owner;
+
+	if (req->op == GVM_OP_READ) {
+		struct gvm_fetch *f = req->ctx;
+		if (h->status) {
+			pr_warn("node %s: READ failed: %s", gvm_node_name(&e->pool->cfg, c->node),
+				strerror(-h->status));
+			STAT_ADD(e, errors, 1);
+			f->tries++;
+			fetch_send(e, f);
+			return;
+		}
+		c->pages_in += f->count;
+		STAT_ADD(e, bytes_in, h->len);
+		install_payload(e, f->rg, f->page, f->count, payload, f->fault_page,
+				f->hold ? f->page : UINT64_MAX);
+		if (f->fault_ns)
+			hist_add(e, gvm_now_ns() - f->fault_ns);
+		else
+			STAT_ADD(e, readahead_pages, f->count);
+		fetch_free(e, f);
+	} else if (req->op == GVM_OP_WRITE) {
+		struct gvm_wb *w = req->ctx;
+		if (h->status) {
+			pr_warn("node %s: WRITE failed: %s", gvm_node_name(&e->pool->cfg, c->node),
+				strerror(-h->status));
+			if (!w->err)
+				w->err = h->status;
+		} else {
+			w->acks++;
+		}
+		if (--w->outstanding == 0)
+			wb_done(e, w);
+	}
+}
+
+static void on_fail(void *owner, struct gvm_conn *c, const struct gvm_req *req, int err)
+{
+	struct gvm_engine *e = owner;
+
+	(void)c;
+	(void)err;
+	STAT_ADD(e, errors, 1);
+	if (req->op == GVM_OP_READ) {
+		struct gvm_fetch *f = req->ctx;
+		f->tries++;
+		fetch_send(e, f);
+	} else if (req->op == GVM_OP_WRITE) {
+		/* A replica that failed is not live: done once the live ones ack. */
+		struct gvm_wb *w = req->ctx;
+		if (--w->outstanding == 0) {
+			if (w->acks == 0) {
+				w->next = e->parked_wb;
+				w->retry_ns = gvm_now_ns() + 50ull * 1000000ull;
+				e->parked_wb = w;
+			} else {
+				wb_done(e, w);
+			}
+		}
+	}
+}
+
+static void retry_parked(struct gvm_engine *e, uint64_t now)
+{
+	struct gvm_fetch *f = e->parked, **pf = &e->parked;
+	struct gvm_wb *w = e->parked_wb, **pw = &e->parked_wb;
+
+	while ((f = *pf)) {
+		if (now < f->retry_ns) {
+			pf = &f->next;
+			continue;
+		}
+		*pf = f->next;
+		f->parked = 0;
+		fetch_send(e, f);
+	}
+	while ((w = *pw)) {
+		if (now < w->retry_ns) {
+			pw = &w->next;
+			continue;
+		}
+		*pw = w->next;
+		wb_send(e, w);
+	}
+}
+
+/* ---------------------------------------------------------------- loop */
+
+static void *engine_thread(void *arg)
+{
+	struct gvm_engine *e = arg;
+	struct epoll_event evs[MAX_EVENTS];
+	uint64_t next_tick = 0;
+	int timeout = 100;
+
+	while (!__atomic_load_n(&e->quit, __ATOMIC_ACQUIRE)) {
+		int n = epoll_wait(e->epfd, evs, MAX_EVENTS, timeout);
+		uint64_t now;
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			pr_perror("epoll_wait");
+			break;
+		}
+		for (int i = 0; i < n; i++) {
+			void *p = evs[i].data.ptr;
+			if (p == &uffd_tag)
+				drain_uffd(e);
+			else if (p == &cmd_tag)
+				run_commands(e);
+			else
+				gvm_transport_event(&e->tp, p, evs[i].events);
+		}
+		gvm_transport_flush(&e->tp);
+		now = gvm_now_ns();
+		if (now >= next_tick || e->parked || e->parked_wb) {
+			int ms = gvm_transport_tick(&e->tp, now, e->idle_ns);
+			retry_parked(e, now);
+			gvm_transport_flush(&e->tp);
+			timeout = (e->parked || e->parked_wb) ? 20 : GVM_MIN(ms, 250);
+			next_tick = now + (uint64_t)timeout * 1000000ull;
+		}
+	}
+	return NULL;
+}
+
+/* ----------------------------------------------------------------- API */
+
+int gvm_engine_open(struct gvm_engine **out, struct gvm_pool *pool, const struct gvm_engine_opts *o)
+{
+	struct gvm_engine *e = calloc(1, sizeof(*e));
+	struct gvm_transport_ops ops = { .on_reply = on_reply, .on_fail = on_fail };
+	struct epoll_event ev = { .events = EPOLLIN };
+	uint64_t wanted = UFFD_FEATURE_POISON;
+	const char *off = getenv("GIANTVM_UFFD_DISABLE");
+	int r;
+
+	if (!e)
+		return -ENOMEM;
+	e->uffd = e->epfd = e->evfd = -1;
+	e->pool = pool;
+	e->prefetch = o && o->prefetch ? o->prefetch : GVM_STRIPE_PAGES;
+	if (e->prefetch > GVM_STRIPE_PAGES || (e->prefetch & (e->prefetch - 1))) {
+		pr_err("prefetch %u: must be a power of two from 1 to %u", e->prefetch, GVM_STRIPE_PAGES);
+		free(e);
+		return -EINVAL;
+	}
+	e->readahead = !o || !o->readahead ? 8 : (o->readahead == -1u ? 0 : o->readahead);
+	e->lost_policy = o ? o->lost_policy : GVM_LOST_POISON;
+	e->on_fatal = o ? o->on_fatal : NULL;
+	e->fatal_arg = o ? o->fatal_arg : NULL;
+	e->idle_ns = 60ull * 1000000000ull;
+	pthread_mutex_init(&e->cmd_mu, NULL);
+
+	if (off && strstr(off, "POISON"))
+		wanted &= ~(uint64_t)UFFD_FEATURE_POISON;
+	r = gvm_uffd_open(wanted, &e->features, &e->avail);
+	if (r < 0)
+		goto err_free;
+	e->uffd = r;
+	gvm_uffd_features_str(e->features, e->features_str, sizeof(e->features_str));
+	e->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (e->epfd < 0) {
+		r = -errno;
+		pr_perror("epoll_create1");
+		goto err_close;
+	}
+	e->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (e->evfd < 0) {
+		r = -errno;
+		pr_perror("eventfd");
+		goto err_close;
+	}
+	ev.data.ptr = &uffd_tag;
+	if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, e->uffd, &ev) < 0) {
+		r = -errno;
+		pr_perror("epoll_ctl(uffd)");
+		goto err_close;
+	}
+	ev.data.ptr = &cmd_tag;
+	if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, e->evfd, &ev) < 0) {
+		r = -errno;
+		pr_perror("epoll_ctl(eventfd)");
+		goto err_close;
+	}
+	r = gvm_transport_init(&e->tp, e->epfd, &pool->cfg, pool->token, pool->token_len,
+			       pool->timeout_ms, &ops, e);
+	if (r)
+		goto err_close;
+	if (gvm_raise_nofile() < 0)
+		pr_warn("cannot raise the open-files limit");
+	r = pthread_create(&e->thread, NULL, engine_thread, e);
+	if (r) {
+		r = -r;
+		pr_err("pthread_create: %s", strerror(-r));
+		goto err_tp;
+	}
+	e->running = 1;
+	pr_debug("userfaultfd features: %s", e->features_str);
+	*out = e;
+	return 0;
+
+err_tp:
+	gvm_transport_fini(&e->tp);
+err_close:
+	if (e->evfd >= 0)
+		close(e->evfd);
+	if (e->epfd >= 0)
+		close(e->epfd);
+	close(e->uffd);
+err_free:
+	pthread_mutex_destroy(&e->cmd_mu);
+	free(e);
+	return r;
+}
+
+const char *gvm_engine_features(const struct gvm_engine *e)
+{
+	return e->features_str;
+}
+
+int gvm_engine_attach(struct gvm_engine *e, uint64_t region, const uint8_t key[GVM_REGION_KEY_SIZE],
+		      void *addr, size_t len)
+{
+	struct uffdio_register reg = { .range = { (uintptr_t)addr, len },
+				       .mode = UFFDIO_REGISTER_MODE_MISSING };
+	struct gvm_region *rg;
+	unsigned char *vec;
+	int r;
+
+	if (((uintptr_t)addr | len) & (GVM_PAGE_SIZE - 1) || !len)
+		return -EINVAL;
+	if (e->n_regions >= GVM_MAX_REGIONS)
+		return -ENOSPC;
+	rg = calloc(1, sizeof(*rg));
+	if (!rg)
+		return -ENOMEM;
+	rg->id = region;
+	rg->base = (uintptr_t)addr;
+	rg->len = len;
+	rg->npages = len >> GVM_PAGE_SHIFT;
+	rg->last_win = UINT64_MAX;
+	rg->held = UINT64_MAX;
+	rg->pg = calloc(rg->npages, 1);
+	vec = malloc(rg->npages);
+	if (!rg->pg || !vec) {
+		r = -ENOMEM;
+		goto err_free;
+	}
+	/* Pages present before registration (QEMU may have loaded ROMs into
+	 * RAM) never fault; count them as resident. */
+	if (mincore(addr, len, vec) < 0) {
+		r = -errno;
+		pr_perror("mincore");
+		goto err_free;
+	}
+	for (uint64_t i = 0; i < rg->npages; i++) {
+		if (vec[i] & 1) {
+			rg->pg[i] = PG_RESIDENT;
+			e->resident++;
+		}
+	}
+	if (ioctl(e->uffd, UFFDIO_REGISTER, &reg) < 0) {
+		r = -errno;
+		pr_perror("UFFDIO_REGISTER %p+%zu", addr, len);
+		goto err_free;
+	}
+	if (!(reg.ioctls & (1ull << _UFFDIO_COPY)) || !(reg.ioctls & (1ull << _UFFDIO_ZEROPAGE))) {
+		pr_err("UFFDIO_REGISTER %p: COPY/ZEROPAGE not offered (not anonymous memory?)", addr);
+		r = -EOPNOTSUPP;
+		goto err_unreg;
+	}
+	/* The key must be visible before the first fault of the region. */
+	r = gvm_transport_add_key(&e->tp, region, key);
+	if (r)
+		goto err_unreg;
+	free(vec);
+	e->regions[e->n_regions] = rg;
+	__atomic_store_n(&e->n_regions, e->n_regions + 1, __ATOMIC_RELEASE);
+	return 0;
+
+err_unreg:
+	if (ioctl(e->uffd, UFFDIO_UNREGISTER, &reg.range) < 0)
+		pr_perror("UFFDIO_UNREGISTER");
+err_free:
+	free(vec);
+	free(rg->pg);
+	free(rg);
+	return r;
+}
+
+static void post_wb(struct gvm_engine *e, struct gvm_wb *w)
+{
+	uint64_t one = 1;
+
+	pthread_mutex_lock(&e->cmd_mu);
+	if (e->cmd_tail)
+		e->cmd_tail->next = w;
+	else
+		e->cmd_head = w;
+	e->cmd_tail = w;
+	pthread_mutex_unlock(&e->cmd_mu);
+	if (write(e->evfd, &one, sizeof(one)) < 0)
+		pr_perror("write(eventfd)");
+}
+
+/*
+ * Build a WRITE for pages [p, p+n) (all resident, within one stripe),
+ * reading guest memory on this (non-engine) thread, and hand it over.
+ */
+static int wb_submit(struct gvm_engine *e, struct gvm_region *rg, uint64_t p, uint32_t n,
+		     struct gvm_waiter *wt)
+{
+	size_t bm = GVM_BITMAP_BYTES(n);
+	struct gvm_wb *w = malloc(sizeof(*w) + bm + (size_t)n * GVM_PAGE_SIZE);
+	uint8_t *data;
+	uint32_t nz = 0;
+
+	if (!w)
+		return -ENOMEM;
+	memset(w, 0, sizeof(*w));
+	w->payload = (uint8_t *)(w + 1);
+	memset(w->payload, 0, bm);
+	data = w->payload + bm;
+	for (uint32_t i = 0; i < n; i++) {
+		const void *src = (const void *)(rg->base + ((p + i) << GVM_PAGE_SHIFT));
+		/* Copy first, then test the copy: the guest may be writing. */
+		memcpy(data + (size_t)nz * GVM_PAGE_SIZE, src, GVM_PAGE_SIZE);
+		if (!gvm_page_is_zero(data + (size_t)nz * GVM_PAGE_SIZE)) {
+			gvm_bitmap_set(w->payload, i);
+			nz++;
+		}
+	}
+	w->region = rg->id;
+	w->page = p;
+	w->count = n;
+	w->nonzero = nz;
+	w->len = bm + (size_t)nz * GVM_PAGE_SIZE;
+	w->waiter = wt;
+	w->start_ns = gvm_now_ns();
+	pthread_mutex_lock(&wt->mu);
+	wt->pending++;
+	pthread_mutex_unlock(&wt->mu);
+	post_wb(e, w);
+	return 0;
+}
+
+static int waiter_wait(struct gvm_waiter *wt, uint64_t below)
+{
+	pthread_mutex_lock(&wt->mu);
+	while (wt->pending > below)
+		pthread_cond_wait(&wt->cv, &wt->mu);
+	pthread_mutex_unlock(&wt->mu);
+	return wt->err;
+}
+
+int gvm_engine_flush(struct gvm_engine *e)
+{
+	struct gvm_waiter wt = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
+	unsigned nreg = __atomic_load_n(&e->n_regions, __ATOMIC_ACQUIRE);
+	int r = 0;
+
+	for (unsigned ri = 0; ri < nreg && !r; ri++) {
+		struct gvm_region *rg = e->regions[ri];
+		uint64_t p = 0;
+		while (p < rg->npages && !r) {
+			uint64_t end = GVM_MIN((p / GVM_STRIPE_PAGES + 1) * GVM_STRIPE_PAGES, rg->npages);
+			uint64_t s;
+			if (!(pg_get(rg, p) & PG_RESIDENT) || (pg_get(rg, p) & PG_LOST)) {
+				p++;
+				continue;
+			}
+			for (s = p; s < end && (pg_get(rg, s) & PG_RESIDENT) && !(pg_get(rg, s) & PG_LOST); s++)
+				;
+			r = wb_submit(e, rg, p, (uint32_t)(s - p), &wt);
+			p = s;
+			/* Bound the memory queued: 256 stripes (32 MiB) in flight. */
+			if (!r)
+				r = waiter_wait(&wt, 256);
+		}
+	}
+	int w = waiter_wait(&wt, 0);
+	pthread_mutex_destroy(&wt.mu);
+	pthread_cond_destroy(&wt.cv);
+	return r ? r : w;
+}
+
+int gvm_engine_stats(struct gvm_engine *e, struct gvm_stats *st)
+{
+	*st = (struct gvm_stats){
+		.faults = __atomic_load_n(&e->st.faults, __ATOMIC_RELAXED),
+		.pages_fetched = __atomic_load_n(&e->st.pages_fetched, __ATOMIC_RELAXED),
+		.zero_pages = __atomic_load_n(&e->st.zero_pages, __ATOMIC_RELAXED),
+		.readahead_pages = __atomic_load_n(&e->st.readahead_pages, __ATOMIC_RELAXED),
+		.bytes_in = __atomic_load_n(&e->st.bytes_in, __ATOMIC_RELAXED),
+		.bytes_out = __atomic_load_n(&e->st.bytes_out, __ATOMIC_RELAXED),
+		.errors = __atomic_load_n(&e->st.errors, __ATOMIC_RELAXED),
+		.lost_pages = __atomic_load_n(&e->st.lost_pages, __ATOMIC_RELAXED),
+		.evictions = __atomic_load_n(&e->st.evictions, __ATOMIC_RELAXED),
+		.writebacks = __atomic_load_n(&e->st.writebacks, __ATOMIC_RELAXED),
+		.clean_drops = __atomic_load_n(&e->st.clean_drops, __ATOMIC_RELAXED),
+		.resident_pages = __atomic_load_n(&e->resident, __ATOMIC_RELAXED),
+		.budget_pages = e->budget_pages,
+		.fault_p50_ns = hist_pct(e, 0.50),
+		.fault_p99_ns = hist_pct(e, 0.99),
+		.nodes = e->pool->cfg.n_nodes,
+		.nodes_connected = __atomic_load_n(&e->tp.n_open, __ATOMIC_RELAXED),
+	};
+	return 0;
+}
+
+int gvm_engine_nodes_json(struct gvm_engine *e, char *buf, size_t len)
+{
+	size_t off = 0;
+	int n = snprintf(buf, len, "[");
+
+	if (n < 0 || (size_t)n >= len)
+		return -ENOSPC;
+	off = (size_t)n;
+	/* Racy reads of counters owned by the engine thread: fine for display. */
+	for (uint32_t i = 0; i < e->tp.n_nodes; i++) {
+		struct gvm_conn *c = __atomic_load_n(&e->tp.conns[i], __ATOMIC_ACQUIRE);
+		if (!c)
+			continue;
+		n = snprintf(buf + off, len - off,
+			     "%s{\"node\":\"%s\",\"state\":\"%s\",\"requests\":%" PRIu64
+			     ",\"pages_in\":%" PRIu64 ",\"bytes_in\":%" PRIu64 ",\"bytes_out\":%" PRIu64
+			     ",\"errors\":%" PRIu64 ",\"rtt_us\":%.1f}",
+			     off > 1 ? "," : "", gvm_node_name(&e->pool->cfg, i),
+			     c->state == GVM_CONN_READY ? "up" : c->state == GVM_CONN_DOWN ? "down" :
+			     c->state == GVM_CONN_IDLE ? "idle" : "connecting",
+			     c->reqs, c->pages_in, c->bytes_in, c->bytes_out, c->errors,
+			     (double)c->rtt_ewma_ns / 1000.0);
+		if (n < 0 || (size_t)n >= len - off)
+			return -ENOSPC;
+		off += (size_t)n;
+	}
+	if (off + 2 > len)
+		return -ENOSPC;
+	buf[off++] = ']';
+	buf[off] = 0;
+	return (int)off;
+}
+
+void gvm_engine_close(struct gvm_engine *e)
+{
+	uint64_t one = 1;
+
+	if (!e)
+		return;
+	if (e->running) {
+		__atomic_store_n(&e->quit, 1, __ATOMIC_RELEASE);
+		if (write(e->evfd, &one, sizeof(one)) < 0)
+			pr_perror("write(eventfd)");
+		pthread_join(e->thread, NULL);
+	}
+	for (unsigned i = 0; i < e->n_regions; i++) {
+		struct gvm_region *rg = e->regions[i];
+		struct uffdio_range r = { rg->base, rg->len };
+		/* The range may be unmapped already (owner exiting): fine. */
+		if (ioctl(e->uffd, UFFDIO_UNREGISTER, &r) < 0 && errno != ENOMEM && errno != EINVAL)
+			pr_perror("UFFDIO_UNREGISTER");
+		free(rg->pg);
+		free(rg);
+	}
+	while (e->free_fetch) {
+		struct gvm_fetch *f = e->free_fetch;
+		e->free_fetch = f->next;
+		free(f);
+	}
+	while (e->parked) {
+		struct gvm_fetch *f = e->parked;
+		e->parked = f->next;
+		free(f);
+	}
+	gvm_transport_fini(&e->tp);
+	close(e->evfd);
+	close(e->epfd);
+	close(e->uffd);
+	pthread_mutex_destroy(&e->cmd_mu);
+	free(e);
+}

@@ -1,0 +1,111 @@
+/* The engine's insides: shared by engine.c and the evictor only. */
+#ifndef GVM_ENGINE_INT_H
+#define GVM_ENGINE_INT_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "giantvm.h"
+#include "placement.h"
+#include "pool_int.h"
+#include "proto.h"
+#include "transport.h"
+
+#define GVM_MAX_REGIONS 64
+#define GVM_HIST_BUCKETS 256
+
+/* Per-page flags (one byte per page, atomic access). */
+#define PG_RESIDENT 0x01  /* installed, or present when attached */
+#define PG_INFLIGHT 0x02  /* a READ covering it is outstanding */
+#define PG_REF      0x04  /* touched since the evictor last looked */
+#define PG_DIRTY    0x08  /* written since last written back */
+#define PG_LOST     0x10  /* given up on: poisoned */
+
+struct gvm_region {
+	uint64_t id;          /* region id on the wire */
+	uintptr_t base;       /* first byte */
+	size_t len;
+	uint64_t npages;
+	uint8_t *pg;          /* npages flag bytes */
+	uint64_t last_win;    /* last faulting window (UINT64_MAX: none) */
+	uint64_t ra_next;     /* first window readahead has not requested */
+	uint64_t held;        /* readahead marker page held back, or UINT64_MAX */
+	int held_zero;        /* the held page is all zero */
+	uint8_t held_buf[GVM_PAGE_SIZE];
+};
+
+struct gvm_fetch {            /* one READ of a window, until installed */
+	struct gvm_region *rg;
+	uint64_t page;        /* first page */
+	uint32_t count;
+	uint8_t tries;        /* replicas tried this round */
+	uint8_t parked;
+	uint8_t hold;         /* readahead marker window: hold its first page */
+	uint64_t fault_page;  /* page a thread waits on, or UINT64_MAX */
+	uint64_t fault_ns;    /* when that fault was read (0: readahead) */
+	uint64_t start_ns;    /* first attempt, for the deadline */
+	uint64_t retry_ns;    /* parked until */
+	struct gvm_fetch *next;
+};
+
+struct gvm_waiter {           /* an API thread waiting for write-backs */
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	uint64_t pending;
+	int err;
+};
+
+struct gvm_wb {               /* one WRITE of a run of pages to every replica */
+	uint64_t region;
+	uint64_t page;
+	uint32_t count;
+	uint32_t nonzero;
+	uint8_t *payload;     /* bitmap + non-zero pages */
+	size_t len;
+	uint32_t outstanding; /* replicas not yet answered */
+	uint32_t acks;
+	int err;
+	uint64_t start_ns;
+	uint64_t retry_ns;
+	struct gvm_waiter *waiter;
+	struct gvm_wb *next;
+};
+
+struct gvm_engine_counters {
+	uint64_t faults, pages_fetched, zero_pages, readahead_pages, bytes_in, bytes_out;
+	uint64_t errors, lost_pages, evictions, writebacks, clean_drops;
+};
+
+struct gvm_engine {
+	struct gvm_pool *pool;
+	int uffd;                 /* the userfaultfd */
+	int epfd;                 /* engine thread's epoll */
+	int evfd;                 /* eventfd: commands queued, or quit */
+	pthread_t thread;
+	int running;
+	int quit;
+	uint64_t features;        /* uffd features enabled */
+	uint64_t avail;           /* uffd features the kernel has */
+	char features_str[160];
+	unsigned prefetch;        /* pages per fault window */
+	unsigned readahead;       /* windows ahead on sequential runs */
+	int lost_policy;
+	void (*on_fatal)(const char *why, void *arg);
+	void *fatal_arg;
+	uint64_t idle_ns;         /* close node connections idle this long */
+	uint64_t budget_pages;    /* 0 = unlimited */
+	struct gvm_region *regions[GVM_MAX_REGIONS];
+	unsigned n_regions;       /* published with release after regions[] */
+	struct gvm_transport tp;
+	struct gvm_fetch *free_fetch;
+	struct gvm_fetch *parked; /* fetches waiting for a replica to come back */
+	struct gvm_wb *parked_wb;
+	uint64_t inflight;        /* fetches outstanding */
+	uint64_t resident;        /* resident pages, all regions */
+	pthread_mutex_t cmd_mu;   /* guards cmd_head/cmd_tail */
+	struct gvm_wb *cmd_head, *cmd_tail;
+	struct gvm_engine_counters st;
+	uint64_t hist[GVM_HIST_BUCKETS]; /* fault latency, quarter-octave buckets of ns */
+};
+
+#endif

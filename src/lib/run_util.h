@@ -1,0 +1,78 @@
+/*
+ * What `giantvm run` and `giantvm stat` need to know about QEMU: its command
+ * line, its QMP monitor, and the preload library's control socket. The
+ * parsers are pure so the unit tests can feed them QEMU's real output.
+ */
+#ifndef GVM_RUN_UTIL_H
+#define GVM_RUN_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define GVM_RUN_MAX_RAM 32
+
+struct run_ram {               /* one guest RAM block */
+	char name[128];        /* RAM block id = memory backend id ("pc.ram", "mem0") */
+	uint64_t size;         /* max_length: the size QEMU mmap()ed */
+	uint64_t hva;          /* host address (QEMU >= 8.0 reports it), else 0 */
+	int shared;            /* backend has share=on */
+};
+
+struct run_cand {              /* a RAM-like mmap seen by the preload library */
+	uint64_t addr;
+	uint64_t len;
+};
+
+/* --- QEMU command line --- */
+int gvm_qemu_has_arg(int argc, char **argv, const char *arg);
+int gvm_qemu_has_vfio(int argc, char **argv);
+long gvm_qemu_smp(int argc, char **argv);
+/*
+ * The accelerator to add: "kvm" or "tcg"; "" when the user chose one
+ * (-accel, -enable-kvm, -machine accel=); NULL with err set when the user
+ * asked for KVM and /dev/kvm is not usable.
+ */
+const char *gvm_qemu_accel(int argc, char **argv, int kvm_ok, char *err, size_t errlen);
+
+/* --- parsers (pure) --- */
+/* Rows of `info ramblock` (text, already unescaped). Returns rows or -EINVAL. */
+int gvm_parse_ramblocks(const char *text, struct run_ram *out, int max);
+/* query-memdev's "return" array: ids, sizes, share. Returns count or -EINVAL. */
+int gvm_parse_memdevs(const char *json, struct run_ram *out, int max);
+/* Undo JSON string escapes of a QMP "return" string in place. */
+void gvm_json_unescape(char *s);
+/* Find "key": NUMBER in a flat JSON object. 0 or -ENOENT. */
+int gvm_json_number(const char *json, const char *key, double *out);
+/*
+ * Give every guest RAM block a host address: its HVA when QEMU reported one,
+ * else the unique candidate mapping of exactly its size. Errors (no
+ * mapping, ambiguous) are explained in err. 0 or -1.
+ */
+int gvm_run_match(struct run_ram *blocks, int nb, const struct run_cand *cands, int nc,
+		  char *err, size_t errlen);
+
+/* --- QMP --- */
+/* Connect to QEMU's QMP socket (waiting for it to appear while pid lives)
+ * and negotiate capabilities. fd or -1 (message printed). */
+int gvm_qmp_connect(const char *path, pid_t pid, int timeout_ms);
+/* Send one command; resp gets the reply line. 0 on "return", -1 otherwise. */
+int gvm_qmp_command(int fd, const char *json, char *resp, size_t len);
+/* Guest RAM blocks: memory backends matched with `info ramblock`. */
+int gvm_qmp_ram_blocks(int fd, struct run_ram *out, int max, char *buf, size_t len);
+
+/* --- preload control socket --- */
+int gvm_runtime_dir(char *buf, size_t len);
+int gvm_ctl_connect(const char *path, int timeout_ms);
+int gvm_ctl_in_use(const char *path);
+/* Send a command line, read one reply line into out. 0 or -1. */
+int gvm_ctl_command(int fd, const char *cmd, char *out, size_t len);
+int gvm_ctl_candidates(int fd, struct run_cand *out, int max);
+
+struct gvm_run_stats {
+	uint64_t faults, pages_fetched, zero_pages, readahead_pages, bytes_in, errors;
+	double p50_us, p99_us;
+};
+int gvm_run_parse_stats(const char *json, struct gvm_run_stats *s);
+
+#endif

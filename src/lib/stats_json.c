@@ -1,0 +1,35 @@
+#include "stats_json.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+
+int gvm_stats_json(struct gvm_engine *e, const char *vm, double uptime_s, char *buf, size_t len)
+{
+	struct gvm_stats s;
+	int n, m;
+
+	gvm_engine_stats(e, &s);
+	n = snprintf(buf, len,
+		     "{\"vm\":\"%s\",\"uptime_s\":%.1f,\"features\":\"%s\",\"faults\":%" PRIu64
+		     ",\"pages_fetched\":%" PRIu64 ",\"zero_pages\":%" PRIu64
+		     ",\"readahead_pages\":%" PRIu64 ",\"bytes_in\":%" PRIu64 ",\"bytes_out\":%" PRIu64
+		     ",\"resident_pages\":%" PRIu64 ",\"budget_pages\":%" PRIu64
+		     ",\"evictions\":%" PRIu64 ",\"writebacks\":%" PRIu64 ",\"clean_drops\":%" PRIu64
+		     ",\"errors\":%" PRIu64 ",\"lost_pages\":%" PRIu64
+		     ",\"fault_p50_us\":%.1f,\"fault_p99_us\":%.1f,\"nodes\":%u,\"nodes_connected\":%u"
+		     ",\"per_node\":",
+		     vm, uptime_s, gvm_engine_features(e), s.faults, s.pages_fetched, s.zero_pages,
+		     s.readahead_pages, s.bytes_in, s.bytes_out, s.resident_pages, s.budget_pages,
+		     s.evictions, s.writebacks, s.clean_drops, s.errors, s.lost_pages,
+		     (double)s.fault_p50_ns / 1000.0, (double)s.fault_p99_ns / 1000.0, s.nodes,
+		     s.nodes_connected);
+	if (n < 0 || (size_t)n >= len)
+		return -ENOSPC;
+	m = gvm_engine_nodes_json(e, buf + n, len - (size_t)n);
+	if (m < 0 || (size_t)(n + m + 2) > len)
+		return -ENOSPC;
+	buf[n + m] = '}';
+	buf[n + m + 1] = 0;
+	return n + m + 1;
+}

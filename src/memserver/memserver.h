@@ -1,0 +1,40 @@
+/*
+ * The memory server: one epoll event loop serving any number of clients,
+ * pages kept per region in RAM (sparse) or in a sparse backing file that
+ * survives a restart. It knows nothing of userfaultfd.
+ */
+#ifndef GVM_MEMSERVER_H
+#define GVM_MEMSERVER_H
+
+#include <stdint.h>
+
+#define GVM_MEMSERVER_MAX_LISTEN 16
+
+enum gvm_fsync_mode {
+	GVM_FSYNC_NONE = 0,   /* ack after pwrite: survives SIGKILL, not power loss */
+	GVM_FSYNC_ALWAYS,     /* fdatasync before each WRITE ack */
+};
+
+struct gvm_memserver_opts {
+	const char *listen[GVM_MEMSERVER_MAX_LISTEN]; /* "HOST:PORT", "[v6]:PORT"; port 0 = any */
+	unsigned n_listen;        /* 0 = "127.0.0.1:9999" */
+	uint64_t capacity;        /* bytes of non-zero pages; 0 = unlimited */
+	const char *backing;      /* sparse backing file, or NULL for RAM */
+	const char *token_file;   /* shared secret; NULL = no authentication */
+	int insecure;             /* allow a non-loopback listener without a token */
+	int fsync_mode;           /* enum gvm_fsync_mode */
+};
+
+struct gvm_memserver;
+
+/* Bind, load the backing file. 0 or -errno with a logged reason. */
+int gvm_memserver_open(struct gvm_memserver **out, const struct gvm_memserver_opts *opts);
+/* Port bound by listener `idx` (useful with port 0). */
+int gvm_memserver_port(const struct gvm_memserver *s, unsigned idx);
+/* Serve until gvm_memserver_stop(). 0 or -errno. */
+int gvm_memserver_run(struct gvm_memserver *s);
+/* Ask the loop to return. Async-signal-safe (an eventfd write). */
+void gvm_memserver_stop(struct gvm_memserver *s);
+void gvm_memserver_close(struct gvm_memserver *s);
+
+#endif

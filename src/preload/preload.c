@@ -1,0 +1,423 @@
+/*
+ * libgiantvm-preload.so: loaded into a stock QEMU by `giantvm run`.
+ *
+ * DESIGN
+ * Finding guest RAM: QEMU maps every RAM block with qemu_ram_mmap(): a
+ * PROT_NONE reservation, then mmap(MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS,
+ * PROT_READ | PROT_WRITE) of exactly the block's size over it
+ * (util/mmap-alloc.c). This library interposes mmap/munmap and records such
+ * mappings of 1 MiB or more as candidates, nothing else. `giantvm run`
+ * starts QEMU paused (-S), asks QEMU over QMP which RAM blocks are guest RAM
+ * and how large (and, from QEMU 8.0 on, at which host address), matches
+ * them to the candidates, and sends ATTACH commands over the control socket;
+ * only then does the guest run. So no guest page is ever served locally by
+ * accident, and a block that cannot be found is an error, not a silent
+ * fallback to local RAM.
+ *
+ * Threads: the control thread (started by the constructor, all signals
+ * blocked so QEMU's signals never land on it) and the engine thread it
+ * starts. Neither writes to stdout.
+ *
+ * Control protocol (one text line per request, one or more lines back):
+ *   CANDIDATES              -> "C <hex addr> <len>" lines, then "END"
+ *   ATTACH <hex addr> <len> <hex region> <name> -> "OK" | "ERR <why>"
+ *   STAT                    -> one line of JSON
+ *   FLUSH                   -> "OK" | "ERR <why>"
+ */
+#define LOG_PREFIX "preload: "
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "giantvm.h"
+#include "log.h"
+#include "stats_json.h"
+#include "util.h"
+
+#define MAX_CANDIDATES 256
+#define MIN_CANDIDATE (1ul << 20)
+
+struct candidate {
+	uintptr_t addr;
+	size_t len;
+};
+
+static pthread_mutex_t cand_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct candidate cands[MAX_CANDIDATES];
+static unsigned n_cands;
+static int active;                 /* GIANTVM_CTL was set */
+
+static char ctl_path[108];
+static int ctl_fd = -1;
+static struct gvm_pool *pool;
+static struct gvm_engine *engine;
+static uint8_t vm_secret[32];
+static char vm_name[64] = "vm";
+static uint64_t start_ns;
+
+static void record(void *addr, size_t len, int prot, int flags, int fd)
+{
+	if (!active || fd != -1 || len < MIN_CANDIDATE || prot != (PROT_READ | PROT_WRITE) ||
+	    (flags & (MAP_FIXED | MAP_ANONYMOUS | MAP_PRIVATE)) != (MAP_FIXED | MAP_ANONYMOUS | MAP_PRIVATE))
+		return;
+	pthread_mutex_lock(&cand_mu);
+	for (unsigned i = 0; i < n_cands; i++) {
+		if (cands[i].addr == (uintptr_t)addr) {
+			cands[i].len = len;
+			goto out;
+		}
+	}
+	if (n_cands < MAX_CANDIDATES)
+		cands[n_cands++] = (struct candidate){ (uintptr_t)addr, len };
+out:
+	pthread_mutex_unlock(&cand_mu);
+}
+
+static void forget(void *addr, size_t len)
+{
+	uintptr_t a = (uintptr_t)addr;
+
+	if (!active)
+		return;
+	pthread_mutex_lock(&cand_mu);
+	for (unsigned i = 0; i < n_cands;) {
+		if (cands[i].addr < a + len && a < cands[i].addr + cands[i].len)
+			cands[i] = cands[--n_cands];
+		else
+			i++;
+	}
+	pthread_mutex_unlock(&cand_mu);
+}
+
+/* The raw syscalls: no dlsym, so this works before any constructor ran. */
+__attribute__((visibility("default"))) void *mmap(void *addr, size_t len, int prot, int flags, int fd,
+						   off_t off)
+{
+	long r = syscall(SYS_mmap, addr, len, prot, flags, fd, off);
+
+	if (r == -1)
+		return MAP_FAILED;
+	record((void *)r, len, prot, flags, fd);
+	return (void *)r;
+}
+
+__attribute__((visibility("default"))) void *mmap64(void *addr, size_t len, int prot, int flags,
+						     int fd, off_t off)
+{
+	return mmap(addr, len, prot, flags, fd, off);
+}
+
+__attribute__((visibility("default"))) int munmap(void *addr, size_t len)
+{
+	long r = syscall(SYS_munmap, addr, len);
+
+	if (r == 0)
+		forget(addr, len);
+	return (int)r;
+}
+
+/* ------------------------------------------------------------ control */
+
+static void reply(int fd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void reply(int fd, const char *fmt, ...)
+{
+	char buf[1024];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if ((size_t)n >= sizeof(buf))
+		n = sizeof(buf) - 1;
+	for (size_t off = 0; off < (size_t)n;) {
+		ssize_t w = send(fd, buf + off, (size_t)n - off, MSG_NOSIGNAL);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return;
+		}
+		off += (size_t)w;
+	}
+}
+
+static void on_fatal(const char *why, void *arg)
+{
+	(void)arg;
+	pr_err("FATAL: %s; stopping the VM (no UFFDIO_POISON on this kernel)", why);
+	_exit(75);
+}
+
+static int engine_start(char *err, size_t errlen)
+{
+	struct gvm_pool_opts po = { 0 };
+	struct gvm_engine_opts eo = { .on_fatal = on_fatal };
+	const char *nodes = getenv("GIANTVM_POOL_NODES"), *v;
+	char *list = NULL, *save = NULL;
+	const char *arr[64];
+	uint64_t n;
+	int r;
+
+	if (engine)
+		return 0;
+	po.config_path = getenv("GIANTVM_POOL_FILE");
+	if (!po.config_path && nodes) {
+		list = strdup(nodes);
+		if (!list)
+			return -ENOMEM;
+		for (char *t = strtok_r(list, ",", &save); t && po.n_nodes < 64; t = strtok_r(NULL, ",", &save))
+			arr[po.n_nodes++] = t;
+		po.nodes = arr;
+	}
+	if ((v = getenv("GIANTVM_REPLICAS")) && !gvm_parse_u64(v, 1, 8, &n))
+		po.replicas = (unsigned)n;
+	if ((v = getenv("GIANTVM_PREFETCH")) && !gvm_parse_u64(v, 1, 32, &n))
+		eo.prefetch = (unsigned)n;
+	if ((v = getenv("GIANTVM_LOCAL_MEM")) && !gvm_parse_size(v, &n))
+		eo.local_mem = n;
+	if ((v = getenv("GIANTVM_DEADLINE_MS")) && !gvm_parse_u64(v, 1, 86400000, &n))
+		po.fault_deadline_ms = (int)n;
+	if ((v = getenv("GIANTVM_TIMEOUT_MS")) && !gvm_parse_u64(v, 1, 86400000, &n))
+		po.request_timeout_ms = (int)n;
+	if ((v = getenv("GIANTVM_TOKEN")) && *v) {
+		po.token = v;
+		po.token_len = strlen(v);
+	}
+	r = gvm_pool_open(&pool, &po, err, errlen);
+	free(list);
+	if (r)
+		return r;
+	r = gvm_engine_open(&engine, pool, &eo);
+	if (r) {
+		snprintf(err, errlen, "engine: %s", strerror(-r));
+		gvm_pool_close(pool);
+		pool = NULL;
+		return r;
+	}
+	pr_info("userfaultfd features: %s", gvm_engine_features(engine));
+	return 0;
+}
+
+static void cmd_attach(int fd, char *args)
+{
+	unsigned long long addr, len, region;
+	char name[128], err[512] = "";
+	uint8_t key[GVM_REGION_KEY_SIZE];
+	int r;
+
+	if (sscanf(args, "%llx %llu %llx %127s", &addr, &len, &region, name) != 4) {
+		reply(fd, "ERR usage: ATTACH ADDR LEN REGION NAME\n");
+		return;
+	}
+	r = engine_start(err, sizeof(err));
+	if (r) {
+		reply(fd, "ERR %s\n", err[0] ? err : strerror(-r));
+		return;
+	}
+	r = gvm_region_key(vm_secret, sizeof(vm_secret), region, key);
+	if (!r)
+		r = gvm_engine_attach(engine, region, key, (void *)(uintptr_t)addr, (size_t)len);
+	if (r) {
+		reply(fd, "ERR attach %s at %#llx (%llu bytes): %s\n", name, addr, len, strerror(-r));
+		return;
+	}
+	pr_info("guest RAM block '%s' (%llu MiB at %#llx) is in the pool", name, len >> 20, addr);
+	reply(fd, "OK\n");
+}
+
+static void cmd_stat(int fd)
+{
+	size_t cap = 1u << 20;
+	char *buf = malloc(cap);
+
+	if (!buf) {
+		reply(fd, "ERR out of memory\n");
+		return;
+	}
+	if (gvm_stats_json(engine, vm_name, (double)(gvm_now_ns() - start_ns) / 1e9, buf, cap) < 0) {
+		reply(fd, "ERR stats do not fit\n");
+	} else {
+		size_t n = strlen(buf);
+		buf[n] = '\n';
+		for (size_t off = 0; off <= n;) {
+			ssize_t w = send(fd, buf + off, n + 1 - off, MSG_NOSIGNAL);
+			if (w < 0 && errno == EINTR)
+				continue;
+			if (w <= 0)
+				break;
+			off += (size_t)w;
+		}
+	}
+	free(buf);
+}
+
+static void serve(int fd)
+{
+	char line[512];
+	size_t len = 0;
+
+	for (;;) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		char *nl;
+		ssize_t n;
+
+		if (poll(&p, 1, 60000) <= 0)
+			return;
+		n = recv(fd, line + len, sizeof(line) - 1 - len, 0);
+		if (n <= 0)
+			return;
+		len += (size_t)n;
+		line[len] = 0;
+		while ((nl = strchr(line, '\n'))) {
+			*nl = 0;
+			if (!strcmp(line, "CANDIDATES")) {
+				pthread_mutex_lock(&cand_mu);
+				struct candidate c[MAX_CANDIDATES];
+				unsigned nc = n_cands;
+				memcpy(c, cands, sizeof(c[0]) * nc);
+				pthread_mutex_unlock(&cand_mu);
+				for (unsigned i = 0; i < nc; i++)
+					reply(fd, "C %lx %zu\n", (unsigned long)c[i].addr, c[i].len);
+				reply(fd, "END\n");
+			} else if (!strncmp(line, "ATTACH ", 7)) {
+				cmd_attach(fd, line + 7);
+			} else if (!strcmp(line, "STAT")) {
+				if (engine)
+					cmd_stat(fd);
+				else
+					reply(fd, "ERR no guest RAM attached yet\n");
+			} else if (!strcmp(line, "FLUSH")) {
+				int r = engine ? gvm_engine_flush(engine) : -ENODEV;
+				if (r)
+					reply(fd, "ERR %s\n", strerror(-r));
+				else
+					reply(fd, "OK\n");
+			} else {
+				reply(fd, "ERR unknown command\n");
+			}
+			len -= (size_t)(nl + 1 - line);
+			memmove(line, nl + 1, len + 1);
+		}
+		if (len == sizeof(line) - 1)
+			return; /* a line that long is not ours */
+	}
+}
+
+static void *ctl_thread(void *arg)
+{
+	(void)arg;
+	for (;;) {
+		int c = accept4(ctl_fd, NULL, NULL, SOCK_CLOEXEC);
+		if (c < 0) {
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			pr_perror("accept(control socket)");
+			return NULL;
+		}
+		serve(c);
+		close(c);
+	}
+}
+
+static int hexval(char c)
+{
+	return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+__attribute__((constructor)) static void preload_init(void)
+{
+	const char *ctl = getenv("GIANTVM_CTL"), *secret = getenv("GIANTVM_VM_SECRET"), *name;
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	sigset_t all, old;
+	pthread_t th;
+	int r;
+
+	if (!ctl)
+		return; /* loaded by something other than giantvm run: stay inert */
+	/* QEMU's helpers (e.g. a bridge helper) must not load us again. */
+	unsetenv("LD_PRELOAD");
+	start_ns = gvm_now_ns();
+	if ((name = getenv("GIANTVM_VM_ID")))
+		snprintf(vm_name, sizeof(vm_name), "%s", name);
+	if (!secret || strlen(secret) != 64) {
+		pr_err("GIANTVM_VM_SECRET missing or malformed; start QEMU with `giantvm run`");
+		_exit(70);
+	}
+	for (int i = 0; i < 32; i++) {
+		int hi = hexval(secret[2 * i]), lo = hexval(secret[2 * i + 1]);
+		if (hi < 0 || lo < 0) {
+			pr_err("GIANTVM_VM_SECRET is not hex");
+			_exit(70);
+		}
+		vm_secret[i] = (uint8_t)(hi << 4 | lo);
+	}
+	unsetenv("GIANTVM_VM_SECRET");
+	if (strlen(ctl) >= sizeof(sa.sun_path)) {
+		pr_err("control socket path too long: %s", ctl);
+		_exit(70);
+	}
+	snprintf(ctl_path, sizeof(ctl_path), "%s", ctl);
+	strcpy(sa.sun_path, ctl_path);
+	ctl_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (ctl_fd < 0) {
+		pr_perror("socket(AF_UNIX)");
+		_exit(70);
+	}
+	unlink(ctl_path);
+	if (bind(ctl_fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(ctl_fd, 8) < 0) {
+		pr_perror("control socket %s", ctl_path);
+		_exit(70);
+	}
+	active = 1;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	r = pthread_create(&th, NULL, ctl_thread, NULL);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (r) {
+		pr_err("pthread_create: %s", strerror(r));
+		_exit(70);
+	}
+	pthread_detach(th);
+}
+
+/* Leave the final figures for `giantvm run` to print, and the socket gone. */
+__attribute__((destructor)) static void preload_fini(void)
+{
+	char path[128], tmp[136];
+	size_t cap = 1u << 20;
+	char *buf;
+	FILE *f;
+
+	if (!active)
+		return;
+	unlink(ctl_path);
+	if (!engine)
+		return;
+	buf = malloc(cap);
+	if (!buf)
+		return;
+	if (gvm_stats_json(engine, vm_name, (double)(gvm_now_ns() - start_ns) / 1e9, buf, cap) >= 0) {
+		snprintf(path, sizeof(path), "%s.final", ctl_path);
+		snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+		f = fopen(tmp, "w");
+		if (f) {
+			int ok = fputs(buf, f) >= 0;
+			if (fclose(f) == 0 && ok)
+				rename(tmp, path);
+		}
+	}
+	free(buf);
+}
