@@ -319,7 +319,7 @@ static void fetch_give_up(struct gvm_engine *e, struct gvm_fetch *f)
 		off += (size_t)n;
 	}
 	pr_err("pages %#lx-%#lx (region %016" PRIx64 " pages %" PRIu64 "-%" PRIu64
-	       ") unreachable for %d ms on every replica: %s",
+	       ") could not be fetched within %d ms from any replica: %s",
 	       (unsigned long)(rg->base + (f->page << GVM_PAGE_SHIFT)),
 	       (unsigned long)(rg->base + ((f->page + f->count) << GVM_PAGE_SHIFT) - 1), rg->id,
 	       f->page, f->page + f->count - 1, e->pool->deadline_ms, who);
@@ -580,6 +580,11 @@ static void on_reply(void *owner, struct gvm_conn *c, const struct gvm_req *req,
 			pr_warn("node %s: READ failed: %s", gvm_node_name(&e->pool->cfg, c->node),
 				strerror(-h->status));
 			STAT_ADD(e, errors, 1);
+			if (h->status == -EACCES) {
+				/* Not ours to read (wrong region key): retrying cannot help. */
+				fetch_give_up(e, f);
+				return;
+			}
 			f->tries++;
 			fetch_send(e, f);
 			return;
