@@ -54,6 +54,11 @@
 
 static char uffd_tag, cmd_tag; /* epoll data.ptr sentinels */
 
+/* Zero pages for UFFDIO_COPY: a zero page about to be written is cheaper to
+ * install allocated (one copy) than as the shared zero page, whose first
+ * write takes a second, copy-on-write fault. */
+static const uint8_t zero_window[GVM_STRIPE_PAGES * GVM_PAGE_SIZE] __attribute__((aligned(4096)));
+
 /* ---------------------------------------------------------------- stats */
 
 static unsigned hist_bucket(uint64_t ns)
@@ -189,9 +194,10 @@ static int uffd_fill(struct gvm_engine *e, uintptr_t dst, const uint8_t *src, si
 	return 0;
 }
 
-/* Install pages [p, p+n) of a region that are not resident yet. */
+/* Install pages [p, p+n) of a region that are not resident yet; src NULL
+ * means zero pages (writable ones when `writable`). */
 static void install_run(struct gvm_engine *e, struct gvm_region *rg, uint64_t p, uint64_t n,
-			const uint8_t *src)
+			const uint8_t *src, int writable)
 {
 	uint64_t i = 0;
 
@@ -203,9 +209,17 @@ static void install_run(struct gvm_engine *e, struct gvm_region *rg, uint64_t p,
 		}
 		for (j = i; j < n && !(pg_get(rg, p + j) & PG_RESIDENT); j++)
 			;
-		if (uffd_fill(e, rg->base + ((p + i) << GVM_PAGE_SHIFT),
-			      src ? src + (i << GVM_PAGE_SHIFT) : NULL,
-			      (j - i) << GVM_PAGE_SHIFT) == 0) {
+		const uint8_t *from = src ? src + (i << GVM_PAGE_SHIFT) : writable ? zero_window : NULL;
+		int ok = 0;
+		if (from == zero_window) {
+			for (uint64_t k = i; k < j && ok == 0; k += GVM_STRIPE_PAGES)
+				ok = uffd_fill(e, rg->base + ((p + k) << GVM_PAGE_SHIFT), zero_window,
+					       GVM_MIN((uint64_t)GVM_STRIPE_PAGES, j - k) << GVM_PAGE_SHIFT);
+		} else {
+			ok = uffd_fill(e, rg->base + ((p + i) << GVM_PAGE_SHIFT), from,
+				       (j - i) << GVM_PAGE_SHIFT);
+		}
+		if (ok == 0) {
 			if (!src)
 				STAT_ADD(e, zero_pages, j - i);
 			STAT_ADD(e, pages_fetched, j - i);
@@ -238,7 +252,7 @@ static long packed_index(const uint8_t *bm, unsigned i)
  * resumes at once), then runs of equal kind. */
 static void install_payload(struct gvm_engine *e, struct gvm_region *rg, uint64_t page0,
 			    unsigned count, const uint8_t *payload, uint64_t fault_page,
-			    uint64_t hold_page)
+			    uint64_t hold_page, int writable)
 {
 	const uint8_t *bm = payload, *data = payload + GVM_BITMAP_BYTES(count);
 	unsigned i = 0;
@@ -246,12 +260,13 @@ static void install_payload(struct gvm_engine *e, struct gvm_region *rg, uint64_
 
 	if (fault_page >= page0 && fault_page < page0 + count) {
 		long fi = packed_index(bm, (unsigned)(fault_page - page0));
-		install_run(e, rg, fault_page, 1, fi < 0 ? NULL : data + ((size_t)fi << GVM_PAGE_SHIFT));
+		install_run(e, rg, fault_page, 1, fi < 0 ? NULL : data + ((size_t)fi << GVM_PAGE_SHIFT),
+			    writable);
 	}
 	if (hold_page >= page0 && hold_page < page0 + count && !(pg_get(rg, hold_page) & PG_RESIDENT)) {
 		long hi = packed_index(bm, (unsigned)(hold_page - page0));
 		if (rg->held != UINT64_MAX && !(pg_get(rg, rg->held) & PG_RESIDENT))
-			install_run(e, rg, rg->held, 1, rg->held_zero ? NULL : rg->held_buf);
+			install_run(e, rg, rg->held, 1, rg->held_zero ? NULL : rg->held_buf, writable);
 		rg->held = hold_page;
 		rg->held_zero = hi < 0;
 		if (hi >= 0)
@@ -263,7 +278,8 @@ static void install_payload(struct gvm_engine *e, struct gvm_region *rg, uint64_
 		unsigned j = i;
 		while (j < count && gvm_bitmap_test(bm, j) == nz)
 			j++;
-		install_run(e, rg, page0 + i, j - i, nz ? data + ((size_t)k << GVM_PAGE_SHIFT) : NULL);
+		install_run(e, rg, page0 + i, j - i, nz ? data + ((size_t)k << GVM_PAGE_SHIFT) : NULL,
+			    writable);
 		if (nz)
 			k += j - i;
 		i = j;
@@ -379,7 +395,7 @@ static void fetch_send(struct gvm_engine *e, struct gvm_fetch *f)
 /* Start fetching [page, page+count) unless every page is resident or in
  * flight. fault_page is the page a thread waits on (or UINT64_MAX). */
 static void fetch_start(struct gvm_engine *e, struct gvm_region *rg, uint64_t page, uint32_t count,
-			uint64_t fault_page, uint64_t now, int hold)
+			uint64_t fault_page, uint64_t now, int hold, int writable)
 {
 	struct gvm_fetch *f;
 	uint32_t want = 0;
@@ -404,6 +420,7 @@ static void fetch_start(struct gvm_engine *e, struct gvm_region *rg, uint64_t pa
 	f->fault_ns = fault_page == UINT64_MAX ? 0 : now;
 	f->start_ns = now;
 	f->hold = hold;
+	f->writable = writable;
 	e->inflight++;
 	fetch_send(e, f);
 }
@@ -419,12 +436,12 @@ static void ra_extend(struct gvm_engine *e, struct gvm_region *rg, uint64_t w, u
 	for (uint64_t x = from; x <= to; x++) {
 		uint64_t p = x * e->prefetch;
 		fetch_start(e, rg, p, (uint32_t)GVM_MIN((uint64_t)e->prefetch, rg->npages - p),
-			    UINT64_MAX, now, x == hold_win);
+			    UINT64_MAX, now, x == hold_win, rg->write_bias > 8);
 	}
 	rg->ra_next = GVM_MAX(rg->ra_next, to + 1);
 }
 
-static void on_fault(struct gvm_engine *e, uintptr_t addr, uint64_t now)
+static void on_fault(struct gvm_engine *e, uintptr_t addr, int write, uint64_t now)
 {
 	struct gvm_region *rg = region_of(e, addr);
 	uint64_t p, w;
@@ -437,10 +454,11 @@ static void on_fault(struct gvm_engine *e, uintptr_t addr, uint64_t now)
 	STAT_ADD(e, faults, 1);
 	p = (addr - rg->base) >> GVM_PAGE_SHIFT;
 	w = p / e->prefetch;
+	rg->write_bias = write ? GVM_MIN(rg->write_bias + 1, 16) : GVM_MAX(rg->write_bias - 1, 0);
 	if (p == rg->held) {
 		/* The readahead marker: serve it now and keep the run going. */
 		rg->held = UINT64_MAX;
-		install_run(e, rg, p, 1, rg->held_zero ? NULL : rg->held_buf);
+		install_run(e, rg, p, 1, rg->held_zero ? NULL : rg->held_buf, write);
 		hist_add(e, gvm_now_ns() - now);
 		ra_extend(e, rg, w, now);
 		rg->last_win = w;
@@ -464,7 +482,8 @@ static void on_fault(struct gvm_engine *e, uintptr_t addr, uint64_t now)
 		return;
 	}
 	fetch_start(e, rg, w * e->prefetch,
-		    (uint32_t)GVM_MIN((uint64_t)e->prefetch, rg->npages - w * e->prefetch), p, now, 0);
+		    (uint32_t)GVM_MIN((uint64_t)e->prefetch, rg->npages - w * e->prefetch), p, now, 0,
+		    write || rg->write_bias > 8);
 	if (rg->last_win != UINT64_MAX && w > rg->last_win && w <= GVM_MAX(rg->ra_next, rg->last_win + 1))
 		ra_extend(e, rg, w, now);
 	else
@@ -489,7 +508,8 @@ static void drain_uffd(struct gvm_engine *e)
 		}
 		for (size_t i = 0; i < (size_t)n / sizeof(msgs[0]); i++) {
 			if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
-				on_fault(e, (uintptr_t)msgs[i].arg.pagefault.address, now);
+				on_fault(e, (uintptr_t)msgs[i].arg.pagefault.address,
+					 !!(msgs[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE), now);
 		}
 		if ((size_t)n < sizeof(msgs))
 			return;
@@ -592,7 +612,7 @@ static void on_reply(void *owner, struct gvm_conn *c, const struct gvm_req *req,
 		c->pages_in += f->count;
 		STAT_ADD(e, bytes_in, h->len);
 		install_payload(e, f->rg, f->page, f->count, payload, f->fault_page,
-				f->hold ? f->page : UINT64_MAX);
+				f->hold ? f->page : UINT64_MAX, f->writable);
 		if (f->fault_ns)
 			hist_add(e, gvm_now_ns() - f->fault_ns);
 		else

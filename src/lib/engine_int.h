@@ -29,6 +29,7 @@ struct gvm_region {
 	uint8_t *pg;          /* npages flag bytes */
 	uint64_t last_win;    /* last faulting window (UINT64_MAX: none) */
 	uint64_t ra_next;     /* first window readahead has not requested */
+	int write_bias;       /* recent faults: +1 per write, -1 per read, in [0, 16] */
 	uint64_t held;        /* readahead marker page held back, or UINT64_MAX */
 	int held_zero;        /* the held page is all zero */
 	uint8_t held_buf[GVM_PAGE_SIZE];
@@ -41,6 +42,7 @@ struct gvm_fetch {            /* one READ of a window, until installed */
 	uint8_t tries;        /* replicas tried this round */
 	uint8_t parked;
 	uint8_t hold;         /* readahead marker window: hold its first page */
+	uint8_t writable;     /* install zero pages writable (COPY), not ZEROPAGE */
 	uint64_t fault_page;  /* page a thread waits on, or UINT64_MAX */
 	uint64_t fault_ns;    /* when that fault was read (0: readahead) */
 	uint64_t start_ns;    /* first attempt, for the deadline */
