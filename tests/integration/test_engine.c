@@ -14,6 +14,10 @@
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
 
 #include "giantvm.h"
 #include "memserver.h"
@@ -239,7 +243,68 @@ static int test_wrong_key_gets_no_pages(void)
 	return 0;
 }
 
+static void fatal_exit(const char *why, void *arg)
+{
+	(void)arg;
+	fprintf(stderr, "  fatal hook: %s\n", why);
+	_exit(42);
+}
+
+/* Every replica down: the fault must be resolved (SIGBUS via poison, or the
+ * fatal hook when POISON is unavailable or disabled), never left hanging. */
+static int all_down(int disable_poison)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t al = sizeof(a);
+	char dead[32];
+	int s = socket(AF_INET, SOCK_STREAM, 0);
+
+	/* A port that was free a moment ago and has no listener. */
+	CHECK(s >= 0 && bind(s, (struct sockaddr *)&a, sizeof(a)) == 0);
+	CHECK(getsockname(s, (struct sockaddr *)&a, &al) == 0);
+	snprintf(dead, sizeof(dead), "127.0.0.1:%u", ntohs(a.sin_port));
+	close(s);
+	uint64_t t0 = gvm_now_ns();
+	pid_t pid = fork();
+	if (pid == 0) {
+		const char *n[1] = { dead };
+		struct gvm_pool_opts po = { .nodes = n, .n_nodes = 1, .fault_deadline_ms = 500,
+					    .request_timeout_ms = 200 };
+		struct gvm_engine_opts eo = { .on_fatal = fatal_exit };
+		struct gvm_pool *p;
+		struct gvm_engine *e;
+		char err[128];
+		uint8_t key[32] = { 1 };
+		if (disable_poison)
+			setenv("GIANTVM_UFFD_DISABLE", "POISON", 1);
+		if (gvm_pool_open(&p, &po, err, sizeof(err)) || gvm_engine_open(&e, p, &eo))
+			_exit(2);
+		uint8_t *m = mmap(NULL, 1 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (m == MAP_FAILED || gvm_engine_attach(e, 77, key, m, 1 << 20))
+			_exit(3);
+		volatile uint8_t v = m[4096];
+		(void)v;
+		_exit(4); /* served with something: wrong */
+	}
+	int status;
+	CHECK(waitpid(pid, &status, 0) == pid);
+	double secs = (double)(gvm_now_ns() - t0) / 1e9;
+	printf("  resolved after %.2f s (deadline 0.5 s)\n", secs);
+	if (disable_poison)
+		CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 42);
+	else
+		CHECK((WIFSIGNALED(status) && WTERMSIG(status) == SIGBUS) ||
+		      (WIFEXITED(status) && WEXITSTATUS(status) == 42)); /* kernel without POISON */
+	CHECK(secs < 10);
+	return 0;
+}
+
+static int test_all_replicas_down_poison(void) { return all_down(0); }
+static int test_all_replicas_down_fatal_fallback(void) { return all_down(1); }
+
 static const struct gvm_test tests[] = {
+	{ "all_replicas_down_poison", test_all_replicas_down_poison },
+	{ "all_replicas_down_fatal_fallback", test_all_replicas_down_fatal_fallback },
 	{ "flush_readback_3_nodes", test_flush_readback_3_nodes },
 	{ "readback_with_2000_fds", test_readback_with_2000_fds },
 	{ "wrong_key_gets_no_pages", test_wrong_key_gets_no_pages },
