@@ -1,0 +1,212 @@
+/*
+ * `giantvm memserver`: run one memory server in the foreground until
+ * SIGTERM/SIGINT.
+ */
+#define LOG_PREFIX "memserver: "
+
+#include <errno.h>
+#include <stdarg.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <fcntl.h>
+
+#include "cli.h"
+#include "log.h"
+#include "memserver.h"
+#include "util.h"
+
+static const char usage_text[] =
+	"usage: giantvm memserver [options]\n"
+	"\n"
+	"Serve guest RAM pages to giantvm clients over TCP.\n"
+	"\n"
+	"  --listen HOST:PORT   address to listen on; repeatable (up to 16); IPv6 as [ADDR]:PORT;\n"
+	"                       port 0 picks a free port (default 127.0.0.1:9999)\n"
+	"  --capacity SIZE      most non-zero page bytes to hold, e.g. 16G (default: unlimited)\n"
+	"  --backing FILE       keep pages in this sparse file; they survive a restart\n"
+	"                       (default: in RAM)\n"
+	"  --fsync MODE         never (default): ack a WRITE once it is in the page cache, which\n"
+	"                       survives a crash of the server but not of the machine;\n"
+	"                       always: fdatasync the backing file before every ack\n"
+	"  --token-file FILE    shared secret (16..4096 bytes, mode 600); clients must prove it\n"
+	"  --insecure           allow a non-loopback --listen without --token-file\n"
+	"  --port-file FILE     after listening, write each listener's port (one per line)\n"
+	"  --help               show this help\n";
+
+static struct gvm_memserver *volatile g_server;
+
+static void on_signal(int sig)
+{
+	struct gvm_memserver *s = g_server;
+
+	(void)sig;
+	if (s)
+		gvm_memserver_stop(s);
+}
+
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int usage_error(const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "giantvm memserver: ");
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "\nTry 'giantvm memserver --help'.\n");
+	return GVM_EXIT_USAGE;
+}
+
+static int set_handler(int sig, void (*fn)(int))
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = fn;
+	sigemptyset(&sa.sa_mask);
+	return sigaction(sig, &sa, NULL);
+}
+
+/* Written to a temporary name and renamed, so a reader never sees half a file. */
+static int write_port_file(const char *path, const struct gvm_memserver *s, unsigned n)
+{
+	char tmp[4096], buf[GVM_MEMSERVER_MAX_LISTEN * 8];
+	size_t len = 0, off = 0;
+	int fd;
+
+	if (snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof(tmp)) {
+		pr_err("--port-file %s: path too long", path);
+		return -ENAMETOOLONG;
+	}
+	for (unsigned i = 0; i < n; i++)
+		len += (size_t)snprintf(buf + len, sizeof(buf) - len, "%d\n", gvm_memserver_port(s, i));
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		pr_perror("--port-file %s", tmp);
+		return -errno;
+	}
+	while (off < len) {
+		ssize_t w = write(fd, buf + off, len - off);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			pr_perror("--port-file %s", tmp);
+			goto out_unlink;
+		}
+		off += (size_t)w;
+	}
+	if (close(fd) < 0) {
+		fd = -1;
+		pr_perror("--port-file %s", tmp);
+		goto out_unlink;
+	}
+	fd = -1;
+	if (rename(tmp, path) < 0) {
+		pr_perror("--port-file: rename %s to %s", tmp, path);
+		goto out_unlink;
+	}
+	return 0;
+
+out_unlink:
+	if (fd >= 0)
+		close(fd);
+	unlink(tmp);
+	return -EIO;
+}
+
+int cmd_memserver(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "listen", required_argument, NULL, 'l' },
+		{ "capacity", required_argument, NULL, 'c' },
+		{ "backing", required_argument, NULL, 'b' },
+		{ "token-file", required_argument, NULL, 't' },
+		{ "insecure", no_argument, NULL, 'i' },
+		{ "fsync", required_argument, NULL, 'f' },
+		{ "port-file", required_argument, NULL, 'p' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct gvm_memserver_opts o = { 0 };
+	struct gvm_memserver *s = NULL;
+	const char *port_file = NULL;
+	int ch, r;
+
+	opterr = 0;
+	optind = 0; /* full re-initialisation: getopt may have run before */
+	while ((ch = getopt_long(argc, argv, "+:h", longopts, NULL)) != -1) {
+		switch (ch) {
+		case 'l':
+			if (o.n_listen >= GVM_MEMSERVER_MAX_LISTEN)
+				return usage_error("--listen: at most %u addresses", GVM_MEMSERVER_MAX_LISTEN);
+			o.listen[o.n_listen++] = optarg;
+			break;
+		case 'c':
+			if (gvm_parse_size(optarg, &o.capacity) < 0)
+				return usage_error("--capacity: invalid size '%s' (e.g. 512M, 16G)", optarg);
+			if (o.capacity && o.capacity < 4096)
+				return usage_error("--capacity: '%s' is less than one 4 KiB page", optarg);
+			break;
+		case 'b':
+			o.backing = optarg;
+			break;
+		case 't':
+			o.token_file = optarg;
+			break;
+		case 'i':
+			o.insecure = 1;
+			break;
+		case 'f':
+			if (!strcmp(optarg, "never"))
+				o.fsync_mode = GVM_FSYNC_NONE;
+			else if (!strcmp(optarg, "always"))
+				o.fsync_mode = GVM_FSYNC_ALWAYS;
+			else
+				return usage_error("--fsync: expected 'never' or 'always', not '%s'", optarg);
+			break;
+		case 'p':
+			port_file = optarg;
+			break;
+		case 'h':
+			fputs(usage_text, stdout);
+			return 0;
+		case ':':
+			return usage_error("option '%s' needs a value", argv[optind - 1]);
+		default:
+			return usage_error("unknown option '%s'", argv[optind - 1]);
+		}
+	}
+	if (optind < argc)
+		return usage_error("unexpected argument '%s'", argv[optind]);
+
+	r = gvm_memserver_open(&s, &o);
+	if (r < 0)
+		return 1;
+	if (port_file && write_port_file(port_file, s, o.n_listen ? o.n_listen : 1) < 0) {
+		gvm_memserver_close(s);
+		return 1;
+	}
+
+	g_server = s;
+	if (set_handler(SIGTERM, on_signal) < 0 || set_handler(SIGINT, on_signal) < 0) {
+		pr_perror("sigaction");
+		g_server = NULL;
+		gvm_memserver_close(s);
+		return 1;
+	}
+	r = gvm_memserver_run(s);
+	/* Back to the default so a second ^C during shutdown still works. */
+	if (set_handler(SIGTERM, SIG_DFL) < 0 || set_handler(SIGINT, SIG_DFL) < 0)
+		pr_perror("sigaction");
+	g_server = NULL;
+	gvm_memserver_close(s);
+	if (r < 0)
+		return 1;
+	pr_info("stopped");
+	return 0;
+}

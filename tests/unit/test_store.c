@@ -1,0 +1,603 @@
+/* Unit tests of the memory server's page store (src/memserver/store.c). */
+#include <fcntl.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "memserver.h"
+#include "proto.h"
+#include "store.h"
+#include "test.h"
+#include "util.h"
+
+#define PG GVM_PAGE_SIZE
+
+static const uint8_t key_a[GVM_KEY_SIZE] = "key-a-0123456789abcdef012345678";
+static const uint8_t key_b[GVM_KEY_SIZE] = "key-b-0123456789abcdef012345678";
+
+static uint64_t rng_state = 0x1234567;
+static uint64_t rnd(void)
+{
+	rng_state += 0x9e3779b97f4a7c15ull;
+	return gvm_mix64(rng_state);
+}
+
+/* Fill count pages; page i is zero when zero_every && i % zero_every == 0. */
+static uint8_t *make_pages(unsigned count, unsigned zero_every, unsigned *nonzero)
+{
+	uint8_t *p = calloc(count, PG);
+	unsigned nz = 0;
+
+	for (unsigned i = 0; p && i < count; i++) {
+		if (zero_every && i % zero_every == 0)
+			continue;
+		for (unsigned j = 0; j < PG; j += 8) {
+			uint64_t v = rnd();
+			memcpy(p + (size_t)i * PG + j, &v, 8);
+		}
+		nz++;
+	}
+	if (nonzero)
+		*nonzero = nz;
+	return p;
+}
+
+/* Encode a WRITE payload the way a client does. Caller frees. */
+static uint8_t *encode(const uint8_t *pages, unsigned count, size_t *len)
+{
+	uint8_t *out = calloc(1, gvm_pages_len(count, count));
+	uint8_t *d = out + GVM_BITMAP_BYTES(count);
+
+	for (unsigned i = 0; out && i < count; i++) {
+		if (gvm_page_is_zero(pages + (size_t)i * PG))
+			continue;
+		gvm_bitmap_set(out, i);
+		memcpy(d, pages + (size_t)i * PG, PG);
+		d += PG;
+	}
+	*len = (size_t)(d - out);
+	return out;
+}
+
+static int put(struct gvm_store *st, uint64_t region, uint64_t page, unsigned count, const uint8_t *pages)
+{
+	size_t len;
+	uint8_t *pl = encode(pages, count, &len);
+	int r = pl ? gvm_store_write(st, region, page, count, pl, len) : -ENOMEM;
+
+	free(pl);
+	return r;
+}
+
+/* Read back and compare with expected pages. 0 if equal. */
+static int get_cmp(struct gvm_store *st, uint64_t region, uint64_t page, unsigned count,
+		   const uint8_t *expect)
+{
+	uint8_t *buf = malloc(gvm_pages_len(count, count));
+	const uint8_t *d;
+	ssize_t n;
+	int bad = 0;
+
+	if (!buf)
+		return -1;
+	n = gvm_store_read(st, region, page, count, buf);
+	if (n < 0) {
+		free(buf);
+		return -2;
+	}
+	d = buf + GVM_BITMAP_BYTES(count);
+	for (unsigned i = 0; i < count && !bad; i++) {
+		const uint8_t *e = expect + (size_t)i * PG;
+		if (gvm_bitmap_test(buf, i)) {
+			bad = gvm_page_is_zero(e) || memcmp(d, e, PG) != 0;
+			d += PG;
+		} else {
+			bad = !gvm_page_is_zero(e);
+		}
+	}
+	if (!bad && (size_t)n != (size_t)(d - buf))
+		bad = 1;
+	free(buf);
+	return bad;
+}
+
+static uint64_t stored(struct gvm_store *st)
+{
+	struct gvm_store_stats s;
+	gvm_store_get_stats(st, &s);
+	return s.pages_stored;
+}
+
+static struct gvm_store *ram_store(uint64_t cap_pages)
+{
+	struct gvm_store_opts o = { .capacity_pages = cap_pages };
+	struct gvm_store *st;
+	char err[256];
+
+	return gvm_store_open(&st, &o, err, sizeof(err)) == 0 ? st : NULL;
+}
+
+static char tmpdir[64];
+
+static const char *tmp_path(const char *name)
+{
+	static char path[128];
+
+	if (!tmpdir[0]) {
+		snprintf(tmpdir, sizeof(tmpdir), "/tmp/gvm-test-store-XXXXXX");
+		if (!mkdtemp(tmpdir))
+			return NULL;
+	}
+	snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
+	return path;
+}
+
+static int test_ram_roundtrip(void)
+{
+	struct gvm_store *st = ram_store(0);
+	unsigned nz;
+	uint8_t *pages = make_pages(200, 7, &nz);
+	struct gvm_store_stats s;
+
+	CHECK(st && pages);
+	CHECK_EQ(gvm_store_bind_key(st, 5, key_a), 0);
+	CHECK_EQ(put(st, 5, 37, 200, pages), 0);
+	CHECK_EQ(get_cmp(st, 5, 37, 200, pages), 0);
+	gvm_store_get_stats(st, &s);
+	CHECK_EQ(s.pages_stored, nz);
+	CHECK_EQ(s.regions, 1);
+	CHECK_EQ(s.chunks, 4); /* pages 37..236 touch chunks 0..3 */
+	/* Another region with the same page numbers is separate. */
+	CHECK_EQ(gvm_store_bind_key(st, 6, key_b), 0);
+	uint8_t *zero = calloc(200, PG);
+	CHECK(zero);
+	CHECK_EQ(get_cmp(st, 6, 37, 200, zero), 0);
+	/* Region never bound reads as zero too. */
+	CHECK_EQ(get_cmp(st, 99, 37, 200, zero), 0);
+	/* A full 1024-page write at an unaligned offset (17 chunks). */
+	uint8_t *big = make_pages(1024, 0, NULL);
+	CHECK(big);
+	CHECK_EQ(put(st, 6, 1000, 1024, big), 0);
+	CHECK_EQ(get_cmp(st, 6, 1000, 1024, big), 0);
+	CHECK_EQ(stored(st), nz + 1024);
+	free(big);
+	free(zero);
+	free(pages);
+	gvm_store_close(st);
+	return 0;
+}
+
+static int test_zero_pages_removed(void)
+{
+	struct gvm_store *st = ram_store(0);
+	uint8_t *pages = make_pages(3, 0, NULL);
+	uint8_t pl[8 + PG];
+	struct gvm_store_stats s;
+
+	CHECK(st && pages);
+	CHECK_EQ(gvm_store_bind_key(st, 1, key_a), 0);
+	CHECK_EQ(put(st, 1, 63, 3, pages), 0); /* straddles chunks 0 and 1 */
+	CHECK_EQ(stored(st), 3);
+	/* Clear bit = zero page: forgets page 64 only. */
+	memset(pages + PG, 0, PG);
+	CHECK_EQ(put(st, 1, 63, 3, pages), 0);
+	CHECK_EQ(stored(st), 2);
+	CHECK_EQ(get_cmp(st, 1, 63, 3, pages), 0);
+	/* A set bit carrying an all-zero page is a zero page as well. */
+	memset(pl, 0, sizeof(pl));
+	gvm_bitmap_set(pl, 0);
+	CHECK_EQ(gvm_store_write(st, 1, 63, 1, pl, sizeof(pl)), 0);
+	CHECK_EQ(stored(st), 1);
+	gvm_store_get_stats(st, &s);
+	CHECK_EQ(s.chunks, 1); /* chunk 0 is empty and gone */
+	memset(pages, 0, 3 * PG);
+	CHECK_EQ(put(st, 1, 63, 3, pages), 0);
+	gvm_store_get_stats(st, &s);
+	CHECK_EQ(s.pages_stored, 0);
+	CHECK_EQ(s.chunks, 0);
+	CHECK_EQ(get_cmp(st, 1, 63, 3, pages), 0);
+	free(pages);
+	gvm_store_close(st);
+	return 0;
+}
+
+static int test_capacity(void)
+{
+	struct gvm_store *st = ram_store(100);
+	uint8_t *a = make_pages(80, 0, NULL), *b = make_pages(30, 0, NULL), *c = make_pages(40, 0, NULL);
+	uint8_t bm[GVM_BITMAP_BYTES(1024)];
+
+	CHECK(st && a && b && c);
+	CHECK_EQ(gvm_store_bind_key(st, 1, key_a), 0);
+	CHECK_EQ(put(st, 1, 0, 80, a), 0);
+	CHECK_EQ(put(st, 1, 1000, 30, b), -ENOSPC);
+	CHECK_EQ(stored(st), 80);
+	CHECK_EQ(gvm_store_list(st, 1, 1000, 30, bm), 0);
+	for (unsigned i = 0; i < 30; i++)
+		CHECK(!gvm_bitmap_test(bm, i));
+	/* Partly overlapping: 20 new pages after 60 overwritten ones still fit. */
+	CHECK_EQ(put(st, 1, 60, 40, c), 0);
+	CHECK_EQ(stored(st), 100);
+	CHECK_EQ(get_cmp(st, 1, 60, 40, c), 0);
+	/* Full: overwriting in place is fine, one new page is not. */
+	CHECK_EQ(put(st, 1, 0, 40, c), 0);
+	CHECK_EQ(put(st, 1, 100, 1, b), -ENOSPC);
+	/* Zeroing 30 pages and adding 30 in one WRITE keeps usage flat. */
+	uint8_t *mix = calloc(60, PG);
+	CHECK(mix);
+	memcpy(mix + 30 * (size_t)PG, b, 30 * (size_t)PG);
+	CHECK_EQ(put(st, 1, 70, 60, mix), 0);
+	CHECK_EQ(stored(st), 100);
+	CHECK_EQ(get_cmp(st, 1, 70, 60, mix), 0);
+	free(mix);
+	free(a);
+	free(b);
+	free(c);
+	gvm_store_close(st);
+	return 0;
+}
+
+static int test_keys(void)
+{
+	struct gvm_store *st = ram_store(0);
+	uint8_t *p = make_pages(1, 0, NULL);
+	struct gvm_store_stats s;
+
+	CHECK(st && p);
+	CHECK_EQ(put(st, 1, 0, 1, p), -ENOENT); /* never bound */
+	CHECK_EQ(gvm_store_bind_key(st, 1, key_a), 0);
+	CHECK_EQ(gvm_store_bind_key(st, 1, key_a), 0);
+	CHECK_EQ(gvm_store_bind_key(st, 1, key_b), -EACCES);
+	CHECK_EQ(gvm_store_bind_key(st, 0, key_b), 0); /* region 0 is an ordinary id */
+	CHECK_EQ(gvm_store_bind_key(st, UINT64_MAX, key_b), 0);
+	CHECK_EQ(gvm_store_bind_key(st, 0, key_a), -EACCES);
+	for (uint64_t r = 100; r < 200; r++) /* table growth keeps earlier keys */
+		CHECK_EQ(gvm_store_bind_key(st, r, (r & 1) ? key_a : key_b), 0);
+	CHECK_EQ(gvm_store_bind_key(st, 1, key_b), -EACCES);
+	CHECK_EQ(gvm_store_bind_key(st, 151, key_a), 0);
+	CHECK_EQ(gvm_store_bind_key(st, 151, key_b), -EACCES);
+	gvm_store_get_stats(st, &s);
+	CHECK_EQ(s.regions, 103);
+	free(p);
+	gvm_store_close(st);
+	return 0;
+}
+
+static int test_free(void)
+{
+	struct gvm_store *st = ram_store(0);
+	uint8_t *p = make_pages(300, 5, NULL);
+	uint8_t *zero = calloc(300, PG);
+
+	CHECK(st && p && zero);
+	CHECK_EQ(gvm_store_bind_key(st, 1, key_a), 0);
+	CHECK_EQ(gvm_store_bind_key(st, 2, key_b), 0);
+	CHECK_EQ(put(st, 1, 0, 300, p), 0);
+	CHECK_EQ(put(st, 2, 0, 300, p), 0);
+	for (uint64_t pg = 10000; pg < 20000; pg += 640) /* scatter many chunks */
+		CHECK_EQ(put(st, 1, pg, 3, p + PG), 0);
+	uint64_t before2 = stored(st);
+	CHECK_EQ(gvm_store_free(st, 1), 0);
+	CHECK_EQ(get_cmp(st, 1, 0, 300, zero), 0);
+	CHECK_EQ(get_cmp(st, 2, 0, 300, p), 0);
+	CHECK_EQ(stored(st), 240);
+	CHECK(before2 > 240);
+	CHECK_EQ(gvm_store_free(st, 1), 0);      /* freeing twice is harmless */
+	CHECK_EQ(gvm_store_free(st, 12345), 0);  /* unknown region too */
+	CHECK_EQ(gvm_store_bind_key(st, 1, key_b), -EACCES); /* key survives FREE */
+	CHECK_EQ(put(st, 1, 0, 300, p), 0);
+	CHECK_EQ(get_cmp(st, 1, 0, 300, p), 0);
+	free(p);
+	free(zero);
+	gvm_store_close(st);
+	return 0;
+}
+
+static int test_list(void)
+{
+	struct gvm_store *st = ram_store(0);
+	uint8_t page[PG];
+	static uint8_t bm[GVM_BITMAP_BYTES(1u << 20)];
+	uint64_t marks[] = { 0, 1, 63, 64, 65, 127, 128, 1000, 4095, 70000, (1u << 20) - 1 };
+
+	CHECK(st);
+	memset(page, 0xab, sizeof(page));
+	CHECK_EQ(gvm_store_bind_key(st, 9, key_a), 0);
+	for (unsigned i = 0; i < GVM_ARRAY_SIZE(marks); i++) {
+		size_t len;
+		uint8_t *pl = encode(page, 1, &len);
+		CHECK(pl);
+		CHECK_EQ(gvm_store_write(st, 9, marks[i], 1, pl, len), 0);
+		free(pl);
+	}
+	CHECK_EQ(gvm_store_list(st, 9, 0, 1u << 20, bm), 0);
+	unsigned set = 0;
+	for (uint32_t i = 0; i < (1u << 20); i++)
+		set += (unsigned)gvm_bitmap_test(bm, i);
+	CHECK_EQ(set, GVM_ARRAY_SIZE(marks));
+	for (unsigned i = 0; i < GVM_ARRAY_SIZE(marks); i++)
+		CHECK(gvm_bitmap_test(bm, (unsigned)marks[i]));
+	/* Unaligned window 60..139: bits for 63, 64, 65, 127, 128. */
+	CHECK_EQ(gvm_store_list(st, 9, 60, 80, bm), 0);
+	for (unsigned i = 0; i < 80; i++) {
+		unsigned p = 60 + i;
+		int want = p == 63 || p == 64 || p == 65 || p == 127 || p == 128;
+		CHECK_EQ(gvm_bitmap_test(bm, i), want);
+	}
+	for (unsigned i = 80; i < 128; i++) /* nothing past count */
+		CHECK(!gvm_bitmap_test(bm, i));
+	CHECK_EQ(gvm_store_list(st, 9, 0, (1u << 20) + 1, bm), -EINVAL);
+	CHECK_EQ(gvm_store_list(st, 9, 0, 0, bm), -EINVAL);
+	CHECK_EQ(gvm_store_list(st, 9, (1ull << 52) - 1, 2, bm), -EINVAL);
+	gvm_store_close(st);
+	return 0;
+}
+
+static int test_invalid_writes(void)
+{
+	struct gvm_store *st = ram_store(0);
+	uint8_t pl[8 + 2 * PG];
+
+	CHECK(st);
+	CHECK_EQ(gvm_store_bind_key(st, 1, key_a), 0);
+	memset(pl, 0x11, sizeof(pl));
+	memset(pl, 0, 8);
+	gvm_bitmap_set(pl, 0);
+	gvm_bitmap_set(pl, 5); /* beyond count 3 */
+	CHECK_EQ(gvm_store_write(st, 1, 0, 3, pl, sizeof(pl)), -EINVAL);
+	pl[0] = 1;             /* one page announced, two sent */
+	CHECK_EQ(gvm_store_write(st, 1, 0, 3, pl, sizeof(pl)), -EINVAL);
+	CHECK_EQ(gvm_store_write(st, 1, 0, 0, pl, 8), -EINVAL);
+	CHECK_EQ(gvm_store_write(st, 1, 0, GVM_MAX_PAGES + 1, pl, sizeof(pl)), -EINVAL);
+	CHECK_EQ(gvm_store_write(st, 1, (1ull << 52) - 1, 2, pl, 8 + PG), -EINVAL);
+	CHECK_EQ(stored(st), 0);
+	/* The last valid page works. */
+	CHECK_EQ(gvm_store_write(st, 1, (1ull << 52) - 1, 1, pl, 8 + PG), 0);
+	CHECK_EQ(stored(st), 1);
+	gvm_store_close(st);
+	return 0;
+}
+
+/* Random churn against a reference model: exercises growth and deletion. */
+static int test_index_churn(void)
+{
+	enum { N = 6000 };
+	struct gvm_store *st = ram_store(0);
+	static uint64_t reg[N], idx[N];
+	static uint8_t live[N];
+	uint8_t page[PG], pl[8 + PG], bm[8];
+	struct gvm_store_stats s;
+
+	CHECK(st);
+	memset(page, 0x5a, sizeof(page));
+	memset(pl, 0, 8);
+	gvm_bitmap_set(pl, 0);
+	memcpy(pl + 8, page, PG);
+	for (uint64_t r = 0; r < 8; r++)
+		CHECK_EQ(gvm_store_bind_key(st, r, key_a), 0);
+	for (unsigned i = 0; i < N; i++) {
+		reg[i] = rnd() % 8;
+		idx[i] = (uint64_t)i * 64 + rnd() % 64; /* distinct chunks */
+		CHECK_EQ(gvm_store_write(st, reg[i], idx[i], 1, pl, sizeof(pl)), 0);
+		live[i] = 1;
+	}
+	for (unsigned round = 0; round < 3; round++) {
+		for (unsigned i = 0; i < N; i++) {
+			if (rnd() % 2 == 0)
+				continue;
+			memset(bm, 0, 8);
+			if (live[i])
+				CHECK_EQ(gvm_store_write(st, reg[i], idx[i], 1, bm, 8), 0);
+			else
+				CHECK_EQ(gvm_store_write(st, reg[i], idx[i], 1, pl, sizeof(pl)), 0);
+			live[i] = !live[i];
+		}
+		unsigned n_live = 0;
+		for (unsigned i = 0; i < N; i++) {
+			CHECK_EQ(gvm_store_list(st, reg[i], idx[i], 1, bm), 0);
+			CHECK_EQ(bm[0] & 1, live[i]);
+			n_live += live[i];
+		}
+		gvm_store_get_stats(st, &s);
+		CHECK_EQ(s.pages_stored, n_live);
+		CHECK_EQ(s.chunks, n_live);
+	}
+	CHECK_EQ(gvm_store_free(st, 3), 0);
+	for (unsigned i = 0; i < N; i++) {
+		CHECK_EQ(gvm_store_list(st, reg[i], idx[i], 1, bm), 0);
+		CHECK_EQ(bm[0] & 1, reg[i] == 3 ? 0 : live[i]);
+	}
+	gvm_store_close(st);
+	return 0;
+}
+
+static int open_backing(struct gvm_store **st, const char *path, int fsync_mode, char *err, size_t errlen)
+{
+	struct gvm_store_opts o = { .backing = path, .fsync_mode = fsync_mode };
+	return gvm_store_open(st, &o, err, errlen);
+}
+
+static int test_backing_roundtrip(void)
+{
+	const char *path = tmp_path("roundtrip.store");
+	struct gvm_store *st;
+	struct gvm_store_stats s;
+	char err[512];
+	unsigned nz;
+	uint8_t *p = make_pages(300, 4, &nz), *q = make_pages(64, 0, NULL);
+	uint8_t *zero = calloc(300, PG);
+
+	CHECK(path && p && q && zero);
+	unlink(path);
+	for (int mode = GVM_FSYNC_NONE; mode <= GVM_FSYNC_ALWAYS; mode++) {
+		CHECK_EQ(open_backing(&st, path, mode, err, sizeof(err)), 0);
+		if (mode == GVM_FSYNC_NONE) {
+			CHECK_EQ(gvm_store_bind_key(st, 7, key_a), 0);
+			CHECK_EQ(gvm_store_bind_key(st, 8, key_b), 0);
+			CHECK_EQ(gvm_store_bind_key(st, 9, key_b), 0); /* key only, no pages */
+			CHECK_EQ(put(st, 7, 10, 300, p), 0);
+			CHECK_EQ(put(st, 8, 1ull << 40, 64, q), 0);
+			CHECK_EQ(get_cmp(st, 7, 10, 300, p), 0);
+		} else {
+			/* Reopened: everything is back; now change things with fsync on. */
+			CHECK_EQ(get_cmp(st, 7, 10, 300, p), 0);
+			CHECK_EQ(get_cmp(st, 8, 1ull << 40, 64, q), 0);
+			CHECK_EQ(gvm_store_free(st, 8), 0);
+			CHECK_EQ(put(st, 7, 10, 100, zero), 0);
+			memset(p, 0, 100 * (size_t)PG);
+		}
+		gvm_store_close(st);
+	}
+	CHECK_EQ(open_backing(&st, path, GVM_FSYNC_NONE, err, sizeof(err)), 0);
+	CHECK_EQ(get_cmp(st, 7, 10, 300, p), 0);
+	CHECK_EQ(get_cmp(st, 8, 1ull << 40, 64, zero), 0);
+	gvm_store_get_stats(st, &s);
+	CHECK_EQ(s.regions, 3);
+	unsigned want = 0;
+	for (unsigned i = 0; i < 300; i++)
+		want += !gvm_page_is_zero(p + (size_t)i * PG);
+	CHECK_EQ(s.pages_stored, want);
+	CHECK_EQ(gvm_store_bind_key(st, 7, key_b), -EACCES);
+	CHECK_EQ(gvm_store_bind_key(st, 9, key_a), -EACCES);
+	CHECK_EQ(gvm_store_bind_key(st, 9, key_b), 0);
+	/* Freed slots are reused: region 8's chunk slot goes to region 9. */
+	CHECK_EQ(put(st, 9, 0, 64, q), 0);
+	gvm_store_close(st);
+	CHECK_EQ(open_backing(&st, path, GVM_FSYNC_NONE, err, sizeof(err)), 0);
+	CHECK_EQ(get_cmp(st, 9, 0, 64, q), 0);
+	CHECK_EQ(get_cmp(st, 8, 1ull << 40, 64, zero), 0);
+	CHECK_EQ(get_cmp(st, 7, 10, 300, p), 0);
+	gvm_store_close(st);
+	unlink(path);
+	free(p);
+	free(q);
+	free(zero);
+	return 0;
+}
+
+static int test_backing_locked(void)
+{
+	const char *p = tmp_path("locked.store");
+	char path[128], err[512];
+	struct gvm_store *a, *b;
+
+	CHECK(p);
+	snprintf(path, sizeof(path), "%s", p);
+	unlink(path);
+	CHECK_EQ(open_backing(&a, path, 0, err, sizeof(err)), 0);
+	CHECK_EQ(open_backing(&b, path, 0, err, sizeof(err)), -EBUSY);
+	CHECK(strstr(err, path) != NULL);
+	gvm_store_close(a);
+	CHECK_EQ(open_backing(&b, path, 0, err, sizeof(err)), 0);
+	gvm_store_close(b);
+	unlink(path);
+	return 0;
+}
+
+static int patch_file(const char *path, uint64_t off, const void *bytes, size_t n)
+{
+	int fd = open(path, O_WRONLY);
+
+	if (fd < 0)
+		return -1;
+	ssize_t w = pwrite(fd, bytes, n, (off_t)off);
+	close(fd);
+	return w == (ssize_t)n ? 0 : -1;
+}
+
+static int test_backing_corrupt(void)
+{
+	const char *p = tmp_path("corrupt.store");
+	char path[128], err[512], want[64];
+	struct gvm_store *st;
+	uint8_t *pages = make_pages(2, 0, NULL);
+	uint8_t junk = 0x77, zhdr[GVM_STORE_SLOT_HDR_SIZE] = { 0 };
+
+	CHECK(p && pages);
+	snprintf(path, sizeof(path), "%s", p);
+	unlink(path);
+	CHECK_EQ(open_backing(&st, path, 0, err, sizeof(err)), 0);
+	CHECK_EQ(gvm_store_bind_key(st, 1, key_a), 0); /* slot 0: key record */
+	CHECK_EQ(put(st, 1, 0, 2, pages), 0);          /* slot 1: chunk 0 */
+	gvm_store_close(st);
+
+	uint64_t slot1 = GVM_STORE_HDR_BYTES + GVM_STORE_SLOT_BYTES;
+	/* A flipped bit in the chunk's region field breaks its checksum. */
+	CHECK_EQ(patch_file(path, slot1 + 9, &junk, 1), 0);
+	CHECK_EQ(open_backing(&st, path, 0, err, sizeof(err)), -EINVAL);
+	snprintf(want, sizeof(want), "offset %llu", (unsigned long long)slot1);
+	CHECK(strstr(err, path) != NULL);
+	CHECK(strstr(err, want) != NULL);
+	CHECK(strstr(err, "checksum") != NULL);
+
+	/* Garbage magic in slot 2 (past the end of the data so far). */
+	uint64_t slot2 = GVM_STORE_HDR_BYTES + 2 * GVM_STORE_SLOT_BYTES;
+	CHECK_EQ(patch_file(path, slot1 + 9, &(uint8_t){ 0 }, 1), 0);
+	CHECK_EQ(open_backing(&st, path, 0, err, sizeof(err)), 0); /* repaired */
+	gvm_store_close(st);
+	uint8_t garbage[GVM_STORE_SLOT_HDR_SIZE];
+	memset(garbage, 0x01, sizeof(garbage));
+	memcpy(garbage, "GARBAGE!", 8);
+	CHECK_EQ(patch_file(path, slot2, garbage, sizeof(garbage)), 0);
+	CHECK_EQ(open_backing(&st, path, 0, err, sizeof(err)), -EINVAL);
+	snprintf(want, sizeof(want), "offset %llu", (unsigned long long)slot2);
+	CHECK(strstr(err, want) != NULL);
+	CHECK(strstr(err, "magic") != NULL);
+	CHECK_EQ(patch_file(path, slot2, zhdr, sizeof(zhdr)), 0);
+	CHECK_EQ(open_backing(&st, path, 0, err, sizeof(err)), 0);
+	gvm_store_close(st);
+
+	/* Destroying the key record leaves a chunk without a key: refused. */
+	uint64_t slot0 = GVM_STORE_HDR_BYTES;
+	CHECK_EQ(patch_file(path, slot0, zhdr, sizeof(zhdr)), 0);
+	CHECK_EQ(open_backing(&st, path, 0, err, sizeof(err)), -EINVAL);
+	CHECK(strstr(err, "no key record") != NULL);
+
+	/* Not a store at all. */
+	CHECK_EQ(patch_file(path, 0, "NOTASTORE", 9), 0);
+	CHECK_EQ(open_backing(&st, path, 0, err, sizeof(err)), -EINVAL);
+	CHECK(strstr(err, "not a giantvm backing file") != NULL);
+	CHECK(strstr(err, "offset 0") != NULL);
+
+	/* A tiny file. */
+	CHECK_EQ(truncate(path, 5), 0);
+	CHECK_EQ(open_backing(&st, path, 0, err, sizeof(err)), -EINVAL);
+	CHECK(strstr(err, path) != NULL);
+	unlink(path);
+
+	/* The file ends inside a slot header. */
+	CHECK_EQ(open_backing(&st, path, 0, err, sizeof(err)), 0);
+	CHECK_EQ(gvm_store_bind_key(st, 1, key_a), 0);
+	gvm_store_close(st);
+	CHECK_EQ(truncate(path, GVM_STORE_HDR_BYTES + 20), 0);
+	CHECK_EQ(open_backing(&st, path, 0, err, sizeof(err)), -EINVAL);
+	CHECK(strstr(err, "truncated") != NULL);
+	unlink(path);
+	free(pages);
+	return 0;
+}
+
+static int test_cleanup(void)
+{
+	if (tmpdir[0])
+		CHECK_EQ(rmdir(tmpdir), 0);
+	return 0;
+}
+
+static const struct gvm_test tests[] = {
+	{ "ram_roundtrip", test_ram_roundtrip },
+	{ "zero_pages_removed", test_zero_pages_removed },
+	{ "capacity", test_capacity },
+	{ "keys", test_keys },
+	{ "free", test_free },
+	{ "list", test_list },
+	{ "invalid_writes", test_invalid_writes },
+	{ "index_churn", test_index_churn },
+	{ "backing_roundtrip", test_backing_roundtrip },
+	{ "backing_locked", test_backing_locked },
+	{ "backing_corrupt", test_backing_corrupt },
+	{ "cleanup", test_cleanup },
+};
+
+GVM_TEST_MAIN(tests)
