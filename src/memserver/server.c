@@ -84,7 +84,7 @@ struct gvm_memserver {
 	uint8_t *rbuf;
 	struct conn *conns;
 	uint64_t n_clients, reads, writes, bytes_in, bytes_out;
-	uint64_t last_fd_warn_ns;
+	uint64_t last_accept_warn_ns;
 };
 
 static uint32_t le32(const uint8_t *p)
@@ -156,7 +156,7 @@ static int reply_status(struct conn *c, const struct gvm_hdr *req, int status)
 {
 	if (!out_reserve(c, GVM_HDR_SIZE)) {
 		pr_warn("client %s: out of memory for a reply, closing", c->addr);
-		return -1;
+		return -ENOMEM;
 	}
 	reply_commit(c, req, status, 0);
 	return 0;
@@ -165,7 +165,7 @@ static int reply_status(struct conn *c, const struct gvm_hdr *req, int status)
 static int conn_reject(struct conn *c, const char *why)
 {
 	pr_warn("client %s: %s, closing", c->addr, why);
-	return -1;
+	return -EPROTO;
 }
 
 static int conn_has_region(const struct conn *c, uint64_t region, uint32_t *pos)
@@ -210,7 +210,7 @@ static int handle_hello(struct gvm_memserver *s, struct conn *c, const struct gv
 			const uint8_t *payload)
 {
 	struct gvm_hello hello;
-	int status = 0;
+	int status = 0, r;
 
 	if (c->authed)
 		return reply_status(c, h, -EALREADY);
@@ -233,8 +233,8 @@ static int handle_hello(struct gvm_memserver *s, struct conn *c, const struct gv
 		}
 		OPENSSL_cleanse(mac, sizeof(mac));
 	}
-	if (reply_status(c, h, status) < 0)
-		return -1;
+	if ((r = reply_status(c, h, status)) < 0)
+		return r;
 	if (status)
 		c->closing = 1;
 	else
@@ -242,7 +242,7 @@ static int handle_hello(struct gvm_memserver *s, struct conn *c, const struct gv
 	return 0;
 }
 
-/* One complete, header-validated frame. Returns 0, or -1 to close the connection. */
+/* One complete, header-validated frame. Returns 0, or -errno to close the connection. */
 static int conn_handle(struct gvm_memserver *s, struct conn *c, const struct gvm_hdr *h,
 		       const uint8_t *payload)
 {
@@ -322,7 +322,7 @@ static int conn_handle(struct gvm_memserver *s, struct conn *c, const struct gvm
 /*
  * Handle every complete frame at the start of buf. Returns the bytes consumed
  * (the rest is an unfinished frame, or frames held back by backpressure), or
- * -1 to close the connection.
+ * -errno to close the connection.
  */
 static ssize_t conn_parse(struct gvm_memserver *s, struct conn *c, const uint8_t *buf, size_t len)
 {
@@ -337,15 +337,17 @@ static ssize_t conn_parse(struct gvm_memserver *s, struct conn *c, const uint8_t
 			return conn_reject(c, why);
 		if (!c->authed && h.op != GVM_OP_HELLO) {
 			pr_warn("client %s: %s before HELLO, closing", c->addr, gvm_op_name(h.op));
-			if (reply_status(c, &h, -EACCES) < 0)
-				return -1;
+			int r = reply_status(c, &h, -EACCES);
+			if (r < 0)
+				return r;
 			c->closing = 1;
 			break;
 		}
 		if (len - off - GVM_HDR_SIZE < h.len)
 			break;
-		if (conn_handle(s, c, &h, buf + off + GVM_HDR_SIZE) < 0)
-			return -1;
+		int r = conn_handle(s, c, &h, buf + off + GVM_HDR_SIZE);
+		if (r < 0)
+			return r;
 		off += GVM_HDR_SIZE + h.len;
 		s->bytes_in += GVM_HDR_SIZE + h.len;
 		if (out_pending(c) > OUT_HIGH)
@@ -397,12 +399,14 @@ static void conn_consume_input(struct conn *c, size_t used)
 
 static int conn_recv_error(struct conn *c)
 {
-	if (errno != ECONNRESET && errno != ETIMEDOUT && errno != EPIPE)
-		pr_warn("client %s: recv: %s, closing", c->addr, strerror(errno));
-	return -1;
+	int r = -errno;
+
+	if (r != -ECONNRESET && r != -ETIMEDOUT && r != -EPIPE)
+		pr_warn("client %s: recv: %s, closing", c->addr, strerror(-r));
+	return r;
 }
 
-/* Read and handle input. Returns 0, or -1 to close the connection now. */
+/* Read and handle input. Returns 0, or -errno to close the connection now. */
 static int conn_read(struct gvm_memserver *s, struct conn *c)
 {
 	for (int iter = 0; iter < READS_PER_EVENT && !c->closing && !c->paused; iter++) {
@@ -436,8 +440,9 @@ static int conn_read(struct gvm_memserver *s, struct conn *c)
 			}
 			c->in_len += (size_t)n;
 			if (c->in_len == need) {
-				if (conn_parse(s, c, c->in, c->in_len) < 0)
-					return -1;
+				ssize_t used = conn_parse(s, c, c->in, c->in_len);
+				if (used < 0)
+					return (int)used;
 				conn_keep_input(c, NULL, 0);
 			}
 			if ((size_t)n < want)
@@ -467,7 +472,7 @@ static int conn_read(struct gvm_memserver *s, struct conn *c)
 		size_t total = have + (size_t)n;
 		ssize_t used = conn_parse(s, c, s->rbuf, total);
 		if (used < 0)
-			return -1;
+			return (int)used;
 		if (c->closing) {
 			conn_keep_input(c, NULL, 0);
 			return 0;
@@ -489,9 +494,10 @@ static int conn_flush(struct gvm_memserver *s, struct conn *c)
 				continue;
 			if (errno == EAGAIN || errno == EWOULDBLOCK)
 				break;
-			if (errno != EPIPE && errno != ECONNRESET)
-				pr_warn("client %s: send: %s, closing", c->addr, strerror(errno));
-			return -1;
+			int r = -errno;
+			if (r != -EPIPE && r != -ECONNRESET)
+				pr_warn("client %s: send: %s, closing", c->addr, strerror(-r));
+			return r;
 		}
 		c->out_off += (size_t)n;
 		s->bytes_out += (uint64_t)n;
@@ -513,19 +519,21 @@ static int conn_set_events(struct gvm_memserver *s, struct conn *c)
 	if (want == c->events)
 		return 0;
 	if (epoll_ctl(s->epfd, EPOLL_CTL_MOD, c->fd, &ev) < 0) {
-		pr_warn("client %s: epoll_ctl: %s, closing", c->addr, strerror(errno));
-		return -1;
+		int r = -errno;
+		pr_warn("client %s: epoll_ctl: %s, closing", c->addr, strerror(-r));
+		return r;
 	}
 	c->events = want;
 	return 0;
 }
 
-/* Send what can be sent, resume held-back input, update epoll. -1 = close now. */
+/* Send what can be sent, resume held-back input, update epoll. <0: close it now. */
 static int conn_pump(struct gvm_memserver *s, struct conn *c)
 {
 	for (;;) {
-		if (conn_flush(s, c) < 0)
-			return -1;
+		int r = conn_flush(s, c);
+		if (r < 0)
+			return r;
 		if (!c->paused || c->closing || out_pending(c) > OUT_LOW)
 			break;
 		c->paused = 0;
@@ -533,11 +541,12 @@ static int conn_pump(struct gvm_memserver *s, struct conn *c)
 			break;
 		ssize_t used = conn_parse(s, c, c->in, c->in_len);
 		if (used < 0)
-			return -1;
+			return (int)used;
 		conn_consume_input(c, (size_t)used);
 	}
+	/* Done: everything owed to a closing client has been sent. */
 	if (c->closing && !out_pending(c))
-		return -1;
+		return -ECONNRESET;
 	return conn_set_events(s, c);
 }
 
@@ -567,7 +576,7 @@ static void conn_event(struct gvm_memserver *s, struct conn *c, uint32_t ev)
 	int r = 0;
 
 	if (ev & EPOLLERR)
-		r = -1;
+		r = -ECONNRESET;
 	else if ((ev & (EPOLLIN | EPOLLHUP)) && !c->paused && !c->closing)
 		r = conn_read(s, c);
 	if (r == 0)
@@ -632,16 +641,23 @@ out_free:
 	free(c);
 }
 
+/* accept() keeps failing while the listener stays readable: warn once a second, not per loop. */
+static void accept_warn(struct gvm_memserver *s, struct listener *l, int err, const char *what)
+{
+	uint64_t now = gvm_now_ns();
+
+	if (now - s->last_accept_warn_ns > 1000000000ull || !s->last_accept_warn_ns) {
+		pr_warn("accept on %s: %s%s", l->name, strerror(err), what);
+		s->last_accept_warn_ns = now;
+	}
+}
+
 /* Out of fds: accept and drop one connection so the listener stops firing. */
 static void accept_shed(struct gvm_memserver *s, struct listener *l, int err)
 {
-	uint64_t now = gvm_now_ns();
 	int fd;
 
-	if (now - s->last_fd_warn_ns > 1000000000ull || !s->last_fd_warn_ns) {
-		pr_warn("accept on %s: %s; dropping new connections", l->name, strerror(err));
-		s->last_fd_warn_ns = now;
-	}
+	accept_warn(s, l, err, "; dropping new connections");
 	if (s->spare_fd < 0)
 		return;
 	close(s->spare_fd);
@@ -668,7 +684,7 @@ static void listener_accept(struct gvm_memserver *s, struct listener *l)
 				accept_shed(s, l, e);
 				return;
 			}
-			pr_warn("accept on %s: %s", l->name, strerror(e));
+			accept_warn(s, l, e, "");
 			return;
 		}
 		conn_new(s, fd, (struct sockaddr *)&ss);

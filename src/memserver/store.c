@@ -50,6 +50,8 @@ struct region {
 };
 
 struct gvm_store {
+	/* Random, so clients cannot pick region/page numbers that collide in the tables. */
+	uint64_t seed;
 	uint64_t capacity_pages;
 	uint64_t pages_stored;
 
@@ -93,7 +95,7 @@ static inline uint64_t lowbits(unsigned n) { return n >= 64 ? ~0ull : (1ull << n
 
 static size_t chunk_home(const struct gvm_store *st, uint64_t region, uint64_t index)
 {
-	return (size_t)gvm_mix64(gvm_mix64(region) ^ index) & (st->tab_cap - 1);
+	return (size_t)gvm_mix64(gvm_mix64(region ^ st->seed) ^ index) & (st->tab_cap - 1);
 }
 
 static struct chunk *chunk_find(struct gvm_store *st, uint64_t region, uint64_t index)
@@ -188,7 +190,7 @@ static void chunk_delete(struct gvm_store *st, struct chunk *c)
 
 static struct region *region_find(struct gvm_store *st, uint64_t id)
 {
-	size_t mask = st->rtab_cap - 1, i = (size_t)gvm_mix64(id) & mask;
+	size_t mask = st->rtab_cap - 1, i = (size_t)gvm_mix64(id ^ st->seed) & mask;
 
 	for (;;) {
 		struct region *r = &st->rtab[i];
@@ -213,7 +215,7 @@ static int region_reserve(struct gvm_store *st)
 	for (size_t i = 0; i < st->rtab_cap; i++) {
 		if (!old[i].used)
 			continue;
-		size_t j = (size_t)gvm_mix64(old[i].id) & (cap - 1);
+		size_t j = (size_t)gvm_mix64(old[i].id ^ st->seed) & (cap - 1);
 		while (t[j].used)
 			j = (j + 1) & (cap - 1);
 		t[j] = old[i];
@@ -227,7 +229,7 @@ static int region_reserve(struct gvm_store *st)
 /* Caller has reserved room and checked the id is absent. */
 static struct region *region_insert(struct gvm_store *st, uint64_t id, const uint8_t key[GVM_KEY_SIZE])
 {
-	size_t mask = st->rtab_cap - 1, i = (size_t)gvm_mix64(id) & mask;
+	size_t mask = st->rtab_cap - 1, i = (size_t)gvm_mix64(id ^ st->seed) & mask;
 
 	while (st->rtab[i].used)
 		i = (i + 1) & mask;
@@ -657,6 +659,10 @@ int gvm_store_open(struct gvm_store **out, const struct gvm_store_opts *o, char 
 	st->punch_ok = 1;
 	st->tab_cap = 64;
 	st->rtab_cap = 16;
+	if ((r = gvm_random(&st->seed, sizeof(st->seed))) < 0) {
+		snprintf(err, errlen, "getrandom: %s", strerror(-r));
+		goto out_free;
+	}
 	st->tab = table_alloc(st->tab_cap);
 	st->rtab = calloc(st->rtab_cap, sizeof(*st->rtab));
 	if (!st->tab || !st->rtab) {
@@ -685,10 +691,12 @@ void gvm_store_close(struct gvm_store *st)
 		/* A clean stop leaves everything on disk, whatever the fsync mode. */
 		if (fdatasync(st->fd) < 0)
 			pr_err("backing file %s: fdatasync: %s", st->path, strerror(errno));
-		close(st->fd);
+		if (close(st->fd) < 0)
+			pr_err("backing file %s: close: %s", st->path, strerror(errno));
 	}
 	for (size_t i = 0; i < st->n_arenas; i++)
-		munmap(st->arenas[i], (size_t)ARENA_BLOCKS * GVM_CHUNK_BYTES);
+		if (munmap(st->arenas[i], (size_t)ARENA_BLOCKS * GVM_CHUNK_BYTES) < 0)
+			pr_warn("munmap: %s", strerror(errno));
 	free(st->arenas);
 	free(st->free_blocks);
 	free(st->free_slots);
