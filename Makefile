@@ -29,7 +29,7 @@ INT_BIN  := $(INT_SRC:tests/integration/%.c=$(BUILD)/tests/%)
 .PHONY: all test unit demo install clean fuzz bench
 all: $(BUILD)/giantvm $(BUILD)/libgiantvm-preload.so $(UNIT_BIN) $(INT_BIN)
 
-$(BUILD)/%.o: %.c $(wildcard include/*.h src/*/*.h tests/*.h)
+$(BUILD)/%.o: %.c $(wildcard include/*.h src/*/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
@@ -44,11 +44,11 @@ $(BUILD)/giantvm: $(CLI_OBJ) $(BUILD)/libgiantvm.a
 $(BUILD)/libgiantvm-preload.so: $(PRE_OBJ) $(BUILD)/libgiantvm.a src/preload/preload.map
 	$(CC) $(LDFLAGS) -shared -Wl,--version-script=src/preload/preload.map -o $@ $(PRE_OBJ) $(BUILD)/libgiantvm.a $(LDLIBS) -ldl
 
-$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libgiantvm.a tests/test.h
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libgiantvm.a $(wildcard tests/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests $(LDFLAGS) -o $@ $< $(BUILD)/libgiantvm.a $(LDLIBS)
 
-$(BUILD)/tests/%: tests/integration/%.c $(BUILD)/libgiantvm.a tests/test.h
+$(BUILD)/tests/%: tests/integration/%.c $(BUILD)/libgiantvm.a $(wildcard tests/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests $(LDFLAGS) -o $@ $< $(BUILD)/libgiantvm.a $(LDLIBS)
 

@@ -387,7 +387,7 @@ static int run_uffd(struct run_opts *o, struct gvm_mode *m)
 	struct sigaction sa = { .sa_handler = forward_signal };
 	const char *accel;
 	char **args;
-	int status = 0, rc = 1, ctl = -1, qmp = -1, n = 0, user_paused;
+	int status = 0, rc = 1, ctl = -1, qmp = -1, n = 0, user_paused, reaped = 0, killed = 0;
 	pid_t pid;
 
 	printf("[GiantVM] No Custom Kernel. Entering UFFD High-Perf Mode.\n");
@@ -518,7 +518,7 @@ static int run_uffd(struct run_opts *o, struct gvm_mode *m)
 	}
 	child_pid = pid;
 
-	qmp = gvm_qmp_connect(qmp_path, pid, 60000);
+	qmp = gvm_qmp_connect(qmp_path, pid, 60000, &reaped, &status);
 	if (qmp < 0)
 		goto wait_child;
 	ctl = gvm_ctl_connect(ctl_path, 5000);
@@ -539,8 +539,9 @@ static int run_uffd(struct run_opts *o, struct gvm_mode *m)
 
 kill_child:
 	kill(pid, SIGKILL);
+	killed = 1;
 wait_child:
-	while (waitpid(pid, &status, 0) < 0) {
+	while (!reaped && waitpid(pid, &status, 0) < 0) {
 		if (errno != EINTR) {
 			perror("giantvm run: waitpid");
 			break;
@@ -554,7 +555,9 @@ wait_child:
 	unlink(qmp_path);
 	unlink(ctl_path);
 	print_final(ctl_path);
-	if (WIFEXITED(status)) {
+	if (killed) {
+		rc = 1; /* we stopped QEMU because of the error printed above */
+	} else if (WIFEXITED(status)) {
 		rc = WEXITSTATUS(status);
 		if (rc == 75)
 			fprintf(stderr, "giantvm run: the VM was stopped: guest memory could not be fetched "

@@ -156,7 +156,8 @@ static int uffd_fill(struct gvm_engine *e, uintptr_t dst, const uint8_t *src, si
 		int r, err;
 
 		if (src) {
-			struct uffdio_copy c = { .dst = dst, .src = (uintptr_t)src, .len = len };
+			struct uffdio_copy c = { .dst = dst, .src = (uintptr_t)src, .len = len,
+						 .mode = e->wp ? UFFDIO_COPY_MODE_WP : 0 };
 			r = ioctl(e->uffd, UFFDIO_COPY, &c);
 			done = c.copy;
 		} else {
@@ -209,7 +210,11 @@ static void install_run(struct gvm_engine *e, struct gvm_region *rg, uint64_t p,
 		}
 		for (j = i; j < n && !(pg_get(rg, p + j) & PG_RESIDENT); j++)
 			;
-		const uint8_t *from = src ? src + (i << GVM_PAGE_SHIFT) : writable ? zero_window : NULL;
+		/* With write-protect tracking every page is installed protected
+		 * (UFFDIO_COPY_MODE_WP), zero pages too: a shared zero page could
+		 * be written without a fault, and the write would go unseen. */
+		const uint8_t *from = src ? src + (i << GVM_PAGE_SHIFT) :
+				      (writable || e->wp) ? zero_window : NULL;
 		int ok = 0;
 		if (from == zero_window) {
 			for (uint64_t k = i; k < j && ok == 0; k += GVM_STRIPE_PAGES)
@@ -225,12 +230,14 @@ static void install_run(struct gvm_engine *e, struct gvm_region *rg, uint64_t p,
 			STAT_ADD(e, pages_fetched, j - i);
 			for (uint64_t k = i; k < j; k++) {
 				pg_set(rg, p + k, PG_RESIDENT | PG_REF);
-				pg_clear(rg, p + k, PG_INFLIGHT);
+				pg_clear(rg, p + k, PG_INFLIGHT | PG_WANTED);
 			}
-			__atomic_fetch_add(&e->resident, j - i, __ATOMIC_RELAXED);
+			uint64_t res = __atomic_add_fetch(&e->resident, j - i, __ATOMIC_RELAXED);
+			if (e->budget_pages && res > e->high_pages)
+				gvm_evictor_kick(e);
 		} else {
 			for (uint64_t k = i; k < j; k++)
-				pg_clear(rg, p + k, PG_INFLIGHT);
+				pg_clear(rg, p + k, PG_INFLIGHT | PG_WANTED);
 		}
 		i = j;
 	}
@@ -263,7 +270,10 @@ static void install_payload(struct gvm_engine *e, struct gvm_region *rg, uint64_
 		install_run(e, rg, fault_page, 1, fi < 0 ? NULL : data + ((size_t)fi << GVM_PAGE_SHIFT),
 			    writable);
 	}
-	if (hold_page >= page0 && hold_page < page0 + count && !(pg_get(rg, hold_page) & PG_RESIDENT)) {
+	/* Hold the marker back only if nobody waits for it: a thread that
+	 * faulted on it while in flight is woken by the install alone. */
+	if (hold_page >= page0 && hold_page < page0 + count &&
+	    !(pg_get(rg, hold_page) & (PG_RESIDENT | PG_WANTED))) {
 		long hi = packed_index(bm, (unsigned)(hold_page - page0));
 		if (rg->held != UINT64_MAX && !(pg_get(rg, rg->held) & PG_RESIDENT))
 			install_run(e, rg, rg->held, 1, rg->held_zero ? NULL : rg->held_buf, writable);
@@ -309,10 +319,10 @@ static void fetch_free(struct gvm_engine *e, struct gvm_fetch *f)
 	e->inflight--;
 }
 
-static void fetch_park(struct gvm_engine *e, struct gvm_fetch *f, uint64_t now)
+static void fetch_park(struct gvm_engine *e, struct gvm_fetch *f, uint64_t now, uint64_t delay_ns)
 {
 	f->parked = 1;
-	f->retry_ns = now + 50ull * 1000000ull;
+	f->retry_ns = now + delay_ns;
 	f->next = e->parked;
 	e->parked = f;
 }
@@ -364,7 +374,7 @@ static void fetch_give_up(struct gvm_engine *e, struct gvm_fetch *f)
 	}
 	/* No poison and the fatal hook returned: keep trying; the log says why. */
 	f->start_ns = gvm_now_ns();
-	fetch_park(e, f, f->start_ns);
+	fetch_park(e, f, f->start_ns, 50ull * 1000000ull);
 }
 
 /* Send the fetch to the first usable replica from f->tries on. */
@@ -389,7 +399,24 @@ static void fetch_send(struct gvm_engine *e, struct gvm_fetch *f)
 		return;
 	}
 	f->tries = 0;
-	fetch_park(e, f, now);
+	fetch_park(e, f, now, 50ull * 1000000ull);
+}
+
+/* Over the budget: a fetch waits for the evictor (which never waits for a
+ * fetch, so this cannot deadlock). */
+static int over_budget(struct gvm_engine *e)
+{
+	return e->budget_pages && __atomic_load_n(&e->resident, __ATOMIC_RELAXED) >= e->budget_pages;
+}
+
+static void fetch_go(struct gvm_engine *e, struct gvm_fetch *f, uint64_t now)
+{
+	if (over_budget(e)) {
+		gvm_evictor_kick(e);
+		fetch_park(e, f, now, 500000ull);
+		return;
+	}
+	fetch_send(e, f);
 }
 
 /* Start fetching [page, page+count) unless every page is resident or in
@@ -422,7 +449,7 @@ static void fetch_start(struct gvm_engine *e, struct gvm_region *rg, uint64_t pa
 	f->hold = hold;
 	f->writable = writable;
 	e->inflight++;
-	fetch_send(e, f);
+	fetch_go(e, f, now);
 }
 
 static void ra_extend(struct gvm_engine *e, struct gvm_region *rg, uint64_t w, uint64_t now)
@@ -433,6 +460,8 @@ static void ra_extend(struct gvm_engine *e, struct gvm_region *rg, uint64_t w, u
 
 	if (!e->readahead || w + 1 >= nwin)
 		return;
+	if (e->budget_pages && __atomic_load_n(&e->resident, __ATOMIC_RELAXED) > e->high_pages)
+		return; /* under memory pressure, fetch only what is asked for */
 	for (uint64_t x = from; x <= to; x++) {
 		uint64_t p = x * e->prefetch;
 		fetch_start(e, rg, p, (uint32_t)GVM_MIN((uint64_t)e->prefetch, rg->npages - p),
@@ -441,7 +470,48 @@ static void ra_extend(struct gvm_engine *e, struct gvm_region *rg, uint64_t w, u
 	rg->ra_next = GVM_MAX(rg->ra_next, to + 1);
 }
 
-static void on_fault(struct gvm_engine *e, uintptr_t addr, int write, uint64_t now)
+static void defer_fault(struct gvm_engine *e, uintptr_t addr, int write)
+{
+	if (e->n_deferred == e->cap_deferred) {
+		size_t ncap = e->cap_deferred ? e->cap_deferred * 2 : 64;
+		uint64_t *d = realloc(e->deferred, ncap * sizeof(*d));
+		if (!d) {
+			pr_err("out of memory deferring a fault");
+			return;
+		}
+		e->deferred = d;
+		e->cap_deferred = ncap;
+	}
+	e->deferred[e->n_deferred++] = (addr & ~(uint64_t)(GVM_PAGE_SIZE - 1)) | (write ? 1 : 0);
+}
+
+/*
+ * A write to a write-protected page: it becomes dirty. Races with the
+ * evictor are settled by one CAS on the page's flags: either we set DIRTY
+ * first (the evictor then keeps the page) or the evictor set DROPPING first
+ * (we wait for the drop, and the write faults again as MISSING and is served
+ * from the pool, which has the written-back data).
+ */
+static void on_wp_fault(struct gvm_engine *e, struct gvm_region *rg, uint64_t p, uintptr_t addr)
+{
+	uint8_t s = pg_get(rg, p);
+	struct uffdio_writeprotect wp = { .range = { rg->base + (p << GVM_PAGE_SHIFT), GVM_PAGE_SIZE },
+					  .mode = 0 };
+
+	for (;;) {
+		if (s & PG_DROPPING) {
+			defer_fault(e, addr, 1);
+			return;
+		}
+		if (__atomic_compare_exchange_n(&rg->pg[p], &s, (uint8_t)(s | PG_DIRTY | PG_REF), 0,
+						__ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+			break;
+	}
+	if (ioctl(e->uffd, UFFDIO_WRITEPROTECT, &wp) < 0 && errno != ENOENT)
+		pr_perror("UFFDIO_WRITEPROTECT (unprotect %#lx)", (unsigned long)wp.range.start);
+}
+
+static void on_fault(struct gvm_engine *e, uintptr_t addr, int write, int wp, uint64_t now)
 {
 	struct gvm_region *rg = region_of(e, addr);
 	uint64_t p, w;
@@ -453,6 +523,14 @@ static void on_fault(struct gvm_engine *e, uintptr_t addr, int write, uint64_t n
 	}
 	STAT_ADD(e, faults, 1);
 	p = (addr - rg->base) >> GVM_PAGE_SHIFT;
+	if (wp) {
+		on_wp_fault(e, rg, p, addr);
+		return;
+	}
+	if (pg_get(rg, p) & PG_DROPPING) {
+		defer_fault(e, addr, write);
+		return;
+	}
 	w = p / e->prefetch;
 	rg->write_bias = write ? GVM_MIN(rg->write_bias + 1, 16) : GVM_MAX(rg->write_bias - 1, 0);
 	if (p == rg->held) {
@@ -465,20 +543,24 @@ static void on_fault(struct gvm_engine *e, uintptr_t addr, int write, uint64_t n
 		return;
 	}
 	fl = pg_get(rg, p);
-	if (fl & PG_INFLIGHT)
-		return; /* the install wakes it */
+	if (fl & PG_INFLIGHT) {
+		pg_set(rg, p, PG_WANTED); /* the install wakes it; never hold it back */
+		return;
+	}
 	if (fl & PG_RESIDENT) {
 		/* Filled since the fault was queued (wake it), or discarded by
 		 * the owner (zero is what a discarded page reads as). */
 		if (fl & PG_LOST)
 			return;
-		struct uffdio_zeropage z = { .range = { addr & ~(uintptr_t)(GVM_PAGE_SIZE - 1), GVM_PAGE_SIZE } };
-		if (ioctl(e->uffd, UFFDIO_ZEROPAGE, &z) < 0) {
-			if (errno == EEXIST)
-				uffd_wake(e, z.range.start, GVM_PAGE_SIZE);
-			else if (errno != ENOENT)
-				pr_perror("UFFDIO_ZEROPAGE (discarded page)");
-		}
+		/* uffd_fill wakes the waiter on EEXIST; zero fills a discard. */
+		uffd_fill(e, addr & ~(uintptr_t)(GVM_PAGE_SIZE - 1), e->wp ? zero_window : NULL,
+			  GVM_PAGE_SIZE);
+		return;
+	}
+	if (e->budget_pages && __atomic_load_n(&e->resident, __ATOMIC_RELAXED) > e->high_pages) {
+		/* Under memory pressure a window would evict as much as it
+		 * brings: fetch only the page asked for. */
+		fetch_start(e, rg, p, 1, p, now, 0, write);
 		return;
 	}
 	fetch_start(e, rg, w * e->prefetch,
@@ -509,7 +591,8 @@ static void drain_uffd(struct gvm_engine *e)
 		for (size_t i = 0; i < (size_t)n / sizeof(msgs[0]); i++) {
 			if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
 				on_fault(e, (uintptr_t)msgs[i].arg.pagefault.address,
-					 !!(msgs[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE), now);
+					 !!(msgs[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE),
+					 !!(msgs[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP), now);
 		}
 		if ((size_t)n < sizeof(msgs))
 			return;
@@ -585,6 +668,29 @@ static void run_commands(struct gvm_engine *e)
 		w->next = NULL;
 		wb_send(e, w);
 	}
+	/* Faults that waited for a drop: replay those whose page is dropped. */
+	size_t keep = 0, n = e->n_deferred;
+	uint64_t now = gvm_now_ns();
+	for (size_t i = 0; i < n; i++) {
+		uint64_t a = e->deferred[i] & ~1ull;
+		struct gvm_region *rg = region_of(e, (uintptr_t)a);
+		if (rg && (pg_get(rg, (a - rg->base) >> GVM_PAGE_SHIFT) & PG_DROPPING)) {
+			e->deferred[keep++] = e->deferred[i];
+			continue;
+		}
+		/* The page is gone: wake the thread; it faults again as MISSING. */
+		uffd_wake(e, (uintptr_t)a, GVM_PAGE_SIZE);
+	}
+	e->n_deferred = keep;
+	(void)now;
+}
+
+void gvm_engine_poke(struct gvm_engine *e)
+{
+	uint64_t one = 1;
+
+	if (write(e->evfd, &one, sizeof(one)) < 0)
+		pr_perror("write(eventfd)");
 }
 
 /* ------------------------------------------------------ transport glue */
@@ -671,7 +777,7 @@ static void retry_parked(struct gvm_engine *e, uint64_t now)
 		}
 		*pf = f->next;
 		f->parked = 0;
-		fetch_send(e, f);
+		fetch_go(e, f, now);
 	}
 	while ((w = *pw)) {
 		if (now < w->retry_ns) {
@@ -717,7 +823,7 @@ static void *engine_thread(void *arg)
 			int ms = gvm_transport_tick(&e->tp, now, e->idle_ns);
 			retry_parked(e, now);
 			gvm_transport_flush(&e->tp);
-			timeout = (e->parked || e->parked_wb) ? 20 : GVM_MIN(ms, 250);
+			timeout = (e->parked || e->parked_wb) ? 1 : GVM_MIN(ms, 250);
 			next_tick = now + (uint64_t)timeout * 1000000ull;
 		}
 	}
@@ -751,13 +857,38 @@ int gvm_engine_open(struct gvm_engine **out, struct gvm_pool *pool, const struct
 	e->fatal_arg = o ? o->fatal_arg : NULL;
 	e->idle_ns = 60ull * 1000000000ull;
 	pthread_mutex_init(&e->cmd_mu, NULL);
+	pthread_mutex_init(&e->ev_mu, NULL);
+	pthread_cond_init(&e->ev_cv, NULL);
+	if (o && o->local_mem) {
+		e->budget_pages = o->local_mem >> GVM_PAGE_SHIFT;
+		if (e->budget_pages < 1024) {
+			pr_err("local memory budget %llu bytes: at least 4 MiB", (unsigned long long)o->local_mem);
+			r = -EINVAL;
+			goto err_free;
+		}
+		/* Evict from 97% down to 90%: room for a burst of faults while
+		 * the evictor writes back, without waiting on it. */
+		e->high_pages = e->budget_pages - e->budget_pages / 32;
+		e->low_pages = e->budget_pages - e->budget_pages / 10;
+		e->wp = 1;
+		wanted |= UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_MOVE;
+	}
 
 	if (off && strstr(off, "POISON"))
 		wanted &= ~(uint64_t)UFFD_FEATURE_POISON;
+	if (off && strstr(off, "MOVE"))
+		wanted &= ~(uint64_t)UFFD_FEATURE_MOVE;
 	r = gvm_uffd_open(wanted, &e->features, &e->avail);
 	if (r < 0)
 		goto err_free;
 	e->uffd = r;
+	if (e->wp && !(e->features & UFFD_FEATURE_PAGEFAULT_FLAG_WP)) {
+		pr_err("a local memory budget needs userfaultfd write-protect (Linux 5.7+) to track "
+		       "written pages; this kernel does not offer it");
+		r = -EOPNOTSUPP;
+		goto err_close;
+	}
+	e->use_move = e->wp && (e->features & UFFD_FEATURE_MOVE);
 	gvm_uffd_features_str(e->features, e->features_str, sizeof(e->features_str));
 	e->epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (e->epfd < 0) {
@@ -796,6 +927,16 @@ int gvm_engine_open(struct gvm_engine **out, struct gvm_pool *pool, const struct
 		goto err_tp;
 	}
 	e->running = 1;
+	if (e->budget_pages) {
+		r = gvm_evictor_start(e);
+		if (r) {
+			gvm_engine_close(e);
+			return r;
+		}
+		pr_info("local memory budget %llu MiB: evicting written pages with write-protect "
+			"tracking, dropping with %s", (unsigned long long)(e->budget_pages >> 8),
+			e->use_move ? "UFFDIO_MOVE" : "MADV_DONTNEED");
+	}
 	pr_debug("userfaultfd features: %s", e->features_str);
 	*out = e;
 	return 0;
@@ -810,6 +951,8 @@ err_close:
 	close(e->uffd);
 err_free:
 	pthread_mutex_destroy(&e->cmd_mu);
+	pthread_mutex_destroy(&e->ev_mu);
+	pthread_cond_destroy(&e->ev_cv);
 	free(e);
 	return r;
 }
@@ -823,7 +966,8 @@ int gvm_engine_attach(struct gvm_engine *e, uint64_t region, const uint8_t key[G
 		      void *addr, size_t len)
 {
 	struct uffdio_register reg = { .range = { (uintptr_t)addr, len },
-				       .mode = UFFDIO_REGISTER_MODE_MISSING };
+				       .mode = UFFDIO_REGISTER_MODE_MISSING |
+					       (e->wp ? UFFDIO_REGISTER_MODE_WP : 0) };
 	struct gvm_region *rg;
 	unsigned char *vec;
 	int r;
@@ -856,7 +1000,8 @@ int gvm_engine_attach(struct gvm_engine *e, uint64_t region, const uint8_t key[G
 	}
 	for (uint64_t i = 0; i < rg->npages; i++) {
 		if (vec[i] & 1) {
-			rg->pg[i] = PG_RESIDENT;
+			/* Unknown to the pool and not protected: dirty. */
+			rg->pg[i] = PG_RESIDENT | PG_DIRTY;
 			e->resident++;
 		}
 	}
@@ -865,7 +1010,8 @@ int gvm_engine_attach(struct gvm_engine *e, uint64_t region, const uint8_t key[G
 		pr_perror("UFFDIO_REGISTER %p+%zu", addr, len);
 		goto err_free;
 	}
-	if (!(reg.ioctls & (1ull << _UFFDIO_COPY)) || !(reg.ioctls & (1ull << _UFFDIO_ZEROPAGE))) {
+	if (!(reg.ioctls & (1ull << _UFFDIO_COPY)) || !(reg.ioctls & (1ull << _UFFDIO_ZEROPAGE)) ||
+	    (e->wp && !(reg.ioctls & (1ull << _UFFDIO_WRITEPROTECT)))) {
 		pr_err("UFFDIO_REGISTER %p: COPY/ZEROPAGE not offered (not anonymous memory?)", addr);
 		r = -EOPNOTSUPP;
 		goto err_unreg;
@@ -943,6 +1089,12 @@ static int wb_submit(struct gvm_engine *e, struct gvm_region *rg, uint64_t p, ui
 	pthread_mutex_unlock(&wt->mu);
 	post_wb(e, w);
 	return 0;
+}
+
+int gvm_engine_wb_run(struct gvm_engine *e, struct gvm_region *rg, uint64_t p, uint32_t n,
+		      struct gvm_waiter *wt)
+{
+	return wb_submit(e, rg, p, n, wt);
 }
 
 static int waiter_wait(struct gvm_waiter *wt, uint64_t below)
@@ -1048,6 +1200,7 @@ void gvm_engine_close(struct gvm_engine *e)
 
 	if (!e)
 		return;
+	gvm_evictor_stop(e);
 	if (e->running) {
 		__atomic_store_n(&e->quit, 1, __ATOMIC_RELEASE);
 		if (write(e->evfd, &one, sizeof(one)) < 0)
@@ -1078,5 +1231,8 @@ void gvm_engine_close(struct gvm_engine *e)
 	close(e->epfd);
 	close(e->uffd);
 	pthread_mutex_destroy(&e->cmd_mu);
+	pthread_mutex_destroy(&e->ev_mu);
+	pthread_cond_destroy(&e->ev_cv);
+	free(e->deferred);
 	free(e);
 }

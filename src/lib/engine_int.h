@@ -20,6 +20,9 @@
 #define PG_REF      0x04  /* touched since the evictor last looked */
 #define PG_DIRTY    0x08  /* written since last written back */
 #define PG_LOST     0x10  /* given up on: poisoned */
+#define PG_EVICTING 0x20  /* the evictor owns it: write-back in progress */
+#define PG_DROPPING 0x40  /* write-back done, being dropped: faults wait */
+#define PG_WANTED   0x80  /* faulted while in flight: a thread waits for the install */
 
 struct gvm_region {
 	uint64_t id;          /* region id on the wire */
@@ -96,6 +99,18 @@ struct gvm_engine {
 	void *fatal_arg;
 	uint64_t idle_ns;         /* close node connections idle this long */
 	uint64_t budget_pages;    /* 0 = unlimited */
+	uint64_t high_pages;      /* evictor starts above this ... */
+	uint64_t low_pages;       /* ... and stops at this */
+	int wp;                   /* regions registered with write-protect (dirty tracking) */
+	int use_move;             /* drop pages with UFFDIO_MOVE instead of MADV_DONTNEED */
+	pthread_t evictor;
+	int evictor_running;
+	pthread_mutex_t ev_mu;    /* guards ev_kick */
+	pthread_cond_t ev_cv;
+	int ev_kick;
+	uint64_t *deferred;       /* fault addresses waiting for a drop to finish (bit 0: write) */
+	size_t n_deferred, cap_deferred;
+	uint8_t *move_scratch;    /* destination of UFFDIO_MOVE drops */
 	struct gvm_region *regions[GVM_MAX_REGIONS];
 	unsigned n_regions;       /* published with release after regions[] */
 	struct gvm_transport tp;
@@ -109,5 +124,14 @@ struct gvm_engine {
 	struct gvm_engine_counters st;
 	uint64_t hist[GVM_HIST_BUCKETS]; /* fault latency, quarter-octave buckets of ns */
 };
+
+/* evict.c */
+int gvm_evictor_start(struct gvm_engine *e);
+void gvm_evictor_stop(struct gvm_engine *e);
+void gvm_evictor_kick(struct gvm_engine *e);
+/* engine.c, for the evictor */
+int gvm_engine_wb_run(struct gvm_engine *e, struct gvm_region *rg, uint64_t p, uint32_t n,
+		      struct gvm_waiter *wt);
+void gvm_engine_poke(struct gvm_engine *e);
 
 #endif

@@ -99,7 +99,9 @@ int gvm_pool_probe(const struct gvm_pool *p, int timeout_ms, char *err, size_t e
 		if (r) {
 			snprintf(err, errlen, "memory node %s (%s%s%u): %s", gvm_node_name(&p->cfg, i),
 				 p->cfg.path ? p->cfg.path : "pool",
-				 p->cfg.nodes[i].line ? ":" : "", p->cfg.nodes[i].line, strerror(-r));
+				 p->cfg.nodes[i].line ? ":" : "", p->cfg.nodes[i].line,
+				 r == -EACCES ? "authentication failed (wrong or missing --token-file)" :
+				 strerror(-r));
 			return -EHOSTUNREACH;
 		}
 		gvm_client_close(&c);

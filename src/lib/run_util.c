@@ -399,7 +399,7 @@ int gvm_qmp_command(int fd, const char *json, char *resp, size_t len)
 	return r < 0 ? -1 : 0;
 }
 
-int gvm_qmp_connect(const char *path, pid_t pid, int timeout_ms)
+int gvm_qmp_connect(const char *path, pid_t pid, int timeout_ms, int *reaped, int *wstatus)
 {
 	uint64_t end = gvm_now_ns() + (uint64_t)timeout_ms * 1000000ull;
 	char line[4096];
@@ -413,7 +413,8 @@ int gvm_qmp_connect(const char *path, pid_t pid, int timeout_ms)
 		if (waitpid(pid, &status, WNOHANG) == pid) {
 			fprintf(stderr, "giantvm run: QEMU exited before it was ready (status %d)\n",
 				WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
-			/* Keep the exit status for the caller's waitpid. */
+			*reaped = 1;
+			*wstatus = status;
 			return -1;
 		}
 		if (gvm_now_ns() > end) {

@@ -54,8 +54,9 @@ int gvm_run_match(struct run_ram *blocks, int nb, const struct run_cand *cands, 
 
 /* --- QMP --- */
 /* Connect to QEMU's QMP socket (waiting for it to appear while pid lives)
- * and negotiate capabilities. fd or -1 (message printed). */
-int gvm_qmp_connect(const char *path, pid_t pid, int timeout_ms);
+ * and negotiate capabilities. fd or -1 (message printed); if QEMU exited
+ * meanwhile, *reaped is set to 1 and *status to its wait status. */
+int gvm_qmp_connect(const char *path, pid_t pid, int timeout_ms, int *reaped, int *status);
 /* Send one command; resp gets the reply line. 0 on "return", -1 otherwise. */
 int gvm_qmp_command(int fd, const char *json, char *resp, size_t len);
 /* Guest RAM blocks: memory backends matched with `info ramblock`. */

@@ -21,36 +21,19 @@
 
 #include "giantvm.h"
 #include "memserver.h"
+#include "servers.h"
 #include "test.h"
 #include "util.h"
 
 #define NODES 3
 #define REGION_PAGES (16384u) /* 64 MiB */
 
-static struct gvm_memserver *srv[NODES];
-static pthread_t srv_thr[NODES];
-static char node_names[NODES][32];
-static const char *nodes[NODES];
 static char self_exe[4096];
-
-static void *srv_main(void *a)
-{
-	gvm_memserver_run(a);
-	return NULL;
-}
+static const char **nodes = test_nodes;
 
 static int servers_up(void)
 {
-	struct gvm_memserver_opts o = { .listen = { "127.0.0.1:0" }, .n_listen = 1 };
-
-	for (int i = 0; i < NODES; i++) {
-		if (srv[i])
-			continue;
-		CHECK(gvm_memserver_open(&srv[i], &o) == 0);
-		snprintf(node_names[i], sizeof(node_names[i]), "127.0.0.1:%d", gvm_memserver_port(srv[i], 0));
-		nodes[i] = node_names[i];
-		CHECK(pthread_create(&srv_thr[i], NULL, srv_main, srv[i]) == 0);
-	}
+	CHECK(test_servers_up(NODES) == 0);
 	return 0;
 }
 
@@ -320,12 +303,6 @@ int main(int argc, char **argv)
 	if (argc >= 6 && !strcmp(argv[1], "child"))
 		return child_main(argc, argv);
 	int r = gvm_test_main(argc, argv, tests, sizeof(tests) / sizeof(tests[0]));
-	for (int i = 0; i < NODES; i++) {
-		if (!srv[i])
-			continue;
-		gvm_memserver_stop(srv[i]);
-		pthread_join(srv_thr[i], NULL);
-		gvm_memserver_close(srv[i]);
-	}
+	test_servers_down();
 	return r;
 }

@@ -1,0 +1,328 @@
+/*
+ * The evictor: keeps resident pages under the local memory budget.
+ *
+ * DESIGN
+ * A thread of its own (it reads guest memory to write pages back, which the
+ * engine thread must never do), woken when the engine's resident count
+ * passes the high watermark; it evicts down to the low watermark, so faults
+ * do not wait on it. Above the budget the engine only stops readahead.
+ *
+ * Policy: CLOCK over pages. PG_REF is set when a page is installed for a
+ * fault and on every write fault; the hand clears it (second chance) and
+ * takes pages without it. Readahead pages that were never asked for carry
+ * no PG_REF and go first. Victims are written back in runs within a stripe,
+ * so one WRITE per run goes to each replica (batched per node).
+ *
+ * Dirty tracking is userfaultfd write-protect (Linux 5.7+, also Ubuntu
+ * 22.04's 5.15): every page is installed protected, the first write faults
+ * and the engine marks the page PG_DIRTY and unprotects it. Eviction of one
+ * page, against a concurrent writer:
+ *   1. CAS  +EVICTING                      (the evictor owns the page)
+ *   2. if DIRTY: clear DIRTY, protect, copy, WRITE to every live replica,
+ *      wait for the acks. A write before the protect is in the copy; a
+ *      write after it faults, and the engine sets DIRTY again.
+ *   3. CAS  +DROPPING, only if not DIRTY   (else: keep the page, it is dirty)
+ *      The engine sets DIRTY by CAS too and defers faults on DROPPING pages,
+ *      so exactly one of "write lands" and "page drops" wins.
+ *   4. drop (UFFDIO_MOVE into a scratch area where the kernel has it, else
+ *      MADV_DONTNEED), clear the flags, let the engine replay deferred
+ *      faults: they fault again as MISSING and read the written-back page.
+ * A page whose content was never written is dropped without any write: the
+ * pool has it (or it is zero).
+ */
+#define LOG_PREFIX "evict: "
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine_int.h"
+#include "log.h"
+#include "uffd.h"
+#include "util.h"
+
+#define EV_BATCH 512u
+
+struct victim {
+	struct gvm_region *rg;
+	uint64_t p;
+	uint8_t dirty;
+	uint8_t keep;
+};
+
+struct ev_state {
+	unsigned ri;          /* CLOCK hand: region index ... */
+	uint64_t hand;        /* ... and page */
+	struct victim v[EV_BATCH];
+};
+
+static inline uint8_t pg_load(struct gvm_region *rg, uint64_t p)
+{
+	return __atomic_load_n(&rg->pg[p], __ATOMIC_ACQUIRE);
+}
+
+void gvm_evictor_kick(struct gvm_engine *e)
+{
+	/* Called on the engine thread for every install above the high
+	 * watermark: only signal when the evictor is not already busy. */
+	if (__atomic_load_n(&e->ev_kick, __ATOMIC_RELAXED))
+		return;
+	pthread_mutex_lock(&e->ev_mu);
+	e->ev_kick = 1;
+	pthread_cond_signal(&e->ev_cv);
+	pthread_mutex_unlock(&e->ev_mu);
+}
+
+static unsigned collect(struct gvm_engine *e, struct ev_state *st)
+{
+	unsigned nreg = __atomic_load_n(&e->n_regions, __ATOMIC_ACQUIRE), n = 0;
+	uint64_t total = 0, scanned = 0;
+
+	for (unsigned i = 0; i < nreg; i++)
+		total += e->regions[i]->npages;
+	while (n < EV_BATCH && scanned < 2 * total) {
+		struct gvm_region *rg;
+		uint8_t s;
+
+		if (st->ri >= nreg)
+			st->ri = 0;
+		rg = e->regions[st->ri];
+		if (st->hand >= rg->npages) {
+			st->hand = 0;
+			st->ri++;
+			continue;
+		}
+		uint64_t p = st->hand++;
+		scanned++;
+		s = pg_load(rg, p);
+		if (!(s & PG_RESIDENT) || (s & (PG_INFLIGHT | PG_EVICTING | PG_DROPPING | PG_LOST)) ||
+		    p == rg->held)
+			continue;
+		if (s & PG_REF) {
+			__atomic_fetch_and(&rg->pg[p], (uint8_t)~PG_REF, __ATOMIC_RELAXED);
+			continue;
+		}
+		if (!__atomic_compare_exchange_n(&rg->pg[p], &s, (uint8_t)(s | PG_EVICTING), 0,
+						 __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+			continue;
+		st->v[n++] = (struct victim){ rg, p, (uint8_t)!!(s & PG_DIRTY), 0 };
+	}
+	return n;
+}
+
+/* Consecutive victims [i, j) in one region with contiguous pages and the
+ * same value of `dirty` (when only_dirty), optionally within one stripe. */
+static unsigned run_end(const struct victim *v, unsigned i, unsigned n, int only_dirty, int stripe)
+{
+	unsigned j = i + 1;
+
+	while (j < n && v[j].rg == v[i].rg && v[j].p == v[j - 1].p + 1 && !v[j].keep &&
+	       (!only_dirty || v[j].dirty) &&
+	       (!stripe || v[j].p / GVM_STRIPE_PAGES == v[i].p / GVM_STRIPE_PAGES))
+		j++;
+	return j;
+}
+
+static int protect(struct gvm_engine *e, struct gvm_region *rg, uint64_t p, uint64_t n)
+{
+	struct uffdio_writeprotect wp = { .range = { rg->base + (p << GVM_PAGE_SHIFT), n << GVM_PAGE_SHIFT },
+					  .mode = UFFDIO_WRITEPROTECT_MODE_WP };
+
+	if (ioctl(e->uffd, UFFDIO_WRITEPROTECT, &wp) < 0) {
+		pr_perror("UFFDIO_WRITEPROTECT");
+		return -errno;
+	}
+	return 0;
+}
+
+static void drop(struct gvm_engine *e, struct gvm_region *rg, uint64_t p, uint64_t n)
+{
+	uintptr_t a = rg->base + (p << GVM_PAGE_SHIFT);
+	size_t len = n << GVM_PAGE_SHIFT;
+
+	if (e->use_move) {
+		/* Moving the pages out frees nothing by itself but detaches them
+		 * atomically and without a copy; then the scratch is emptied. */
+		struct uffdio_move mv = { .dst = (uintptr_t)e->move_scratch, .src = a, .len = len,
+					  .mode = UFFDIO_MOVE_MODE_DONTWAKE };
+		if (ioctl(e->uffd, UFFDIO_MOVE, &mv) == 0) {
+			if (madvise(e->move_scratch, len, MADV_DONTNEED) < 0)
+				pr_perror("madvise(scratch)");
+			return;
+		}
+		/* Partly moved, or refused (e.g. a huge page that could not be
+		 * split): DONTNEED whatever is left. */
+		if (mv.move > 0 && madvise(e->move_scratch, (size_t)mv.move, MADV_DONTNEED) < 0)
+			pr_perror("madvise(scratch)");
+	}
+	if (madvise((void *)a, len, MADV_DONTNEED) < 0)
+		pr_perror("madvise(MADV_DONTNEED %#lx+%zu)", (unsigned long)a, len);
+}
+
+static void evict_batch(struct gvm_engine *e, struct victim *v, unsigned n)
+{
+	struct gvm_waiter wt = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
+	uint64_t dropped = 0, written = 0, clean = 0;
+	unsigned i, j;
+	int err = 0;
+
+	/* 2. dirty pages: clear DIRTY, protect, copy and write back. */
+	for (i = 0; i < n; i++)
+		if (v[i].dirty)
+			__atomic_fetch_and(&v[i].rg->pg[v[i].p], (uint8_t)~PG_DIRTY, __ATOMIC_ACQ_REL);
+	for (i = 0; i < n; i = j) {
+		j = v[i].dirty ? run_end(v, i, n, 1, 0) : i + 1;
+		if (v[i].dirty && protect(e, v[i].rg, v[i].p, v[j - 1].p - v[i].p + 1))
+			for (unsigned k = i; k < j; k++)
+				v[k].keep = 1;
+	}
+	for (i = 0; i < n && !err; i = j) {
+		j = (v[i].dirty && !v[i].keep) ? run_end(v, i, n, 1, 1) : i + 1;
+		if (!v[i].dirty || v[i].keep)
+			continue;
+		err = gvm_engine_wb_run(e, v[i].rg, v[i].p, (uint32_t)(j - i), &wt);
+	}
+	pthread_mutex_lock(&wt.mu);
+	while (wt.pending)
+		pthread_cond_wait(&wt.cv, &wt.mu);
+	pthread_mutex_unlock(&wt.mu);
+	if (!err)
+		err = wt.err;
+	if (err) {
+		pr_warn("write-back failed (%s): keeping %u pages resident", strerror(-err), n);
+		for (i = 0; i < n; i++)
+			v[i].keep = 1;
+	}
+
+	/* 3. claim the drop, unless a write came in meanwhile. */
+	for (i = 0; i < n; i++) {
+		uint8_t *f = &v[i].rg->pg[v[i].p];
+		uint8_t s = __atomic_load_n(f, __ATOMIC_ACQUIRE);
+		for (;;) {
+			if (v[i].keep || (s & PG_DIRTY)) {
+				if (v[i].dirty && !(s & PG_DIRTY))
+					__atomic_fetch_or(f, PG_DIRTY, __ATOMIC_ACQ_REL); /* unknown to the pool */
+				__atomic_fetch_and(f, (uint8_t)~PG_EVICTING, __ATOMIC_ACQ_REL);
+				v[i].keep = 1;
+				break;
+			}
+			if (__atomic_compare_exchange_n(f, &s, (uint8_t)(s | PG_DROPPING), 0, __ATOMIC_ACQ_REL,
+							__ATOMIC_ACQUIRE))
+				break;
+		}
+	}
+
+	/* 4. drop, then release the pages to the engine. */
+	for (i = 0; i < n; i = j) {
+		if (v[i].keep) {
+			j = i + 1;
+			continue;
+		}
+		j = run_end(v, i, n, 0, 0);
+		drop(e, v[i].rg, v[i].p, j - i);
+		for (unsigned k = i; k < j; k++) {
+			__atomic_fetch_and(&v[k].rg->pg[v[k].p],
+					   (uint8_t)~(PG_RESIDENT | PG_EVICTING | PG_DROPPING | PG_REF | PG_DIRTY),
+					   __ATOMIC_ACQ_REL);
+			dropped++;
+			if (v[k].dirty)
+				written++;
+			else
+				clean++;
+		}
+	}
+	__atomic_fetch_sub(&e->resident, dropped, __ATOMIC_RELAXED);
+	__atomic_fetch_add(&e->st.evictions, dropped, __ATOMIC_RELAXED);
+	__atomic_fetch_add(&e->st.writebacks, written, __ATOMIC_RELAXED);
+	__atomic_fetch_add(&e->st.clean_drops, clean, __ATOMIC_RELAXED);
+	gvm_engine_poke(e); /* replay faults deferred on DROPPING pages */
+	pthread_mutex_destroy(&wt.mu);
+	pthread_cond_destroy(&wt.cv);
+}
+
+static void *evictor_main(void *arg)
+{
+	struct gvm_engine *e = arg;
+	struct ev_state *st = calloc(1, sizeof(*st));
+
+	if (!st) {
+		pr_err("out of memory: no eviction");
+		return NULL;
+	}
+	while (!__atomic_load_n(&e->quit, __ATOMIC_ACQUIRE)) {
+		struct timespec ts;
+
+		pthread_mutex_lock(&e->ev_mu);
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += 100 * 1000000;
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
+		while (!e->ev_kick && !__atomic_load_n(&e->quit, __ATOMIC_ACQUIRE) &&
+		       __atomic_load_n(&e->resident, __ATOMIC_RELAXED) <= e->high_pages)
+			if (pthread_cond_timedwait(&e->ev_cv, &e->ev_mu, &ts) == ETIMEDOUT)
+				break;
+		pthread_mutex_unlock(&e->ev_mu);
+		while (!__atomic_load_n(&e->quit, __ATOMIC_ACQUIRE) &&
+		       __atomic_load_n(&e->resident, __ATOMIC_RELAXED) > e->low_pages) {
+			unsigned n = collect(e, st);
+			if (!n)
+				break;
+			evict_batch(e, st->v, n);
+		}
+		__atomic_store_n(&e->ev_kick, 0, __ATOMIC_RELAXED);
+	}
+	free(st);
+	return NULL;
+}
+
+int gvm_evictor_start(struct gvm_engine *e)
+{
+	int r;
+
+	if (e->use_move) {
+		struct uffdio_register reg = { .mode = UFFDIO_REGISTER_MODE_MISSING };
+		e->move_scratch = mmap(NULL, (size_t)EV_BATCH << GVM_PAGE_SHIFT, PROT_READ | PROT_WRITE,
+				       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (e->move_scratch == MAP_FAILED) {
+			e->move_scratch = NULL;
+			e->use_move = 0;
+		} else {
+			/* UFFDIO_MOVE wants its destination registered with this uffd. */
+			reg.range.start = (uintptr_t)e->move_scratch;
+			reg.range.len = (size_t)EV_BATCH << GVM_PAGE_SHIFT;
+			if (ioctl(e->uffd, UFFDIO_REGISTER, &reg) < 0) {
+				pr_warn("UFFDIO_MOVE scratch: %s; dropping with MADV_DONTNEED", strerror(errno));
+				munmap(e->move_scratch, (size_t)EV_BATCH << GVM_PAGE_SHIFT);
+				e->move_scratch = NULL;
+				e->use_move = 0;
+			}
+		}
+	}
+	r = pthread_create(&e->evictor, NULL, evictor_main, e);
+	if (r) {
+		pr_err("pthread_create(evictor): %s", strerror(r));
+		return -r;
+	}
+	e->evictor_running = 1;
+	return 0;
+}
+
+void gvm_evictor_stop(struct gvm_engine *e)
+{
+	if (!e->evictor_running)
+		return;
+	__atomic_store_n(&e->quit, 1, __ATOMIC_RELEASE);
+	pthread_mutex_lock(&e->ev_mu);
+	e->ev_kick = 1;
+	pthread_cond_signal(&e->ev_cv);
+	pthread_mutex_unlock(&e->ev_mu);
+	pthread_join(e->evictor, NULL);
+	e->evictor_running = 0;
+	if (e->move_scratch)
+		munmap(e->move_scratch, (size_t)EV_BATCH << GVM_PAGE_SHIFT);
+}

@@ -1,0 +1,238 @@
+/*
+ * Eviction under a local memory budget, against real memory servers:
+ * a region 4x the budget takes random writes from several threads while the
+ * evictor runs, then every page is verified; a page written while it is
+ * being evicted keeps the write. Each scenario runs on both drop paths
+ * (UFFDIO_MOVE where the kernel has it, and MADV_DONTNEED).
+ */
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "giantvm.h"
+#include "servers.h"
+#include "test.h"
+#include "util.h"
+
+#define PAGES   16384u   /* 64 MiB region ... */
+#define BUDGET  (16u << 20) /* ... 4x a 16 MiB budget */
+#define THREADS 4
+
+struct ctx {
+	uint8_t *m;
+	uint32_t *ver;        /* last version written per page */
+	uint64_t seed;
+	int id;
+	unsigned writes;
+	volatile int *stop;
+};
+
+static void fill(uint8_t *p, uint64_t seed, uint64_t page, uint32_t ver)
+{
+	uint64_t x = gvm_mix64(seed ^ (page << 20) ^ ver);
+	for (unsigned i = 0; i < 4096; i += 8) {
+		x = gvm_mix64(x);
+		memcpy(p + i, &x, 8);
+	}
+	memcpy(p, &ver, sizeof(ver)); /* the version, readable at offset 0 */
+}
+
+static int check_page(const uint8_t *m, uint64_t seed, uint64_t page, uint32_t ver)
+{
+	uint8_t want[4096];
+
+	if (ver == 0) {
+		for (unsigned i = 0; i < 4096; i++)
+			if (m[page * 4096 + i])
+				return -1;
+		return 0;
+	}
+	fill(want, seed, page, ver);
+	return memcmp(m + page * 4096, want, 4096) ? -1 : 0;
+}
+
+static void *random_writer(void *a)
+{
+	struct ctx *c = a;
+	uint64_t x = gvm_mix64(c->seed + (uint64_t)c->id);
+
+	for (unsigned i = 0; i < c->writes; i++) {
+		x = gvm_mix64(x);
+		/* Each thread owns the pages p % THREADS == id: no two writers race. */
+		uint64_t p = (x % (PAGES / THREADS)) * THREADS + (uint64_t)c->id;
+		fill(c->m + p * 4096, c->seed, p, ++c->ver[p]);
+	}
+	return NULL;
+}
+
+static int open_engine(struct gvm_pool **pool, struct gvm_engine **e, uint8_t **m, uint64_t region,
+		       const uint8_t *key, int use_move)
+{
+	struct gvm_pool_opts po = { .nodes = test_nodes, .n_nodes = 3, .replicas = 2 };
+	struct gvm_engine_opts eo = { .local_mem = BUDGET };
+	char err[256];
+
+	if (use_move)
+		unsetenv("GIANTVM_UFFD_DISABLE");
+	else
+		setenv("GIANTVM_UFFD_DISABLE", "MOVE", 1);
+	CHECK(test_servers_up(3) == 0);
+	CHECK(gvm_pool_open(pool, &po, err, sizeof(err)) == 0);
+	CHECK(gvm_engine_open(e, *pool, &eo) == 0);
+	*m = mmap(NULL, PAGES * 4096ul, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	CHECK(*m != MAP_FAILED);
+	CHECK(gvm_engine_attach(*e, region, key, *m, PAGES * 4096ul) == 0);
+	return 0;
+}
+
+static uint64_t rss_of_region(uint8_t *m)
+{
+	unsigned char *vec = malloc(PAGES);
+	uint64_t n = 0;
+
+	if (!vec || mincore(m, PAGES * 4096ul, vec) < 0) {
+		free(vec);
+		return UINT64_MAX;
+	}
+	for (unsigned i = 0; i < PAGES; i++)
+		n += vec[i] & 1;
+	free(vec);
+	return n;
+}
+
+static int random_writes(int use_move)
+{
+	struct gvm_pool *pool;
+	struct gvm_engine *e;
+	struct gvm_stats st;
+	uint8_t *m, key[32];
+	uint64_t seed;
+	uint32_t *ver = calloc(PAGES, sizeof(*ver));
+	pthread_t th[THREADS];
+	struct ctx c[THREADS];
+
+	CHECK(ver);
+	CHECK(gvm_random(&seed, 8) == 0 && gvm_random(key, 32) == 0);
+	if (open_engine(&pool, &e, &m, gvm_region_id("test-evict", use_move ? "rand-move" : "rand-dn"),
+			key, use_move))
+		return 1;
+	for (int i = 0; i < THREADS; i++) {
+		c[i] = (struct ctx){ .m = m, .ver = ver, .seed = seed, .id = i, .writes = 8000 };
+		CHECK(pthread_create(&th[i], NULL, random_writer, &c[i]) == 0);
+	}
+	for (int i = 0; i < THREADS; i++)
+		pthread_join(th[i], NULL);
+	gvm_engine_stats(e, &st);
+	uint64_t rss = rss_of_region(m);
+	printf("  after writes: resident %" PRIu64 " pages (mincore %" PRIu64 "), budget %" PRIu64
+	       ", evictions %" PRIu64 ", write-backs %" PRIu64 ", clean drops %" PRIu64 "\n",
+	       st.resident_pages, rss, st.budget_pages, st.evictions, st.writebacks, st.clean_drops);
+	CHECK(st.evictions > 0 && st.writebacks > 0);
+	CHECK(rss <= st.budget_pages + st.budget_pages / 8);
+	/* Every page, including the evicted ones, reads back as last written. */
+	for (uint64_t p = 0; p < PAGES; p++) {
+		if (check_page(m, seed, p, ver[p])) {
+			fprintf(stderr, "  page %" PRIu64 " (version %u) is wrong\n", p, ver[p]);
+			return 1;
+		}
+	}
+	gvm_engine_stats(e, &st);
+	printf("  after verify: clean drops %" PRIu64 " (pages read back and dropped unwritten)\n",
+	       st.clean_drops);
+	gvm_engine_close(e);
+	gvm_pool_close(pool);
+	munmap(m, PAGES * 4096ul);
+	free(ver);
+	return 0;
+}
+
+struct hammer {
+	uint8_t *m;
+	volatile int stop;
+	uint32_t last[64];
+};
+
+/* Keep writing counters into 64 pages spread over the region. */
+static void *hammer_main(void *a)
+{
+	struct hammer *h = a;
+	uint32_t v = 0;
+
+	while (!h->stop) {
+		v++;
+		for (unsigned k = 0; k < 64; k++) {
+			uint64_t p = (uint64_t)k * (PAGES / 64);
+			__atomic_store_n((uint32_t *)(h->m + p * 4096 + 128), v, __ATOMIC_RELAXED);
+			h->last[k] = v;
+		}
+		usleep(100); /* leave the 2 cores to the faulting thread and the evictor */
+	}
+	return NULL;
+}
+
+static int write_during_eviction(int use_move)
+{
+	struct gvm_pool *pool;
+	struct gvm_engine *e;
+	struct gvm_stats st;
+	struct hammer h = { 0 };
+	uint8_t *m, key[32];
+	pthread_t th;
+
+	CHECK(gvm_random(key, 32) == 0);
+	if (open_engine(&pool, &e, &m, gvm_region_id("test-evict", use_move ? "race-move" : "race-dn"),
+			key, use_move))
+		return 1;
+	h.m = m;
+	CHECK(pthread_create(&th, NULL, hammer_main, &h) == 0);
+	/* Sweep the whole region several times: forces the hammered pages
+	 * through eviction again and again while they are being written. */
+	for (int round = 0; round < 3; round++)
+		for (uint64_t p = 0; p < PAGES; p++)
+			m[p * 4096 + 1000] = (uint8_t)(p + (uint64_t)round);
+	h.stop = 1;
+	pthread_join(th, NULL);
+	gvm_engine_stats(e, &st);
+	printf("  evictions %" PRIu64 ", write-backs %" PRIu64 ", hammer rounds %u\n", st.evictions,
+	       st.writebacks, h.last[0]);
+	CHECK(st.evictions > PAGES);
+	for (unsigned k = 0; k < 64; k++) {
+		uint64_t p = (uint64_t)k * (PAGES / 64);
+		uint32_t got;
+		memcpy(&got, m + p * 4096 + 128, 4);
+		if (got != h.last[k]) {
+			fprintf(stderr, "  page %" PRIu64 ": counter %u, last written %u: a write was lost\n", p,
+				got, h.last[k]);
+			return 1;
+		}
+	}
+	for (uint64_t p = 0; p < PAGES; p++)
+		CHECK_EQ(m[p * 4096 + 1000], (uint8_t)(p + 2));
+	gvm_engine_close(e);
+	gvm_pool_close(pool);
+	munmap(m, PAGES * 4096ul);
+	return 0;
+}
+
+static int test_random_writes_move(void) { return random_writes(1); }
+static int test_random_writes_dontneed(void) { return random_writes(0); }
+static int test_write_during_eviction_move(void) { return write_during_eviction(1); }
+static int test_write_during_eviction_dontneed(void) { return write_during_eviction(0); }
+
+static const struct gvm_test tests[] = {
+	{ "random_writes_4x_budget_move", test_random_writes_move },
+	{ "random_writes_4x_budget_dontneed", test_random_writes_dontneed },
+	{ "write_during_eviction_move", test_write_during_eviction_move },
+	{ "write_during_eviction_dontneed", test_write_during_eviction_dontneed },
+};
+
+int main(int argc, char **argv)
+{
+	int r = gvm_test_main(argc, argv, tests, sizeof(tests) / sizeof(tests[0]));
+	test_servers_down();
+	return r;
+}
