@@ -1,0 +1,263 @@
+#!/usr/bin/env bash
+# tests/e2e/test_run_errors.sh — `giantvm run` refuses what it cannot do, with
+# a clear message, a non-zero exit and (where it matters) before QEMU starts.
+# UFFD mode (empty $GIANTVM_SYSROOT), embedded pool unless a case gives --pool.
+#
+#   vfio-pci device           -> message about vfio and pinning, exit != 0, QEMU never started
+#   pool node down            -> message naming that node (and FILE:LINE), exit != 0, QEMU never started
+#   -enable-kvm, no /dev/kvm  -> clear KVM error, QEMU never started
+#                                (with a usable /dev/kvm: the run is accepted and the guest verifies)
+#   no `--`                   -> usage error, exit 2
+#   --prefetch 3              -> exit 2, message naming --prefetch
+#   bad pool file line        -> "FILE:LINE:" in the error, exit != 0, QEMU never started
+#   QEMU failing at start-up  -> giantvm run's exit status is QEMU's (non-zero)
+# "QEMU never started" is checked with a stand-in QEMU that only leaves a
+# marker file (it would be exec'd in QEMU's place), and with the real QEMU by
+# the absence of the guest's GIANTVM-BOOT line and a quick return.
+#
+# Env: GVM_BUILD_DIR (default <repo>/build), GIANTVM_CACHE (see guest.sh),
+#      CI=true: a missing prerequisite fails instead of skipping.
+# Prints "ok  <case>" / "FAIL <case>: why"; closing line "N passed, M failed";
+# exit 0 iff nothing failed.
+# shellcheck source-path=SCRIPTDIR disable=SC2015,SC2317  # ok() always succeeds; trap handlers
+set -u
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+# shellcheck source=guest.sh
+. "$HERE/guest.sh"
+BUILD=${GVM_BUILD_DIR:-$REPO/build}
+QUICK=15 # seconds a refusal may take at most
+
+pass=0 fail=0
+ok() { echo "ok  $*"; pass=$((pass + 1)); }
+bad() { echo "FAIL $*"; fail=$((fail + 1)); }
+note() { echo "# $*"; }
+finish() {
+    echo "$pass passed, $fail failed"
+    ((fail == 0))
+    exit $?
+}
+missing() {
+    if [[ ${CI:-} == true ]]; then
+        bad "prerequisites: $*"
+        finish
+    fi
+    echo "SKIP: $*"
+    echo "$pass passed, $fail failed, 1 skipped"
+    exit 0
+}
+show_tail() { tr -d '\r' <"$1" | grep -v '^[[:space:]]*$' | tail -n "${2:-15}" | sed 's/^/#   /'; }
+
+if [[ ! -x $BUILD/giantvm || ! -r $BUILD/libgiantvm-preload.so ]]; then
+    bad "build: $BUILD/giantvm or $BUILD/libgiantvm-preload.so missing (run 'make -j2' in $REPO first)"
+    finish
+fi
+
+TMP=$(mktemp -d /tmp/gvm-e2e-errors.XXXXXX) || { bad "mktemp"; finish; }
+trap 'rm -rf "$TMP"' EXIT
+
+snapshot_build() {
+    local try
+    mkdir -p "$TMP/bin" || return 1
+    for ((try = 0; try < 10; try++)); do
+        if cp "$BUILD/giantvm" "$BUILD/libgiantvm-preload.so" "$TMP/bin/" 2>/dev/null &&
+            "$TMP/bin/giantvm" --help >/dev/null 2>&1 &&
+            [[ $(head -c4 "$TMP/bin/libgiantvm-preload.so" | od -An -tx1 | tr -d ' \n') == 7f454c46 ]]; then
+            return 0
+        fi
+        sleep 1
+    done
+    return 1
+}
+snapshot_build || { bad "build: cannot run $BUILD/giantvm (copied to $TMP/bin)"; finish; }
+G=$TMP/bin/giantvm
+
+gvm_guest_prepare 2>"$TMP/prepare.log" || { show_tail "$TMP/prepare.log"; missing "gvm_guest_prepare failed"; }
+mapfile -t GUEST < <(gvm_guest_qemu_args 256 16 gvm.seed=2)
+((${#GUEST[@]})) || { bad "gvm_guest_qemu_args"; finish; }
+
+# UFFD mode whatever this machine has loaded; embedded pool: fresh cwd, no $GIANTVM_POOL.
+mkdir -p "$TMP/sysroot" "$TMP/cwd"
+export GIANTVM_SYSROOT=$TMP/sysroot
+unset GIANTVM_POOL GIANTVM_QEMU
+
+# Stand-in QEMU: leaves a marker and fails.  If giantvm started it, the marker exists.
+FAKE=$TMP/qemu-marker
+MARK=$TMP/qemu-started
+printf '#!/bin/sh\necho "$@" >"%s"\nexit 1\n' "$MARK" >"$FAKE"
+chmod 755 "$FAKE"
+
+# run NAME TIMEOUT ARGS... : giantvm ARGS in $TMP/cwd; sets RC, OUT, SECS, LOG
+run() {
+    local name=$1 to=$2 t0
+    shift 2
+    LOG=$TMP/$name.log
+    rm -f "$MARK"
+    t0=$(date +%s.%N)
+    (cd "$TMP/cwd" && exec timeout -k 5 "$to" "$G" "$@") </dev/null >"$LOG" 2>&1
+    RC=$?
+    SECS=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+    OUT=$(tr -d '\r' <"$LOG")
+}
+# The giantvm run error message(s): stderr lines from giantvm, not QEMU.
+errmsg() { grep -E '^giantvm( run)?:' <<<"$OUT" | grep -v 'memserver: listening' | tr '\n' ' '; }
+# refused NAME REGEX: non-zero (not timeout), quick, message matches REGEX (case-insensitive)
+refused() {
+    local name=$1 re=$2 m
+    m=$(errmsg)
+    if ((RC != 0 && RC != 124 && RC != 137)) && grep -qiE "$re" <<<"$m"; then
+        ok "$name: exit $RC in ${SECS}s: ${m% }"
+    else
+        bad "$name: exit $RC in ${SECS}s, want a refusal matching /$re/; output:"
+        show_tail "$LOG"
+    fi
+}
+never_started() {
+    local name=$1
+    if [[ -e $MARK ]]; then bad "$name: QEMU was started (stand-in ran with: $(cat "$MARK"))"; else
+        ok "$name: QEMU never started"
+    fi
+}
+no_guest() {
+    local name=$1
+    if grep -q 'GIANTVM-BOOT' <<<"$OUT"; then bad "$name: the guest booted"; else
+        awk -v s="$SECS" -v q="$QUICK" 'BEGIN { exit !(s < q) }' &&
+            ok "$name (real QEMU): refused in ${SECS}s, no GIANTVM-BOOT" ||
+            bad "$name (real QEMU): took ${SECS}s (want < ${QUICK}s)"
+    fi
+}
+
+# ---------------------------------------------------------------- vfio-pci
+# shellcheck disable=SC2054  # one QEMU option value
+VFIO=(-device vfio-pci,host=01:00.0)
+run vfio 30 run -- "$FAKE" "${GUEST[@]}" "${VFIO[@]}"
+refused vfio 'vfio.*pin|pin.*vfio'
+never_started vfio
+run vfio-real 60 run -- qemu-system-x86_64 "${GUEST[@]}" "${VFIO[@]}"
+if ((RC != 0)); then no_guest vfio; else bad "vfio (real QEMU): exit 0"; fi
+run vfio-eq 30 run -- "$FAKE" "${GUEST[@]}" -device driver=vfio-pci,host=01:00.0
+refused "vfio (-device driver=vfio-pci)" 'vfio.*pin|pin.*vfio'
+
+# ---------------------------------------------------------------- a pool node is down
+# A loopback port nobody listens on: bind an ephemeral port, note it, release it.
+free_port() {
+    local p
+    for ((p = 20000 + RANDOM % 20000; ; p = 20000 + RANDOM % 20000)); do
+        # nothing listening on it (connect refused) -> take it
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            echo "$p"
+            return
+        fi
+    done
+}
+DOWN=$(free_port)
+UP_PORT=
+# One node up (an embedded-style loopback memserver), one down: the down one is named.
+"$G" memserver --listen 127.0.0.1:0 --port-file "$TMP/up.port" >"$TMP/up.log" 2>&1 &
+UP_PID=$!
+trap 'kill "$UP_PID" 2>/dev/null; wait "$UP_PID" 2>/dev/null; rm -rf "$TMP"' EXIT
+for ((t = 0; t < 100; t++)); do
+    [[ -s $TMP/up.port ]] && break
+    sleep 0.1
+done
+UP_PORT=$(head -n1 "$TMP/up.port" 2>/dev/null)
+POOL=$TMP/down.conf
+if [[ -n $UP_PORT ]]; then
+    printf '# one node up, one down\n127.0.0.1:%s\n127.0.0.1:%s\n' "$UP_PORT" "$DOWN" >"$POOL"
+else
+    bad "pool node down: helper memserver did not start: $(cat "$TMP/up.log")"
+    printf '127.0.0.1:%s\n' "$DOWN" >"$POOL"
+fi
+note "pool: $(grep -v '^#' "$POOL" | tr '\n' ' ')(127.0.0.1:$DOWN is down)"
+line=$(grep -n ":$DOWN\$" "$POOL" | cut -d: -f1)
+run pooldown 30 run --pool "$POOL" -- "$FAKE" "${GUEST[@]}"
+refused "pool node down" "127\.0\.0\.1:$DOWN"
+m=$(errmsg)
+[[ $m == *"$POOL:$line"* ]] && ok "pool node down: error gives $POOL:$line" ||
+    bad "pool node down: error lacks '$POOL:$line': $m"
+never_started "pool node down"
+run pooldown-real 60 run --pool "$POOL" -- qemu-system-x86_64 "${GUEST[@]}"
+if ((RC != 0)); then no_guest "pool node down"; else bad "pool node down (real QEMU): exit 0"; fi
+kill "$UP_PID" 2>/dev/null
+wait "$UP_PID" 2>/dev/null
+trap 'rm -rf "$TMP"' EXIT
+
+# ---------------------------------------------------------------- -enable-kvm
+# The guest args minus their "-accel tcg" pair, plus -enable-kvm.
+KVM_ARGS=()
+for ((i = 0; i < ${#GUEST[@]}; i++)); do
+    if [[ ${GUEST[i]} == -accel ]]; then
+        i=$((i + 1))
+        continue
+    fi
+    KVM_ARGS+=("${GUEST[i]}")
+done
+KVM_ARGS+=(-enable-kvm)
+if [[ -r /dev/kvm && -w /dev/kvm ]] && (exec 3<>/dev/kvm) 2>/dev/null; then
+    run kvm 300 run -- qemu-system-x86_64 "${KVM_ARGS[@]}"
+    if ((RC == 0)) && grep -q '^GIANTVM-RESULT .* verify=ok ' <<<"$OUT"; then
+        ok "-enable-kvm with a usable /dev/kvm: accepted, guest verified (${SECS}s)"
+    else
+        bad "-enable-kvm with a usable /dev/kvm: exit $RC"
+        show_tail "$LOG"
+    fi
+else
+    run kvm 30 run -- "$FAKE" "${KVM_ARGS[@]}"
+    refused "-enable-kvm without /dev/kvm" 'kvm'
+    never_started "-enable-kvm without /dev/kvm"
+    run kvm-accel 30 run -- "$FAKE" "${KVM_ARGS[@]/-enable-kvm/-accel}" kvm
+    refused "-accel kvm without /dev/kvm" 'kvm'
+    never_started "-accel kvm without /dev/kvm"
+    run kvm-real 60 run -- qemu-system-x86_64 "${KVM_ARGS[@]}"
+    if ((RC != 0)); then no_guest "-enable-kvm without /dev/kvm"; else bad "-enable-kvm (real QEMU): exit 0"; fi
+fi
+
+# ---------------------------------------------------------------- usage errors
+run nodash 10 run "$FAKE" "${GUEST[@]}"
+if ((RC == 2)) && grep -qiE 'usage|--|unknown option' <<<"$(errmsg)"; then ok "no '--': usage error, exit 2: $(errmsg)"; else
+    bad "no '--': exit $RC (want 2): $OUT"
+fi
+never_started "no '--'"
+run noqemu 10 run
+if ((RC == 2)) && grep -qi 'no QEMU command' <<<"$OUT"; then ok "giantvm run (nothing): exit 2: $(errmsg)"; else
+    bad "giantvm run (nothing): exit $RC (want 2): $OUT"
+fi
+run onlydash 10 run --pool "$TMP/whatever" --
+if ((RC == 2)) && grep -qi 'no QEMU command' <<<"$OUT"; then ok "giantvm run --pool F -- (no QEMU): exit 2"; else
+    bad "giantvm run --pool F --: exit $RC (want 2): $OUT"
+fi
+run prefetch 10 run --prefetch 3 -- "$FAKE" "${GUEST[@]}"
+if ((RC == 2)) && grep -q -- '--prefetch' <<<"$(errmsg)"; then ok "--prefetch 3: exit 2: $(errmsg)"; else
+    bad "--prefetch 3: exit $RC (want 2): $OUT"
+fi
+never_started "--prefetch 3"
+for v in 0 64 x; do
+    run prefetch 10 run --prefetch "$v" -- "$FAKE"
+    ((RC == 2)) && grep -q -- '--prefetch' <<<"$(errmsg)" && ok "--prefetch $v: exit 2" || bad "--prefetch $v: exit $RC: $OUT"
+done
+
+# ---------------------------------------------------------------- bad pool file line
+BADPOOL=$TMP/bad-pool.conf
+printf '# pool\n127.0.0.1:%s\n\n127.0.0.1:99999\n' "${UP_PORT:-9999}" >"$BADPOOL"
+run badpool 10 run --pool "$BADPOOL" -- "$FAKE" "${GUEST[@]}"
+refused "bad pool line" "$BADPOOL:4:"
+never_started "bad pool line"
+printf '127.0.0.1:7001\n127.0.0.1:7001\n' >"$BADPOOL"
+run badpool2 10 run --pool "$BADPOOL" -- "$FAKE"
+refused "duplicate pool line" "$BADPOOL:2:.*duplicate"
+run badpool3 10 run --pool "$TMP/no-such-pool.conf" -- "$FAKE"
+refused "missing pool file" "no-such-pool\.conf"
+never_started "missing pool file"
+
+# ---------------------------------------------------------------- QEMU fails at start-up
+# giantvm run's exit status is QEMU's: a QEMU that dies before its monitor is
+# up must not turn into success.
+run qemufail 60 run -- qemu-system-x86_64 "${GUEST[@]}" -no-such-qemu-option
+if ((RC != 0 && RC != 124)); then ok "QEMU rejecting its arguments: giantvm run exits $RC"; else
+    bad "QEMU rejecting its arguments: giantvm run exited $RC, want QEMU's non-zero status; output: $(errmsg)"
+fi
+run qemufail2 60 run -- "$FAKE"
+if ((RC == 1)) && [[ -e $MARK ]]; then ok "stand-in QEMU exiting 1 at once: giantvm run exits 1"; else
+    bad "stand-in QEMU exiting 1 at once: giantvm run exited $RC, want 1; output: $(errmsg)"
+fi
+finish
