@@ -90,6 +90,8 @@ struct gvm_stats {
 	uint64_t lost_pages;          /* pages given up on (poisoned or fatal) */
 	uint64_t fault_p50_ns;
 	uint64_t fault_p99_ns;
+	uint64_t under_replicated;    /* stripes some replica may lack (re-sync pending) */
+	uint64_t resynced_stripes;    /* stripes copied to a replica that came back */
 	unsigned nodes;               /* nodes in the pool */
 	unsigned nodes_connected;
 	unsigned nodes_down;

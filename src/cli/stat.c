@@ -18,9 +18,10 @@ static void usage(FILE *f)
 	      "\n"
 	      "Shows the engine of a VM started by `giantvm run` (the only one running when\n"
 	      "VM is not given): one line per second with faults/s, MiB/s fetched, resident\n"
-	      "pages against the budget, zero pages, evictions and write-backs per second,\n"
-	      "fault latency p50/p99, errors and nodes connected. --json prints the full\n"
-	      "statistics (per node too) once, as one JSON object.\n", f);
+	      "pages against the budget, evictions and write-backs per second, fault latency\n"
+	      "p50/p99, errors, nodes connected and down, and stripes waiting for re-sync\n"
+	      "(under-replicated). --json prints the full statistics (per node too: health,\n"
+	      "requests, bytes, RTT) once, as one JSON object.\n", f);
 }
 
 static int find_vm(const char *dir, char *name, size_t len)
@@ -130,15 +131,16 @@ int cmd_stat(int argc, char **argv)
 		double f = num(buf, "faults"), b = num(buf, "bytes_in"), e = num(buf, "evictions"),
 		       w = num(buf, "writebacks");
 		if (k % 20 == 0)
-			printf("%8s %9s %9s %12s %10s %8s %8s %9s %9s %6s %7s\n", "uptime", "faults/s",
-			       "MiB/s in", "resident", "budget", "evict/s", "wback/s", "p50 us", "p99 us",
-			       "errors", "nodes");
+			printf("%8s %9s %9s %12s %10s %8s %8s %9s %9s %6s %7s %5s %8s\n", "uptime",
+			       "faults/s", "MiB/s in", "resident", "budget", "evict/s", "wback/s", "p50 us",
+			       "p99 us", "errors", "nodes", "down", "underrep");
 		if (k > 0 || count == 0)
-			printf("%8.0f %9.0f %9.1f %12.0f %10.0f %8.0f %8.0f %9.1f %9.1f %6.0f %3.0f/%-3.0f\n",
+			printf("%8.0f %9.0f %9.1f %12.0f %10.0f %8.0f %8.0f %9.1f %9.1f %6.0f %3.0f/%-3.0f %5.0f %8.0f\n",
 			       num(buf, "uptime_s"), f - prev_f, (b - prev_b) / 1048576.0,
 			       num(buf, "resident_pages"), num(buf, "budget_pages"), e - prev_e, w - prev_w,
 			       num(buf, "fault_p50_us"), num(buf, "fault_p99_us"), num(buf, "errors"),
-			       num(buf, "nodes_connected"), num(buf, "nodes"));
+			       num(buf, "nodes_connected"), num(buf, "nodes"), num(buf, "nodes_down"),
+			       num(buf, "under_replicated_stripes"));
 		fflush(stdout);
 		prev_f = f, prev_b = b, prev_e = e, prev_w = w;
 		if (count >= 0 && k == count)

@@ -307,9 +307,12 @@ static struct gvm_fetch *fetch_alloc(struct gvm_engine *e)
 	if (f) {
 		e->free_fetch = f->next;
 		memset(f, 0, sizeof(*f));
-		return f;
+	} else {
+		f = calloc(1, sizeof(*f));
 	}
-	return calloc(1, sizeof(*f));
+	if (f)
+		f->kind = CTX_FETCH;
+	return f;
 }
 
 static void fetch_free(struct gvm_engine *e, struct gvm_fetch *f)
@@ -378,11 +381,27 @@ static void fetch_give_up(struct gvm_engine *e, struct gvm_fetch *f)
 }
 
 /* Send the fetch to the first usable replica from f->tries on. */
+/* The replicas of a stripe, nodes that came back after failing (and may
+ * have lost their pages) last. */
+static unsigned replicas_ordered(struct gvm_engine *e, uint64_t region, uint64_t stripe, uint32_t *out)
+{
+	uint32_t all[GVM_MAX_REPLICAS];
+	unsigned nr = gvm_placement_replicas(&e->pool->pl, region, stripe, e->pool->replicas, all);
+	unsigned k = 0;
+
+	for (unsigned i = 0; i < nr; i++)
+		if (!e->suspect[all[i]])
+			out[k++] = all[i];
+	for (unsigned i = 0; i < nr; i++)
+		if (e->suspect[all[i]])
+			out[k++] = all[i];
+	return nr;
+}
+
 static void fetch_send(struct gvm_engine *e, struct gvm_fetch *f)
 {
 	uint32_t nodes[GVM_MAX_REPLICAS];
-	unsigned nr = gvm_placement_replicas(&e->pool->pl, f->rg->id, f->page / GVM_STRIPE_PAGES,
-					     e->pool->replicas, nodes);
+	unsigned nr = replicas_ordered(e, f->rg->id, f->page / GVM_STRIPE_PAGES, nodes);
 	uint64_t now = gvm_now_ns();
 
 	while (f->tries < nr) {
@@ -601,9 +620,21 @@ static void drain_uffd(struct gvm_engine *e)
 
 /* ---------------------------------------------------------- write-back */
 
+static void mark_degraded(struct gvm_engine *e, struct gvm_region *rg, uint64_t stripe)
+{
+	if (!(rg->st[stripe] & ST_DEGRADED)) {
+		rg->st[stripe] |= ST_DEGRADED;
+		__atomic_fetch_add(&e->degraded, 1, __ATOMIC_RELAXED);
+	}
+}
+
 static void wb_done(struct gvm_engine *e, struct gvm_wb *w)
 {
 	struct gvm_waiter *wt = w->waiter;
+
+	/* Some but not all replicas have it: copy it over when they are back. */
+	if (w->acks && w->acks < w->nreplicas && w->rg)
+		mark_degraded(e, w->rg, w->page / GVM_STRIPE_PAGES);
 
 	if (w->acks == 0 && !w->err)
 		w->err = -EHOSTUNREACH;
@@ -629,6 +660,13 @@ static void wb_send(struct gvm_engine *e, struct gvm_wb *w)
 	struct iovec iov = { .iov_base = w->payload, .iov_len = w->len };
 
 	w->outstanding = 0;
+	w->nreplicas = nr;
+	if (w->rg) {
+		uint64_t s = w->page / GVM_STRIPE_PAGES;
+		w->rg->st[s] |= ST_WRITTEN;
+		if (w->rg->st[s] & ST_RESYNC)
+			w->rg->st[s] |= ST_STALE; /* a copy in flight holds older data */
+	}
 	for (unsigned i = 0; i < nr; i++) {
 		struct gvm_hdr h = { .op = GVM_OP_WRITE, .region = w->region, .page = w->page,
 				     .count = w->count, .len = (uint32_t)w->len };
@@ -693,6 +731,150 @@ void gvm_engine_poke(struct gvm_engine *e)
 		pr_perror("write(eventfd)");
 }
 
+/* -------------------------------------------------------------- re-sync */
+
+static void rs_finish(struct gvm_engine *e, struct gvm_resync *j, int complete)
+{
+	uint8_t *st = &j->rg->st[j->stripe];
+
+	if (complete && !(*st & ST_STALE) && (*st & ST_DEGRADED)) {
+		*st &= (uint8_t)~ST_DEGRADED;
+		__atomic_fetch_sub(&e->degraded, 1, __ATOMIC_RELAXED);
+		STAT_ADD(e, resynced_stripes, 1);
+	}
+	*st &= (uint8_t)~(ST_RESYNC | ST_STALE);
+	e->rs_inflight--;
+	free(j);
+}
+
+/*
+ * Start copies of degraded stripes, a bounded number at a time: READ the
+ * whole stripe from a replica that never failed, WRITE the reply's payload
+ * (the same bitmap + pages format) as is to the other replicas.
+ */
+static void rs_pump(struct gvm_engine *e, uint64_t now)
+{
+	unsigned nreg = __atomic_load_n(&e->n_regions, __ATOMIC_ACQUIRE), scanned = 0;
+
+	if (!__atomic_load_n(&e->degraded, __ATOMIC_RELAXED)) {
+		if (!e->rs_inflight)
+			memset(e->suspect, 0, e->pool->cfg.n_nodes); /* every copy is whole again */
+		return;
+	}
+	while (e->rs_inflight < 16 && scanned++ < 8192 && nreg) {
+		struct gvm_region *rg;
+		uint32_t nodes[GVM_MAX_REPLICAS];
+		unsigned nr, src = UINT32_MAX;
+		uint64_t s;
+
+		if (e->rs_region >= nreg) {
+			e->rs_region = 0;
+			e->rs_stripe = 0;
+		}
+		rg = e->regions[e->rs_region];
+		if (e->rs_stripe >= rg->nstripes) {
+			e->rs_region++;
+			e->rs_stripe = 0;
+			continue;
+		}
+		s = e->rs_stripe++;
+		if ((rg->st[s] & (ST_DEGRADED | ST_RESYNC)) != ST_DEGRADED)
+			continue;
+		nr = gvm_placement_replicas(&e->pool->pl, rg->id, s, e->pool->replicas, nodes);
+		for (unsigned i = 0; i < nr && src == UINT32_MAX; i++)
+			if (!e->suspect[nodes[i]] && gvm_transport_usable(&e->tp, nodes[i], now) &&
+			    (!e->tp.conns[nodes[i]] || e->tp.conns[nodes[i]]->state != GVM_CONN_DOWN))
+				src = nodes[i];
+		if (src == UINT32_MAX)
+			continue; /* no trustworthy copy reachable now: later */
+		struct gvm_resync *j = calloc(1, sizeof(*j));
+		if (!j)
+			return;
+		j->kind = CTX_RESYNC;
+		j->rg = rg;
+		j->stripe = s;
+		for (unsigned i = 0; i < nr; i++)
+			if (nodes[i] != src && gvm_transport_usable(&e->tp, nodes[i], now))
+				j->targets[j->n_targets++] = nodes[i];
+		if (!j->n_targets) {
+			free(j);
+			continue;
+		}
+		uint64_t p0 = s * GVM_STRIPE_PAGES;
+		struct gvm_hdr h = { .op = GVM_OP_READ, .region = rg->id, .page = p0,
+				     .count = (uint32_t)GVM_MIN((uint64_t)GVM_STRIPE_PAGES, rg->npages - p0) };
+		if (gvm_transport_send(&e->tp, src, &h, NULL, 0, j)) {
+			free(j);
+			continue;
+		}
+		rg->st[s] |= ST_RESYNC;
+		e->rs_inflight++;
+	}
+}
+
+static void rs_on_reply(struct gvm_engine *e, struct gvm_resync *j, const struct gvm_req *req,
+			const struct gvm_hdr *h, const uint8_t *payload)
+{
+	if (req->op == GVM_OP_READ) {
+		struct iovec iov = { .iov_base = (void *)payload, .iov_len = h->len };
+		if (h->status || (j->rg->st[j->stripe] & ST_STALE)) {
+			rs_finish(e, j, 0);
+			return;
+		}
+		for (unsigned i = 0; i < j->n_targets; i++) {
+			struct gvm_hdr w = { .op = GVM_OP_WRITE, .region = req->region, .page = req->page,
+					     .count = req->count, .len = h->len };
+			if (gvm_transport_send(&e->tp, j->targets[i], &w, &iov, 1, j) == 0)
+				j->outstanding++;
+		}
+		if (!j->outstanding)
+			rs_finish(e, j, 0);
+		return;
+	}
+	if (!h->status)
+		j->acks++;
+	if (--j->outstanding == 0)
+		rs_finish(e, j, j->acks == j->n_targets);
+}
+
+static void rs_on_fail(struct gvm_engine *e, struct gvm_resync *j, const struct gvm_req *req)
+{
+	if (req->op == GVM_OP_READ || --j->outstanding == 0)
+		rs_finish(e, j, 0);
+}
+
+/* A node that failed is back: whatever this engine wrote to it may be gone
+ * (a restart without a backing file). Read nothing from it that others
+ * have, and copy every stripe it should hold from a live replica. */
+static void on_up(void *owner, struct gvm_conn *c)
+{
+	struct gvm_engine *e = owner;
+	unsigned nreg = __atomic_load_n(&e->n_regions, __ATOMIC_ACQUIRE);
+	uint64_t marked = 0;
+
+	e->suspect[c->node] = 1;
+	for (unsigned ri = 0; ri < nreg; ri++) {
+		struct gvm_region *rg = e->regions[ri];
+		for (uint64_t s = 0; s < rg->nstripes; s++) {
+			uint32_t nodes[GVM_MAX_REPLICAS];
+			unsigned nr;
+			if (!(rg->st[s] & ST_WRITTEN))
+				continue;
+			nr = gvm_placement_replicas(&e->pool->pl, rg->id, s, e->pool->replicas, nodes);
+			for (unsigned i = 0; i < nr; i++) {
+				if (nodes[i] == c->node) {
+					mark_degraded(e, rg, s);
+					marked++;
+					break;
+				}
+			}
+		}
+	}
+	if (marked)
+		pr_info("node %s: re-syncing %llu stripes from live replicas",
+			gvm_node_name(&e->pool->cfg, c->node), (unsigned long long)marked);
+}
+
 /* ------------------------------------------------------ transport glue */
 
 static void on_reply(void *owner, struct gvm_conn *c, const struct gvm_req *req,
@@ -700,6 +882,10 @@ static void on_reply(void *owner, struct gvm_conn *c, const struct gvm_req *req,
 {
 	struct gvm_engine *e = owner;
 
+	if (*(uint8_t *)req->ctx == CTX_RESYNC) {
+		rs_on_reply(e, req->ctx, req, h, payload);
+		return;
+	}
 	if (req->op == GVM_OP_READ) {
 		struct gvm_fetch *f = req->ctx;
 		if (h->status) {
@@ -746,6 +932,10 @@ static void on_fail(void *owner, struct gvm_conn *c, const struct gvm_req *req, 
 	(void)c;
 	(void)err;
 	STAT_ADD(e, errors, 1);
+	if (*(uint8_t *)req->ctx == CTX_RESYNC) {
+		rs_on_fail(e, req->ctx, req);
+		return;
+	}
 	if (req->op == GVM_OP_READ) {
 		struct gvm_fetch *f = req->ctx;
 		f->tries++;
@@ -822,6 +1012,9 @@ static void *engine_thread(void *arg)
 		if (now >= next_tick || e->parked || e->parked_wb) {
 			int ms = gvm_transport_tick(&e->tp, now, e->idle_ns);
 			retry_parked(e, now);
+			rs_pump(e, now);
+			if (e->rs_inflight)
+				ms = GVM_MIN(ms, 5);
 			gvm_transport_flush(&e->tp);
 			timeout = (e->parked || e->parked_wb) ? 1 : GVM_MIN(ms, 250);
 			next_tick = now + (uint64_t)timeout * 1000000ull;
@@ -835,7 +1028,7 @@ static void *engine_thread(void *arg)
 int gvm_engine_open(struct gvm_engine **out, struct gvm_pool *pool, const struct gvm_engine_opts *o)
 {
 	struct gvm_engine *e = calloc(1, sizeof(*e));
-	struct gvm_transport_ops ops = { .on_reply = on_reply, .on_fail = on_fail };
+	struct gvm_transport_ops ops = { .on_reply = on_reply, .on_fail = on_fail, .on_up = on_up };
 	struct epoll_event ev = { .events = EPOLLIN };
 	uint64_t wanted = UFFD_FEATURE_POISON;
 	const char *off = getenv("GIANTVM_UFFD_DISABLE");
@@ -914,6 +1107,11 @@ int gvm_engine_open(struct gvm_engine **out, struct gvm_pool *pool, const struct
 		pr_perror("epoll_ctl(eventfd)");
 		goto err_close;
 	}
+	e->suspect = calloc(pool->cfg.n_nodes, 1);
+	if (!e->suspect) {
+		r = -ENOMEM;
+		goto err_close;
+	}
 	r = gvm_transport_init(&e->tp, e->epfd, &pool->cfg, pool->token, pool->token_len,
 			       pool->timeout_ms, &ops, e);
 	if (r)
@@ -949,6 +1147,7 @@ err_close:
 	if (e->epfd >= 0)
 		close(e->epfd);
 	close(e->uffd);
+	free(e->suspect);
 err_free:
 	pthread_mutex_destroy(&e->cmd_mu);
 	pthread_mutex_destroy(&e->ev_mu);
@@ -986,8 +1185,10 @@ int gvm_engine_attach(struct gvm_engine *e, uint64_t region, const uint8_t key[G
 	rg->last_win = UINT64_MAX;
 	rg->held = UINT64_MAX;
 	rg->pg = calloc(rg->npages, 1);
+	rg->nstripes = (rg->npages + GVM_STRIPE_PAGES - 1) / GVM_STRIPE_PAGES;
+	rg->st = calloc(rg->nstripes, 1);
 	vec = malloc(rg->npages);
-	if (!rg->pg || !vec) {
+	if (!rg->pg || !rg->st || !vec) {
 		r = -ENOMEM;
 		goto err_free;
 	}
@@ -1031,6 +1232,7 @@ err_unreg:
 err_free:
 	free(vec);
 	free(rg->pg);
+	free(rg->st);
 	free(rg);
 	return r;
 }
@@ -1077,6 +1279,8 @@ static int wb_submit(struct gvm_engine *e, struct gvm_region *rg, uint64_t p, ui
 			nz++;
 		}
 	}
+	w->kind = CTX_WB;
+	w->rg = rg;
 	w->region = rg->id;
 	w->page = p;
 	w->count = n;
@@ -1155,9 +1359,17 @@ int gvm_engine_stats(struct gvm_engine *e, struct gvm_stats *st)
 		.budget_pages = e->budget_pages,
 		.fault_p50_ns = hist_pct(e, 0.50),
 		.fault_p99_ns = hist_pct(e, 0.99),
+		.under_replicated = __atomic_load_n(&e->degraded, __ATOMIC_RELAXED),
+		.resynced_stripes = __atomic_load_n(&e->st.resynced_stripes, __ATOMIC_RELAXED),
 		.nodes = e->pool->cfg.n_nodes,
 		.nodes_connected = __atomic_load_n(&e->tp.n_open, __ATOMIC_RELAXED),
 	};
+	/* Racy reads of the engine thread's connection states: display only. */
+	for (uint32_t i = 0; i < e->tp.n_nodes; i++) {
+		struct gvm_conn *c = __atomic_load_n(&e->tp.conns[i], __ATOMIC_ACQUIRE);
+		if (c && __atomic_load_n(&c->state, __ATOMIC_RELAXED) == GVM_CONN_DOWN)
+			st->nodes_down++;
+	}
 	return 0;
 }
 
@@ -1214,6 +1426,7 @@ void gvm_engine_close(struct gvm_engine *e)
 		if (ioctl(e->uffd, UFFDIO_UNREGISTER, &r) < 0 && errno != ENOMEM && errno != EINVAL)
 			pr_perror("UFFDIO_UNREGISTER");
 		free(rg->pg);
+		free(rg->st);
 		free(rg);
 	}
 	while (e->free_fetch) {
@@ -1234,5 +1447,6 @@ void gvm_engine_close(struct gvm_engine *e)
 	pthread_mutex_destroy(&e->ev_mu);
 	pthread_cond_destroy(&e->ev_cv);
 	free(e->deferred);
+	free(e->suspect);
 	free(e);
 }

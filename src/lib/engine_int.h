@@ -24,8 +24,19 @@
 #define PG_DROPPING 0x40  /* write-back done, being dropped: faults wait */
 #define PG_WANTED   0x80  /* faulted while in flight: a thread waits for the install */
 
+/* Per-stripe flags (one byte per stripe, engine thread only). */
+#define ST_WRITTEN  0x01  /* this engine wrote pages of it to the pool */
+#define ST_DEGRADED 0x02  /* some replica may lack it: re-sync from a live one */
+#define ST_RESYNC   0x04  /* a re-sync copy is in flight */
+#define ST_STALE    0x08  /* written back during that copy: the copy must not land */
+
+/* What a request's ctx points at (first byte of each). */
+enum { CTX_FETCH = 1, CTX_WB, CTX_RESYNC };
+
 struct gvm_region {
 	uint64_t id;          /* region id on the wire */
+	uint8_t *st;          /* per-stripe ST_* flags */
+	uint64_t nstripes;
 	uintptr_t base;       /* first byte */
 	size_t len;
 	uint64_t npages;
@@ -39,6 +50,7 @@ struct gvm_region {
 };
 
 struct gvm_fetch {            /* one READ of a window, until installed */
+	uint8_t kind;         /* CTX_FETCH */
 	struct gvm_region *rg;
 	uint64_t page;        /* first page */
 	uint32_t count;
@@ -61,6 +73,9 @@ struct gvm_waiter {           /* an API thread waiting for write-backs */
 };
 
 struct gvm_wb {               /* one WRITE of a run of pages to every replica */
+	uint8_t kind;         /* CTX_WB */
+	struct gvm_region *rg;
+	uint32_t nreplicas;   /* replicas the stripe should be on */
 	uint64_t region;
 	uint64_t page;
 	uint32_t count;
@@ -76,9 +91,18 @@ struct gvm_wb {               /* one WRITE of a run of pages to every replica */
 	struct gvm_wb *next;
 };
 
+struct gvm_resync {           /* copy one stripe from a live replica to the others */
+	uint8_t kind;         /* CTX_RESYNC */
+	struct gvm_region *rg;
+	uint64_t stripe;
+	uint32_t targets[GVM_MAX_REPLICAS];
+	unsigned n_targets;
+	unsigned outstanding, acks;
+};
+
 struct gvm_engine_counters {
 	uint64_t faults, pages_fetched, zero_pages, readahead_pages, bytes_in, bytes_out;
-	uint64_t errors, lost_pages, evictions, writebacks, clean_drops;
+	uint64_t errors, lost_pages, evictions, writebacks, clean_drops, resynced_stripes;
 };
 
 struct gvm_engine {
@@ -111,6 +135,12 @@ struct gvm_engine {
 	uint64_t *deferred;       /* fault addresses waiting for a drop to finish (bit 0: write) */
 	size_t n_deferred, cap_deferred;
 	uint8_t *move_scratch;    /* destination of UFFDIO_MOVE drops */
+	uint8_t *suspect;         /* per node: came back after failing, may have lost pages */
+	uint64_t degraded;        /* stripes with ST_DEGRADED */
+	unsigned rs_region;       /* re-sync cursor: region ... */
+	uint64_t rs_stripe;       /* ... and stripe */
+	unsigned rs_inflight;     /* re-sync copies in flight */
+	int rs_found;             /* the current pass met a degraded stripe */
 	struct gvm_region *regions[GVM_MAX_REGIONS];
 	unsigned n_regions;       /* published with release after regions[] */
 	struct gvm_transport tp;

@@ -556,6 +556,16 @@ int gvm_ctl_candidates(int fd, struct run_cand *out, int max)
 	}
 }
 
+/* A count from JSON: out-of-range, negative or non-finite values are 0. */
+static uint64_t json_count(const char *json, const char *key)
+{
+	double v;
+
+	if (gvm_json_number(json, key, &v) || !(v >= 0) || v >= 18446744073709551616.0)
+		return 0;
+	return (uint64_t)v;
+}
+
 int gvm_run_parse_stats(const char *json, struct gvm_run_stats *s)
 {
 	double v;
@@ -563,12 +573,12 @@ int gvm_run_parse_stats(const char *json, struct gvm_run_stats *s)
 	memset(s, 0, sizeof(*s));
 	if (gvm_json_number(json, "faults", &v))
 		return -EINVAL;
-	s->faults = (uint64_t)v;
-	if (!gvm_json_number(json, "pages_fetched", &v)) s->pages_fetched = (uint64_t)v;
-	if (!gvm_json_number(json, "zero_pages", &v)) s->zero_pages = (uint64_t)v;
-	if (!gvm_json_number(json, "readahead_pages", &v)) s->readahead_pages = (uint64_t)v;
-	if (!gvm_json_number(json, "bytes_in", &v)) s->bytes_in = (uint64_t)v;
-	if (!gvm_json_number(json, "errors", &v)) s->errors = (uint64_t)v;
+	s->faults = json_count(json, "faults");
+	s->pages_fetched = json_count(json, "pages_fetched");
+	s->zero_pages = json_count(json, "zero_pages");
+	s->readahead_pages = json_count(json, "readahead_pages");
+	s->bytes_in = json_count(json, "bytes_in");
+	s->errors = json_count(json, "errors");
 	if (!gvm_json_number(json, "fault_p50_us", &v)) s->p50_us = v;
 	if (!gvm_json_number(json, "fault_p99_us", &v)) s->p99_us = v;
 	return 0;

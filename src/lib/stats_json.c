@@ -18,12 +18,13 @@ int gvm_stats_json(struct gvm_engine *e, const char *vm, double uptime_s, char *
 		     ",\"evictions\":%" PRIu64 ",\"writebacks\":%" PRIu64 ",\"clean_drops\":%" PRIu64
 		     ",\"errors\":%" PRIu64 ",\"lost_pages\":%" PRIu64
 		     ",\"fault_p50_us\":%.1f,\"fault_p99_us\":%.1f,\"nodes\":%u,\"nodes_connected\":%u"
-		     ",\"per_node\":",
+		     ",\"nodes_down\":%u,\"under_replicated_stripes\":%" PRIu64
+		     ",\"resynced_stripes\":%" PRIu64 ",\"per_node\":",
 		     vm, uptime_s, gvm_engine_features(e), s.faults, s.pages_fetched, s.zero_pages,
 		     s.readahead_pages, s.bytes_in, s.bytes_out, s.resident_pages, s.budget_pages,
 		     s.evictions, s.writebacks, s.clean_drops, s.errors, s.lost_pages,
 		     (double)s.fault_p50_ns / 1000.0, (double)s.fault_p99_ns / 1000.0, s.nodes,
-		     s.nodes_connected);
+		     s.nodes_connected, s.nodes_down, s.under_replicated, s.resynced_stripes);
 	if (n < 0 || (size_t)n >= len)
 		return -ENOSPC;
 	m = gvm_engine_nodes_json(e, buf + n, len - (size_t)n);

@@ -533,6 +533,10 @@ static int conn_parse(struct gvm_transport *t, struct gvm_conn *c)
 				       strerror(-h.status));
 				return h.status;
 			}
+			if (c->failures && t->ops.on_up) {
+				pr_info("node %s is back", gvm_node_name(t->cfg, c->node));
+				t->ops.on_up(t->owner, c);
+			}
 			c->failures = 0;
 			continue;
 		}

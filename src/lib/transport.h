@@ -68,6 +68,8 @@ struct gvm_transport_ops {
 			 const struct gvm_hdr *h, const uint8_t *payload);
 	/* req will get no reply from this connection (err < 0 says why). */
 	void (*on_fail)(void *owner, struct gvm_conn *c, const struct gvm_req *req, int err);
+	/* A node that had failed answered HELLO again (it may have restarted empty). */
+	void (*on_up)(void *owner, struct gvm_conn *c);
 };
 
 struct gvm_region_key_ent {

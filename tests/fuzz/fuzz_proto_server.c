@@ -1,0 +1,399 @@
+/*
+ * libFuzzer harness: the input is what a client sends a memory server, a
+ * stream of client->server frames (48-byte header + payload, docs/PROTOCOL.md).
+ *
+ * Each header goes through gvm_hdr_decode(from_server = 0) and is compared
+ * with a reference validator written from the document, and re-encoded to the
+ * same bytes. Frames are then handled the way src/memserver/server.c does
+ * (HELLO first, OPEN binds a key and adds the region to the connection,
+ * READ/WRITE/LIST/FREE need an OPENed region, a framing error ends the
+ * connection), against a real RAM page store (store.h) and a shadow model of
+ * what the store must hold. Checked after every frame:
+ *   - WRITE returns 0 or -ENOSPC exactly when the model says so, and -ENOSPC
+ *     changes nothing; a bad page payload is caught by gvm_pages_check;
+ *   - READ returns a valid page payload with exactly the model's non-zero
+ *     pages, byte for byte; LIST returns exactly the model's page set;
+ *   - OPEN with another key fails with -EACCES; FREE forgets every page;
+ *   - the stored-page count equals the model and never exceeds the capacity.
+ *
+ * The store's capacity comes from the low 6 bits of the first frame's id
+ * (0 = unlimited), so small capacities are reachable with small inputs.
+ * Every payload handed to the library is an exact-size heap copy and every
+ * output buffer ends exactly where the API contract says it may, so ASan
+ * reports any access past either.
+ */
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fuzz_common.h"
+#include "log.h"
+#include "proto.h"
+#include "store.h"
+
+struct shadow_page {
+	uint64_t region, page;
+	const uint8_t *data; /* 4096 bytes inside the fuzzer input */
+};
+
+struct shadow_key {
+	uint64_t region;
+	uint8_t key[GVM_KEY_SIZE];
+};
+
+struct model {
+	struct gvm_store *st;
+	uint64_t capacity;
+	struct shadow_page *pages;
+	size_t n_pages, cap_pages;
+	struct shadow_key *keys;
+	size_t n_keys, cap_keys;
+	uint64_t *open;  /* regions OPENed on this connection */
+	size_t n_open, cap_open;
+	int authed;
+};
+
+/* Output buffers sized for the largest request; results are placed at the end. */
+static uint8_t *read_buf;   /* gvm_pages_len(GVM_MAX_PAGES, GVM_MAX_PAGES) */
+static size_t read_buf_len;
+static uint8_t *list_buf;   /* GVM_BITMAP_BYTES(2^20) */
+static size_t list_buf_len;
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+	(void)argc;
+	(void)argv;
+	gvm_log_set_level(GVM_LOG_ERROR);
+	read_buf_len = gvm_pages_len(GVM_MAX_PAGES, GVM_MAX_PAGES);
+	read_buf = malloc(read_buf_len);
+	list_buf_len = GVM_BITMAP_BYTES(1u << 20);
+	list_buf = malloc(list_buf_len);
+	if (!read_buf || !list_buf)
+		abort();
+	return 0;
+}
+
+static void *grow(void *p, size_t *cap, size_t n, size_t elem)
+{
+	if (n < *cap)
+		return p;
+	*cap = *cap ? *cap * 2 : 16;
+	p = realloc(p, *cap * elem);
+	if (!p)
+		abort();
+	return p;
+}
+
+static struct shadow_page *shadow_find(struct model *m, uint64_t region, uint64_t page)
+{
+	for (size_t i = 0; i < m->n_pages; i++)
+		if (m->pages[i].region == region && m->pages[i].page == page)
+			return &m->pages[i];
+	return NULL;
+}
+
+static int in_range(const struct shadow_page *p, uint64_t region, uint64_t page, uint64_t count)
+{
+	return p->region == region && p->page >= page && p->page - page < count;
+}
+
+static size_t shadow_count_range(struct model *m, uint64_t region, uint64_t page, uint64_t count)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < m->n_pages; i++)
+		n += in_range(&m->pages[i], region, page, count);
+	return n;
+}
+
+static void shadow_drop_range(struct model *m, uint64_t region, uint64_t page, uint64_t count)
+{
+	for (size_t i = 0; i < m->n_pages;) {
+		if (in_range(&m->pages[i], region, page, count))
+			m->pages[i] = m->pages[--m->n_pages];
+		else
+			i++;
+	}
+}
+
+static struct shadow_key *key_find(struct model *m, uint64_t region)
+{
+	for (size_t i = 0; i < m->n_keys; i++)
+		if (m->keys[i].region == region)
+			return &m->keys[i];
+	return NULL;
+}
+
+static int is_open(struct model *m, uint64_t region)
+{
+	for (size_t i = 0; i < m->n_open; i++)
+		if (m->open[i] == region)
+			return 1;
+	return 0;
+}
+
+static void check_stats(struct model *m)
+{
+	struct gvm_store_stats ss;
+
+	gvm_store_get_stats(m->st, &ss);
+	CHECK(ss.pages_stored == m->n_pages);
+	CHECK(ss.capacity_pages == m->capacity);
+	CHECK(!m->capacity || ss.pages_stored <= m->capacity);
+	CHECK(ss.regions == m->n_keys);
+}
+
+/* A READ of [page, page+count) must return exactly the model's pages. */
+static void check_read(struct model *m, uint64_t region, uint64_t page, unsigned count)
+{
+	size_t room = gvm_pages_len(count, count);
+	uint8_t *out = read_buf + read_buf_len - room;
+	const char *why = NULL;
+	ssize_t n = gvm_store_read(m->st, region, page, count, out);
+	size_t expect = shadow_count_range(m, region, page, count);
+	const uint8_t *data;
+	int w;
+
+	CHECK(n >= 0);
+	CHECK((size_t)n == gvm_pages_len(count, (unsigned)expect));
+	w = gvm_pages_check(out, (size_t)n, count, &why);
+	CHECK(w >= 0 && (size_t)w == expect);
+	CHECK(fz_bitmap_weight(out, count) == w);
+	data = out + GVM_BITMAP_BYTES(count);
+	for (unsigned i = 0; i < count; i++) {
+		struct shadow_page *sp = expect ? shadow_find(m, region, page + i) : NULL;
+		CHECK(fz_bit(out, i) == (sp != NULL));
+		if (!sp)
+			continue;
+		CHECK(!gvm_page_is_zero(data));
+		CHECK(memcmp(data, sp->data, GVM_PAGE_SIZE) == 0);
+		data += GVM_PAGE_SIZE;
+	}
+	CHECK(data == out + n);
+}
+
+static void check_list(struct model *m, uint64_t region, uint64_t page, uint32_t count)
+{
+	size_t room = GVM_BITMAP_BYTES(count);
+	uint8_t *bm = list_buf + list_buf_len - room;
+	int r = gvm_store_list(m->st, region, page, count, bm);
+	size_t expect = shadow_count_range(m, region, page, count);
+
+	CHECK(r == 0);
+	CHECK(gvm_bitmap_weight(bm, count) == (int)expect);
+	/* Same weight and every model page present: the sets are equal. */
+	for (size_t i = 0; i < m->n_pages; i++)
+		if (in_range(&m->pages[i], region, page, count))
+			CHECK(fz_bit(bm, m->pages[i].page - page));
+}
+
+/*
+ * WRITE with a validated payload. `orig` is the payload inside the fuzzer
+ * input (stable for the whole run), `copy` the exact-size copy given to the
+ * store. Returns nothing: every outcome is checked here.
+ */
+static void do_write(struct model *m, const struct gvm_hdr *h, const uint8_t *orig,
+		     const uint8_t *copy, int weight)
+{
+	unsigned count = h->count;
+	const uint8_t *d = orig + GVM_BITMAP_BYTES(count);
+	size_t old = shadow_count_range(m, h->region, h->page, count), fresh = 0;
+	int64_t delta;
+	int expect, r;
+
+	for (unsigned i = 0; i < count; i++) {
+		if (!fz_bit(orig, i))
+			continue;
+		fresh += !gvm_page_is_zero(d);
+		d += GVM_PAGE_SIZE;
+	}
+	CHECK(d == orig + h->len);
+	CHECK((long)weight == fz_bitmap_weight(orig, count));
+	delta = (int64_t)fresh - (int64_t)old;
+	if (!key_find(m, h->region))
+		expect = -ENOENT;
+	else if (delta > 0 && m->capacity && m->n_pages + (uint64_t)delta > m->capacity)
+		expect = -ENOSPC;
+	else
+		expect = 0;
+
+	r = gvm_store_write(m->st, h->region, h->page, count, copy, h->len);
+	if (r != expect)
+		fprintf(stderr, "WRITE region %llu page %llu count %u: got %d, model says %d\n",
+			(unsigned long long)h->region, (unsigned long long)h->page, count, r, expect);
+	CHECK(r == expect);
+	if (r)
+		return;
+	shadow_drop_range(m, h->region, h->page, count);
+	d = orig + GVM_BITMAP_BYTES(count);
+	for (unsigned i = 0; i < count; i++) {
+		if (!fz_bit(orig, i))
+			continue;
+		if (!gvm_page_is_zero(d)) {
+			m->pages = grow(m->pages, &m->cap_pages, m->n_pages, sizeof(*m->pages));
+			m->pages[m->n_pages++] = (struct shadow_page){ h->region, h->page + i, d };
+		}
+		d += GVM_PAGE_SIZE;
+	}
+}
+
+/* Handle one decoded frame; returns 0 to go on, -1 when the server would close. */
+static int handle(struct model *m, const struct gvm_hdr *h, const uint8_t *orig)
+{
+	uint8_t *p = fz_dup(orig, h->len);
+	const char *why = NULL;
+	int r, ret = 0;
+
+	switch (h->op) {
+	case GVM_OP_HELLO: {
+		struct gvm_hello hello;
+		uint8_t again[GVM_HELLO_SIZE];
+
+		gvm_hello_decode(p, &hello);
+		gvm_hello_encode(&hello, again);
+		CHECK(memcmp(again, p, GVM_HELLO_SIZE) == 0);
+		if (m->authed)
+			break; /* -EALREADY, connection stays */
+		if (hello.version != GVM_PROTO_VERSION) {
+			ret = -1;
+			break;
+		}
+		m->authed = 1; /* no token configured: any MAC is fine */
+		break;
+	}
+	case GVM_OP_OPEN: {
+		struct shadow_key *k = key_find(m, h->region);
+		int expect = k ? (memcmp(k->key, p, GVM_KEY_SIZE) ? -EACCES : 0) : 0;
+
+		r = gvm_store_bind_key(m->st, h->region, p);
+		CHECK(r == expect);
+		if (r)
+			break;
+		if (!k) {
+			m->keys = grow(m->keys, &m->cap_keys, m->n_keys, sizeof(*m->keys));
+			m->keys[m->n_keys].region = h->region;
+			memcpy(m->keys[m->n_keys].key, p, GVM_KEY_SIZE);
+			m->n_keys++;
+		}
+		if (!is_open(m, h->region)) {
+			m->open = grow(m->open, &m->cap_open, m->n_open, sizeof(*m->open));
+			m->open[m->n_open++] = h->region;
+		}
+		break;
+	}
+	case GVM_OP_READ:
+		/* The server answers -EACCES for a region this connection did not
+		 * OPEN; reading is side-effect free, so check the store anyway. */
+		check_read(m, h->region, h->page, h->count);
+		break;
+	case GVM_OP_WRITE: {
+		int w = gvm_pages_check(p, h->len, h->count, &why);
+		long ref = fz_bitmap_weight(orig, h->count);
+		int ref_ok = ref >= 0 && h->len == gvm_pages_len(h->count, (unsigned)ref);
+
+		CHECK((w >= 0) == ref_ok);
+		if (w < 0) {
+			CHECK(why && *why);
+			ret = -1; /* framing error: the server closes */
+			break;
+		}
+		/* An unbound region is not OPEN either, so the server would say
+		 * -EACCES; the store itself must refuse it with -ENOENT. */
+		if (is_open(m, h->region) || !key_find(m, h->region))
+			do_write(m, h, orig, p, w);
+		break;
+	}
+	case GVM_OP_STAT: {
+		struct gvm_store_stats ss;
+		struct gvm_stat s, s2;
+		uint8_t enc[GVM_STAT_SIZE], enc2[GVM_STAT_SIZE];
+
+		gvm_store_get_stats(m->st, &ss);
+		s = (struct gvm_stat){ .pages_stored = ss.pages_stored, .capacity_pages = ss.capacity_pages,
+				       .regions = ss.regions, .clients = 1, .reads = h->id,
+				       .writes = h->region, .bytes_out = h->page, .bytes_in = ~h->id };
+		gvm_stat_encode(&s, enc);
+		gvm_stat_decode(enc, &s2);
+		CHECK(memcmp(&s, &s2, sizeof(s)) == 0);
+		gvm_stat_encode(&s2, enc2);
+		CHECK(memcmp(enc, enc2, sizeof(enc)) == 0);
+		break;
+	}
+	case GVM_OP_FREE:
+		if (!is_open(m, h->region))
+			break; /* -EACCES */
+		r = gvm_store_free(m->st, h->region);
+		CHECK(r == 0);
+		shadow_drop_range(m, h->region, 0, UINT64_MAX);
+		CHECK(shadow_count_range(m, h->region, 0, UINT64_MAX) == 0);
+		break;
+	case GVM_OP_LIST:
+		check_list(m, h->region, h->page, h->count);
+		break;
+	case GVM_OP_PING:
+		break;
+	default:
+		CHECK(!"gvm_hdr_decode accepted an op the server does not handle");
+	}
+	free(p);
+	return ret;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	struct gvm_store_opts so = { 0 };
+	struct model m = { 0 };
+	char err[256];
+	size_t off = 0;
+
+	if (size >= GVM_HDR_SIZE)
+		so.capacity_pages = fz_le64(data + 8) & 63;
+	m.capacity = so.capacity_pages;
+	CHECK(gvm_store_open(&m.st, &so, err, sizeof(err)) == 0);
+
+	while (size - off >= GVM_HDR_SIZE) {
+		uint8_t raw[GVM_HDR_SIZE], again[GVM_HDR_SIZE];
+		struct gvm_hdr h;
+		const char *why = NULL;
+		int r, ref;
+
+		/* The header on its own, exact size: the decoder reads 48 bytes, no more. */
+		memcpy(raw, data + off, GVM_HDR_SIZE);
+		uint8_t *hb = fz_dup(raw, GVM_HDR_SIZE);
+		r = gvm_hdr_decode(hb, 0, &h, &why);
+		free(hb);
+		ref = fz_ref_hdr_ok(raw, 0);
+		if ((r == 0) != ref)
+			fprintf(stderr, "gvm_hdr_decode(request) = %d (%s), reference says %s\n", r,
+				why ? why : "-", ref ? "valid" : "invalid");
+		CHECK((r == 0) == ref);
+		CHECK(r == 0 || r == -EPROTO || r == -EMSGSIZE || r == -EINVAL);
+		CHECK(r == 0 || (why && *why));
+		gvm_hdr_encode(&h, again);
+		CHECK(memcmp(raw, again, GVM_HDR_SIZE) == 0);
+		CHECK(gvm_op_name(h.op) != NULL);
+		if (r)
+			break; /* the server closes the connection */
+		CHECK(h.len <= GVM_MAX_PAYLOAD);
+		if (!m.authed && h.op != GVM_OP_HELLO)
+			break; /* -EACCES, then the server closes */
+		if (size - off - GVM_HDR_SIZE < h.len)
+			break; /* the rest of the frame never arrives */
+		if (handle(&m, &h, data + off + GVM_HDR_SIZE) < 0)
+			break;
+		check_stats(&m);
+		off += GVM_HDR_SIZE + h.len;
+	}
+
+	/* Whatever happened, every page the model holds reads back intact. */
+	for (size_t i = 0; i < m.n_pages; i++)
+		check_read(&m, m.pages[i].region, m.pages[i].page, 1);
+	check_stats(&m);
+
+	gvm_store_close(m.st);
+	free(m.pages);
+	free(m.keys);
+	free(m.open);
+	return 0;
+}
