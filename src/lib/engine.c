@@ -1116,8 +1116,15 @@ int gvm_engine_open(struct gvm_engine **out, struct gvm_pool *pool, const struct
 			       pool->timeout_ms, &ops, e);
 	if (r)
 		goto err_close;
-	if (gvm_raise_nofile() < 0)
-		pr_warn("cannot raise the open-files limit");
+	long nofile = gvm_raise_nofile();
+	if (nofile < 0)
+		pr_warn("cannot raise the open-files limit: %s", strerror((int)-nofile));
+	else if ((uint64_t)nofile < (uint64_t)pool->cfg.n_nodes + 256)
+		/* Connections open on first use and close after 60 s idle, so a
+		 * VM touching every node at once is what runs out. */
+		pr_warn("the pool has %u nodes but the open-files limit is %ld (hard limit): a VM "
+			"touching every node at once will fail; raise it (ulimit -Hn, LimitNOFILE=)",
+			pool->cfg.n_nodes, nofile);
 	r = pthread_create(&e->thread, NULL, engine_thread, e);
 	if (r) {
 		r = -r;
