@@ -1345,7 +1345,19 @@ int gvm_engine_flush(struct gvm_engine *e)
 	int w = waiter_wait(&wt, 0);
 	pthread_mutex_destroy(&wt.mu);
 	pthread_cond_destroy(&wt.cv);
-	return r ? r : w;
+	if (r || w)
+		return r ? r : w;
+	/* A replica that failed and came back during the flush lacks what it
+	 * missed until the re-sync copies it: another process reading it then
+	 * would see old pages. Wait for the copies, up to the fault deadline
+	 * (a replica still down then is skipped by readers anyway). */
+	uint64_t end = gvm_now_ns() + (uint64_t)e->pool->deadline_ms * 1000000ull;
+	while (__atomic_load_n(&e->degraded, __ATOMIC_RELAXED) && gvm_now_ns() < end)
+		usleep(2000);
+	if (__atomic_load_n(&e->degraded, __ATOMIC_RELAXED))
+		pr_warn("flush: %llu stripes still have fewer copies than replicas (nodes down)",
+			(unsigned long long)__atomic_load_n(&e->degraded, __ATOMIC_RELAXED));
+	return 0;
 }
 
 int gvm_engine_stats(struct gvm_engine *e, struct gvm_stats *st)

@@ -608,6 +608,7 @@ static int conn_read(struct gvm_transport *t, struct gvm_conn *c)
 			return -ECONNRESET;
 		c->in_len += (size_t)n;
 		c->bytes_in += (uint64_t)n;
+		c->last_rx = gvm_now_ns();
 		r = conn_parse(t, c);
 		if (r)
 			return r;
@@ -661,7 +662,9 @@ int gvm_transport_tick(struct gvm_transport *t, uint64_t now, uint64_t idle_ns)
 		if (!c || c->fd < 0)
 			continue;
 		if (c->q_len) {
-			uint64_t due = q_front(c)->sent_ns + tmo;
+			/* Silent for the timeout while owing replies: a deep queue on a
+			 * busy node is progress, not failure. */
+			uint64_t due = GVM_MAX(q_front(c)->sent_ns, c->last_rx) + tmo;
 			if (now >= due) {
 				conn_fail(t, c, -ETIMEDOUT, "no reply");
 				continue;

@@ -43,6 +43,7 @@ struct gvm_conn {
 	uint32_t failures;    /* consecutive, for backoff */
 	uint64_t retry_at;    /* ns: earliest reconnect when DOWN */
 	uint64_t last_used;   /* ns: for idle close */
+	uint64_t last_rx;     /* ns: last byte received (progress, for the timeout) */
 	uint8_t *out;         /* queued bytes not yet written */
 	size_t out_len, out_off, out_cap;
 	uint8_t *in;          /* received bytes not yet consumed */
