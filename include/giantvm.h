@@ -69,6 +69,14 @@ int gvm_engine_open(struct gvm_engine **out, struct gvm_pool *pool, const struct
  */
 int gvm_engine_attach(struct gvm_engine *e, uint64_t region, const uint8_t key[GVM_REGION_KEY_SIZE],
 		      void *addr, size_t len);
+/* The region is new: the pool holds nothing for it that this engine did not
+ * write, so a stripe never written back is zero-filled locally, with no
+ * network round trip. Right only when no one else writes the region (e.g.
+ * a region id made unique per run, as `giantvm run` does). */
+#define GVM_ATTACH_FRESH 1u
+int gvm_engine_attach_flags(struct gvm_engine *e, uint64_t region,
+			    const uint8_t key[GVM_REGION_KEY_SIZE], void *addr, size_t len,
+			    unsigned flags);
 /* Write every resident page of every region to the pool and wait for the
  * acknowledgements. Zero pages are not sent (the pool forgets them). */
 int gvm_engine_flush(struct gvm_engine *e);
@@ -77,7 +85,8 @@ void gvm_engine_close(struct gvm_engine *e);
 struct gvm_stats {
 	uint64_t faults;              /* userfaultfd faults handled */
 	uint64_t pages_fetched;       /* pages installed from the pool (incl. zero) */
-	uint64_t zero_pages;          /* of which zero (UFFDIO_ZEROPAGE, nothing sent) */
+	uint64_t zero_pages;          /* of which zero (nothing sent) */
+	uint64_t local_zero_pages;    /* of which zero-filled without asking the pool (fresh region) */
 	uint64_t readahead_pages;     /* installed ahead of any fault */
 	uint64_t bytes_in;            /* page bytes received */
 	uint64_t bytes_out;           /* page bytes written to the pool */

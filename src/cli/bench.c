@@ -10,6 +10,23 @@
  *  4. remote random single-page faults through the engine (p50, p99);
  *  5. remote sequential first touch through the engine (seq_GBps).
  * Every page read is verified against the pattern.
+ *
+ * Scale figures, for pools of many nodes (e.g. 10,000):
+ *  - startup_ms: wall time to open the pool (read + parse the pool file and
+ *    build the placement table; for the embedded pool it also includes
+ *    starting the embedded server);
+ *  - peak_fds: the most entries seen in /proc/self/fd, sampled after the
+ *    fill, after the random pass and after the sequential pass (each engine
+ *    sample is taken before that engine closes its connections);
+ *  - client_bytes_per_node: the pool's fixed client memory per node (see
+ *    pool_bytes_per_node());
+ *  - region_nodes: distinct nodes holding a stripe of the bench region;
+ *    seq_nodes_connected: the engine's open node connections at the end of
+ *    the sequential pass.
+ * The fill keeps one blocking connection per node only while it writes and
+ * closes them all afterwards, so the client never holds the fill's and the
+ * engine's connections at the same time (10,000 nodes would otherwise need
+ * two fds per node, in this process and in the memory server).
  */
 #define LOG_PREFIX "bench: "
 #include <errno.h>
@@ -22,6 +39,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <dirent.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -31,6 +49,7 @@
 #include "log.h"
 #include "placement.h"
 #include "pool_int.h"
+#include "transport.h"
 #include "uffd.h"
 #include "util.h"
 
@@ -87,17 +106,92 @@ static double pct_us(uint64_t *v, size_t n, double p)
 
 /* ----------------------------------------------------------- fill + rtt */
 
+/* nc->state[node] bits */
+#define NC_CONNECTED 1u  /* nc->c[node] is open and the region OPENed on it */
+#define NC_WRITTEN   2u  /* the fill sent (part of) a stripe there: FREE it at the end */
+#define NC_RTT       4u  /* sampled by measure_rtt */
+
 struct node_clients {
 	struct gvm_client *c;
-	uint8_t *connected;
+	uint8_t *state;
 };
+
+/* Open fds of this process: the entries of /proc/self/fd, less the one
+ * opendir uses. -1 if /proc is not there. */
+static int count_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *de;
+	int n = 0;
+
+	if (!d)
+		return -1;
+	while ((de = readdir(d)))
+		if (de->d_name[0] != '.')
+			n++;
+	closedir(d);
+	return n - 1;
+}
+
+static void sample_fds(int *peak)
+{
+	int n = count_fds();
+
+	if (n > *peak)
+		*peak = n;
+}
+
+/*
+ * The pool's fixed client memory per node, in bytes:
+ *
+ *   ( sizeof(struct gvm_node) * n_nodes        config: one compact record per node
+ *   + strings_len                              config: "host:port" and host strings
+ *   + placement.size * sizeof(uint32_t)        placement table, M slots
+ *   + sizeof(struct gvm_conn *) * n_nodes      engine transport: conns[] pointer array
+ *   ) / n_nodes
+ *
+ * Counted from the structures actually built, so 10,000 nodes give
+ * 32 + ~34 + 52.4 + 8 bytes. Not included: per-connection state, which only
+ * exists for nodes the engine has used (sizeof(struct gvm_conn) plus its
+ * buffers, freed again by the 60 s idle close).
+ */
+static double pool_bytes_per_node(const struct gvm_pool *pool)
+{
+	uint64_t n = pool->cfg.n_nodes;
+	uint64_t bytes = sizeof(struct gvm_node) * n + pool->cfg.strings_len +
+			 (uint64_t)pool->pl.size * sizeof(pool->pl.table[0]) +
+			 sizeof(((struct gvm_transport *)0)->conns[0]) * n;
+
+	return n ? (double)bytes / (double)n : 0;
+}
+
+/* Distinct nodes holding a stripe (any replica) of the first npages of region. */
+static uint32_t region_nodes(const struct gvm_pool *pool, uint64_t region, uint64_t npages)
+{
+	uint8_t *seen = calloc(pool->cfg.n_nodes, 1);
+	uint32_t count = 0;
+
+	if (!seen)
+		return 0;
+	for (uint64_t s = 0; s * GVM_STRIPE_PAGES < npages; s++) {
+		uint32_t nodes[GVM_MAX_REPLICAS];
+		unsigned nr = gvm_placement_replicas(&pool->pl, region, s, pool->replicas, nodes);
+		for (unsigned k = 0; k < nr; k++)
+			if (!seen[nodes[k]]) {
+				seen[nodes[k]] = 1;
+				count++;
+			}
+	}
+	free(seen);
+	return count;
+}
 
 static int client_for(struct gvm_pool *pool, struct node_clients *nc, uint32_t node,
 		      uint64_t region, const uint8_t *key)
 {
 	int r;
 
-	if (nc->connected[node])
+	if (nc->state[node] & NC_CONNECTED)
 		return 0;
 	r = gvm_client_connect(&nc->c[node], gvm_node_name(&pool->cfg, node), pool->token,
 			       pool->token_len, 5000);
@@ -107,8 +201,34 @@ static int client_for(struct gvm_pool *pool, struct node_clients *nc, uint32_t n
 		fprintf(stderr, "giantvm bench: node %s: %s\n", gvm_node_name(&pool->cfg, node), strerror(-r));
 		return r;
 	}
-	nc->connected[node] = 1;
+	nc->state[node] |= NC_CONNECTED;
 	return 0;
+}
+
+static void client_drop(struct node_clients *nc, uint32_t node)
+{
+	if (nc->state[node] & NC_CONNECTED) {
+		gvm_client_close(&nc->c[node]);
+		nc->state[node] &= (uint8_t)~NC_CONNECTED;
+	}
+}
+
+/* Close every fill connection (the region stays on the nodes). */
+static void clients_close_all(struct gvm_pool *pool, struct node_clients *nc)
+{
+	for (uint32_t i = 0; i < pool->cfg.n_nodes; i++)
+		client_drop(nc, i);
+}
+
+/* FREE the region on every node the fill wrote to, one connection at a time. */
+static void clients_free_region(struct gvm_pool *pool, struct node_clients *nc, uint64_t region,
+				const uint8_t *key)
+{
+	for (uint32_t i = 0; i < pool->cfg.n_nodes; i++) {
+		if ((nc->state[i] & NC_WRITTEN) && !client_for(pool, nc, i, region, key))
+			gvm_client_free(&nc->c[i], region);
+		client_drop(nc, i);
+	}
 }
 
 static int fill(struct gvm_pool *pool, struct node_clients *nc, uint64_t region, const uint8_t *key,
@@ -129,8 +249,10 @@ static int fill(struct gvm_pool *pool, struct node_clients *nc, uint64_t region,
 			pattern_page(seed, p0 + i, buf + (size_t)i * PAGE);
 		for (unsigned k = 0; k < nr && !r; k++) {
 			r = client_for(pool, nc, nodes[k], region, key);
-			if (!r)
+			if (!r) {
+				nc->state[nodes[k]] |= NC_WRITTEN;
 				r = gvm_client_write(&nc->c[nodes[k]], region, p0, n, buf);
+			}
 			if (r)
 				fprintf(stderr, "giantvm bench: fill: node %s: %s\n",
 					gvm_node_name(&pool->cfg, nodes[k]), strerror(-r));
@@ -155,9 +277,9 @@ static double measure_rtt(struct gvm_pool *pool, struct node_clients *nc, uint64
 		return -1;
 	for (uint32_t s = 0, seen = 0; s * GVM_STRIPE_PAGES < npages && seen < nodes_used; s++) {
 		uint32_t node = gvm_placement_node(&pool->pl, region, s);
-		if (nc->connected[node] == 2 || client_for(pool, nc, node, region, key))
+		if ((nc->state[node] & NC_RTT) || client_for(pool, nc, node, region, key))
 			continue;
-		nc->connected[node] = 2;
+		nc->state[node] |= NC_RTT;
 		seen++;
 		for (int i = 0; i < PER_NODE; i++) {
 			uint64_t t0 = gvm_now_ns();
@@ -303,7 +425,8 @@ out_unmap:
 
 static int remote_run(struct gvm_pool *pool, unsigned prefetch, unsigned readahead, uint64_t region,
 		      const uint8_t *key, uint64_t seed, uint64_t npages, int random_mode,
-		      unsigned samples, uint64_t *lat, double *secs, struct gvm_stats *st)
+		      unsigned samples, uint64_t *lat, double *secs, struct gvm_stats *st,
+		      int *peak_fds)
 {
 	struct gvm_engine_opts eo = { .prefetch = prefetch, .readahead = readahead };
 	struct gvm_engine *e = NULL;
@@ -336,6 +459,7 @@ static int remote_run(struct gvm_pool *pool, unsigned prefetch, unsigned readahe
 		r = verify_range(base, seed, 0, npages);
 	}
 	gvm_engine_stats(e, st);
+	sample_fds(peak_fds); /* the engine's connections are still open */
 out:
 	gvm_engine_close(e);
 	free(pages);
@@ -353,7 +477,12 @@ static void usage(FILE *f)
 	      "the local userfaultfd ceiling with the same window (local_fault_us,\n"
 	      "local_ceiling_GBps), random single-page remote faults (remote_fault_p50_us,\n"
 	      "remote_fault_p99_us) and a sequential first touch (seq_GBps). Every page read\n"
-	      "is verified. --prefetch is the fault window in pages (1..32, default 32).\n", f);
+	      "is verified. --prefetch is the fault window in pages (1..32, default 32).\n"
+	      "Also reported: startup_ms (opening the pool: pool file + placement), peak_fds\n"
+	      "(most open fds of this process), client_bytes_per_node (the pool's fixed client\n"
+	      "memory per node: node records, names, placement table, connection pointers),\n"
+	      "region_nodes (nodes holding the region) and seq_nodes_connected (nodes the\n"
+	      "engine had connections to after the sequential pass).\n", f);
 }
 
 int cmd_bench(int argc, char **argv)
@@ -366,8 +495,9 @@ int cmd_bench(int argc, char **argv)
 	uint8_t *local_src = NULL;
 	double rtt, local_secs = 0, seq_secs = 0, local_p50, remote_p50, remote_p99, dummy;
 	struct gvm_stats st_rand, st_seq;
-	uint64_t t_fill;
-	int rc = 1;
+	uint64_t t_fill, t_open;
+	uint32_t n_region_nodes;
+	int rc = 1, peak_fds = 0;
 
 	for (int i = 1; i < argc; i++) {
 		const char *v;
@@ -413,19 +543,25 @@ int cmd_bench(int argc, char **argv)
 	npages = o.size / PAGE;
 	if (o.samples > npages / o.prefetch)
 		o.samples = (unsigned)(npages / o.prefetch);
+	/* One fd per node touched, in the fill and in the engine: lift the soft
+	 * limit before the fill (the engine would only do it when it opens). */
+	if (gvm_raise_nofile() < 0)
+		fprintf(stderr, "giantvm bench: cannot raise the open-files limit\n");
+	t_open = gvm_now_ns();
 	if (cli_pool_open(&cp, &o.pa))
 		return 1;
+	t_open = gvm_now_ns() - t_open;
 	if (gvm_random(&seed, sizeof(seed)) || gvm_random(key, sizeof(key))) {
 		fprintf(stderr, "giantvm bench: getrandom failed\n");
 		goto out;
 	}
 	region = gvm_mix64(seed ^ 0x62656e6368ull);
 	nc.c = calloc(cp.pool->cfg.n_nodes, sizeof(*nc.c));
-	nc.connected = calloc(cp.pool->cfg.n_nodes, 1);
+	nc.state = calloc(cp.pool->cfg.n_nodes, 1);
 	lat = calloc(o.samples, sizeof(*lat));
 	lpages = calloc(o.samples, sizeof(*lpages));
 	local_src = malloc(npages * PAGE);
-	if (!nc.c || !nc.connected || !lat || !lpages || !local_src) {
+	if (!nc.c || !nc.state || !lat || !lpages || !local_src) {
 		fprintf(stderr, "giantvm bench: out of memory\n");
 		goto out;
 	}
@@ -436,7 +572,11 @@ int cmd_bench(int argc, char **argv)
 	if (fill(cp.pool, &nc, region, key, seed, npages))
 		goto out;
 	t_fill = gvm_now_ns() - t_fill;
+	sample_fds(&peak_fds);
+	clients_close_all(cp.pool, &nc);
 	rtt = measure_rtt(cp.pool, &nc, region, key, npages);
+	clients_close_all(cp.pool, &nc);
+	n_region_nodes = region_nodes(cp.pool, region, npages);
 
 	/* Local ceiling: same window, pages from a local buffer. */
 	if (local_run(npages, o.prefetch, local_src, 1, o.samples, lat, lpages, &dummy))
@@ -447,24 +587,29 @@ int cmd_bench(int argc, char **argv)
 
 	/* Remote: random faults without readahead, then a sequential pass. */
 	if (remote_run(cp.pool, o.prefetch, -1u, region, key, seed, npages, 1, o.samples, lat, &dummy,
-		       &st_rand))
+		       &st_rand, &peak_fds))
 		goto out;
 	remote_p50 = pct_us(lat, o.samples, 0.5);
 	remote_p99 = pct_us(lat, o.samples, 0.99);
-	if (remote_run(cp.pool, o.prefetch, 0, region, key, seed, npages, 0, 0, NULL, &seq_secs, &st_seq))
+	if (remote_run(cp.pool, o.prefetch, 0, region, key, seed, npages, 0, 0, NULL, &seq_secs, &st_seq,
+		       &peak_fds))
 		goto out;
 
 	double gb = (double)o.size / 1e9;
+	double startup_ms = (double)t_open / 1e6, bpn = pool_bytes_per_node(cp.pool);
 	if (o.json) {
 		printf("{\"nodes\":%u,\"replicas\":%u,\"size_bytes\":%" PRIu64 ",\"prefetch\":%u,"
 		       "\"samples\":%u,\"fill_GBps\":%.3f,\"tcp_rtt_us\":%.1f,\"local_fault_us\":%.1f,"
 		       "\"local_ceiling_GBps\":%.3f,\"remote_fault_p50_us\":%.1f,"
 		       "\"remote_fault_p99_us\":%.1f,\"seq_GBps\":%.3f,\"seq_vs_ceiling\":%.3f,"
-		       "\"seq_faults\":%" PRIu64 ",\"seq_readahead_pages\":%" PRIu64 ",\"verified\":true}\n",
+		       "\"seq_faults\":%" PRIu64 ",\"seq_readahead_pages\":%" PRIu64 ","
+		       "\"startup_ms\":%.3f,\"peak_fds\":%d,\"client_bytes_per_node\":%.1f,"
+		       "\"region_nodes\":%u,\"seq_nodes_connected\":%u,\"verified\":true}\n",
 		       cp.pool->cfg.n_nodes, cp.pool->replicas, o.size, o.prefetch, o.samples,
 		       gb * (double)cp.pool->replicas / ((double)t_fill / 1e9), rtt, local_p50,
 		       gb / local_secs, remote_p50, remote_p99, gb / seq_secs,
-		       (gb / seq_secs) / (gb / local_secs), st_seq.faults, st_seq.readahead_pages);
+		       (gb / seq_secs) / (gb / local_secs), st_seq.faults, st_seq.readahead_pages,
+		       startup_ms, peak_fds, bpn, n_region_nodes, st_seq.nodes_connected);
 	} else {
 		printf("giantvm bench: %u node%s (%s), replicas %u, region %s, window %u pages\n",
 		       cp.pool->cfg.n_nodes, cp.pool->cfg.n_nodes == 1 ? "" : "s", cp.source,
@@ -477,18 +622,20 @@ int cmd_bench(int argc, char **argv)
 		printf("  %-34s %10.1f us\n", "remote_fault_p99_us", remote_p99);
 		printf("  %-34s %10.3f GB/s  (%.2fx ceiling)\n", "seq_GBps", gb / seq_secs,
 		       (gb / seq_secs) / (gb / local_secs));
+		printf("  %-34s %10.3f ms\n", "startup_ms (pool file + placement)", startup_ms);
+		printf("  %-34s %10d\n", "peak_fds", peak_fds);
+		printf("  %-34s %10.1f B\n", "client_bytes_per_node", bpn);
+		printf("  %-34s %10u of %u\n", "region_nodes", n_region_nodes, cp.pool->cfg.n_nodes);
+		printf("  %-34s %10u\n", "seq_nodes_connected", st_seq.nodes_connected);
 		printf("  every page read was verified (%u random, %" PRIu64 " sequential)\n", o.samples, npages);
 	}
+	fflush(stdout);
 	rc = 0;
 out:
-	if (nc.c)
-		for (uint32_t i = 0; i < cp.pool->cfg.n_nodes; i++)
-			if (nc.connected[i]) {
-				gvm_client_free(&nc.c[i], region);
-				gvm_client_close(&nc.c[i]);
-			}
+	if (nc.c && nc.state)
+		clients_free_region(cp.pool, &nc, region, key);
 	free(nc.c);
-	free(nc.connected);
+	free(nc.state);
 	free(lat);
 	free(lpages);
 	free(local_src);

@@ -197,10 +197,10 @@ static int uffd_fill(struct gvm_engine *e, uintptr_t dst, const uint8_t *src, si
 
 /* Install pages [p, p+n) of a region that are not resident yet; src NULL
  * means zero pages (writable ones when `writable`). */
-static void install_run(struct gvm_engine *e, struct gvm_region *rg, uint64_t p, uint64_t n,
-			const uint8_t *src, int writable)
+static uint64_t install_run(struct gvm_engine *e, struct gvm_region *rg, uint64_t p, uint64_t n,
+			    const uint8_t *src, int writable)
 {
-	uint64_t i = 0;
+	uint64_t i = 0, installed = 0;
 
 	while (i < n) {
 		uint64_t j;
@@ -232,6 +232,7 @@ static void install_run(struct gvm_engine *e, struct gvm_region *rg, uint64_t p,
 				pg_set(rg, p + k, PG_RESIDENT | PG_REF);
 				pg_clear(rg, p + k, PG_INFLIGHT | PG_WANTED);
 			}
+			installed += j - i;
 			uint64_t res = __atomic_add_fetch(&e->resident, j - i, __ATOMIC_RELAXED);
 			if (e->budget_pages && res > e->high_pages)
 				gvm_evictor_kick(e);
@@ -241,6 +242,7 @@ static void install_run(struct gvm_engine *e, struct gvm_region *rg, uint64_t p,
 		}
 		i = j;
 	}
+	return installed;
 }
 
 /* Index (in packed data) of page i of a page payload, or -1 for zero. */
@@ -451,6 +453,17 @@ static void fetch_start(struct gvm_engine *e, struct gvm_region *rg, uint64_t pa
 			want++;
 	if (!want)
 		return;
+	if (rg->fresh && !(rg->st[page / GVM_STRIPE_PAGES] & ST_WRITTEN)) {
+		/* Nothing of this stripe ever left this engine: it is zero. */
+		uint64_t n = install_run(e, rg, page, count, NULL, writable);
+		/* Not fetched: count them apart from what came over the network. */
+		__atomic_fetch_sub(&e->st.pages_fetched, n, __ATOMIC_RELAXED);
+		__atomic_fetch_sub(&e->st.zero_pages, n, __ATOMIC_RELAXED);
+		STAT_ADD(e, local_zero_pages, n);
+		if (fault_page != UINT64_MAX)
+			hist_add(e, gvm_now_ns() - now);
+		return;
+	}
 	f = fetch_alloc(e);
 	if (!f) {
 		pr_err("out of memory for a fetch");
@@ -1171,6 +1184,13 @@ const char *gvm_engine_features(const struct gvm_engine *e)
 int gvm_engine_attach(struct gvm_engine *e, uint64_t region, const uint8_t key[GVM_REGION_KEY_SIZE],
 		      void *addr, size_t len)
 {
+	return gvm_engine_attach_flags(e, region, key, addr, len, 0);
+}
+
+int gvm_engine_attach_flags(struct gvm_engine *e, uint64_t region,
+			    const uint8_t key[GVM_REGION_KEY_SIZE], void *addr, size_t len,
+			    unsigned flags)
+{
 	struct uffdio_register reg = { .range = { (uintptr_t)addr, len },
 				       .mode = UFFDIO_REGISTER_MODE_MISSING |
 					       (e->wp ? UFFDIO_REGISTER_MODE_WP : 0) };
@@ -1191,6 +1211,7 @@ int gvm_engine_attach(struct gvm_engine *e, uint64_t region, const uint8_t key[G
 	rg->npages = len >> GVM_PAGE_SHIFT;
 	rg->last_win = UINT64_MAX;
 	rg->held = UINT64_MAX;
+	rg->fresh = !!(flags & GVM_ATTACH_FRESH);
 	rg->pg = calloc(rg->npages, 1);
 	rg->nstripes = (rg->npages + GVM_STRIPE_PAGES - 1) / GVM_STRIPE_PAGES;
 	rg->st = calloc(rg->nstripes, 1);
@@ -1380,6 +1401,7 @@ int gvm_engine_stats(struct gvm_engine *e, struct gvm_stats *st)
 		.fault_p99_ns = hist_pct(e, 0.99),
 		.under_replicated = __atomic_load_n(&e->degraded, __ATOMIC_RELAXED),
 		.resynced_stripes = __atomic_load_n(&e->st.resynced_stripes, __ATOMIC_RELAXED),
+		.local_zero_pages = __atomic_load_n(&e->st.local_zero_pages, __ATOMIC_RELAXED),
 		.nodes = e->pool->cfg.n_nodes,
 		.nodes_connected = __atomic_load_n(&e->tp.n_open, __ATOMIC_RELAXED),
 	};

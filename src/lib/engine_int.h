@@ -36,6 +36,7 @@ enum { CTX_FETCH = 1, CTX_WB, CTX_RESYNC };
 struct gvm_region {
 	uint64_t id;          /* region id on the wire */
 	uint8_t *st;          /* per-stripe ST_* flags */
+	int fresh;            /* GVM_ATTACH_FRESH: unwritten stripes are zero, locally */
 	uint64_t nstripes;
 	uintptr_t base;       /* first byte */
 	size_t len;
@@ -103,6 +104,7 @@ struct gvm_resync {           /* copy one stripe from a live replica to the othe
 struct gvm_engine_counters {
 	uint64_t faults, pages_fetched, zero_pages, readahead_pages, bytes_in, bytes_out;
 	uint64_t errors, lost_pages, evictions, writebacks, clean_drops, resynced_stripes;
+	uint64_t local_zero_pages;
 };
 
 struct gvm_engine {

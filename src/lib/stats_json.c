@@ -12,7 +12,7 @@ int gvm_stats_json(struct gvm_engine *e, const char *vm, double uptime_s, char *
 	gvm_engine_stats(e, &s);
 	n = snprintf(buf, len,
 		     "{\"vm\":\"%s\",\"uptime_s\":%.1f,\"features\":\"%s\",\"faults\":%" PRIu64
-		     ",\"pages_fetched\":%" PRIu64 ",\"zero_pages\":%" PRIu64
+		     ",\"pages_fetched\":%" PRIu64 ",\"zero_pages\":%" PRIu64 ",\"local_zero_pages\":%" PRIu64
 		     ",\"readahead_pages\":%" PRIu64 ",\"bytes_in\":%" PRIu64 ",\"bytes_out\":%" PRIu64
 		     ",\"resident_pages\":%" PRIu64 ",\"budget_pages\":%" PRIu64
 		     ",\"evictions\":%" PRIu64 ",\"writebacks\":%" PRIu64 ",\"clean_drops\":%" PRIu64
@@ -21,6 +21,7 @@ int gvm_stats_json(struct gvm_engine *e, const char *vm, double uptime_s, char *
 		     ",\"nodes_down\":%u,\"under_replicated_stripes\":%" PRIu64
 		     ",\"resynced_stripes\":%" PRIu64 ",\"per_node\":",
 		     vm, uptime_s, gvm_engine_features(e), s.faults, s.pages_fetched, s.zero_pages,
+		     s.local_zero_pages,
 		     s.readahead_pages, s.bytes_in, s.bytes_out, s.resident_pages, s.budget_pages,
 		     s.evictions, s.writebacks, s.clean_drops, s.errors, s.lost_pages,
 		     (double)s.fault_p50_ns / 1000.0, (double)s.fault_p99_ns / 1000.0, s.nodes,

@@ -229,7 +229,9 @@ static void cmd_attach(int fd, char *args)
 	}
 	r = gvm_region_key(vm_secret, sizeof(vm_secret), region, key);
 	if (!r)
-		r = gvm_engine_attach(engine, region, key, (void *)(uintptr_t)addr, (size_t)len);
+		/* giantvm run makes region ids unique per run: fresh. */
+		r = gvm_engine_attach_flags(engine, region, key, (void *)(uintptr_t)addr, (size_t)len,
+					    GVM_ATTACH_FRESH);
 	if (r) {
 		reply(fd, "ERR attach %s at %#llx (%llu bytes): %s\n", name, addr, len, strerror(-r));
 		return;

@@ -7,7 +7,7 @@
 #      a server on a non-loopback address without a token is refused.
 #   2. A pool file with the three "IP_i:9999" lines, then
 #        GIANTVM_STATS_OUT=JSON timeout 600 giantvm run --pool FILE
-#          --token-file TOKEN --vm-id e2e-$$ -- qemu-system-x86_64
+#          --token-file TOKEN --local-mem 160M --vm-id e2e-$$ -- qemu-system-x86_64
 #          <gvm_guest_qemu_args 512 256 gvm.seed=7>
 #      must exit 0, print the UFFD banner, "guest RAM 'pc.ram': 512 MiB in the
 #      pool", a GIANTVM-RESULT line with verify=ok and the checksum that
@@ -193,8 +193,10 @@ fi
 log=$TMP/run.log
 STATS=$TMP/stats.json
 # shellcheck disable=SC2034  # read by gvm_guest_boot
+# A local budget below what the workload writes, so pages really travel to the
+# pool and back (a fresh VM's never-written pages are zero-filled locally).
 GVM_BOOT_PREFIX=(env "GIANTVM_STATS_OUT=$STATS" "$G" run --pool "$POOL" --token-file "$TOKEN"
-    --vm-id "e2e-$$" --)
+    --local-mem 160M --vm-id "e2e-$$" --)
 gvm_guest_boot "$log" "$TIMEOUT" "$MEM" "$MIB" "gvm.seed=$SEED"
 rc=$?
 unset GVM_BOOT_PREFIX
