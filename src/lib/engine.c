@@ -147,7 +147,7 @@ static void uffd_wake(struct gvm_engine *e, uintptr_t addr, size_t len)
  * that already exists stops the kernel's copy: resume after it. Returns 0,
  * or -errno when the range is gone (the owner unmapped it or is exiting).
  */
-static int uffd_fill(struct gvm_engine *e, uintptr_t dst, const uint8_t *src, size_t len)
+static int uffd_fill(struct gvm_engine *e, uintptr_t dst, const uint8_t *src, size_t len, int protect)
 {
 	unsigned again = 0;
 
@@ -157,7 +157,7 @@ static int uffd_fill(struct gvm_engine *e, uintptr_t dst, const uint8_t *src, si
 
 		if (src) {
 			struct uffdio_copy c = { .dst = dst, .src = (uintptr_t)src, .len = len,
-						 .mode = e->wp ? UFFDIO_COPY_MODE_WP : 0 };
+						 .mode = protect ? UFFDIO_COPY_MODE_WP : 0 };
 			r = ioctl(e->uffd, UFFDIO_COPY, &c);
 			done = c.copy;
 		} else {
@@ -195,11 +195,22 @@ static int uffd_fill(struct gvm_engine *e, uintptr_t dst, const uint8_t *src, si
 	return 0;
 }
 
+#define IR_WRITABLE 1 /* zero pages allocated (UFFDIO_COPY), not the shared zero page */
+#define IR_DIRTY    2 /* being written right now: install unprotected, already dirty */
+
 /* Install pages [p, p+n) of a region that are not resident yet; src NULL
- * means zero pages (writable ones when `writable`). */
+ * means zero pages. */
 static uint64_t install_run(struct gvm_engine *e, struct gvm_region *rg, uint64_t p, uint64_t n,
-			    const uint8_t *src, int writable)
+			    const uint8_t *src, int flags)
 {
+	int writable = flags & IR_WRITABLE;
+	/* The page a write fault waits for would fault again at once on a
+	 * protected install: install it writable and count it dirty. */
+	int dirty = e->wp && ((flags & IR_DIRTY) || (!src && writable));
+	/* Zero pages of a writing run go in dirty too: each would take a
+	 * write-protect fault next, and writing back a zero page costs one
+	 * bitmap bit (zero pages are never sent). */
+	int protect = e->wp && !dirty;
 	uint64_t i = 0, installed = 0;
 
 	while (i < n) {
@@ -219,17 +230,18 @@ static uint64_t install_run(struct gvm_engine *e, struct gvm_region *rg, uint64_
 		if (from == zero_window) {
 			for (uint64_t k = i; k < j && ok == 0; k += GVM_STRIPE_PAGES)
 				ok = uffd_fill(e, rg->base + ((p + k) << GVM_PAGE_SHIFT), zero_window,
-					       GVM_MIN((uint64_t)GVM_STRIPE_PAGES, j - k) << GVM_PAGE_SHIFT);
+					       GVM_MIN((uint64_t)GVM_STRIPE_PAGES, j - k) << GVM_PAGE_SHIFT,
+					       protect);
 		} else {
 			ok = uffd_fill(e, rg->base + ((p + i) << GVM_PAGE_SHIFT), from,
-				       (j - i) << GVM_PAGE_SHIFT);
+				       (j - i) << GVM_PAGE_SHIFT, protect);
 		}
 		if (ok == 0) {
 			if (!src)
 				STAT_ADD(e, zero_pages, j - i);
 			STAT_ADD(e, pages_fetched, j - i);
 			for (uint64_t k = i; k < j; k++) {
-				pg_set(rg, p + k, PG_RESIDENT | PG_REF);
+				pg_set(rg, p + k, PG_RESIDENT | PG_REF | (dirty ? PG_DIRTY : 0));
 				pg_clear(rg, p + k, PG_INFLIGHT | PG_WANTED);
 			}
 			installed += j - i;
@@ -261,7 +273,7 @@ static long packed_index(const uint8_t *bm, unsigned i)
  * resumes at once), then runs of equal kind. */
 static void install_payload(struct gvm_engine *e, struct gvm_region *rg, uint64_t page0,
 			    unsigned count, const uint8_t *payload, uint64_t fault_page,
-			    uint64_t hold_page, int writable)
+			    uint64_t hold_page, int writable, int write_fault)
 {
 	const uint8_t *bm = payload, *data = payload + GVM_BITMAP_BYTES(count);
 	unsigned i = 0;
@@ -270,7 +282,7 @@ static void install_payload(struct gvm_engine *e, struct gvm_region *rg, uint64_
 	if (fault_page >= page0 && fault_page < page0 + count) {
 		long fi = packed_index(bm, (unsigned)(fault_page - page0));
 		install_run(e, rg, fault_page, 1, fi < 0 ? NULL : data + ((size_t)fi << GVM_PAGE_SHIFT),
-			    writable);
+			    (writable ? IR_WRITABLE : 0) | (write_fault ? IR_DIRTY : 0));
 	}
 	/* Hold the marker back only if nobody waits for it: a thread that
 	 * faulted on it while in flight is woken by the install alone. */
@@ -278,7 +290,8 @@ static void install_payload(struct gvm_engine *e, struct gvm_region *rg, uint64_
 	    !(pg_get(rg, hold_page) & (PG_RESIDENT | PG_WANTED))) {
 		long hi = packed_index(bm, (unsigned)(hold_page - page0));
 		if (rg->held != UINT64_MAX && !(pg_get(rg, rg->held) & PG_RESIDENT))
-			install_run(e, rg, rg->held, 1, rg->held_zero ? NULL : rg->held_buf, writable);
+			install_run(e, rg, rg->held, 1, rg->held_zero ? NULL : rg->held_buf,
+				    writable ? IR_WRITABLE : 0);
 		rg->held = hold_page;
 		rg->held_zero = hi < 0;
 		if (hi >= 0)
@@ -291,7 +304,7 @@ static void install_payload(struct gvm_engine *e, struct gvm_region *rg, uint64_
 		while (j < count && gvm_bitmap_test(bm, j) == nz)
 			j++;
 		install_run(e, rg, page0 + i, j - i, nz ? data + ((size_t)k << GVM_PAGE_SHIFT) : NULL,
-			    writable);
+			    writable ? IR_WRITABLE : 0);
 		if (nz)
 			k += j - i;
 		i = j;
@@ -430,11 +443,35 @@ static int over_budget(struct gvm_engine *e)
 	return e->budget_pages && __atomic_load_n(&e->resident, __ATOMIC_RELAXED) >= e->budget_pages;
 }
 
+/* A stripe of a fresh region that never left this engine is zero: fill it
+ * here, the waiting page first. */
+static void fetch_local(struct gvm_engine *e, struct gvm_fetch *f)
+{
+	struct gvm_region *rg = f->rg;
+	int wflag = f->writable ? IR_WRITABLE : 0;
+	uint64_t n = 0;
+
+	if (f->fault_page != UINT64_MAX)
+		n += install_run(e, rg, f->fault_page, 1, NULL, wflag | (f->write_fault ? IR_DIRTY : 0));
+	n += install_run(e, rg, f->page, f->count, NULL, wflag);
+	/* Not fetched: counted apart from what came over the network. */
+	__atomic_fetch_sub(&e->st.pages_fetched, n, __ATOMIC_RELAXED);
+	__atomic_fetch_sub(&e->st.zero_pages, n, __ATOMIC_RELAXED);
+	STAT_ADD(e, local_zero_pages, n);
+	if (f->fault_ns)
+		hist_add(e, gvm_now_ns() - f->fault_ns);
+	fetch_free(e, f);
+}
+
 static void fetch_go(struct gvm_engine *e, struct gvm_fetch *f, uint64_t now)
 {
 	if (over_budget(e)) {
 		gvm_evictor_kick(e);
 		fetch_park(e, f, now, 500000ull);
+		return;
+	}
+	if (f->rg->fresh && !(f->rg->st[f->page / GVM_STRIPE_PAGES] & ST_WRITTEN)) {
+		fetch_local(e, f);
 		return;
 	}
 	fetch_send(e, f);
@@ -443,7 +480,7 @@ static void fetch_go(struct gvm_engine *e, struct gvm_fetch *f, uint64_t now)
 /* Start fetching [page, page+count) unless every page is resident or in
  * flight. fault_page is the page a thread waits on (or UINT64_MAX). */
 static void fetch_start(struct gvm_engine *e, struct gvm_region *rg, uint64_t page, uint32_t count,
-			uint64_t fault_page, uint64_t now, int hold, int writable)
+			uint64_t fault_page, uint64_t now, int hold, int writable, int write_fault)
 {
 	struct gvm_fetch *f;
 	uint32_t want = 0;
@@ -453,17 +490,6 @@ static void fetch_start(struct gvm_engine *e, struct gvm_region *rg, uint64_t pa
 			want++;
 	if (!want)
 		return;
-	if (rg->fresh && !(rg->st[page / GVM_STRIPE_PAGES] & ST_WRITTEN)) {
-		/* Nothing of this stripe ever left this engine: it is zero. */
-		uint64_t n = install_run(e, rg, page, count, NULL, writable);
-		/* Not fetched: count them apart from what came over the network. */
-		__atomic_fetch_sub(&e->st.pages_fetched, n, __ATOMIC_RELAXED);
-		__atomic_fetch_sub(&e->st.zero_pages, n, __ATOMIC_RELAXED);
-		STAT_ADD(e, local_zero_pages, n);
-		if (fault_page != UINT64_MAX)
-			hist_add(e, gvm_now_ns() - now);
-		return;
-	}
 	f = fetch_alloc(e);
 	if (!f) {
 		pr_err("out of memory for a fetch");
@@ -480,6 +506,7 @@ static void fetch_start(struct gvm_engine *e, struct gvm_region *rg, uint64_t pa
 	f->start_ns = now;
 	f->hold = hold;
 	f->writable = writable;
+	f->write_fault = write_fault;
 	e->inflight++;
 	fetch_go(e, f, now);
 }
@@ -497,7 +524,7 @@ static void ra_extend(struct gvm_engine *e, struct gvm_region *rg, uint64_t w, u
 	for (uint64_t x = from; x <= to; x++) {
 		uint64_t p = x * e->prefetch;
 		fetch_start(e, rg, p, (uint32_t)GVM_MIN((uint64_t)e->prefetch, rg->npages - p),
-			    UINT64_MAX, now, x == hold_win, rg->write_bias > 8);
+			    UINT64_MAX, now, x == hold_win, rg->write_bias > 8, 0);
 	}
 	rg->ra_next = GVM_MAX(rg->ra_next, to + 1);
 }
@@ -568,7 +595,8 @@ static void on_fault(struct gvm_engine *e, uintptr_t addr, int write, int wp, ui
 	if (p == rg->held) {
 		/* The readahead marker: serve it now and keep the run going. */
 		rg->held = UINT64_MAX;
-		install_run(e, rg, p, 1, rg->held_zero ? NULL : rg->held_buf, write);
+		install_run(e, rg, p, 1, rg->held_zero ? NULL : rg->held_buf,
+			    write ? IR_WRITABLE | IR_DIRTY : 0);
 		hist_add(e, gvm_now_ns() - now);
 		ra_extend(e, rg, w, now);
 		rg->last_win = w;
@@ -586,18 +614,21 @@ static void on_fault(struct gvm_engine *e, uintptr_t addr, int write, int wp, ui
 			return;
 		/* uffd_fill wakes the waiter on EEXIST; zero fills a discard. */
 		uffd_fill(e, addr & ~(uintptr_t)(GVM_PAGE_SIZE - 1), e->wp ? zero_window : NULL,
-			  GVM_PAGE_SIZE);
+			  GVM_PAGE_SIZE, e->wp);
 		return;
 	}
-	if (e->budget_pages && __atomic_load_n(&e->resident, __ATOMIC_RELAXED) > e->high_pages) {
-		/* Under memory pressure a window would evict as much as it
-		 * brings: fetch only the page asked for. */
-		fetch_start(e, rg, p, 1, p, now, 0, write);
+	if (e->budget_pages && __atomic_load_n(&e->resident, __ATOMIC_RELAXED) > e->high_pages &&
+	    !(rg->last_win != UINT64_MAX && (w == rg->last_win + 1 || w == rg->last_win))) {
+		/* Under memory pressure a window at a random place would evict as
+		 * much as it brings: fetch only the page asked for. A sequential
+		 * run keeps its window (its pages are about to be touched). */
+		rg->last_win = w;
+		fetch_start(e, rg, p, 1, p, now, 0, write, write);
 		return;
 	}
 	fetch_start(e, rg, w * e->prefetch,
 		    (uint32_t)GVM_MIN((uint64_t)e->prefetch, rg->npages - w * e->prefetch), p, now, 0,
-		    write || rg->write_bias > 8);
+		    write || rg->write_bias > 8, write);
 	if (rg->last_win != UINT64_MAX && w > rg->last_win && w <= GVM_MAX(rg->ra_next, rg->last_win + 1))
 		ra_extend(e, rg, w, now);
 	else
@@ -917,7 +948,7 @@ static void on_reply(void *owner, struct gvm_conn *c, const struct gvm_req *req,
 		c->pages_in += f->count;
 		STAT_ADD(e, bytes_in, h->len);
 		install_payload(e, f->rg, f->page, f->count, payload, f->fault_page,
-				f->hold ? f->page : UINT64_MAX, f->writable);
+				f->hold ? f->page : UINT64_MAX, f->writable, f->write_fault);
 		if (f->fault_ns)
 			hist_add(e, gvm_now_ns() - f->fault_ns);
 		else

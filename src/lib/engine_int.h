@@ -59,6 +59,7 @@ struct gvm_fetch {            /* one READ of a window, until installed */
 	uint8_t parked;
 	uint8_t hold;         /* readahead marker window: hold its first page */
 	uint8_t writable;     /* install zero pages writable (COPY), not ZEROPAGE */
+	uint8_t write_fault;  /* fault_page waits on a write: install it dirty, unprotected */
 	uint64_t fault_page;  /* page a thread waits on, or UINT64_MAX */
 	uint64_t fault_ns;    /* when that fault was read (0: readahead) */
 	uint64_t start_ns;    /* first attempt, for the deadline */

@@ -45,6 +45,7 @@
 #include "util.h"
 
 #define EV_BATCH 512u
+#define EV_PIPE  4u    /* batches whose write-backs are in flight at once */
 
 struct victim {
 	struct gvm_region *rg;
@@ -53,10 +54,19 @@ struct victim {
 	uint8_t keep;
 };
 
+struct batch {
+	struct victim v[EV_BATCH];
+	unsigned n;
+	int err;
+	struct gvm_waiter wt; /* the batch's write-backs */
+};
+
 struct ev_state {
 	unsigned ri;          /* CLOCK hand: region index ... */
 	uint64_t hand;        /* ... and page */
-	struct victim v[EV_BATCH];
+	struct batch b[EV_PIPE];
+	unsigned head, pending; /* ring of batches in flight */
+	uint64_t pending_pages;
 };
 
 static inline uint8_t pg_load(struct gvm_region *rg, uint64_t p)
@@ -76,7 +86,7 @@ void gvm_evictor_kick(struct gvm_engine *e)
 	pthread_mutex_unlock(&e->ev_mu);
 }
 
-static unsigned collect(struct gvm_engine *e, struct ev_state *st)
+static unsigned collect(struct gvm_engine *e, struct ev_state *st, struct victim *v)
 {
 	unsigned nreg = __atomic_load_n(&e->n_regions, __ATOMIC_ACQUIRE), n = 0;
 	uint64_t total = 0, scanned = 0;
@@ -108,7 +118,7 @@ static unsigned collect(struct gvm_engine *e, struct ev_state *st)
 		if (!__atomic_compare_exchange_n(&rg->pg[p], &s, (uint8_t)(s | PG_EVICTING), 0,
 						 __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
 			continue;
-		st->v[n++] = (struct victim){ rg, p, (uint8_t)!!(s & PG_DIRTY), 0 };
+		v[n++] = (struct victim){ rg, p, (uint8_t)!!(s & PG_DIRTY), 0 };
 	}
 	return n;
 }
@@ -162,13 +172,16 @@ static void drop(struct gvm_engine *e, struct gvm_region *rg, uint64_t p, uint64
 		pr_perror("madvise(MADV_DONTNEED %#lx+%zu)", (unsigned long)a, len);
 }
 
-static void evict_batch(struct gvm_engine *e, struct victim *v, unsigned n)
+/* Steps 1-2 for a batch: protect and copy the dirty victims and hand their
+ * write-backs to the engine, without waiting. */
+static void evict_begin(struct gvm_engine *e, struct batch *b)
 {
-	struct gvm_waiter wt = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
-	uint64_t dropped = 0, written = 0, clean = 0;
-	unsigned i, j;
+	struct victim *v = b->v;
+	unsigned i, j, n = b->n;
 	int err = 0;
 
+	b->wt.pending = 0;
+	b->wt.err = 0;
 	/* 2. dirty pages: clear DIRTY, protect, copy and write back. */
 	for (i = 0; i < n; i++)
 		if (v[i].dirty)
@@ -183,14 +196,25 @@ static void evict_batch(struct gvm_engine *e, struct victim *v, unsigned n)
 		j = (v[i].dirty && !v[i].keep) ? run_end(v, i, n, 1, 1) : i + 1;
 		if (!v[i].dirty || v[i].keep)
 			continue;
-		err = gvm_engine_wb_run(e, v[i].rg, v[i].p, (uint32_t)(j - i), &wt);
+		err = gvm_engine_wb_run(e, v[i].rg, v[i].p, (uint32_t)(j - i), &b->wt);
 	}
-	pthread_mutex_lock(&wt.mu);
-	while (wt.pending)
-		pthread_cond_wait(&wt.cv, &wt.mu);
-	pthread_mutex_unlock(&wt.mu);
+	b->err = err;
+}
+
+/* Steps 2 (wait) to 4 for a batch begun earlier. */
+static void evict_finish(struct gvm_engine *e, struct batch *b)
+{
+	struct victim *v = b->v;
+	uint64_t dropped = 0, written = 0, clean = 0;
+	unsigned i, j, n = b->n;
+	int err = b->err;
+
+	pthread_mutex_lock(&b->wt.mu);
+	while (b->wt.pending)
+		pthread_cond_wait(&b->wt.cv, &b->wt.mu);
+	pthread_mutex_unlock(&b->wt.mu);
 	if (!err)
-		err = wt.err;
+		err = b->wt.err;
 	if (err) {
 		pr_warn("write-back failed (%s): keeping %u pages resident", strerror(-err), n);
 		for (i = 0; i < n; i++)
@@ -239,8 +263,16 @@ static void evict_batch(struct gvm_engine *e, struct victim *v, unsigned n)
 	__atomic_fetch_add(&e->st.writebacks, written, __ATOMIC_RELAXED);
 	__atomic_fetch_add(&e->st.clean_drops, clean, __ATOMIC_RELAXED);
 	gvm_engine_poke(e); /* replay faults deferred on DROPPING pages */
-	pthread_mutex_destroy(&wt.mu);
-	pthread_cond_destroy(&wt.cv);
+}
+
+static void finish_oldest(struct gvm_engine *e, struct ev_state *st)
+{
+	struct batch *b = &st->b[st->head];
+
+	evict_finish(e, b);
+	st->pending_pages -= b->n;
+	st->head = (st->head + 1) % EV_PIPE;
+	st->pending--;
 }
 
 static void *evictor_main(void *arg)
@@ -251,6 +283,10 @@ static void *evictor_main(void *arg)
 	if (!st) {
 		pr_err("out of memory: no eviction");
 		return NULL;
+	}
+	for (unsigned i = 0; i < EV_PIPE; i++) {
+		pthread_mutex_init(&st->b[i].wt.mu, NULL);
+		pthread_cond_init(&st->b[i].wt.cv, NULL);
 	}
 	while (!__atomic_load_n(&e->quit, __ATOMIC_ACQUIRE)) {
 		struct timespec ts;
@@ -267,14 +303,29 @@ static void *evictor_main(void *arg)
 			if (pthread_cond_timedwait(&e->ev_cv, &e->ev_mu, &ts) == ETIMEDOUT)
 				break;
 		pthread_mutex_unlock(&e->ev_mu);
+		/* Keep up to EV_PIPE batches in flight: the next batch is copied
+		 * and sent while the previous ones wait for their acks. */
 		while (!__atomic_load_n(&e->quit, __ATOMIC_ACQUIRE) &&
-		       __atomic_load_n(&e->resident, __ATOMIC_RELAXED) > e->low_pages) {
-			unsigned n = collect(e, st);
-			if (!n)
+		       __atomic_load_n(&e->resident, __ATOMIC_RELAXED) > e->low_pages + st->pending_pages) {
+			if (st->pending == EV_PIPE) {
+				finish_oldest(e, st);
+				continue;
+			}
+			struct batch *b = &st->b[(st->head + st->pending) % EV_PIPE];
+			b->n = collect(e, st, b->v);
+			if (!b->n)
 				break;
-			evict_batch(e, st->v, n);
+			evict_begin(e, b);
+			st->pending++;
+			st->pending_pages += b->n;
 		}
+		while (st->pending)
+			finish_oldest(e, st);
 		__atomic_store_n(&e->ev_kick, 0, __ATOMIC_RELAXED);
+	}
+	for (unsigned i = 0; i < EV_PIPE; i++) {
+		pthread_mutex_destroy(&st->b[i].wt.mu);
+		pthread_cond_destroy(&st->b[i].wt.cv);
 	}
 	free(st);
 	return NULL;
