@@ -22,7 +22,6 @@
 #include "auth.h"
 #include "util.h"
 
-#define DEFAULT_PORT "9999"
 #define MAX_LIST_PAGES (1u << 20)
 
 static int deadline_ms_left(uint64_t deadline)
@@ -170,41 +169,15 @@ static int transact(struct gvm_client *c, struct gvm_hdr *req, const void *paylo
 	return rep->status;
 }
 
-/* "HOST:PORT", "[V6]:PORT", "[V6]", "HOST"; a bare IPv6 address gets the default port. */
+/* "HOST:PORT", "[V6]:PORT", "[V6]", "HOST" (port 9999); the port as text. */
 static int split_hostport(const char *s, char *host, size_t hostlen, char *port, size_t portlen)
 {
-	const char *h = s, *p = NULL;
-	size_t n;
+	uint16_t p;
+	int r = gvm_split_hostport(s, host, hostlen, &p, 9999);
 
-	if (s[0] == '[') {
-		const char *end = strchr(s, ']');
-		if (!end)
-			return -EINVAL;
-		h = s + 1;
-		n = (size_t)(end - h);
-		if (end[1] == ':')
-			p = end + 2;
-		else if (end[1])
-			return -EINVAL;
-	} else {
-		const char *colon = strchr(s, ':');
-		if (colon && !strchr(colon + 1, ':')) {
-			n = (size_t)(colon - s);
-			p = colon + 1;
-		} else {
-			n = strlen(s);
-		}
-	}
-	if (n == 0 || n >= hostlen)
-		return -EINVAL;
-	memcpy(host, h, n);
-	host[n] = 0;
-	if (!p)
-		p = DEFAULT_PORT;
-	uint64_t v;
-	if (strlen(p) >= portlen || gvm_parse_u64(p, 0, 65535, &v) < 0)
-		return -EINVAL;
-	snprintf(port, portlen, "%s", p);
+	if (r)
+		return r;
+	snprintf(port, portlen, "%u", p);
 	return 0;
 }
 

@@ -117,3 +117,38 @@ long gvm_raise_nofile(void)
 	}
 	return (long)rl.rlim_cur;
 }
+
+int gvm_split_hostport(const char *spec, char *host, size_t hostlen, uint16_t *port,
+		       uint16_t defport)
+{
+	const char *h = spec, *p = NULL;
+	uint64_t v = defport;
+	size_t n;
+
+	if (spec[0] == '[') {
+		const char *end = strchr(spec, ']');
+		if (!end)
+			return -EINVAL;
+		h = spec + 1;
+		n = (size_t)(end - h);
+		if (end[1] == ':')
+			p = end + 2;
+		else if (end[1])
+			return -EINVAL;
+	} else {
+		const char *colon = strchr(spec, ':');
+		if (colon && strchr(colon + 1, ':'))
+			return -EINVAL;
+		n = colon ? (size_t)(colon - spec) : strlen(spec);
+		if (colon)
+			p = colon + 1;
+	}
+	if (n == 0 || n >= hostlen)
+		return -EINVAL;
+	memcpy(host, h, n);
+	host[n] = 0;
+	if (p && gvm_parse_u64(p, 0, 65535, &v) < 0)
+		return -EINVAL;
+	*port = (uint16_t)v;
+	return 0;
+}

@@ -36,6 +36,12 @@ static inline uint64_t gvm_mix64(uint64_t x)
 /* FNV-1a 64 of the bytes, then gvm_mix64(h ^ seed). */
 uint64_t gvm_hash_bytes(const void *p, size_t n, uint64_t seed);
 
+/* Split "HOST:PORT", "[V6]:PORT", "[V6]" or "HOST" (port defport). IPv6
+ * needs brackets. 0, or -EINVAL for an empty host, a bad port or bad
+ * brackets. */
+int gvm_split_hostport(const char *spec, char *host, size_t hostlen, uint16_t *port,
+		       uint16_t defport);
+
 /* Fill buf from the kernel's CSPRNG (getrandom). 0 or -errno. */
 int gvm_random(void *buf, size_t n);
 /* Raise RLIMIT_NOFILE soft limit to the hard limit; returns the new soft limit. */

@@ -693,41 +693,6 @@ static void listener_accept(struct gvm_memserver *s, struct listener *l)
 
 /* ---------------------------------------------------------------- listeners */
 
-/* "HOST:PORT", "[V6]:PORT", "HOST" (port 9999). IPv6 needs brackets. */
-static int split_hostport(const char *spec, char *host, size_t hostlen, uint16_t *port)
-{
-	const char *h = spec, *p = NULL;
-	size_t n;
-	uint64_t v = 9999;
-
-	if (spec[0] == '[') {
-		const char *end = strchr(spec, ']');
-		if (!end)
-			return -EINVAL;
-		h = spec + 1;
-		n = (size_t)(end - h);
-		if (end[1] == ':')
-			p = end + 2;
-		else if (end[1])
-			return -EINVAL;
-	} else {
-		const char *colon = strchr(spec, ':');
-		if (colon && strchr(colon + 1, ':'))
-			return -EINVAL;
-		n = colon ? (size_t)(colon - spec) : strlen(spec);
-		if (colon)
-			p = colon + 1;
-	}
-	if (n == 0 || n >= hostlen)
-		return -EINVAL;
-	memcpy(host, h, n);
-	host[n] = 0;
-	if (p && gvm_parse_u64(p, 0, 65535, &v) < 0)
-		return -EINVAL;
-	*port = (uint16_t)v;
-	return 0;
-}
-
 static int is_loopback(const struct sockaddr *sa)
 {
 	if (sa->sa_family == AF_INET)
@@ -752,7 +717,7 @@ static int listener_open(struct gvm_memserver *s, struct listener *l, const char
 
 	l->kind = SRC_LISTENER;
 	l->fd = -1;
-	if (split_hostport(spec, host, sizeof(host), &portnum) < 0) {
+	if (gvm_split_hostport(spec, host, sizeof(host), &portnum, 9999) < 0) {
 		pr_err("listen address '%s': expected HOST:PORT or [IPV6]:PORT", spec);
 		return -EINVAL;
 	}
