@@ -332,6 +332,7 @@ static struct gvm_fetch *fetch_alloc(struct gvm_engine *e)
 
 static void fetch_free(struct gvm_engine *e, struct gvm_fetch *f)
 {
+	e->reserved -= f->reserved;
 	f->next = e->free_fetch;
 	e->free_fetch = f;
 	e->inflight--;
@@ -438,9 +439,12 @@ static void fetch_send(struct gvm_engine *e, struct gvm_fetch *f)
 
 /* Over the budget: a fetch waits for the evictor (which never waits for a
  * fetch, so this cannot deadlock). */
-static int over_budget(struct gvm_engine *e)
+static int over_budget(struct gvm_engine *e, uint32_t more)
 {
-	return e->budget_pages && __atomic_load_n(&e->resident, __ATOMIC_RELAXED) >= e->budget_pages;
+	/* Pages in flight are already promised: count them, or a burst of
+	 * fetches would land above the budget together. */
+	return e->budget_pages &&
+	       __atomic_load_n(&e->resident, __ATOMIC_RELAXED) + e->reserved + more > e->budget_pages;
 }
 
 /* A stripe of a fresh region that never left this engine is zero: fill it
@@ -465,7 +469,7 @@ static void fetch_local(struct gvm_engine *e, struct gvm_fetch *f)
 
 static void fetch_go(struct gvm_engine *e, struct gvm_fetch *f, uint64_t now)
 {
-	if (over_budget(e)) {
+	if (over_budget(e, f->reserved ? 0 : f->count)) {
 		gvm_evictor_kick(e);
 		fetch_park(e, f, now, 500000ull);
 		return;
@@ -473,6 +477,10 @@ static void fetch_go(struct gvm_engine *e, struct gvm_fetch *f, uint64_t now)
 	if (f->rg->fresh && !(f->rg->st[f->page / GVM_STRIPE_PAGES] & ST_WRITTEN)) {
 		fetch_local(e, f);
 		return;
+	}
+	if (!f->reserved) {
+		f->reserved = f->count;
+		e->reserved += f->count;
 	}
 	fetch_send(e, f);
 }

@@ -60,6 +60,7 @@ struct gvm_fetch {            /* one READ of a window, until installed */
 	uint8_t hold;         /* readahead marker window: hold its first page */
 	uint8_t writable;     /* install zero pages writable (COPY), not ZEROPAGE */
 	uint8_t write_fault;  /* fault_page waits on a write: install it dirty, unprotected */
+	uint32_t reserved;    /* pages counted against the budget while in flight */
 	uint64_t fault_page;  /* page a thread waits on, or UINT64_MAX */
 	uint64_t fault_ns;    /* when that fault was read (0: readahead) */
 	uint64_t start_ns;    /* first attempt, for the deadline */
@@ -152,6 +153,7 @@ struct gvm_engine {
 	struct gvm_wb *parked_wb;
 	uint64_t inflight;        /* fetches outstanding */
 	uint64_t resident;        /* resident pages, all regions */
+	uint64_t reserved;        /* pages of fetches in flight (engine thread only) */
 	pthread_mutex_t cmd_mu;   /* guards cmd_head/cmd_tail */
 	struct gvm_wb *cmd_head, *cmd_tail;
 	struct gvm_engine_counters st;
