@@ -564,7 +564,11 @@ wait_child:
 					"from any replica (see the log above)\n");
 	} else if (WIFSIGNALED(status)) {
 		rc = 128 + WTERMSIG(status);
-		fprintf(stderr, "giantvm run: QEMU was killed by signal %d\n", WTERMSIG(status));
+		if (WTERMSIG(status) == SIGBUS)
+			fprintf(stderr, "giantvm run: QEMU died of SIGBUS: it touched guest memory that no "
+					"replica could serve (poisoned pages, see the log above)\n");
+		else
+			fprintf(stderr, "giantvm run: QEMU was killed by signal %d\n", WTERMSIG(status));
 	}
 	if (!cp.embedded && n_regions)
 		free_regions(cp.pool, regions, n_regions, secret);

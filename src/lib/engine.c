@@ -369,6 +369,8 @@ static void fetch_give_up(struct gvm_engine *e, struct gvm_fetch *f)
 	       (unsigned long)(rg->base + ((f->page + f->count) << GVM_PAGE_SHIFT) - 1), rg->id,
 	       f->page, f->page + f->count - 1, e->pool->deadline_ms, who);
 	if (e->lost_policy == GVM_LOST_POISON && (e->features & UFFD_FEATURE_POISON)) {
+		/* Said first: the accessor may die of the SIGBUS at once. */
+		pr_err("those pages are poisoned: a guest access gets SIGBUS (memory error)");
 		for (uint32_t i = 0; i < f->count; i++) {
 			uint64_t p = f->page + i;
 			if (pg_get(rg, p) & PG_RESIDENT)
@@ -380,7 +382,6 @@ static void fetch_give_up(struct gvm_engine *e, struct gvm_fetch *f)
 			pg_clear(rg, p, PG_INFLIGHT);
 			STAT_ADD(e, lost_pages, 1);
 		}
-		pr_err("those pages are poisoned: a guest access gets SIGBUS (memory error)");
 		fetch_free(e, f);
 		return;
 	}

@@ -59,6 +59,14 @@ static void conn_close_fd(struct gvm_transport *t, struct gvm_conn *c)
 {
 	if (c->fd < 0)
 		return;
+	if (c->state == GVM_CONN_DOWN || c->out_len > c->out_off || c->q_len) {
+		/* Abortive close: a WRITE still in the kernel's send queue must
+		 * not be delivered after the link heals, once newer data (or a
+		 * re-sync copy) has reached that node. */
+		struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+		if (setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)) < 0)
+			pr_perror("setsockopt(SO_LINGER)");
+	}
 	/* EPOLL_CTL_DEL can only fail if the fd was never added; close removes it anyway. */
 	epoll_ctl(t->epfd, EPOLL_CTL_DEL, c->fd, NULL);
 	close(c->fd);
@@ -381,8 +389,8 @@ static void conn_fail(struct gvm_transport *t, struct gvm_conn *c, int err, cons
 	if (c->failures == 0 || gvm_log_get_level() >= GVM_LOG_DEBUG)
 		pr_warn("node %s: %s: %s (retrying with backoff)", gvm_node_name(t->cfg, c->node), why,
 			strerror(-err));
-	conn_close_fd(t, c);
 	c->state = GVM_CONN_DOWN;
+	conn_close_fd(t, c);
 	c->failures++;
 	c->errors++;
 	t->conn_failures++;
