@@ -622,7 +622,7 @@ int cmd_bench(int argc, char **argv)
 		printf("  %-34s %10.1f us\n", "remote_fault_p99_us", remote_p99);
 		printf("  %-34s %10.3f GB/s  (%.2fx ceiling)\n", "seq_GBps", gb / seq_secs,
 		       (gb / seq_secs) / (gb / local_secs));
-		printf("  %-34s %10.3f ms\n", "startup_ms (pool file + placement)", startup_ms);
+		printf("  %-34s %10.3f ms\n", "startup_ms (open the pool)", startup_ms);
 		printf("  %-34s %10d\n", "peak_fds", peak_fds);
 		printf("  %-34s %10.1f B\n", "client_bytes_per_node", bpn);
 		printf("  %-34s %10u of %u\n", "region_nodes", n_region_nodes, cp.pool->cfg.n_nodes);

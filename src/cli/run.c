@@ -345,8 +345,9 @@ static void free_regions(struct gvm_pool *pool, const uint64_t *regions, unsigne
 
 static void print_final(const char *ctl_path)
 {
-	char path[PATH_MAX], buf[1 << 16];
+	char path[PATH_MAX], *buf;
 	struct gvm_run_stats s;
+	size_t cap = 8u << 20; /* per-node JSON of a 10,000+ node pool */
 	FILE *f;
 	size_t n;
 
@@ -354,7 +355,12 @@ static void print_final(const char *ctl_path)
 	f = fopen(path, "r");
 	if (!f)
 		return;
-	n = fread(buf, 1, sizeof(buf) - 1, f);
+	buf = malloc(cap);
+	if (!buf) {
+		fclose(f);
+		return;
+	}
+	n = fread(buf, 1, cap - 1, f);
 	fclose(f);
 	unlink(path);
 	buf[n] = 0;
@@ -372,6 +378,7 @@ static void print_final(const char *ctl_path)
 			fclose(o);
 		}
 	}
+	free(buf);
 }
 
 static int run_uffd(struct run_opts *o, struct gvm_mode *m)

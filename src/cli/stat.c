@@ -107,11 +107,11 @@ int cmd_stat(int argc, char **argv)
 		fprintf(stderr, "giantvm stat: VM '%s' is not running (%s: %s)\n", name, path, strerror(-fd));
 		return 1;
 	}
-	buf = malloc(1 << 20);
+	buf = malloc(8 << 20);
 	if (!buf)
 		goto out;
 	if (json) {
-		if (gvm_ctl_command(fd, "STAT\n", buf, 1 << 20) || strncmp(buf, "{", 1)) {
+		if (gvm_ctl_command(fd, "STAT\n", buf, 8 << 20) || strncmp(buf, "{", 1)) {
 			fprintf(stderr, "giantvm stat: %s\n", buf);
 			goto out;
 		}
@@ -121,7 +121,7 @@ int cmd_stat(int argc, char **argv)
 	}
 	double prev_f = 0, prev_b = 0, prev_e = 0, prev_w = 0;
 	for (long k = 0; count < 0 || k <= count; k++) {
-		if (gvm_ctl_command(fd, "STAT\n", buf, 1 << 20) || strncmp(buf, "{", 1)) {
+		if (gvm_ctl_command(fd, "STAT\n", buf, 8 << 20) || strncmp(buf, "{", 1)) {
 			if (k)
 				rc = 0; /* the VM went away */
 			else

@@ -93,6 +93,8 @@ void gvm_transport_fini(struct gvm_transport *t)
 			conn_free(t, t->conns[i]);
 	free(t->conns);
 	t->conns = NULL;
+	while (t->n_spare)
+		free(t->spare[--t->n_spare].buf);
 }
 
 int gvm_transport_add_key(struct gvm_transport *t, uint64_t region, const uint8_t key[GVM_KEY_SIZE])
@@ -590,8 +592,15 @@ static int conn_read(struct gvm_transport *t, struct gvm_conn *c)
 		ssize_t n;
 		int r;
 
-		if (!c->in && buf_reserve(&c->in, &c->in_cap, IN_INITIAL))
-			return -ENOMEM;
+		if (!c->in) {
+			if (t->n_spare) {
+				t->n_spare--;
+				c->in = t->spare[t->n_spare].buf;
+				c->in_cap = t->spare[t->n_spare].cap;
+			} else if (buf_reserve(&c->in, &c->in_cap, IN_INITIAL)) {
+				return -ENOMEM;
+			}
+		}
 		if (c->in_len == c->in_cap) {
 			/* Full but no complete frame: compact, then grow. */
 			if (c->in_off) {
@@ -608,8 +617,20 @@ static int conn_read(struct gvm_transport *t, struct gvm_conn *c)
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
-			if (errno == EAGAIN)
+			if (errno == EAGAIN) {
+				/* Drained: lend the buffer to the next node that talks. A
+				 * pool touching 10,000 nodes would otherwise hold 10,000
+				 * receive buffers (256 KiB each) until they go idle. */
+				if (c->in_len == 0 && t->n_spare < GVM_ARRAY_SIZE(t->spare)) {
+					t->spare[t->n_spare].buf = c->in;
+					t->spare[t->n_spare].cap = c->in_cap;
+					t->n_spare++;
+					c->in = NULL;
+					c->in_cap = 0;
+					c->in_off = 0;
+				}
 				return 0;
+			}
 			return -errno;
 		}
 		if (n == 0)

@@ -93,6 +93,8 @@ struct gvm_transport {
 	struct gvm_region_key_ent keys[GVM_TRANSPORT_MAX_KEYS];
 	uint32_t n_keys;               /* published with release after keys[] */
 	struct gvm_conn *dirty;        /* connections with bytes to write */
+	struct { uint8_t *buf; size_t cap; } spare[16]; /* idle receive buffers, reused */
+	unsigned n_spare;
 	uint64_t conn_failures;
 };
 

@@ -242,7 +242,7 @@ static void cmd_attach(int fd, char *args)
 
 static void cmd_stat(int fd)
 {
-	size_t cap = 1u << 20;
+	size_t cap = 8u << 20; /* per-node JSON: ~130 bytes x 10,000+ nodes */
 	char *buf = malloc(cap);
 
 	if (!buf) {
@@ -399,7 +399,7 @@ __attribute__((constructor)) static void preload_init(void)
 __attribute__((destructor)) static void preload_fini(void)
 {
 	char path[128], tmp[136];
-	size_t cap = 1u << 20;
+	size_t cap = 8u << 20; /* per-node JSON: ~130 bytes x 10,000+ nodes */
 	char *buf;
 	FILE *f;
 
