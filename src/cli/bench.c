@@ -491,7 +491,7 @@ int cmd_bench(int argc, char **argv)
 	struct cli_pool cp;
 	struct node_clients nc = { 0 };
 	uint8_t key[GVM_REGION_KEY_SIZE];
-	uint64_t region, seed, npages, *lat = NULL, *lpages = NULL;
+	uint64_t region = 0, seed = 0, npages, *lat = NULL, *lpages = NULL;
 	uint8_t *local_src = NULL;
 	double rtt, local_secs = 0, seq_secs = 0, local_p50, remote_p50, remote_p99, dummy;
 	struct gvm_stats st_rand, st_seq;
