@@ -60,8 +60,17 @@ static volatile sig_atomic_t child_pid;
 
 static void forward_signal(int sig)
 {
-	if (child_pid > 0)
+	if (sig == SIGALRM) {
+		/* QEMU did not stop within 10 s of the signal (e.g. a vCPU stuck
+		 * on memory no replica serves): end it. */
+		if (child_pid > 0)
+			kill(child_pid, SIGKILL);
+		return;
+	}
+	if (child_pid > 0) {
 		kill(child_pid, sig);
+		alarm(10);
+	}
 }
 
 static void usage(FILE *f)
@@ -480,6 +489,7 @@ static int run_uffd(struct run_opts *o, struct gvm_mode *m)
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGHUP, &sa, NULL);
+	sigaction(SIGALRM, &sa, NULL);
 	fflush(NULL);
 	pid = fork();
 	if (pid < 0) {

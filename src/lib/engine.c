@@ -398,19 +398,33 @@ static void fetch_give_up(struct gvm_engine *e, struct gvm_fetch *f)
 }
 
 /* Send the fetch to the first usable replica from f->tries on. */
-/* The replicas of a stripe, nodes that came back after failing (and may
- * have lost their pages) last. */
-static unsigned replicas_ordered(struct gvm_engine *e, uint64_t region, uint64_t stripe, uint32_t *out)
+/* A node that failed (and may have missed writes) or came back after
+ * failing (and may have lost pages) until the re-sync is done. */
+static int untrusted(struct gvm_engine *e, uint32_t node)
+{
+	struct gvm_conn *c = e->tp.conns[node];
+
+	return e->suspect[node] || (c && (c->failures || c->state == GVM_CONN_DOWN));
+}
+
+/* The replicas to read a stripe from, trusted nodes first. A degraded
+ * stripe (written while some replica was unreachable) is never read from an
+ * untrusted node: its copy there may be old, and old data is worse than a
+ * poisoned page. */
+static unsigned replicas_ordered(struct gvm_engine *e, struct gvm_region *rg, uint64_t stripe,
+				 uint32_t *out)
 {
 	uint32_t all[GVM_MAX_REPLICAS];
-	unsigned nr = gvm_placement_replicas(&e->pool->pl, region, stripe, e->pool->replicas, all);
+	unsigned nr = gvm_placement_replicas(&e->pool->pl, rg->id, stripe, e->pool->replicas, all);
 	unsigned k = 0;
 
 	for (unsigned i = 0; i < nr; i++)
-		if (!e->suspect[all[i]])
+		if (!untrusted(e, all[i]))
 			out[k++] = all[i];
+	if (rg->st[stripe] & ST_DEGRADED)
+		return k;
 	for (unsigned i = 0; i < nr; i++)
-		if (e->suspect[all[i]])
+		if (untrusted(e, all[i]))
 			out[k++] = all[i];
 	return nr;
 }
@@ -418,7 +432,7 @@ static unsigned replicas_ordered(struct gvm_engine *e, uint64_t region, uint64_t
 static void fetch_send(struct gvm_engine *e, struct gvm_fetch *f)
 {
 	uint32_t nodes[GVM_MAX_REPLICAS];
-	unsigned nr = replicas_ordered(e, f->rg->id, f->page / GVM_STRIPE_PAGES, nodes);
+	unsigned nr = replicas_ordered(e, f->rg, f->page / GVM_STRIPE_PAGES, nodes);
 	uint64_t now = gvm_now_ns();
 
 	while (f->tries < nr) {
@@ -471,6 +485,14 @@ static void fetch_local(struct gvm_engine *e, struct gvm_fetch *f)
 static void fetch_go(struct gvm_engine *e, struct gvm_fetch *f, uint64_t now)
 {
 	if (over_budget(e, f->reserved ? 0 : f->count)) {
+		/* Waiting for room is waiting on write-backs: if no replica can take
+		 * them, the deadline resolves the fault like any other. */
+		if (now - f->start_ns >= (uint64_t)e->pool->deadline_ms * 1000000ull) {
+			pr_err("no room under the local memory budget for %d ms: write-backs are failing",
+			       e->pool->deadline_ms);
+			fetch_give_up(e, f);
+			return;
+		}
 		gvm_evictor_kick(e);
 		fetch_park(e, f, now, 500000ull);
 		return;
@@ -835,8 +857,7 @@ static void rs_pump(struct gvm_engine *e, uint64_t now)
 			continue;
 		nr = gvm_placement_replicas(&e->pool->pl, rg->id, s, e->pool->replicas, nodes);
 		for (unsigned i = 0; i < nr && src == UINT32_MAX; i++)
-			if (!e->suspect[nodes[i]] && gvm_transport_usable(&e->tp, nodes[i], now) &&
-			    (!e->tp.conns[nodes[i]] || e->tp.conns[nodes[i]]->state != GVM_CONN_DOWN))
+			if (!untrusted(e, nodes[i]) && gvm_transport_usable(&e->tp, nodes[i], now))
 				src = nodes[i];
 		if (src == UINT32_MAX)
 			continue; /* no trustworthy copy reachable now: later */
