@@ -1,6 +1,6 @@
 /*
  * Blocking client for one memory node. Sockets are non-blocking underneath
- * so every step can be bounded with poll() (never select(): fds above 1023
+ * so every step can be bounded with poll() (never the select syscall: fds above 1023
  * are normal in a process serving many VMs).
  */
 #include "client.h"
