@@ -24,15 +24,8 @@ REPO=$(cd "$HERE/../.." && pwd)
 . "$HERE/guest.sh" # (for consistency with the other e2e tests; no guest is booted)
 BUILD=${GVM_BUILD_DIR:-$REPO/build}
 
-pass=0 fail=0
-ok() { echo "ok  $*"; pass=$((pass + 1)); }
-bad() { echo "FAIL $*"; fail=$((fail + 1)); }
-note() { echo "# $*"; }
-finish() {
-    echo "$pass passed, $fail failed"
-    ((fail == 0))
-    exit $?
-}
+# shellcheck source=harness.sh
+. "$HERE/harness.sh"
 
 if [[ ! -x $BUILD/giantvm ]]; then
     bad "build: $BUILD/giantvm missing (run 'make -j2' in $REPO first)"

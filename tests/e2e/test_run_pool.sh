@@ -37,15 +37,8 @@ TIMEOUT=${GVM_TEST_TIMEOUT:-600}
 MEM=512 MIB=256 PORT=9999 NODES=3
 BUILD=${GVM_BUILD_DIR:-$REPO/build}
 
-pass=0 fail=0
-ok() { echo "ok  $*"; pass=$((pass + 1)); }
-bad() { echo "FAIL $*"; fail=$((fail + 1)); }
-note() { echo "# $*"; }
-finish() {
-    echo "$pass passed, $fail failed"
-    ((fail == 0))
-    exit $?
-}
+# shellcheck source=harness.sh
+. "$HERE/harness.sh"
 # A prerequisite of the machine (not of giantvm) is missing: skip, or with
 # CI=true fail.
 missing() {
@@ -96,19 +89,6 @@ trap 'cleanup; trap - TERM; kill -TERM $$' TERM
 # Run a snapshot of the build, so a concurrent `make` cannot swap the binary
 # (or leave it half-written) under a running test.  The preload library is
 # looked up next to the giantvm binary.
-snapshot_build() {
-    local try
-    mkdir -p "$TMP/bin" || return 1
-    for ((try = 0; try < 10; try++)); do
-        if cp "$BUILD/giantvm" "$BUILD/libgiantvm-preload.so" "$TMP/bin/" 2>/dev/null &&
-            "$TMP/bin/giantvm" --help >/dev/null 2>&1 &&
-            [[ $(head -c4 "$TMP/bin/libgiantvm-preload.so" | od -An -tx1 | tr -d ' \n') == 7f454c46 ]]; then
-            return 0
-        fi
-        sleep 1
-    done
-    return 1
-}
 snapshot_build || { bad "build: cannot run $BUILD/giantvm (copied to $TMP/bin)"; finish; }
 G=$TMP/bin/giantvm
 
