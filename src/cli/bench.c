@@ -9,6 +9,10 @@
  *     random-fault p50, local_ceiling_GBps its sequential first touch);
  *  4. remote random single-page faults through the engine (p50, p99);
  *  5. remote sequential first touch through the engine (seq_GBps).
+ *  6. with --local-mem B: a fresh region of SIZE under a budget of B bytes,
+ *     written page by page with the pattern (the evictor writes back what
+ *     does not fit), then read back and verified (fetches + clean drops):
+ *     evict_write_GBps, evict_read_GBps and the engine's counters.
  * Every page read is verified against the pattern.
  *
  * Scale figures, for pools of many nodes (e.g. 10,000):
@@ -58,6 +62,7 @@
 struct bench_opts {
 	struct cli_pool_args pa;
 	uint64_t size;
+	uint64_t local_mem;  /* > 0: also the eviction phase */
 	unsigned prefetch;
 	unsigned samples;
 	int json;
@@ -467,10 +472,51 @@ out:
 	return r;
 }
 
+/* ------------------------------------------------------------ eviction */
+
+struct evict_result {
+	double write_secs, read_secs;
+	struct gvm_stats st;
+};
+
+static int evict_run(struct gvm_pool *pool, unsigned prefetch, uint64_t local_mem, uint64_t region,
+		     const uint8_t *key, uint64_t seed, uint64_t npages, struct evict_result *res)
+{
+	struct gvm_engine_opts eo = { .prefetch = prefetch, .local_mem = local_mem };
+	struct gvm_engine *e = NULL;
+	size_t len = npages * PAGE;
+	uint64_t t0;
+	int r;
+	uint8_t *base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (base == MAP_FAILED) {
+		perror("giantvm bench: mmap");
+		return -1;
+	}
+	r = gvm_engine_open(&e, pool, &eo);
+	if (r)
+		goto out;
+	r = gvm_engine_attach_flags(e, region, key, base, len, GVM_ATTACH_FRESH);
+	if (r)
+		goto out;
+	t0 = gvm_now_ns();
+	for (uint64_t p = 0; p < npages; p++)
+		pattern_page(seed, p, base + p * PAGE);
+	res->write_secs = (double)(gvm_now_ns() - t0) / 1e9;
+	t0 = gvm_now_ns();
+	r = verify_range(base, seed, 0, npages);
+	res->read_secs = (double)(gvm_now_ns() - t0) / 1e9;
+	gvm_engine_stats(e, &res->st);
+out:
+	gvm_engine_close(e);
+	munmap(base, len);
+	return r;
+}
+
 static void usage(FILE *f)
 {
 	fputs("usage: giantvm bench [--pool FILE] [--size SIZE] [--prefetch N] [--samples N]\n"
-	      "                     [--replicas R] [--token-file F] [--json]\n"
+	      "                     [--replicas R] [--token-file F] [--local-mem B] [--json]\n"
 	      "\n"
 	      "Fills a fresh region of SIZE (default 256M) in the pool with non-zero pages,\n"
 	      "then measures in one run: the 4 KiB READ round trip to each node (tcp_rtt_us),\n"
@@ -482,7 +528,10 @@ static void usage(FILE *f)
 	      "(most open fds of this process), client_bytes_per_node (the pool's fixed client\n"
 	      "memory per node: node records, names, placement table, connection pointers),\n"
 	      "region_nodes (nodes holding the region) and seq_nodes_connected (nodes the\n"
-	      "engine had connections to after the sequential pass).\n", f);
+	      "engine had connections to after the sequential pass).\n"
+	      "With --local-mem B (less than SIZE), then: a fresh region of SIZE under a local\n"
+	      "budget of B is written page by page (evict_write_GBps: the evictor writes\n"
+	      "back what does not fit) and read back and verified (evict_read_GBps).\n", f);
 }
 
 int cmd_bench(int argc, char **argv)
@@ -522,6 +571,11 @@ int cmd_bench(int argc, char **argv)
 				return GVM_EXIT_USAGE;
 			}
 			o.prefetch = (unsigned)n;
+		} else if ((v = cli_optval(argc, argv, &i, "--local-mem"))) {
+			if (gvm_parse_size(v, &o.local_mem) || o.local_mem < (4u << 20)) {
+				fprintf(stderr, "giantvm bench: --local-mem '%s': a size of at least 4M (e.g. 64M)\n", v);
+				return GVM_EXIT_USAGE;
+			}
 		} else if ((v = cli_optval(argc, argv, &i, "--samples"))) {
 			if (gvm_parse_u64(v, 10, 1000000, &n)) {
 				fprintf(stderr, "giantvm bench: --samples '%s': a number from 10 to 1000000\n", v);
@@ -539,6 +593,10 @@ int cmd_bench(int argc, char **argv)
 			usage(stderr);
 			return GVM_EXIT_USAGE;
 		}
+	}
+	if (o.local_mem && o.local_mem >= o.size) {
+		fprintf(stderr, "giantvm bench: --local-mem must be smaller than --size (nothing would be evicted)\n");
+		return GVM_EXIT_USAGE;
 	}
 	npages = o.size / PAGE;
 	if (o.samples > npages / o.prefetch)
@@ -595,6 +653,11 @@ int cmd_bench(int argc, char **argv)
 		       &peak_fds))
 		goto out;
 
+	struct evict_result ev = { 0 };
+	if (o.local_mem && evict_run(cp.pool, o.prefetch, o.local_mem, gvm_mix64(region ^ 0x65766963ull), key,
+				     seed, npages, &ev))
+		goto out;
+
 	double gb = (double)o.size / 1e9;
 	double startup_ms = (double)t_open / 1e6, bpn = pool_bytes_per_node(cp.pool);
 	if (o.json) {
@@ -604,12 +667,19 @@ int cmd_bench(int argc, char **argv)
 		       "\"remote_fault_p99_us\":%.1f,\"seq_GBps\":%.3f,\"seq_vs_ceiling\":%.3f,"
 		       "\"seq_faults\":%" PRIu64 ",\"seq_readahead_pages\":%" PRIu64 ","
 		       "\"startup_ms\":%.3f,\"peak_fds\":%d,\"client_bytes_per_node\":%.1f,"
-		       "\"region_nodes\":%u,\"seq_nodes_connected\":%u,\"verified\":true}\n",
+		       "\"region_nodes\":%u,\"seq_nodes_connected\":%u,",
 		       cp.pool->cfg.n_nodes, cp.pool->replicas, o.size, o.prefetch, o.samples,
 		       gb * (double)cp.pool->replicas / ((double)t_fill / 1e9), rtt, local_p50,
 		       gb / local_secs, remote_p50, remote_p99, gb / seq_secs,
 		       (gb / seq_secs) / (gb / local_secs), st_seq.faults, st_seq.readahead_pages,
 		       startup_ms, peak_fds, bpn, n_region_nodes, st_seq.nodes_connected);
+		if (o.local_mem)
+			printf("\"local_mem_bytes\":%" PRIu64 ",\"evict_write_GBps\":%.3f,\"evict_read_GBps\":%.3f,"
+			       "\"evict_writebacks\":%" PRIu64 ",\"evict_clean_drops\":%" PRIu64 ","
+			       "\"evict_fault_p99_us\":%.1f,",
+			       o.local_mem, gb / ev.write_secs, gb / ev.read_secs, ev.st.writebacks,
+			       ev.st.clean_drops, (double)ev.st.fault_p99_ns / 1e3);
+		printf("\"verified\":true}\n");
 	} else {
 		printf("giantvm bench: %u node%s (%s), replicas %u, region %s, window %u pages\n",
 		       cp.pool->cfg.n_nodes, cp.pool->cfg.n_nodes == 1 ? "" : "s", cp.source,
@@ -627,6 +697,14 @@ int cmd_bench(int argc, char **argv)
 		printf("  %-34s %10.1f B\n", "client_bytes_per_node", bpn);
 		printf("  %-34s %10u of %u\n", "region_nodes", n_region_nodes, cp.pool->cfg.n_nodes);
 		printf("  %-34s %10u\n", "seq_nodes_connected", st_seq.nodes_connected);
+		if (o.local_mem) {
+			printf("  eviction, --local-mem %s:\n", gvm_fmt_size(o.local_mem, (char[32]){ 0 }, 32));
+			printf("  %-34s %10.3f GB/s\n", "evict_write_GBps", gb / ev.write_secs);
+			printf("  %-34s %10.3f GB/s\n", "evict_read_GBps", gb / ev.read_secs);
+			printf("  %-34s %10" PRIu64 " / %" PRIu64 "\n", "write-backs / clean drops", ev.st.writebacks,
+			       ev.st.clean_drops);
+			printf("  %-34s %10.1f us\n", "evict_fault_p99_us", (double)ev.st.fault_p99_ns / 1e3);
+		}
 		printf("  every page read was verified (%u random, %" PRIu64 " sequential)\n", o.samples, npages);
 	}
 	fflush(stdout);

@@ -28,6 +28,9 @@ static const char usage_text[] =
 	"  --listen HOST:PORT   address to listen on; repeatable (up to 16); IPv6 as [ADDR]:PORT;\n"
 	"                       port 0 picks a free port (default 127.0.0.1:9999)\n"
 	"  --capacity SIZE      most non-zero page bytes to hold, e.g. 16G (default: unlimited)\n"
+	"  --prealloc           with --capacity (RAM store): populate that much memory at start\n"
+	"                       (huge pages where THP allows) and keep it, so storing a page\n"
+	"                       never waits for the kernel to find and zero fresh memory\n"
 	"  --backing FILE       keep pages in this sparse file; they survive a restart\n"
 	"                       (default: in RAM)\n"
 	"  --fsync MODE         never (default): ack a WRITE once it is in the page cache, which\n"
@@ -125,6 +128,7 @@ int cmd_memserver(int argc, char **argv)
 		{ "listen", required_argument, NULL, 'l' },
 		{ "capacity", required_argument, NULL, 'c' },
 		{ "backing", required_argument, NULL, 'b' },
+		{ "prealloc", no_argument, NULL, 'P' },
 		{ "token-file", required_argument, NULL, 't' },
 		{ "insecure", no_argument, NULL, 'i' },
 		{ "fsync", required_argument, NULL, 'f' },
@@ -155,6 +159,9 @@ int cmd_memserver(int argc, char **argv)
 		case 'b':
 			o.backing = optarg;
 			break;
+		case 'P':
+			o.prealloc = 1;
+			break;
 		case 't':
 			o.token_file = optarg;
 			break;
@@ -183,6 +190,10 @@ int cmd_memserver(int argc, char **argv)
 	}
 	if (optind < argc)
 		return usage_error("unexpected argument '%s'", argv[optind]);
+	if (o.prealloc && !o.capacity)
+		return usage_error("--prealloc needs --capacity SIZE (how much memory to populate)");
+	if (o.prealloc && o.backing)
+		return usage_error("--prealloc is for the RAM store; the --backing file's pages live in the page cache");
 
 	r = gvm_memserver_open(&s, &o);
 	if (r < 0)

@@ -92,6 +92,7 @@ struct gvm_wb {               /* one WRITE of a run of pages to every replica */
 	uint64_t retry_ns;
 	struct gvm_waiter *waiter;
 	struct gvm_wb *next;
+	uint8_t pooled;       /* stripe-sized: goes back to wb_spare */
 };
 
 struct gvm_resync {           /* copy one stripe from a live replica to the others */
@@ -154,8 +155,10 @@ struct gvm_engine {
 	uint64_t inflight;        /* fetches outstanding */
 	uint64_t resident;        /* resident pages, all regions */
 	uint64_t reserved;        /* pages of fetches in flight (engine thread only) */
-	pthread_mutex_t cmd_mu;   /* guards cmd_head/cmd_tail */
+	pthread_mutex_t cmd_mu;   /* guards cmd_head/cmd_tail and wb_spare */
 	struct gvm_wb *cmd_head, *cmd_tail;
+	struct gvm_wb *wb_spare;  /* stripe-sized write-back buffers for reuse */
+	unsigned n_wb_spare;
 	struct gvm_engine_counters st;
 	uint64_t hist[GVM_HIST_BUCKETS]; /* fault latency, quarter-octave buckets of ns */
 };

@@ -359,6 +359,7 @@ int gvm_evictor_start(struct gvm_engine *e)
 		pr_err("pthread_create(evictor): %s", strerror(r));
 		return -r;
 	}
+	pthread_setname_np(e->evictor, "gvm-evict"); /* best effort */
 	e->evictor_running = 1;
 	return 0;
 }

@@ -23,6 +23,7 @@ struct gvm_memserver_opts {
 	const char *token_file;   /* shared secret; NULL = no authentication */
 	int insecure;             /* allow a non-loopback listener without a token */
 	int fsync_mode;           /* enum gvm_fsync_mode */
+	int prealloc;             /* populate `capacity` of RAM at open (RAM store only) */
 };
 
 struct gvm_memserver;

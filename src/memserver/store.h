@@ -37,6 +37,7 @@ struct gvm_store_opts {
 	uint64_t capacity_pages;  /* 0 = unlimited */
 	const char *backing;      /* NULL = RAM */
 	int fsync_mode;           /* enum gvm_fsync_mode (memserver.h) */
+	int prealloc;             /* RAM only, needs capacity_pages: populate it all at open */
 };
 
 struct gvm_store_stats {

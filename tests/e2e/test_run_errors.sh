@@ -193,6 +193,16 @@ else
 fi
 
 # ---------------------------------------------------------------- usage errors
+run prealloc-nocap 10 memserver --prealloc --listen 127.0.0.1:0
+if ((RC == 2)) && grep -q -- '--prealloc needs --capacity' <<<"$OUT"; then ok "memserver --prealloc without --capacity: exit 2"; else
+    bad "memserver --prealloc without --capacity: exit $RC (want 2): $OUT"
+fi
+run prealloc-backing 10 memserver --prealloc --capacity 64M --backing "$TMP/pages.bin" --listen 127.0.0.1:0
+if ((RC == 2)) && grep -q -- '--prealloc is for the RAM store' <<<"$OUT" && [[ ! -e $TMP/pages.bin ]]; then
+    ok "memserver --prealloc --backing: exit 2, no file made"
+else
+    bad "memserver --prealloc --backing: exit $RC (want 2): $OUT"
+fi
 run nodash 10 run "$FAKE" "${GUEST[@]}"
 if ((RC == 2)) && grep -qiE 'usage|--|unknown option' <<<"$(errmsg)"; then ok "no '--': usage error, exit 2: $(errmsg)"; else
     bad "no '--': exit $RC (want 2): $OUT"

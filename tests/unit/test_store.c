@@ -294,6 +294,52 @@ static int test_free(void)
 	return 0;
 }
 
+/* --prealloc: blocks are kept populated and reused without being cleared;
+ * what a freed or zeroed page held must never be read back, by its own
+ * region or by another one that gets the block. */
+static int test_prealloc_reuse(void)
+{
+	struct gvm_store_opts o = { .capacity_pages = 1024, .prealloc = 1 };
+	struct gvm_store *st = NULL;
+	uint8_t *p = make_pages(64, 0, NULL), *q, *zero = calloc(64, PG);
+	char err[256];
+
+	CHECK(p && zero);
+	q = malloc(64 * PG);
+	CHECK(q);
+	memcpy(q, p, 64 * PG);
+	CHECK_EQ(gvm_store_open(&st, &o, err, sizeof(err)), 0);
+	CHECK_EQ(gvm_store_bind_key(st, 1, key_a), 0);
+	CHECK_EQ(gvm_store_bind_key(st, 2, key_b), 0);
+	/* One full chunk, then every other page of it written as zero. */
+	CHECK_EQ(put(st, 1, 0, 64, p), 0);
+	for (unsigned i = 0; i < 64; i += 2)
+		memset(q + (size_t)i * PG, 0, PG);
+	CHECK_EQ(put(st, 1, 0, 64, q), 0);
+	CHECK_EQ(get_cmp(st, 1, 0, 64, q), 0);
+	CHECK_EQ(stored(st), 32);
+	/* Region 1 freed: region 2 gets the same block and writes 1 page. */
+	CHECK_EQ(gvm_store_free(st, 1), 0);
+	CHECK_EQ(get_cmp(st, 1, 0, 64, zero), 0);
+	memset(q, 0, 64 * PG);
+	memcpy(q + 5 * PG, p + 9 * PG, PG);
+	CHECK_EQ(put(st, 2, 0, 64, q), 0);
+	CHECK_EQ(get_cmp(st, 2, 0, 64, q), 0); /* 63 zero pages, not region 1's data */
+	CHECK_EQ(stored(st), 1);
+	gvm_store_close(st);
+	/* The capacity is still enforced. */
+	CHECK_EQ(gvm_store_open(&st, &o, err, sizeof(err)), 0);
+	CHECK_EQ(gvm_store_bind_key(st, 1, key_a), 0);
+	for (uint64_t c = 0; c < 16; c++)
+		CHECK_EQ(put(st, 1, c * 64, 64, p), 0);
+	CHECK_EQ(put(st, 1, 16 * 64, 1, p), -ENOSPC);
+	gvm_store_close(st);
+	free(p);
+	free(q);
+	free(zero);
+	return 0;
+}
+
 static int test_list(void)
 {
 	struct gvm_store *st = ram_store(0);
@@ -591,6 +637,7 @@ static const struct gvm_test tests[] = {
 	{ "capacity", test_capacity },
 	{ "keys", test_keys },
 	{ "free", test_free },
+	{ "prealloc_reuse", test_prealloc_reuse },
 	{ "list", test_list },
 	{ "invalid_writes", test_invalid_writes },
 	{ "index_churn", test_index_churn },
