@@ -19,7 +19,13 @@
 #            32767.  QEMU is moved by a wrapper:
 #              sh -c 'echo $$ > CG/cgroup.procs; exec qemu-system-x86_64 ...'
 #   giantvm: giantvm run --local-mem SIZE (default 128M) on a pool of two
-#            loopback memory servers (giantvm memserver --listen 127.0.0.1:0).
+#            loopback memory servers (giantvm memserver --listen 127.0.0.1:0),
+#            started as dedicated memory nodes are run: --servers prealloc
+#            (default) gives each --capacity <guest RAM> --prealloc, so
+#            storing a page never waits for fresh memory; --servers lazy
+#            starts them without, and every page they store first costs
+#            the kernel a fresh, zeroed page (slow on VMs whose host
+#            reclaims freed guest memory, see docs/BENCHMARKS.md).
 # The cgroup, the zram swap (a hot-added /dev/zramN) and the servers are set
 # up before the first boot and removed after the last one (swapoff, reset,
 # hot_remove, rmdir), also on any error or signal.
@@ -33,7 +39,7 @@
 # Output: human-readable lines; with --json exactly one JSON object on stdout
 #   {"local_s":..,"zram_s":..,"giantvm_s":..,"zram_over_local":..,
 #    "giantvm_over_local":..,"giantvm_over_zram":..,  plus context:
-#    "mem_mib","mib","runs","local_mem","cgroup_mem","zram_comp","cgroup"}
+#    "mem_mib","mib","runs","local_mem","cgroup_mem","zram_comp","cgroup","servers"}
 # and the human lines on stderr.  Goal: giantvm_over_zram <= 1 (aim 0.75).
 # Env: GVM_BUILD_DIR (default <repo>/build), GIANTVM_CACHE (see guest.sh).
 # shellcheck disable=SC2015,SC2317  # A && B || die is intended; trap handlers
@@ -44,7 +50,7 @@ cd "$ROOT" || exit 1
 . "$ROOT/tests/e2e/guest.sh"
 
 json=0 mem=1024 mib=512 seed=1 passes=1 runs=1 to=900
-local_mem=128M cg_mem=384M zram_size=2G
+local_mem=128M cg_mem=384M zram_size=2G servers=prealloc
 BUILD=${GVM_BUILD_DIR:-$ROOT/build}
 while (($#)); do
     case $1 in
@@ -58,7 +64,8 @@ while (($#)); do
     --local-mem) local_mem=${2:?}; shift ;;
     --cgroup-mem) cg_mem=${2:?}; shift ;;
     --zram-size) zram_size=${2:?}; shift ;;
-    -h | --help) sed -n '2,37p' "$0"; exit 0 ;;
+    --servers) servers=${2:?}; shift ;;
+    -h | --help) sed -n '2,44p' "$0"; exit 0 ;;
     *) echo "swap_vs_giantvm.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -67,6 +74,8 @@ for v in mem mib passes runs to; do
     [[ ${!v} =~ ^[0-9]+$ ]] && ((${!v} > 0)) ||
         { echo "swap_vs_giantvm.sh: --${v/to/timeout} wants a positive integer, got '${!v}'" >&2; exit 2; }
 done
+[[ $servers == prealloc || $servers == lazy ]] ||
+    { echo "swap_vs_giantvm.sh: --servers wants prealloc or lazy, got '$servers'" >&2; exit 2; }
 [[ $seed =~ ^[0-9]+$ ]] || { echo "swap_vs_giantvm.sh: --seed wants an integer, got '$seed'" >&2; exit 2; }
 
 say() { if ((json)); then echo "$*" >&2; else echo "$*"; fi; }
@@ -279,17 +288,19 @@ say "guest: -m $mem, workload $mib MiB seed $seed passes $passes, runs $runs, ke
 cg_up >"$TMP/why" || die "cannot set up the memory cgroup: $(cat "$TMP/why")"
 zram_up >"$TMP/why" 2>&1 || die "cannot set up zram swap: $(cat "$TMP/why")"
 say "zram : $CG_DESC; swap $ZDEV $zram_size comp=$Z_COMP prio 32767"
+SRV_OPTS=()
+[[ $servers == prealloc ]] && SRV_OPTS=(--capacity "${mem}M" --prealloc)
 for i in 1 2; do
-    "$G" memserver --listen 127.0.0.1:0 --port-file "$TMP/port.$i" >"$TMP/server.$i.log" 2>&1 &
+    "$G" memserver "${SRV_OPTS[@]}" --listen 127.0.0.1:0 --port-file "$TMP/port.$i" >"$TMP/server.$i.log" 2>&1 &
     SERVER_PIDS+=($!)
 done
-for ((t = 0; t < 100; t++)); do
+for ((t = 0; t < 600; t++)); do
     [[ -s $TMP/port.1 && -s $TMP/port.2 ]] && break
     sleep 0.1
 done
 [[ -s $TMP/port.1 && -s $TMP/port.2 ]] || die "memservers did not start: $(cat "$TMP"/server.*.log)"
 { echo "127.0.0.1:$(head -n1 "$TMP/port.1")"; echo "127.0.0.1:$(head -n1 "$TMP/port.2")"; } >"$TMP/pool.conf"
-say "giantvm: --local-mem $local_mem, pool of 2 loopback memservers $(paste -sd' ' "$TMP/pool.conf")"
+say "giantvm: --local-mem $local_mem, pool of 2 loopback memservers $(paste -sd' ' "$TMP/pool.conf") (servers: $servers${SRV_OPTS[*]:+, ${SRV_OPTS[*]}})"
 
 # ---------------------------------------------------------------- rounds
 L_S=() L_MS=() Z_S=() Z_MS=() V_S=() V_MS=()
@@ -340,7 +351,7 @@ say "goal giantvm/zram <= 1.0 (aim 0.75): $(awk -v g="$gz" 'BEGIN { print (g <= 
 if ((json)); then
     printf '{"local_s":%s,"zram_s":%s,"giantvm_s":%s,"zram_over_local":%s,"giantvm_over_local":%s,"giantvm_over_zram":%s,' \
         "$local_s" "$zram_s" "$giantvm_s" "$zl" "$gl" "$gz"
-    printf '"mem_mib":%s,"mib":%s,"runs":%s,"local_mem":"%s","cgroup_mem":"%s","zram_comp":"%s","cgroup":"%s"}\n' \
-        "$mem" "$mib" "$runs" "$local_mem" "$cg_mem" "$Z_COMP" "$CG_KIND"
+    printf '"mem_mib":%s,"mib":%s,"runs":%s,"local_mem":"%s","cgroup_mem":"%s","zram_comp":"%s","cgroup":"%s","servers":"%s"}\n' \
+        "$mem" "$mib" "$runs" "$local_mem" "$cg_mem" "$Z_COMP" "$CG_KIND" "$servers"
 fi
 exit 0

@@ -104,6 +104,7 @@ struct gvm_stats {
 	unsigned nodes;               /* nodes in the pool */
 	unsigned nodes_connected;
 	unsigned nodes_down;
+	uint64_t wp_faults;           /* of faults: first writes to a clean page (dirty tracking) */
 };
 int gvm_engine_stats(struct gvm_engine *e, struct gvm_stats *st);
 /* Per-node figures as a JSON array into buf (nodes with traffic only). */

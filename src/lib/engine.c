@@ -270,19 +270,25 @@ static long packed_index(const uint8_t *bm, unsigned i)
 }
 
 /* Install a READ reply's pages: the faulting page first (its thread
- * resumes at once), then runs of equal kind. */
+ * resumes at once), then runs of equal kind. A window fetched for a
+ * writing run (`writable`: a write fault, or mostly write faults lately)
+ * goes in writable and dirty, data pages too: a guest that writes where it
+ * faulted, e.g. a kernel clearing pages it reuses, would otherwise take a
+ * write-protect fault (a round trip to this thread) on every page of the
+ * window; the price is a write-back of any of them it then leaves alone. */
 static void install_payload(struct gvm_engine *e, struct gvm_region *rg, uint64_t page0,
 			    unsigned count, const uint8_t *payload, uint64_t fault_page,
 			    uint64_t hold_page, int writable, int write_fault)
 {
 	const uint8_t *bm = payload, *data = payload + GVM_BITMAP_BYTES(count);
+	int wr = writable ? IR_WRITABLE | IR_DIRTY : 0;
 	unsigned i = 0;
 	long k = 0;
 
 	if (fault_page >= page0 && fault_page < page0 + count) {
 		long fi = packed_index(bm, (unsigned)(fault_page - page0));
 		install_run(e, rg, fault_page, 1, fi < 0 ? NULL : data + ((size_t)fi << GVM_PAGE_SHIFT),
-			    (writable ? IR_WRITABLE : 0) | (write_fault ? IR_DIRTY : 0));
+			    wr | (write_fault ? IR_DIRTY : 0));
 	}
 	/* Hold the marker back only if nobody waits for it: a thread that
 	 * faulted on it while in flight is woken by the install alone. */
@@ -290,8 +296,7 @@ static void install_payload(struct gvm_engine *e, struct gvm_region *rg, uint64_
 	    !(pg_get(rg, hold_page) & (PG_RESIDENT | PG_WANTED))) {
 		long hi = packed_index(bm, (unsigned)(hold_page - page0));
 		if (rg->held != UINT64_MAX && !(pg_get(rg, rg->held) & PG_RESIDENT))
-			install_run(e, rg, rg->held, 1, rg->held_zero ? NULL : rg->held_buf,
-				    writable ? IR_WRITABLE : 0);
+			install_run(e, rg, rg->held, 1, rg->held_zero ? NULL : rg->held_buf, wr);
 		rg->held = hold_page;
 		rg->held_zero = hi < 0;
 		if (hi >= 0)
@@ -303,8 +308,7 @@ static void install_payload(struct gvm_engine *e, struct gvm_region *rg, uint64_
 		unsigned j = i;
 		while (j < count && gvm_bitmap_test(bm, j) == nz)
 			j++;
-		install_run(e, rg, page0 + i, j - i, nz ? data + ((size_t)k << GVM_PAGE_SHIFT) : NULL,
-			    writable ? IR_WRITABLE : 0);
+		install_run(e, rg, page0 + i, j - i, nz ? data + ((size_t)k << GVM_PAGE_SHIFT) : NULL, wr);
 		if (nz)
 			k += j - i;
 		i = j;
@@ -582,21 +586,50 @@ static void defer_fault(struct gvm_engine *e, uintptr_t addr, int write)
  * (we wait for the drop, and the write faults again as MISSING and is served
  * from the pool, which has the written-back data).
  */
-static void on_wp_fault(struct gvm_engine *e, struct gvm_region *rg, uint64_t p, uintptr_t addr)
+/* Mark a resident page written (it is about to be unprotected). 0 if it is
+ * being dropped: the caller must not unprotect it. */
+static int mark_written(struct gvm_region *rg, uint64_t p)
 {
 	uint8_t s = pg_get(rg, p);
-	struct uffdio_writeprotect wp = { .range = { rg->base + (p << GVM_PAGE_SHIFT), GVM_PAGE_SIZE },
-					  .mode = 0 };
 
 	for (;;) {
-		if (s & PG_DROPPING) {
-			defer_fault(e, addr, 1);
-			return;
-		}
+		if (s & PG_DROPPING)
+			return 0;
 		if (__atomic_compare_exchange_n(&rg->pg[p], &s, (uint8_t)(s | PG_DIRTY | PG_REF), 0,
 						__ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
-			break;
+			return 1;
 	}
+}
+
+/*
+ * First write to a clean page: mark it dirty (by CAS, against the evictor)
+ * and unprotect it. If the page before it is dirty too, the guest is
+ * writing a run (e.g. its kernel clearing pages it reuses): the resident
+ * pages after it, up to a window, are marked and unprotected with it, so
+ * the run does not take one write-protect fault (a round trip to this
+ * thread) per page. Marking a page dirty early only costs a write-back.
+ */
+static void on_wp_fault(struct gvm_engine *e, struct gvm_region *rg, uint64_t p, uintptr_t addr)
+{
+	uint64_t end = p + 1;
+
+	if (!mark_written(rg, p)) {
+		defer_fault(e, addr, 1);
+		return;
+	}
+	if (p > 0 && (pg_get(rg, p - 1) & (PG_RESIDENT | PG_DIRTY)) == (PG_RESIDENT | PG_DIRTY)) {
+		uint64_t lim = GVM_MIN(p + e->prefetch, rg->npages);
+		while (end < lim) {
+			uint8_t s = pg_get(rg, end);
+			if (!(s & PG_RESIDENT) || (s & (PG_INFLIGHT | PG_LOST)) || end == rg->held ||
+			    !mark_written(rg, end))
+				break;
+			end++;
+		}
+	}
+	struct uffdio_writeprotect wp = { .range = { rg->base + (p << GVM_PAGE_SHIFT),
+						     (end - p) << GVM_PAGE_SHIFT },
+					  .mode = 0 };
 	if (ioctl(e->uffd, UFFDIO_WRITEPROTECT, &wp) < 0 && errno != ENOENT)
 		pr_perror("UFFDIO_WRITEPROTECT (unprotect %#lx)", (unsigned long)wp.range.start);
 }
@@ -614,6 +647,7 @@ static void on_fault(struct gvm_engine *e, uintptr_t addr, int write, int wp, ui
 	STAT_ADD(e, faults, 1);
 	p = (addr - rg->base) >> GVM_PAGE_SHIFT;
 	if (wp) {
+		STAT_ADD(e, wp_faults, 1);
 		on_wp_fault(e, rg, p, addr);
 		return;
 	}
@@ -1509,6 +1543,7 @@ int gvm_engine_stats(struct gvm_engine *e, struct gvm_stats *st)
 		.evictions = __atomic_load_n(&e->st.evictions, __ATOMIC_RELAXED),
 		.writebacks = __atomic_load_n(&e->st.writebacks, __ATOMIC_RELAXED),
 		.clean_drops = __atomic_load_n(&e->st.clean_drops, __ATOMIC_RELAXED),
+		.wp_faults = __atomic_load_n(&e->st.wp_faults, __ATOMIC_RELAXED),
 		.resident_pages = __atomic_load_n(&e->resident, __ATOMIC_RELAXED),
 		.budget_pages = e->budget_pages,
 		.fault_p50_ns = hist_pct(e, 0.50),

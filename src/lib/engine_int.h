@@ -107,7 +107,7 @@ struct gvm_resync {           /* copy one stripe from a live replica to the othe
 struct gvm_engine_counters {
 	uint64_t faults, pages_fetched, zero_pages, readahead_pages, bytes_in, bytes_out;
 	uint64_t errors, lost_pages, evictions, writebacks, clean_drops, resynced_stripes;
-	uint64_t local_zero_pages;
+	uint64_t local_zero_pages, wp_faults;
 };
 
 struct gvm_engine {

@@ -12,6 +12,7 @@ int gvm_stats_json(struct gvm_engine *e, const char *vm, double uptime_s, char *
 	gvm_engine_stats(e, &s);
 	n = snprintf(buf, len,
 		     "{\"vm\":\"%s\",\"uptime_s\":%.1f,\"features\":\"%s\",\"faults\":%" PRIu64
+		     ",\"wp_faults\":%" PRIu64
 		     ",\"pages_fetched\":%" PRIu64 ",\"zero_pages\":%" PRIu64 ",\"local_zero_pages\":%" PRIu64
 		     ",\"readahead_pages\":%" PRIu64 ",\"bytes_in\":%" PRIu64 ",\"bytes_out\":%" PRIu64
 		     ",\"resident_pages\":%" PRIu64 ",\"budget_pages\":%" PRIu64
@@ -20,7 +21,7 @@ int gvm_stats_json(struct gvm_engine *e, const char *vm, double uptime_s, char *
 		     ",\"fault_p50_us\":%.1f,\"fault_p99_us\":%.1f,\"nodes\":%u,\"nodes_connected\":%u"
 		     ",\"nodes_down\":%u,\"under_replicated_stripes\":%" PRIu64
 		     ",\"resynced_stripes\":%" PRIu64 ",\"per_node\":",
-		     vm, uptime_s, gvm_engine_features(e), s.faults, s.pages_fetched, s.zero_pages,
+		     vm, uptime_s, gvm_engine_features(e), s.faults, s.wp_faults, s.pages_fetched, s.zero_pages,
 		     s.local_zero_pages,
 		     s.readahead_pages, s.bytes_in, s.bytes_out, s.resident_pages, s.budget_pages,
 		     s.evictions, s.writebacks, s.clean_drops, s.errors, s.lost_pages,
