@@ -57,6 +57,7 @@ struct gvm_fetch {            /* one READ of a window, until installed */
 	uint32_t count;
 	uint8_t tries;        /* replicas tried this round */
 	uint8_t parked;
+	uint8_t room;         /* parked waiting for room under the budget */
 	uint8_t hold;         /* readahead marker window: hold its first page */
 	uint8_t writable;     /* install zero pages writable (COPY), not ZEROPAGE */
 	uint8_t write_fault;  /* fault_page waits on a write: install it dirty, unprotected */
