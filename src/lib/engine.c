@@ -745,9 +745,9 @@ static void mark_degraded(struct gvm_engine *e, struct gvm_region *rg, uint64_t 
  * Write-back buffers hold up to one stripe and are reused: a fresh 128 KiB
  * allocation is an mmap whose every page faults on the copy, and munmap
  * flushes TLBs; that was a third of the evictor's time. WB_SPARES bounds
- * what stays allocated (the evictor keeps about 64 in flight).
+ * what stays allocated (8 MiB; the evictor keeps up to 64 stripes in flight).
  */
-#define WB_SPARES 96u
+#define WB_SPARES 64u
 #define WB_BYTES  (sizeof(struct gvm_wb) + GVM_BITMAP_BYTES(GVM_STRIPE_PAGES) + \
 		   (size_t)GVM_STRIPE_PAGES * GVM_PAGE_SIZE)
 

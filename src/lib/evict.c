@@ -7,11 +7,13 @@
  * passes the high watermark; it evicts down to the low watermark, so faults
  * do not wait on it. Above the budget the engine only stops readahead.
  *
- * Policy: CLOCK over pages. PG_REF is set when a page is installed for a
- * fault and on every write fault; the hand clears it (second chance) and
- * takes pages without it. Readahead pages that were never asked for carry
- * no PG_REF and go first. Victims are written back in runs within a stripe,
- * so one WRITE per run goes to each replica (batched per node).
+ * Policy: CLOCK over pages. PG_REF is set on every install and on every
+ * write fault; the hand clears it (second chance) and takes pages without
+ * it. A read of a resident page takes no fault, so it cannot set PG_REF:
+ * the clock ages pages by install and first write, not by use (see
+ * docs/DESIGN.md for the clean-first variants measured and dropped).
+ * Victims are written back in runs within a stripe, so one WRITE per run
+ * goes to each replica (batched per node).
  *
  * Dirty tracking is userfaultfd write-protect (Linux 5.7+, also Ubuntu
  * 22.04's 5.15): every page is installed protected, the first write faults
