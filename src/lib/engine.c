@@ -195,6 +195,22 @@ static int uffd_fill(struct gvm_engine *e, uintptr_t dst, const uint8_t *src, si
 	return 0;
 }
 
+/*
+ * A page back in memory before the evictor's clock moved a budget's worth
+ * since its drop would have stayed in a cache of this size under LRU: it
+ * is in the working set (Linux's refault distance). The evictor keeps such
+ * "hot" pages longest (evict.c).
+ */
+static void mark_refault(struct gvm_engine *e, struct gvm_region *rg, uint64_t p)
+{
+	uint32_t t;
+
+	if (!rg->estamp || !(t = __atomic_load_n(&rg->estamp[p], __ATOMIC_RELAXED)))
+		return;
+	if ((uint32_t)__atomic_load_n(&e->evict_clock, __ATOMIC_RELAXED) - t < e->budget_pages)
+		__atomic_store_n(&rg->hot[p], 1, __ATOMIC_RELAXED);
+}
+
 #define IR_WRITABLE 1 /* zero pages allocated (UFFDIO_COPY), not the shared zero page */
 #define IR_DIRTY    2 /* being written right now: install unprotected, already dirty */
 
@@ -241,6 +257,7 @@ static uint64_t install_run(struct gvm_engine *e, struct gvm_region *rg, uint64_
 				STAT_ADD(e, zero_pages, j - i);
 			STAT_ADD(e, pages_fetched, j - i);
 			for (uint64_t k = i; k < j; k++) {
+				mark_refault(e, rg, p + k);
 				pg_set(rg, p + k, PG_RESIDENT | PG_REF | (dirty ? PG_DIRTY : 0));
 				pg_clear(rg, p + k, PG_INFLIGHT | PG_WANTED);
 			}
@@ -1376,7 +1393,11 @@ int gvm_engine_attach_flags(struct gvm_engine *e, uint64_t region,
 	rg->nstripes = (rg->npages + GVM_STRIPE_PAGES - 1) / GVM_STRIPE_PAGES;
 	rg->st = calloc(rg->nstripes, 1);
 	vec = malloc(rg->npages);
-	if (!rg->pg || !rg->st || !vec) {
+	if (e->budget_pages) {
+		rg->estamp = calloc(rg->npages, sizeof(*rg->estamp));
+		rg->hot = calloc(rg->npages, 1);
+	}
+	if (!rg->pg || !rg->st || !vec || (e->budget_pages && (!rg->estamp || !rg->hot))) {
 		r = -ENOMEM;
 		goto err_free;
 	}
@@ -1419,6 +1440,8 @@ err_unreg:
 		pr_perror("UFFDIO_UNREGISTER");
 err_free:
 	free(vec);
+	free(rg->estamp);
+	free(rg->hot);
 	free(rg->pg);
 	free(rg->st);
 	free(rg);
@@ -1630,7 +1653,9 @@ void gvm_engine_close(struct gvm_engine *e)
 		/* The range may be unmapped already (owner exiting): fine. */
 		if (ioctl(e->uffd, UFFDIO_UNREGISTER, &r) < 0 && errno != ENOMEM && errno != EINVAL)
 			pr_perror("UFFDIO_UNREGISTER");
-		free(rg->pg);
+		free(rg->estamp);
+	free(rg->hot);
+	free(rg->pg);
 		free(rg->st);
 		free(rg);
 	}

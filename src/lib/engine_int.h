@@ -42,6 +42,8 @@ struct gvm_region {
 	size_t len;
 	uint64_t npages;
 	uint8_t *pg;          /* npages flag bytes */
+	uint32_t *estamp;     /* with a budget: eviction clock when each page was last dropped (0: never) */
+	uint8_t *hot;         /* with a budget: 1 = refaulted soon after a drop (working set) */
 	uint64_t last_win;    /* last faulting window (UINT64_MAX: none) */
 	uint64_t ra_next;     /* first window readahead has not requested */
 	int write_bias;       /* recent faults: +1 per write, -1 per read, in [0, 16] */
@@ -155,6 +157,7 @@ struct gvm_engine {
 	struct gvm_wb *parked_wb;
 	uint64_t inflight;        /* fetches outstanding */
 	uint64_t resident;        /* resident pages, all regions */
+	uint64_t evict_clock;     /* pages dropped so far (the evictor's clock, for refault distances) */
 	uint64_t reserved;        /* pages of fetches in flight (engine thread only) */
 	pthread_mutex_t cmd_mu;   /* guards cmd_head/cmd_tail and wb_spare */
 	struct gvm_wb *cmd_head, *cmd_tail;

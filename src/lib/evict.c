@@ -48,6 +48,7 @@
 
 #define EV_BATCH 512u
 #define EV_PIPE  4u    /* batches whose write-backs are in flight at once */
+#define EV_WINDOW_MAX (256u * 1024) /* dirty/hot pages the hand may pass over per batch */
 
 struct victim {
 	struct gvm_region *rg;
@@ -67,6 +68,10 @@ struct ev_state {
 	unsigned ri;          /* CLOCK hand: region index ... */
 	uint64_t hand;        /* ... and page */
 	struct batch b[EV_PIPE];
+	struct victim hot_cand[EV_BATCH]; /* collect(): hot pages noted */
+	struct victim cand[EV_BATCH]; /* collect(): dirty pages noted ... */
+	unsigned cand_ri[EV_BATCH];   /* ... their region index ... */
+	uint64_t cand_at[EV_BATCH];   /* ... and scan position */
 	unsigned head, pending; /* ring of batches in flight */
 	uint64_t pending_pages;
 };
@@ -88,14 +93,46 @@ void gvm_evictor_kick(struct gvm_engine *e)
 	pthread_mutex_unlock(&e->ev_mu);
 }
 
+static int claim(struct gvm_region *rg, uint64_t p, uint8_t s)
+{
+	return __atomic_compare_exchange_n(&rg->pg[p], &s, (uint8_t)(s | PG_EVICTING), 0, __ATOMIC_ACQ_REL,
+					   __ATOMIC_ACQUIRE);
+}
+
+static int victim_cmp(const void *a, const void *b)
+{
+	const struct victim *x = a, *y = b;
+
+	if (x->rg != y->rg)
+		return x->rg->id < y->rg->id ? -1 : 1;
+	return x->p < y->p ? -1 : x->p > y->p;
+}
+
+/*
+ * CLOCK in three classes, cheapest first:
+ *   1. clean and not hot: dropping costs nothing now and, as far as the
+ *      engine can tell, nothing later;
+ *   2. dirty (a write-back each);
+ *   3. hot: asked for again soon after its last drop, i.e. in the working
+ *      set, whose hits the engine cannot see (a resident page takes no
+ *      fault when read).
+ * The hand takes class 1 pages and only notes the others, until it has a
+ * batch or has noted `window` pages (a lap of the budget, at most
+ * EV_WINDOW_MAX). Short of a batch it takes noted class 2 pages, then
+ * class 3 ones, in hand order; when a class 2 page completes the batch the
+ * hand stops right after it, so with only dirty pages around (a guest
+ * writing) this is plain CLOCK. Victims are returned sorted, so neighbours
+ * form runs for protect/drop.
+ */
 static unsigned collect(struct gvm_engine *e, struct ev_state *st, struct victim *v)
 {
-	unsigned nreg = __atomic_load_n(&e->n_regions, __ATOMIC_ACQUIRE), n = 0;
-	uint64_t total = 0, scanned = 0;
+	unsigned nreg = __atomic_load_n(&e->n_regions, __ATOMIC_ACQUIRE), n = 0, nd = 0, nh = 0;
+	uint64_t total = 0, scanned = 0, noted = 0, last_cheap = 0;
+	uint64_t window = GVM_MAX((uint64_t)4 * EV_BATCH, GVM_MIN(e->budget_pages, EV_WINDOW_MAX));
 
 	for (unsigned i = 0; i < nreg; i++)
 		total += e->regions[i]->npages;
-	while (n < EV_BATCH && scanned < 2 * total) {
+	while (n < EV_BATCH && scanned < 2 * total && noted < window) {
 		struct gvm_region *rg;
 		uint8_t s;
 
@@ -117,11 +154,40 @@ static unsigned collect(struct gvm_engine *e, struct ev_state *st, struct victim
 			__atomic_fetch_and(&rg->pg[p], (uint8_t)~PG_REF, __ATOMIC_RELAXED);
 			continue;
 		}
-		if (!__atomic_compare_exchange_n(&rg->pg[p], &s, (uint8_t)(s | PG_EVICTING), 0,
-						 __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+		if (__atomic_load_n(&rg->hot[p], __ATOMIC_RELAXED)) {
+			noted++;
+			if (nh < EV_BATCH)
+				st->hot_cand[nh++] = (struct victim){ rg, p, 0, 0 };
 			continue;
-		v[n++] = (struct victim){ rg, p, (uint8_t)!!(s & PG_DIRTY), 0 };
+		}
+		if (s & PG_DIRTY) {
+			noted++;
+			if (nd < EV_BATCH) {
+				st->cand[nd] = (struct victim){ rg, p, 0, 0 };
+				st->cand_ri[nd] = st->ri;
+				st->cand_at[nd++] = scanned;
+			}
+			continue;
+		}
+		if (!claim(rg, p, s))
+			continue;
+		v[n++] = (struct victim){ rg, p, 0, 0 };
+		last_cheap = scanned;
 	}
+	for (unsigned k = 0; k < nd + nh && n < EV_BATCH; k++) {
+		struct victim *c = k < nd ? &st->cand[k] : &st->hot_cand[k - nd];
+		uint8_t s = pg_load(c->rg, c->p);
+		if (!(s & PG_RESIDENT) || (s & (PG_INFLIGHT | PG_EVICTING | PG_DROPPING | PG_LOST | PG_REF)) ||
+		    c->p == c->rg->held || !claim(c->rg, c->p, s))
+			continue;
+		v[n++] = (struct victim){ c->rg, c->p, (uint8_t)!!(s & PG_DIRTY), 0 };
+		if (n == EV_BATCH && k < nd && st->cand_at[k] > last_cheap) {
+			/* A dirty page completed the batch: resume right after it. */
+			st->ri = st->cand_ri[k];
+			st->hand = c->p + 1;
+		}
+	}
+	qsort(v, n, sizeof(*v), victim_cmp);
 	return n;
 }
 
@@ -249,7 +315,10 @@ static void evict_finish(struct gvm_engine *e, struct batch *b)
 		}
 		j = run_end(v, i, n, 0, 0);
 		drop(e, v[i].rg, v[i].p, j - i);
+		uint32_t now = (uint32_t)__atomic_load_n(&e->evict_clock, __ATOMIC_RELAXED) | 1;
 		for (unsigned k = i; k < j; k++) {
+			__atomic_store_n(&v[k].rg->estamp[v[k].p], now, __ATOMIC_RELAXED);
+			__atomic_store_n(&v[k].rg->hot[v[k].p], 0, __ATOMIC_RELAXED);
 			__atomic_fetch_and(&v[k].rg->pg[v[k].p],
 					   (uint8_t)~(PG_RESIDENT | PG_EVICTING | PG_DROPPING | PG_REF | PG_DIRTY),
 					   __ATOMIC_ACQ_REL);
@@ -260,6 +329,7 @@ static void evict_finish(struct gvm_engine *e, struct batch *b)
 				clean++;
 		}
 	}
+	__atomic_fetch_add(&e->evict_clock, dropped, __ATOMIC_RELAXED);
 	__atomic_fetch_sub(&e->resident, dropped, __ATOMIC_RELAXED);
 	__atomic_fetch_add(&e->st.evictions, dropped, __ATOMIC_RELAXED);
 	__atomic_fetch_add(&e->st.writebacks, written, __ATOMIC_RELAXED);
