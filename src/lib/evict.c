@@ -7,11 +7,12 @@
  * passes the high watermark; it evicts down to the low watermark, so faults
  * do not wait on it. Above the budget the engine only stops readahead.
  *
- * Policy: CLOCK over pages. PG_REF is set on every install and on every
- * write fault; the hand clears it (second chance) and takes pages without
- * it. A read of a resident page takes no fault, so it cannot set PG_REF:
- * the clock ages pages by install and first write, not by use (see
- * docs/DESIGN.md for the clean-first variants measured and dropped).
+ * Policy: CLOCK over pages, in three classes (see collect()). PG_REF is set
+ * on every install and on every write fault; the hand clears it (second
+ * chance). A read of a resident page takes no fault, so it cannot set
+ * PG_REF; what stands in for it is the refault distance: a page installed
+ * again soon after its drop is "hot" (engine.c mark_refault()). Clean
+ * pages that are not hot go first, then dirty ones, then hot ones.
  * Victims are written back in runs within a stripe, so one WRITE per run
  * goes to each replica (batched per node).
  *
