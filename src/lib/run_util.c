@@ -340,6 +340,8 @@ static int write_all(int fd, const char *s, size_t n)
 }
 
 /* Read one '\n'-terminated line (without it) within timeout_ms. */
+/* One line from a stream socket, without reading past it (the next line
+ * stays in the socket): peek, then take up to the newline. */
 static int read_line(int fd, char *out, size_t len, int timeout_ms)
 {
 	size_t n = 0;
@@ -347,25 +349,32 @@ static int read_line(int fd, char *out, size_t len, int timeout_ms)
 	while (n + 1 < len) {
 		struct pollfd p = { .fd = fd, .events = POLLIN };
 		int r = poll(&p, 1, timeout_ms);
-		char ch;
 		ssize_t got;
 
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r <= 0)
 			return -ETIMEDOUT;
-		got = recv(fd, &ch, 1, 0);
+		got = recv(fd, out + n, len - 1 - n, MSG_PEEK);
 		if (got < 0 && errno == EINTR)
 			continue;
 		if (got <= 0)
 			return -ECONNRESET;
-		if (ch == '\n') {
+		const char *nl = memchr(out + n, '\n', (size_t)got);
+		size_t take = nl ? (size_t)(nl - (out + n)) + 1 : (size_t)got;
+		got = recv(fd, out + n, take, 0);
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got <= 0)
+			return -ECONNRESET;
+		n += (size_t)got;
+		if (out[n - 1] == '\n') {
+			n--;
 			if (n && out[n - 1] == '\r')
 				n--;
 			out[n] = 0;
 			return (int)n;
 		}
-		out[n++] = ch;
 	}
 	out[n] = 0;
 	return -E2BIG;
@@ -421,7 +430,7 @@ int gvm_qmp_connect(const char *path, pid_t pid, int timeout_ms, int *reaped, in
 			fprintf(stderr, "giantvm run: QEMU's monitor %s did not appear\n", path);
 			return -1;
 		}
-		usleep(20000);
+		usleep(2000);
 	}
 	if (read_line(fd, line, sizeof(line), 30000) < 0 || !strstr(line, "QMP")) {
 		fprintf(stderr, "giantvm run: no QMP greeting from QEMU\n");
