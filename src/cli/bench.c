@@ -428,28 +428,53 @@ out_unmap:
 
 /* ------------------------------------------------------------ remote */
 
+/* Map `len` bytes and attach them as `region` to a new engine. On failure
+ * nothing is left behind and *e / *base are NULL. */
+static int engine_region(struct gvm_pool *pool, const struct gvm_engine_opts *eo, uint64_t region,
+			 const uint8_t *key, size_t len, unsigned flags, struct gvm_engine **e, uint8_t **base)
+{
+	int r;
+
+	*e = NULL;
+	*base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (*base == MAP_FAILED) {
+		perror("giantvm bench: mmap");
+		*base = NULL;
+		return -1;
+	}
+	r = gvm_engine_open(e, pool, eo);
+	if (!r)
+		r = gvm_engine_attach_flags(*e, region, key, *base, len, flags);
+	if (r) {
+		gvm_engine_close(*e);
+		munmap(*base, len);
+		*e = NULL;
+		*base = NULL;
+	}
+	return r;
+}
+
+static void engine_region_close(struct gvm_engine *e, uint8_t *base, size_t len)
+{
+	gvm_engine_close(e);
+	if (base)
+		munmap(base, len);
+}
+
 static int remote_run(struct gvm_pool *pool, unsigned prefetch, unsigned readahead, uint64_t region,
 		      const uint8_t *key, uint64_t seed, uint64_t npages, int random_mode,
 		      unsigned samples, uint64_t *lat, double *secs, struct gvm_stats *st,
 		      int *peak_fds)
 {
 	struct gvm_engine_opts eo = { .prefetch = prefetch, .readahead = readahead };
-	struct gvm_engine *e = NULL;
+	struct gvm_engine *e;
 	size_t len = npages * PAGE;
 	uint64_t *pages = NULL;
-	int r;
-	uint8_t *base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uint8_t *base;
+	int r = engine_region(pool, &eo, region, key, len, 0, &e, &base);
 
-	if (base == MAP_FAILED) {
-		perror("giantvm bench: mmap");
-		return -1;
-	}
-	r = gvm_engine_open(&e, pool, &eo);
 	if (r)
-		goto out;
-	r = gvm_engine_attach(e, region, key, base, len);
-	if (r)
-		goto out;
+		return r;
 	if (random_mode) {
 		pages = calloc(samples, sizeof(*pages));
 		if (!pages) {
@@ -466,9 +491,8 @@ static int remote_run(struct gvm_pool *pool, unsigned prefetch, unsigned readahe
 	gvm_engine_stats(e, st);
 	sample_fds(peak_fds); /* the engine's connections are still open */
 out:
-	gvm_engine_close(e);
+	engine_region_close(e, base, len);
 	free(pages);
-	munmap(base, len);
 	return r;
 }
 
@@ -483,22 +507,14 @@ static int evict_run(struct gvm_pool *pool, unsigned prefetch, uint64_t local_me
 		     const uint8_t *key, uint64_t seed, uint64_t npages, struct evict_result *res)
 {
 	struct gvm_engine_opts eo = { .prefetch = prefetch, .local_mem = local_mem };
-	struct gvm_engine *e = NULL;
+	struct gvm_engine *e;
 	size_t len = npages * PAGE;
 	uint64_t t0;
-	int r;
-	uint8_t *base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uint8_t *base;
+	int r = engine_region(pool, &eo, region, key, len, GVM_ATTACH_FRESH, &e, &base);
 
-	if (base == MAP_FAILED) {
-		perror("giantvm bench: mmap");
-		return -1;
-	}
-	r = gvm_engine_open(&e, pool, &eo);
 	if (r)
-		goto out;
-	r = gvm_engine_attach_flags(e, region, key, base, len, GVM_ATTACH_FRESH);
-	if (r)
-		goto out;
+		return r;
 	t0 = gvm_now_ns();
 	for (uint64_t p = 0; p < npages; p++)
 		pattern_page(seed, p, base + p * PAGE);
@@ -507,9 +523,7 @@ static int evict_run(struct gvm_pool *pool, unsigned prefetch, uint64_t local_me
 	r = verify_range(base, seed, 0, npages);
 	res->read_secs = (double)(gvm_now_ns() - t0) / 1e9;
 	gvm_engine_stats(e, &res->st);
-out:
-	gvm_engine_close(e);
-	munmap(base, len);
+	engine_region_close(e, base, len);
 	return r;
 }
 

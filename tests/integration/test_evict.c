@@ -89,6 +89,43 @@ static int open_engine(struct gvm_pool **pool, struct gvm_engine **e, uint8_t **
 	return 0;
 }
 
+/* A new region named `name`, every page written once (version 1; ver may
+ * be NULL): 4x the budget, so most of it is in the pool afterwards. */
+static int open_written(struct gvm_pool **pool, struct gvm_engine **e, uint8_t **m, const char *name,
+			int use_move, uint64_t *seed, uint32_t *ver)
+{
+	uint8_t key[32];
+
+	CHECK(gvm_random(seed, 8) == 0 && gvm_random(key, 32) == 0);
+	if (open_engine(pool, e, m, gvm_region_id("test-evict", name), key, use_move))
+		return 1;
+	for (uint64_t p = 0; p < PAGES; p++) {
+		fill(*m + p * 4096, *seed, p, 1);
+		if (ver)
+			ver[p] = 1;
+	}
+	return 0;
+}
+
+/* Every page reads back as last written (version 0: never written, zero). */
+static int verify_all(const uint8_t *m, uint64_t seed, const uint32_t *ver)
+{
+	for (uint64_t p = 0; p < PAGES; p++) {
+		if (check_page(m, seed, p, ver[p])) {
+			fprintf(stderr, "  page %" PRIu64 " (version %u) is wrong\n", p, ver[p]);
+			return 1;
+		}
+	}
+	return 0;
+}
+
+static void close_engine(struct gvm_pool *pool, struct gvm_engine *e, uint8_t *m)
+{
+	gvm_engine_close(e);
+	gvm_pool_close(pool);
+	munmap(m, PAGES * 4096ul);
+}
+
 static uint64_t rss_of_region(uint8_t *m)
 {
 	unsigned char *vec = malloc(PAGES);
@@ -134,18 +171,12 @@ static int random_writes(int use_move)
 	CHECK(st.evictions > 0 && st.writebacks > 0);
 	CHECK(rss <= st.budget_pages + st.budget_pages / 8);
 	/* Every page, including the evicted ones, reads back as last written. */
-	for (uint64_t p = 0; p < PAGES; p++) {
-		if (check_page(m, seed, p, ver[p])) {
-			fprintf(stderr, "  page %" PRIu64 " (version %u) is wrong\n", p, ver[p]);
-			return 1;
-		}
-	}
+	if (verify_all(m, seed, ver))
+		return 1;
 	gvm_engine_stats(e, &st);
 	printf("  after verify: clean drops %" PRIu64 " (pages read back and dropped unwritten)\n",
 	       st.clean_drops);
-	gvm_engine_close(e);
-	gvm_pool_close(pool);
-	munmap(m, PAGES * 4096ul);
+	close_engine(pool, e, m);
 	free(ver);
 	return 0;
 }
@@ -212,9 +243,7 @@ static int write_during_eviction(int use_move)
 	}
 	for (uint64_t p = 0; p < PAGES; p++)
 		CHECK_EQ(m[p * 4096 + 1000], (uint8_t)(p + 2));
-	gvm_engine_close(e);
-	gvm_pool_close(pool);
-	munmap(m, PAGES * 4096ul);
+	close_engine(pool, e, m);
 	return 0;
 }
 
@@ -229,18 +258,14 @@ static int write_run_after_read(int use_move)
 	struct gvm_pool *pool;
 	struct gvm_engine *e;
 	struct gvm_stats st0, st1;
-	uint8_t *m, key[32];
+	uint8_t *m;
 	uint64_t seed;
 	uint32_t *ver = calloc(PAGES, sizeof(*ver));
 	const uint64_t first = 4096, n = 1024; /* 4 MiB: well inside the 16 MiB budget */
 
 	CHECK(ver);
-	CHECK(gvm_random(&seed, 8) == 0 && gvm_random(key, 32) == 0);
-	if (open_engine(&pool, &e, &m, gvm_region_id("test-evict", use_move ? "wrun-move" : "wrun-dn"),
-			key, use_move))
+	if (open_written(&pool, &e, &m, use_move ? "wrun-move" : "wrun-dn", use_move, &seed, ver))
 		return 1;
-	for (uint64_t p = 0; p < PAGES; p++) /* 4x the budget: most go to the pool */
-		fill(m + p * 4096, seed, p, ver[p] = 1);
 	for (uint64_t p = first; p < first + n; p++) /* fetched back by reads: clean */
 		CHECK(check_page(m, seed, p, ver[p]) == 0);
 	gvm_engine_stats(e, &st0);
@@ -250,15 +275,9 @@ static int write_run_after_read(int use_move)
 	printf("  %" PRIu64 " pages written in order after a read: %" PRIu64 " write-protect faults\n", n,
 	       st1.wp_faults - st0.wp_faults);
 	CHECK(st1.wp_faults - st0.wp_faults < n / 4);
-	for (uint64_t p = 0; p < PAGES; p++) {
-		if (check_page(m, seed, p, ver[p])) {
-			fprintf(stderr, "  page %" PRIu64 " (version %u) is wrong\n", p, ver[p]);
-			return 1;
-		}
-	}
-	gvm_engine_close(e);
-	gvm_pool_close(pool);
-	munmap(m, PAGES * 4096ul);
+	if (verify_all(m, seed, ver))
+		return 1;
+	close_engine(pool, e, m);
 	free(ver);
 	return 0;
 }
@@ -279,16 +298,12 @@ static int policy(int use_move)
 	struct gvm_pool *pool;
 	struct gvm_engine *e;
 	struct gvm_stats st0, st1;
-	uint8_t *m, key[32];
+	uint8_t *m;
 	uint64_t seed, hot_gone = 0, rounds = 0;
 	const uint64_t nhot = 64, chunk = 256, budget = BUDGET >> 12;
 
-	CHECK(gvm_random(&seed, 8) == 0 && gvm_random(key, 32) == 0);
-	if (open_engine(&pool, &e, &m, gvm_region_id("test-evict", use_move ? "policy-move" : "policy-dn"),
-			key, use_move))
+	if (open_written(&pool, &e, &m, use_move ? "policy-move" : "policy-dn", use_move, &seed, NULL))
 		return 1;
-	for (uint64_t p = 0; p < PAGES; p++)
-		fill(m + p * 4096, seed, p, 1);
 	gvm_engine_stats(e, &st0);
 	for (uint64_t p = 0; p < PAGES; p++)
 		CHECK(check_page(m, seed, p, 1) == 0);
@@ -312,9 +327,7 @@ static int policy(int use_move)
 	printf("  hot set of %" PRIu64 " pages read %" PRIu64 " times during a scan of %" PRIu64
 	       "x the budget: found dropped %" PRIu64 " times\n", nhot, rounds, 2 * PAGES / budget, hot_gone);
 	CHECK(hot_gone < 3 * nhot);
-	gvm_engine_close(e);
-	gvm_pool_close(pool);
-	munmap(m, PAGES * 4096ul);
+	close_engine(pool, e, m);
 	return 0;
 }
 
