@@ -1654,8 +1654,8 @@ void gvm_engine_close(struct gvm_engine *e)
 		if (ioctl(e->uffd, UFFDIO_UNREGISTER, &r) < 0 && errno != ENOMEM && errno != EINVAL)
 			pr_perror("UFFDIO_UNREGISTER");
 		free(rg->estamp);
-	free(rg->hot);
-	free(rg->pg);
+		free(rg->hot);
+		free(rg->pg);
 		free(rg->st);
 		free(rg);
 	}
