@@ -1320,7 +1320,10 @@ int gvm_engine_open(struct gvm_engine **out, struct gvm_pool *pool, const struct
 		pr_err("pthread_create: %s", strerror(-r));
 		goto err_tp;
 	}
-	pthread_setname_np(e->thread, "gvm-engine"); /* for top -H and perf; best effort */
+	/* A name for top -H and perf; a failure only loses the name. */
+	int nr = pthread_setname_np(e->thread, "gvm-engine");
+	if (nr)
+		pr_debug("pthread_setname_np: %s", strerror(nr));
 	e->running = 1;
 	if (e->budget_pages) {
 		r = gvm_evictor_start(e);

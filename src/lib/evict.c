@@ -432,7 +432,9 @@ int gvm_evictor_start(struct gvm_engine *e)
 		pr_err("pthread_create(evictor): %s", strerror(r));
 		return -r;
 	}
-	pthread_setname_np(e->evictor, "gvm-evict"); /* best effort */
+	r = pthread_setname_np(e->evictor, "gvm-evict"); /* a failure only loses the name */
+	if (r)
+		pr_debug("pthread_setname_np: %s", strerror(r));
 	e->evictor_running = 1;
 	return 0;
 }
