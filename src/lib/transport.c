@@ -130,6 +130,14 @@ static int out_append(struct gvm_conn *c, const void *p, size_t n)
 {
 	if (c->out_off && c->out_off == c->out_len)
 		c->out_off = c->out_len = 0;
+	if (c->out_off && c->out_len + n > c->out_cap) {
+		/* Reuse the sent part before growing: under a steady stream of
+		 * write-backs the buffer may never drain completely, and it
+		 * would otherwise grow to twice the bytes ever queued at once. */
+		memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
+		c->out_len -= c->out_off;
+		c->out_off = 0;
+	}
 	if (buf_reserve(&c->out, &c->out_cap, c->out_len + n))
 		return -ENOMEM;
 	memcpy(c->out + c->out_len, p, n);
