@@ -836,7 +836,6 @@ static void wb_send(struct gvm_engine *e, struct gvm_wb *w)
 	unsigned nr = gvm_placement_replicas(&e->pool->pl, w->region, w->page / GVM_STRIPE_PAGES,
 					     e->pool->replicas, nodes);
 	uint64_t now = gvm_now_ns();
-	struct iovec iov = { .iov_base = w->payload, .iov_len = w->len };
 
 	w->outstanding = 0;
 	w->nreplicas = nr;
@@ -851,7 +850,9 @@ static void wb_send(struct gvm_engine *e, struct gvm_wb *w)
 				     .count = w->count, .len = (uint32_t)w->len };
 		if (!gvm_transport_usable(&e->tp, nodes[i], now))
 			continue;
-		if (gvm_transport_send(&e->tp, nodes[i], &h, &iov, 1, w) == 0)
+		/* Sent from w->payload itself: w lives until every replica has
+		 * answered or failed (wb_done), and no reply comes earlier. */
+		if (gvm_transport_send_ref(&e->tp, nodes[i], &h, w->payload, w->len, w) == 0)
 			w->outstanding++;
 	}
 	if (w->outstanding == 0) {

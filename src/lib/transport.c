@@ -78,6 +78,7 @@ static void conn_free(struct gvm_transport *t, struct gvm_conn *c)
 {
 	conn_close_fd(t, c);
 	free(c->out);
+	free(c->ext);
 	free(c->in);
 	free(c->q);
 	free(c->opened);
@@ -126,23 +127,65 @@ static int buf_reserve(uint8_t **buf, size_t *cap, size_t need)
 	return 0;
 }
 
+static struct gvm_out_ext *ext_at(struct gvm_conn *c, uint32_t k)
+{
+	return &c->ext[(c->ext_head + k) % c->ext_cap];
+}
+
+/* Move the unsent inline bytes to the front (referenced payloads keep
+ * their place between them). */
+static void out_rebase(struct gvm_conn *c)
+{
+	if (!c->out_off)
+		return;
+	memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
+	for (uint32_t k = 0; k < c->ext_len; k++)
+		ext_at(c, k)->pos -= c->out_off;
+	c->out_len -= c->out_off;
+	c->out_off = 0;
+}
+
 static int out_append(struct gvm_conn *c, const void *p, size_t n)
 {
-	if (c->out_off && c->out_off == c->out_len)
-		c->out_off = c->out_len = 0;
-	if (c->out_off && c->out_len + n > c->out_cap) {
-		/* Reuse the sent part before growing: under a steady stream of
-		 * write-backs the buffer may never drain completely, and it
-		 * would otherwise grow to twice the bytes ever queued at once. */
-		memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
-		c->out_len -= c->out_off;
-		c->out_off = 0;
-	}
+	/* Reuse the sent part before growing: under a steady stream of
+	 * write-backs the buffer may never drain completely. */
+	if (c->out_off && (c->out_off == c->out_len || c->out_len + n > c->out_cap))
+		out_rebase(c);
 	if (buf_reserve(&c->out, &c->out_cap, c->out_len + n))
 		return -ENOMEM;
 	memcpy(c->out + c->out_len, p, n);
 	c->out_len += n;
+	c->tx_queued += n;
 	return 0;
+}
+
+static int ext_push(struct gvm_conn *c, const void *p, size_t n)
+{
+	if (c->ext_len == c->ext_cap) {
+		uint32_t ncap = c->ext_cap ? c->ext_cap * 2 : 16;
+		struct gvm_out_ext *ne = malloc(ncap * sizeof(*ne));
+		if (!ne)
+			return -ENOMEM;
+		for (uint32_t i = 0; i < c->ext_len; i++)
+			ne[i] = *ext_at(c, i);
+		free(c->ext);
+		c->ext = ne;
+		c->ext_head = 0;
+		c->ext_cap = ncap;
+	}
+	*ext_at(c, c->ext_len) = (struct gvm_out_ext){ .pos = c->out_len, .p = p, .len = n };
+	c->ext_len++;
+	c->tx_queued += n;
+	return 0;
+}
+
+/* Forget everything queued (the connection is closing). */
+static void out_reset(struct gvm_conn *c)
+{
+	c->out_len = c->out_off = 0;
+	c->ext_len = c->ext_head = 0;
+	c->ext_done = 0;
+	c->tx_queued = c->tx_sent = 0;
 }
 
 static int q_push(struct gvm_conn *c, const struct gvm_req *r)
@@ -306,14 +349,19 @@ int gvm_transport_usable(const struct gvm_transport *t, uint32_t node, uint64_t 
 	return !c || c->state != GVM_CONN_DOWN || now >= c->retry_at;
 }
 
-/* Queue a frame (header + payload pieces) and its FIFO entry. */
+/* Queue a frame (header + payload pieces, copied; then `ref`, referenced)
+ * and its FIFO entry. */
 static int queue_frame(struct gvm_transport *t, struct gvm_conn *c, struct gvm_hdr *h,
-		       const struct iovec *iov, int iovcnt, void *ctx)
+		       const struct iovec *iov, int iovcnt, const void *ref, size_t ref_len, void *ctx)
 {
 	uint8_t hb[GVM_HDR_SIZE];
 	struct gvm_req r = { .region = h->region, .page = h->page, .count = h->count,
 			     .op = h->op, .ctx = ctx, .sent_ns = gvm_now_ns() };
-	size_t before = c->out_len;
+	/* For a rollback: out_append may rebase (out_off changes), but the
+	 * unsent inline bytes before this frame stay the same. */
+	size_t pending_before = c->out_len - c->out_off;
+	uint64_t queued_before = c->tx_queued;
+	uint32_t ext_before = c->ext_len;
 	int err;
 
 	h->magic = GVM_PROTO_MAGIC;
@@ -323,10 +371,15 @@ static int queue_frame(struct gvm_transport *t, struct gvm_conn *c, struct gvm_h
 	err = out_append(c, hb, sizeof(hb));
 	for (int i = 0; !err && i < iovcnt; i++)
 		err = out_append(c, iov[i].iov_base, iov[i].iov_len);
+	if (!err && ref_len)
+		err = ext_push(c, ref, ref_len);
+	r.end = c->tx_queued;
 	if (!err)
 		err = q_push(c, &r);
 	if (err) {
-		c->out_len = before;
+		c->out_len = c->out_off + pending_before;
+		c->tx_queued = queued_before;
+		c->ext_len = ext_before;
 		return err;
 	}
 	c->reqs++;
@@ -354,7 +407,7 @@ static int ensure_open(struct gvm_transport *t, struct gvm_conn *c, uint64_t reg
 		if (!o)
 			return -ENOMEM;
 		c->opened = o;
-		int r = queue_frame(t, c, &h, &iov, 1, NULL);
+		int r = queue_frame(t, c, &h, &iov, 1, NULL, 0, NULL);
 		if (r)
 			return r;
 		c->opened[c->n_opened++] = region;
@@ -364,8 +417,8 @@ static int ensure_open(struct gvm_transport *t, struct gvm_conn *c, uint64_t reg
 	return -ENOKEY;
 }
 
-int gvm_transport_send(struct gvm_transport *t, uint32_t node, struct gvm_hdr *h,
-		       const struct iovec *iov, int iovcnt, void *ctx)
+static int send_frame(struct gvm_transport *t, uint32_t node, struct gvm_hdr *h,
+		      const struct iovec *iov, int iovcnt, const void *ref, size_t ref_len, void *ctx)
 {
 	struct gvm_conn *c = conn_get(t, node);
 	int r;
@@ -387,7 +440,19 @@ int gvm_transport_send(struct gvm_transport *t, uint32_t node, struct gvm_hdr *h
 		if (r)
 			return r;
 	}
-	return queue_frame(t, c, h, iov, iovcnt, ctx);
+	return queue_frame(t, c, h, iov, iovcnt, ref, ref_len, ctx);
+}
+
+int gvm_transport_send(struct gvm_transport *t, uint32_t node, struct gvm_hdr *h,
+		       const struct iovec *iov, int iovcnt, void *ctx)
+{
+	return send_frame(t, node, h, iov, iovcnt, NULL, 0, ctx);
+}
+
+int gvm_transport_send_ref(struct gvm_transport *t, uint32_t node, struct gvm_hdr *h,
+			   const void *payload, size_t len, void *ctx)
+{
+	return send_frame(t, node, h, NULL, 0, payload, len, ctx);
 }
 
 static void conn_fail(struct gvm_transport *t, struct gvm_conn *c, int err, const char *why)
@@ -405,7 +470,7 @@ static void conn_fail(struct gvm_transport *t, struct gvm_conn *c, int err, cons
 	c->errors++;
 	t->conn_failures++;
 	c->retry_at = gvm_now_ns() + backoff;
-	c->out_len = c->out_off = 0;
+	out_reset(c);
 	c->in_len = c->in_off = 0;
 	c->n_opened = 0;
 	/* Hand every outstanding request back; the owner may re-send to another
@@ -423,30 +488,79 @@ static void conn_idle_close(struct gvm_transport *t, struct gvm_conn *c)
 {
 	conn_close_fd(t, c);
 	c->state = GVM_CONN_IDLE;
-	c->out_len = c->out_off = 0;
+	out_reset(c);
 	c->in_len = c->in_off = 0;
 	c->n_opened = 0;
 	/* Give the memory of an idle node back: a 10,000-node pool keeps only
 	 * the struct while idle. */
 	free(c->in); c->in = NULL; c->in_cap = 0;
 	free(c->out); c->out = NULL; c->out_cap = 0;
+	free(c->ext); c->ext = NULL; c->ext_cap = 0;
 	free(c->q); c->q = NULL; c->q_cap = 0; c->q_head = 0;
 	free(c->opened); c->opened = NULL;
 }
 
+/* Account for n bytes written: inline bytes up to the next referenced
+ * payload, then that payload, and so on. */
+static void out_advance(struct gvm_conn *c, size_t n)
+{
+	c->tx_sent += n;
+	c->bytes_out += n;
+	while (n) {
+		size_t stop = c->ext_len ? ext_at(c, 0)->pos : c->out_len;
+		if (c->out_off < stop) {
+			size_t take = GVM_MIN(n, stop - c->out_off);
+			c->out_off += take;
+			n -= take;
+			continue;
+		}
+		struct gvm_out_ext *x = ext_at(c, 0);
+		size_t take = GVM_MIN(n, x->len - c->ext_done);
+		c->ext_done += take;
+		n -= take;
+		if (c->ext_done == x->len) {
+			c->ext_head = (c->ext_head + 1) % c->ext_cap;
+			c->ext_len--;
+			c->ext_done = 0;
+		}
+	}
+}
+
 static int conn_write(struct gvm_transport *t, struct gvm_conn *c)
 {
-	while (c->out_off < c->out_len) {
-		ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
-		if (n < 0) {
+	for (;;) {
+		struct iovec iov[32];
+		struct msghdr mh = { .msg_iov = iov };
+		size_t ipos = c->out_off;
+		uint32_t k = 0;
+		int n = 0;
+
+		while (n < 32) {
+			size_t stop = k < c->ext_len ? ext_at(c, k)->pos : c->out_len;
+			if (ipos < stop) {
+				iov[n++] = (struct iovec){ c->out + ipos, stop - ipos };
+				ipos = stop;
+			} else if (k < c->ext_len) {
+				struct gvm_out_ext *x = ext_at(c, k);
+				size_t off = k ? 0 : c->ext_done;
+				iov[n++] = (struct iovec){ (void *)(x->p + off), x->len - off };
+				k++;
+			} else {
+				break;
+			}
+		}
+		if (!n)
+			break;
+		mh.msg_iovlen = (size_t)n;
+		ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+		if (w < 0) {
 			if (errno == EINTR)
 				continue;
 			if (errno == EAGAIN)
 				return set_events(t, c, 1);
 			return -errno;
 		}
-		c->out_off += (size_t)n;
-		c->bytes_out += (uint64_t)n;
+		out_advance(c, (size_t)w);
 	}
 	c->out_off = c->out_len = 0;
 	return set_events(t, c, 0);
@@ -503,6 +617,12 @@ static int on_greeting(struct gvm_transport *t, struct gvm_conn *c, const uint8_
 	memmove(c->out + sizeof(hb) + sizeof(pb), queued, queued_len);
 	memcpy(c->out, hb, sizeof(hb));
 	memcpy(c->out + sizeof(hb), pb, sizeof(pb));
+	/* Referenced payloads and the requests' end offsets move with it. */
+	for (uint32_t k = 0; k < c->ext_len; k++)
+		ext_at(c, k)->pos = ext_at(c, k)->pos - c->out_off + sizeof(hb) + sizeof(pb);
+	for (uint32_t k = 0; k < c->q_len; k++)
+		c->q[(c->q_head + k) % c->q_cap].end += sizeof(hb) + sizeof(pb);
+	c->tx_queued += sizeof(hb) + sizeof(pb);
 	c->out_off = 0;
 	c->out_len = queued_len + sizeof(hb) + sizeof(pb);
 	c->state = GVM_CONN_READY;
@@ -561,6 +681,13 @@ static int conn_parse(struct gvm_transport *t, struct gvm_conn *c)
 		struct gvm_req *req = q_front(c);
 		if (!req || req->id != h.id || (req->op | GVM_OP_REPLY) != h.op) {
 			pr_err("node %s: reply id %llu does not match the request queue",
+			       gvm_node_name(t->cfg, c->node), (unsigned long long)h.id);
+			return -EPROTO;
+		}
+		if (c->tx_sent < req->end) {
+			/* A server cannot answer a frame it has not fully received;
+			 * and a referenced payload must not be released early. */
+			pr_err("node %s: reply id %llu before its request was sent",
 			       gvm_node_name(t->cfg, c->node), (unsigned long long)h.id);
 			return -EPROTO;
 		}

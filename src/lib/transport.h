@@ -34,6 +34,13 @@ struct gvm_req {
 	uint32_t count;
 	uint16_t op;
 	void *ctx;            /* the engine's object waiting for this reply */
+	uint64_t end;         /* tx_queued after this frame: its reply is only valid once sent */
+};
+
+struct gvm_out_ext {          /* payload sent from the caller's memory, not copied */
+	size_t pos;           /* inline output offset it follows */
+	const uint8_t *p;
+	size_t len;
 };
 
 struct gvm_conn {
@@ -46,6 +53,10 @@ struct gvm_conn {
 	uint64_t last_rx;     /* ns: last byte received (progress, for the timeout) */
 	uint8_t *out;         /* queued bytes not yet written */
 	size_t out_len, out_off, out_cap;
+	struct gvm_out_ext *ext; /* ring of referenced payloads interleaved with out */
+	uint32_t ext_head, ext_len, ext_cap;
+	size_t ext_done;      /* bytes of the head ext already written */
+	uint64_t tx_queued, tx_sent; /* bytes queued / written since connect */
 	uint8_t *in;          /* received bytes not yet consumed */
 	size_t in_len, in_off, in_cap;
 	struct gvm_req *q;    /* ring of outstanding requests (replies in order) */
@@ -113,6 +124,15 @@ int gvm_transport_add_key(struct gvm_transport *t, uint64_t region, const uint8_
  */
 int gvm_transport_send(struct gvm_transport *t, uint32_t node, struct gvm_hdr *h,
 		       const struct iovec *iov, int iovcnt, void *ctx);
+/*
+ * The same with one payload that is NOT copied: it is written from `payload`
+ * itself, which must stay valid and unchanged until this request gets its
+ * reply or is handed to on_fail (the transport never delivers a reply
+ * before the whole frame is written). Used for write-backs: a copy per
+ * replica was up to 8 MiB of output buffer per node.
+ */
+int gvm_transport_send_ref(struct gvm_transport *t, uint32_t node, struct gvm_hdr *h,
+			   const void *payload, size_t len, void *ctx);
 /* epoll event for a connection (epoll data.ptr is the struct gvm_conn). */
 void gvm_transport_event(struct gvm_transport *t, struct gvm_conn *c, uint32_t events);
 /* Write what was queued during this loop turn. */
