@@ -6,9 +6,15 @@
  * needs no lock. Writes are coalesced: gvm_transport_send() appends to the
  * connection's output buffer and puts the connection on a dirty list; the
  * engine calls gvm_transport_flush() once per loop turn, so the readahead
- * requests produced by one fault leave in one send(). Replies are parsed in
- * place from the input buffer and handed to on_reply() without a copy; the
- * engine installs pages with UFFDIO_COPY straight from there.
+ * requests produced by one fault leave in one send(). Large payloads that
+ * outlive their request (write-backs) are queued by reference instead
+ * (gvm_transport_send_ref(): the output is inline bytes with referenced
+ * payloads between them, written with sendmsg and an iovec), so a write-back
+ * is not copied once per replica; a reply is accepted only once its whole
+ * request has been written, so a referenced payload is never released
+ * while still being sent. Replies are parsed in place from the input buffer
+ * and handed to on_reply() without a copy; the engine installs pages with
+ * UFFDIO_COPY straight from there.
  */
 #define LOG_PREFIX "transport: "
 #include "transport.h"
