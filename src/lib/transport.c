@@ -847,7 +847,8 @@ int gvm_transport_tick(struct gvm_transport *t, uint64_t now, uint64_t idle_ns)
 				continue;
 			}
 			next = GVM_MIN(next, due);
-		} else if (idle_ns && now - c->last_used >= idle_ns && c->out_len == c->out_off) {
+		} else if (idle_ns && now - c->last_used >= idle_ns && c->out_len == c->out_off &&
+			   !c->ext_len) {
 			conn_idle_close(t, c);
 		}
 	}
