@@ -37,6 +37,8 @@ static const char usage_text[] =
 	"                       survives a crash of the server but not of the machine;\n"
 	"                       always: fdatasync the backing file before every ack\n"
 	"  --token-file FILE    shared secret (16..4096 bytes, mode 600); clients must prove it\n"
+	"  --hello-timeout SEC  close a client that has not completed HELLO within SEC seconds\n"
+	"                       (default 10)\n"
 	"  --insecure           allow a non-loopback --listen without --token-file\n"
 	"  --port-file FILE     after listening, write each listener's port (one per line)\n"
 	"  --help               show this help\n";
@@ -129,6 +131,7 @@ int cmd_memserver(int argc, char **argv)
 		{ "capacity", required_argument, NULL, 'c' },
 		{ "backing", required_argument, NULL, 'b' },
 		{ "prealloc", no_argument, NULL, 'P' },
+		{ "hello-timeout", required_argument, NULL, 'H' },
 		{ "token-file", required_argument, NULL, 't' },
 		{ "insecure", no_argument, NULL, 'i' },
 		{ "fsync", required_argument, NULL, 'f' },
@@ -162,6 +165,14 @@ int cmd_memserver(int argc, char **argv)
 		case 'P':
 			o.prealloc = 1;
 			break;
+		case 'H': {
+			uint64_t sec;
+			if (gvm_parse_u64(optarg, 1, 3600, &sec) < 0)
+				return usage_error("--hello-timeout: '%s' is not a number of seconds from 1 to 3600",
+						   optarg);
+			o.hello_timeout_ms = (int)sec * 1000;
+			break;
+		}
 		case 't':
 			o.token_file = optarg;
 			break;

@@ -24,6 +24,7 @@ struct gvm_memserver_opts {
 	int insecure;             /* allow a non-loopback listener without a token */
 	int fsync_mode;           /* enum gvm_fsync_mode */
 	int prealloc;             /* populate `capacity` of RAM at open (RAM store only) */
+	int hello_timeout_ms;     /* close a client that has not said HELLO by then; 0 = 10 s */
 };
 
 struct gvm_memserver;

@@ -69,6 +69,7 @@ struct conn {
 	int fd;
 	uint32_t events;     /* currently registered with epoll */
 	uint8_t authed;
+	uint64_t born_ns;    /* accepted at (for the HELLO timeout) */
 	uint8_t closing;     /* no more input; close once output is sent */
 	uint8_t paused;      /* too much unsent output: input held back */
 	uint8_t *in;         /* unparsed input: an unfinished frame, or frames held back */
@@ -97,6 +98,9 @@ struct gvm_memserver {
 	struct out_spares spares;
 	struct conn *conns;
 	uint64_t n_clients, reads, writes, bytes_in, bytes_out;
+	uint64_t n_unauthed;       /* clients that have not completed HELLO */
+	uint64_t hello_timeout_ns;
+	uint64_t next_sweep_ns;    /* next look for clients past the HELLO timeout */
 	uint64_t last_accept_warn_ns;
 };
 
@@ -268,10 +272,12 @@ static int handle_hello(struct gvm_memserver *s, struct conn *c, const struct gv
 	}
 	if ((r = reply_status(c, h, status)) < 0)
 		return r;
-	if (status)
+	if (status) {
 		c->closing = 1;
-	else
+	} else {
 		c->authed = 1;
+		s->n_unauthed--;
+	}
 	return 0;
 }
 
@@ -595,6 +601,8 @@ static void conn_close(struct gvm_memserver *s, struct conn *c)
 	if (c->next)
 		c->next->prev = c->prev;
 	s->n_clients--;
+	if (!c->authed)
+		s->n_unauthed--;
 	pr_debug("client %s: disconnected", c->addr);
 	free(c->in);
 	out_release(c);
@@ -662,6 +670,8 @@ static void conn_new(struct gvm_memserver *s, int fd, const struct sockaddr *sa)
 		s->conns->prev = c;
 	s->conns = c;
 	s->n_clients++;
+	s->n_unauthed++;
+	c->born_ns = gvm_now_ns();
 	pr_debug("client %s: connected", c->addr);
 	if (conn_pump(s, c) < 0)
 		conn_close(s, c);
@@ -850,6 +860,7 @@ int gvm_memserver_open(struct gvm_memserver **out, const struct gvm_memserver_op
 		return -ENOMEM;
 	s->epfd = s->stopfd = s->spare_fd = -1;
 	s->stop_kind = SRC_STOP;
+	s->hello_timeout_ns = (uint64_t)(opts->hello_timeout_ms > 0 ? opts->hello_timeout_ms : 10000) * 1000000ull;
 	for (unsigned i = 0; i < GVM_MEMSERVER_MAX_LISTEN; i++)
 		s->lis[i].fd = -1;
 
@@ -934,12 +945,37 @@ int gvm_memserver_port(const struct gvm_memserver *s, unsigned idx)
 	return s->lis[idx].port;
 }
 
+/*
+ * Close clients that have not completed HELLO within the timeout: an
+ * unauthenticated connection must not hold a descriptor and its buffers
+ * forever. Runs at most every quarter of the timeout, and only while such
+ * clients exist, so 10,000 authenticated clients cost nothing here.
+ */
+static void sweep_unauthed(struct gvm_memserver *s)
+{
+	uint64_t now = gvm_now_ns();
+
+	if (!s->n_unauthed || now < s->next_sweep_ns)
+		return;
+	s->next_sweep_ns = now + s->hello_timeout_ns / 4;
+	for (struct conn *c = s->conns, *next; c; c = next) {
+		next = c->next;
+		if (!c->authed && now - c->born_ns >= s->hello_timeout_ns) {
+			pr_debug("client %s: no HELLO within %llu ms, closing", c->addr,
+				 (unsigned long long)(s->hello_timeout_ns / 1000000ull));
+			conn_close(s, c);
+		}
+	}
+}
+
 int gvm_memserver_run(struct gvm_memserver *s)
 {
 	struct epoll_event ev[MAX_EVENTS];
 
 	for (;;) {
-		int n = epoll_wait(s->epfd, ev, MAX_EVENTS, -1), stop = 0;
+		/* With unauthenticated clients around, wake up to time them out. */
+		int wait_ms = s->n_unauthed ? (int)GVM_MAX(s->hello_timeout_ns / 4000000ull, 1ull) : -1;
+		int n = epoll_wait(s->epfd, ev, MAX_EVENTS, wait_ms), stop = 0;
 
 		if (n < 0) {
 			if (errno == EINTR)
@@ -965,6 +1001,7 @@ int gvm_memserver_run(struct gvm_memserver *s)
 		}
 		if (stop)
 			return 0;
+		sweep_unauthed(s);
 	}
 }
 

@@ -1376,6 +1376,39 @@ static int test_cleanup(void)
 	return 0;
 }
 
+/*
+ * A client that never completes HELLO is closed after --hello-timeout (here
+ * 400 ms): one that only read the GREETING, one that sent half a HELLO. A
+ * client that did HELLO stays, well past the timeout, and still works.
+ */
+static int test_hello_timeout(void)
+{
+	struct gvm_memserver_opts o = { .hello_timeout_ms = 400 };
+	static const uint8_t key[GVM_KEY_SIZE] = "hello-timeout-key-0123456789abcd";
+	uint8_t half[GVM_HDR_SIZE];
+	struct srv v;
+	int silent, partial, good;
+
+	CHECK(srv_start(&v, &o) == 0);
+	silent = raw_connect(v.port, NULL);
+	CHECK(silent >= 0);
+	partial = raw_connect(v.port, NULL);
+	CHECK(partial >= 0);
+	mk_hdr(half, GVM_OP_HELLO, 1, 0, 0, 0, GVM_HELLO_SIZE); /* header only: the payload never comes */
+	CHECK(send_all(partial, half, sizeof(half)) == 0);
+	good = raw_session(v.port, 0, NULL);
+	CHECK(good >= 0);
+	CHECK_EQ(expect_closed(silent), 0);
+	CHECK_EQ(expect_closed(partial), 0);
+	usleep(1200 * 1000); /* three timeouts */
+	CHECK_EQ(raw_open(good, 5, key), 0);
+	close(silent);
+	close(partial);
+	close(good);
+	CHECK_EQ(srv_stop(&v), 0);
+	return 0;
+}
+
 static const struct gvm_test tests[] = {
 	{ "roundtrip", test_roundtrip },
 	{ "pipelined", test_pipelined },
@@ -1383,6 +1416,7 @@ static const struct gvm_test tests[] = {
 	{ "malformed_frames", test_malformed },
 	{ "capacity", test_capacity },
 	{ "token", test_token },
+	{ "hello_timeout", test_hello_timeout },
 	{ "region_isolation", test_region_isolation },
 	{ "backing_restart", test_backing_restart },
 	{ "sigkill_durability", test_sigkill_durability },
