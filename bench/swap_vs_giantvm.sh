@@ -48,6 +48,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 1
 # shellcheck source=../tests/e2e/guest.sh
 . "$ROOT/tests/e2e/guest.sh"
+# shellcheck source=../tests/e2e/harness.sh
+. "$ROOT/tests/e2e/harness.sh" # stop_servers, stop_run
 
 json=0 mem=1024 mib=512 seed=1 passes=1 runs=1 to=900
 local_mem=128M cg_mem=384M zram_size=2G servers=prealloc
@@ -89,19 +91,6 @@ done
 TMP=$(mktemp -d /tmp/gvm-swapbench.XXXXXX) || die "mktemp failed"
 SERVER_PIDS=() RUN_PID='' CG='' ZDEV='' ZN='' Z_HOTADDED=0 Z_SWAPON=0
 
-stop_servers() {
-    local p t
-    for p in "${SERVER_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
-    for p in "${SERVER_PIDS[@]}"; do
-        for ((t = 0; t < 50; t++)); do
-            kill -0 "$p" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$p" 2>/dev/null
-        wait "$p" 2>/dev/null
-    done
-    SERVER_PIDS=()
-}
 zram_down() {
     if ((Z_SWAPON)); then
         swapoff "$ZDEV" 2>/dev/null || echo "swap_vs_giantvm.sh: WARNING: swapoff $ZDEV failed" >&2
@@ -125,21 +114,6 @@ cgroup_down() {
     done
     [[ -d $CG ]] && echo "swap_vs_giantvm.sh: WARNING: cannot remove $CG" >&2
     CG=''
-}
-stop_run() {
-    [[ -n $RUN_PID ]] || return 0
-    if kill -0 "$RUN_PID" 2>/dev/null; then
-        # RUN_PID is `timeout`: it forwards TERM to QEMU / giantvm run
-        kill -TERM "$RUN_PID" 2>/dev/null
-        local t
-        for ((t = 0; t < 100; t++)); do
-            kill -0 "$RUN_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$RUN_PID" 2>/dev/null
-    fi
-    wait "$RUN_PID" 2>/dev/null
-    RUN_PID=''
 }
 cleanup() {
     stop_run

@@ -36,27 +36,14 @@ TIMEOUT=${GVM_10K_TIMEOUT:-170}
 NOFILE=65536
 T0=$SECONDS
 
-pass=0 fail=0
-ok() { echo "ok  $*"; pass=$((pass + 1)); }
-bad() { echo "FAIL $*"; fail=$((fail + 1)); }
-note() { echo "# $*"; }
-finish() {
+# shellcheck source=harness.sh
+. "$HERE/harness.sh"
+# shellcheck disable=SC2154  # pass/fail come from harness.sh
+finish() { # harness.sh's, with the runtime
     note "runtime $((SECONDS - T0)) s"
     echo "$pass passed, $fail failed"
     ((fail == 0))
     exit $?
-}
-# A prerequisite of the machine (not of giantvm) is missing: skip, or with
-# CI=true fail.
-missing() {
-    if [[ ${CI:-} == true ]]; then
-        bad "prerequisites: $*"
-    else
-        echo "SKIP: $*"
-        echo "$pass passed, $fail failed, 1 skipped"
-        exit 0
-    fi
-    finish
 }
 show_tail() { grep -v '^[[:space:]]*$' "$1" | tail -n "${2:-15}" | sed 's/^/#   /'; }
 # The number value of "key" in a one-line JSON object ("" when absent).

@@ -76,16 +76,6 @@ want() { [[ $CASES == *" $1 "* ]]; }
 
 # shellcheck source=harness.sh
 . "$HERE/harness.sh"
-missing() {
-    if [[ ${CI:-} == true ]]; then
-        bad "prerequisites: $*"
-    else
-        echo "SKIP: $*"
-        echo "$pass passed, $fail failed, 1 skipped"
-        exit 0
-    fi
-    finish
-}
 # printable: the guest console holds escape sequences (and maybe worse).
 printable() { LC_ALL=C tr -d '\r' | LC_ALL=C tr -c '\11\12\40-\176' '.'; }
 show_tail() { printable <"$1" | grep -v '^[[:space:]]*$' | tail -n "${2:-25}" | sed 's/^/#   /'; }
@@ -100,38 +90,6 @@ fi
 TMP=$(mktemp -d /tmp/gvm-e2e-netcut.XXXXXX) || { bad "mktemp"; finish; }
 SERVER_PIDS=()
 RUN_PID=
-stop_servers() {
-    local p t
-    for p in "${SERVER_PIDS[@]}"; do
-        kill -TERM "$p" 2>/dev/null
-    done
-    for p in "${SERVER_PIDS[@]}"; do
-        for ((t = 0; t < 50; t++)); do
-            kill -0 "$p" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$p" 2>/dev/null
-        wait "$p" 2>/dev/null
-    done
-    SERVER_PIDS=()
-}
-stop_run() {
-    # `timeout` forwards TERM to giantvm run, which forwards it to QEMU; a
-    # QEMU whose vCPU waits on a fault the engine never serves does not exit
-    # on TERM, so after ~10 s the whole process group (timeout leads one,
-    # giantvm run and QEMU are in it) is killed.
-    if [[ -n $RUN_PID ]] && kill -0 "$RUN_PID" 2>/dev/null; then
-        kill -TERM "$RUN_PID" 2>/dev/null
-        local t
-        for ((t = 0; t < 100; t++)); do
-            kill -0 "$RUN_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL -- "-$RUN_PID" 2>/dev/null || kill -KILL "$RUN_PID" 2>/dev/null
-        { wait "$RUN_PID"; } 2>/dev/null
-    fi
-    RUN_PID=
-}
 cleanup() {
     stop_run
     stop_servers

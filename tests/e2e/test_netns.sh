@@ -11,33 +11,17 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=netns.sh
 . "$HERE/netns.sh"
 
-pass=0 fail=0
-ok() { echo "ok   - $*"; pass=$((pass + 1)); }
-bad() { echo "FAIL - $*"; fail=$((fail + 1)); }
+# shellcheck source=harness.sh
+. "$HERE/harness.sh"
 check() { # check DESC CMD...
     local d=$1
     shift
     if "$@" >/dev/null 2>&1; then ok "$d"; else bad "$d"; fi
 }
-finish() {
-    echo "$pass passed, $fail failed"
-    ((fail == 0))
-    exit $?
-}
-prereq_missing() {
-    if [[ ${CI:-} == true ]]; then
-        bad "prerequisite: $*"
-        finish
-    fi
-    echo "SKIP: $*"
-    echo "0 passed, 0 failed, 1 skipped"
-    exit 0
-}
-
-((EUID == 0)) || prereq_missing "must run as root (network namespaces)"
-_gvmn_need_ip || prereq_missing "iproute2 ('ip') unavailable"
-command -v busybox >/dev/null || prereq_missing "busybox (for ping/nc) not installed"
-command -v timeout >/dev/null || prereq_missing "timeout not installed"
+((EUID == 0)) || missing "must run as root (network namespaces)"
+_gvmn_need_ip || missing "iproute2 ('ip') unavailable"
+command -v busybox >/dev/null || missing "busybox (for ping/nc) not installed"
+command -v timeout >/dev/null || missing "timeout not installed"
 
 PING="busybox ping -c 1 -W 2"
 PORT=7077

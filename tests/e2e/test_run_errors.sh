@@ -30,15 +30,6 @@ QUICK=15 # seconds a refusal may take at most
 
 # shellcheck source=harness.sh
 . "$HERE/harness.sh"
-missing() {
-    if [[ ${CI:-} == true ]]; then
-        bad "prerequisites: $*"
-        finish
-    fi
-    echo "SKIP: $*"
-    echo "$pass passed, $fail failed, 1 skipped"
-    exit 0
-}
 show_tail() { tr -d '\r' <"$1" | grep -v '^[[:space:]]*$' | tail -n "${2:-15}" | sed 's/^/#   /'; }
 
 if [[ ! -x $BUILD/giantvm || ! -r $BUILD/libgiantvm-preload.so ]]; then

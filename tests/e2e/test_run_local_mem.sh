@@ -52,16 +52,6 @@ VM_ID=lm-$$
 
 # shellcheck source=harness.sh
 . "$HERE/harness.sh"
-missing() {
-    if [[ ${CI:-} == true ]]; then
-        bad "prerequisites: $*"
-    else
-        echo "SKIP: $*"
-        echo "$pass passed, $fail failed, 1 skipped"
-        exit 0
-    fi
-    finish
-}
 show_tail() { tr -d '\r' <"$1" | grep -v '^[[:space:]]*$' | tail -n "${2:-25}" | sed 's/^/#   /'; }
 mib_of_kb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
@@ -73,35 +63,8 @@ fi
 TMP=$(mktemp -d /tmp/gvm-e2e-localmem.XXXXXX) || { bad "mktemp"; finish; }
 SERVER_PIDS=()
 RUN_PID=
-stop_servers() {
-    local p t
-    for p in "${SERVER_PIDS[@]}"; do
-        kill -TERM "$p" 2>/dev/null
-    done
-    for p in "${SERVER_PIDS[@]}"; do
-        for ((t = 0; t < 50; t++)); do
-            kill -0 "$p" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$p" 2>/dev/null
-        wait "$p" 2>/dev/null
-    done
-    SERVER_PIDS=()
-}
 cleanup() {
-    # A VM still running (interrupted test): `timeout` forwards TERM to
-    # giantvm run, which stops QEMU cleanly.
-    if [[ -n $RUN_PID ]] && kill -0 "$RUN_PID" 2>/dev/null; then
-        kill -TERM "$RUN_PID" 2>/dev/null
-        local t
-        for ((t = 0; t < 100; t++)); do
-            kill -0 "$RUN_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$RUN_PID" 2>/dev/null
-        wait "$RUN_PID" 2>/dev/null
-    fi
-    RUN_PID=
+    stop_run # a VM still running (interrupted test)
     stop_servers
     rm -rf "$TMP"
 }

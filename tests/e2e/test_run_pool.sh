@@ -41,16 +41,6 @@ BUILD=${GVM_BUILD_DIR:-$REPO/build}
 . "$HERE/harness.sh"
 # A prerequisite of the machine (not of giantvm) is missing: skip, or with
 # CI=true fail.
-missing() {
-    if [[ ${CI:-} == true ]]; then
-        bad "prerequisites: $*"
-    else
-        echo "SKIP: $*"
-        echo "$pass passed, $fail failed, 1 skipped"
-        exit 0
-    fi
-    finish
-}
 show_tail() { tr -d '\r' <"$1" | grep -v '^[[:space:]]*$' | tail -n "${2:-25}" | sed 's/^/#   /'; }
 
 if [[ ! -x $BUILD/giantvm || ! -r $BUILD/libgiantvm-preload.so ]]; then
@@ -60,23 +50,6 @@ fi
 
 TMP=$(mktemp -d /tmp/gvm-e2e-pool.XXXXXX) || { bad "mktemp"; finish; }
 SERVER_PIDS=()
-stop_servers() {
-    local p
-    for p in "${SERVER_PIDS[@]}"; do
-        kill -TERM "$p" 2>/dev/null
-    done
-    for p in "${SERVER_PIDS[@]}"; do
-        # bounded wait: SIGKILL after ~5 s
-        local t
-        for ((t = 0; t < 50; t++)); do
-            kill -0 "$p" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$p" 2>/dev/null
-        wait "$p" 2>/dev/null
-    done
-    SERVER_PIDS=()
-}
 cleanup() {
     stop_servers
     gvm_netns_down 2>/dev/null

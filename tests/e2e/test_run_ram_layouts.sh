@@ -32,15 +32,6 @@ BUILD=${GVM_BUILD_DIR:-$REPO/build}
 
 # shellcheck source=harness.sh
 . "$HERE/harness.sh"
-missing() {
-    if [[ ${CI:-} == true ]]; then
-        bad "prerequisites: $*"
-        finish
-    fi
-    echo "SKIP: $*"
-    echo "$pass passed, $fail failed, 1 skipped"
-    exit 0
-}
 show_tail() { tr -d '\r' <"$1" | grep -v '^[[:space:]]*$' | tail -n "${2:-25}" | sed 's/^/#   /'; }
 
 if [[ ! -x $BUILD/giantvm || ! -r $BUILD/libgiantvm-preload.so ]]; then
