@@ -87,17 +87,6 @@ trap cleanup EXIT
 trap 'cleanup; trap - INT; kill -INT $$' INT
 trap 'cleanup; trap - TERM; kill -TERM $$' TERM
 
-# Run a snapshot of the build, so a concurrent `make` cannot swap the binary
-# (or leave it half-written) under a running test.
-snapshot_build() {
-    local try
-    mkdir -p "$TMP/bin" || return 1
-    for ((try = 0; try < 10; try++)); do
-        cp "$BUILD/giantvm" "$TMP/bin/" 2>/dev/null && "$TMP/bin/giantvm" --help >/dev/null 2>&1 && return 0
-        sleep 1
-    done
-    return 1
-}
 snapshot_build || { bad "build: cannot run $BUILD/giantvm (copied to $TMP/bin)"; finish; }
 G=$TMP/bin/giantvm
 

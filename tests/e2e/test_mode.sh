@@ -35,15 +35,6 @@ fi
 TMP=$(mktemp -d /tmp/gvm-e2e-mode.XXXXXX) || { bad "mktemp"; finish; }
 trap 'rm -rf "$TMP"' EXIT
 
-snapshot_build() {
-    local try
-    mkdir -p "$TMP/bin" || return 1
-    for ((try = 0; try < 10; try++)); do
-        cp "$BUILD/giantvm" "$TMP/bin/" 2>/dev/null && "$TMP/bin/giantvm" --help >/dev/null 2>&1 && return 0
-        sleep 1
-    done
-    return 1
-}
 snapshot_build || { bad "build: cannot run $BUILD/giantvm (copied to $TMP/bin)"; finish; }
 G=$TMP/bin/giantvm
 

@@ -8,6 +8,7 @@
 #ifndef GVM_FUZZ_COMMON_H
 #define GVM_FUZZ_COMMON_H
 
+#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -140,6 +141,32 @@ static inline int fz_ref_hdr_ok(const uint8_t *b, int from_server)
 	case 6: return len == 64;
 	default: return len == 0;
 	}
+}
+
+/*
+ * The checks both protocol harnesses make on one 48-byte header: the
+ * library's decoder agrees with the reference above, fails only with the
+ * documented errors and a reason, and re-encodes what it decoded to the
+ * same bytes. Returns the decoder's result (h filled when 0).
+ */
+#include "proto.h"
+static inline int fz_check_hdr(const uint8_t raw[GVM_HDR_SIZE], int from_server, struct gvm_hdr *h)
+{
+	uint8_t *hb = fz_dup(raw, GVM_HDR_SIZE), again[GVM_HDR_SIZE];
+	const char *why = NULL;
+	int r = gvm_hdr_decode(hb, from_server, h, &why), ref = fz_ref_hdr_ok(raw, from_server);
+
+	free(hb);
+	if ((r == 0) != ref)
+		fprintf(stderr, "gvm_hdr_decode(%s) = %d (%s), reference says %s\n",
+			from_server ? "reply" : "request", r, why ? why : "-", ref ? "valid" : "invalid");
+	CHECK((r == 0) == ref);
+	CHECK(r == 0 || r == -EPROTO || r == -EMSGSIZE || r == -EINVAL);
+	CHECK(r == 0 || (why && *why));
+	gvm_hdr_encode(h, again);
+	CHECK(memcmp(raw, again, GVM_HDR_SIZE) == 0);
+	CHECK(gvm_op_name(h->op) != NULL);
+	return r;
 }
 
 #endif
