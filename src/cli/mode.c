@@ -9,6 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/kvm.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -21,12 +24,74 @@ static void sysroot_path(char *buf, size_t len, const char *p)
 	snprintf(buf, len, "%s%s", root && *root ? root : "", p);
 }
 
+static int sys_module(const char *name)
+{
+	char rel[128], path[4096];
+
+	snprintf(rel, sizeof(rel), "/sys/module/%s", name);
+	sysroot_path(path, sizeof(path), rel);
+	return access(path, F_OK) == 0;
+}
+
+/*
+ * Can KVM run a standard guest kernel here? Opening /dev/kvm is not enough:
+ * kvm_pvm (KVM without hardware virtualisation) opens fine, runs real-mode
+ * code and PVM-built kernels, and hangs a Debian kernel or aborts QEMU on an
+ * MSR. The rule, in order:
+ *   1. /dev/kvm must open read-write                    else NONE
+ *   2. a device must answer KVM_GET_API_VERSION == 12   else DOUBTFUL
+ *      (under $GIANTVM_SYSROOT a regular file stands for a device that does)
+ *   3. kvm_pvm loaded                                   -> DOUBTFUL
+ *   4. kvm_intel or kvm_amd loaded (hardware virt.)     -> USABLE
+ *   5. otherwise                                        -> DOUBTFUL
+ * Everything is looked up under $GIANTVM_SYSROOT when set (tests fake hosts).
+ */
+int gvm_kvm_detect(char *why, size_t len)
+{
+	char path[4096];
+	struct stat sb;
+	int fd, api;
+
+	sysroot_path(path, sizeof(path), "/dev/kvm");
+	fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		snprintf(why, len, "%s: %s", path, strerror(errno));
+		return GVM_KVM_NONE;
+	}
+	if (fstat(fd, &sb) < 0) {
+		snprintf(why, len, "%s: fstat: %s", path, strerror(errno));
+		close(fd);
+		return GVM_KVM_DOUBTFUL;
+	}
+	if (S_ISCHR(sb.st_mode)) {
+		api = ioctl(fd, KVM_GET_API_VERSION, 0);
+		if (api != KVM_API_VERSION) {
+			snprintf(why, len, "%s does not answer as KVM (KVM_GET_API_VERSION: %s)", path,
+				 api < 0 ? strerror(errno) : "unexpected version");
+			close(fd);
+			return GVM_KVM_DOUBTFUL;
+		}
+	}
+	close(fd);
+	if (sys_module("kvm_pvm")) {
+		snprintf(why, len, "/dev/kvm is kvm_pvm (KVM without hardware virtualisation: it runs only "
+				   "PVM-built guest kernels)");
+		return GVM_KVM_DOUBTFUL;
+	}
+	if (sys_module("kvm_intel") || sys_module("kvm_amd")) {
+		snprintf(why, len, "/dev/kvm is usable (%s)", sys_module("kvm_intel") ? "kvm_intel" : "kvm_amd");
+		return GVM_KVM_USABLE;
+	}
+	snprintf(why, len, "/dev/kvm opens but neither kvm_intel nor kvm_amd is loaded (no hardware "
+			   "virtualisation known to run a standard guest)");
+	return GVM_KVM_DOUBTFUL;
+}
+
 void gvm_mode_detect(struct gvm_mode *m)
 {
 	static const char *const marks[] = { "/sys/module/giantvm_kvm", "/dev/giantvm" };
 	char path[4096];
 	int64_t f;
-	int fd;
 
 	memset(m, 0, sizeof(*m));
 	for (size_t i = 0; i < sizeof(marks) / sizeof(marks[0]); i++) {
@@ -41,14 +106,7 @@ void gvm_mode_detect(struct gvm_mode *m)
 		snprintf(m->why, sizeof(m->why), "neither /sys/module/giantvm_kvm nor /dev/giantvm exists%s",
 			 getenv("GIANTVM_SYSROOT") ? " under $GIANTVM_SYSROOT" : "");
 
-	fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
-	if (fd >= 0) {
-		m->kvm = 1;
-		snprintf(m->kvm_why, sizeof(m->kvm_why), "/dev/kvm is usable");
-		close(fd);
-	} else {
-		snprintf(m->kvm_why, sizeof(m->kvm_why), "/dev/kvm: %s", strerror(errno));
-	}
+	m->kvm = gvm_kvm_detect(m->kvm_why, sizeof(m->kvm_why));
 
 	f = gvm_uffd_probe();
 	if (f >= 0) {
@@ -66,12 +124,19 @@ static void usage(FILE *f)
 	      "\n"
 	      "Prints which mode `giantvm run` would use and why: ORIGINAL when the GiantVM\n"
 	      "kernel module is loaded (/sys/module/giantvm_kvm or /dev/giantvm, looked up\n"
-	      "under $GIANTVM_SYSROOT when set), UFFD otherwise; and the accelerator (KVM\n"
-	      "when /dev/kvm is usable, TCG otherwise) and the userfaultfd features.\n", f);
+	      "under $GIANTVM_SYSROOT when set), UFFD otherwise; the accelerator `giantvm run`\n"
+	      "adds when QEMU's command line names none (KVM only where it can run a standard\n"
+	      "guest kernel: /dev/kvm opens, answers as KVM, and kvm_intel or kvm_amd is\n"
+	      "loaded; not kvm_pvm, which runs only PVM-built kernels; TCG otherwise), with\n"
+	      "the reason; and the userfaultfd features.\n"
+	      "\n"
+	      "  --json   one JSON object: mode, why, accel, accel_why, kvm (none|doubtful|usable),\n"
+	      "           userfaultfd, userfaultfd_features\n", f);
 }
 
 int cmd_mode(int argc, char **argv)
 {
+	static const char *const kvm_names[] = { "none", "doubtful", "usable" };
 	struct gvm_mode m;
 	int json = 0;
 
@@ -90,8 +155,9 @@ int cmd_mode(int argc, char **argv)
 	gvm_mode_detect(&m);
 	if (json) {
 		printf("{\"mode\":\"%s\",\"why\":\"%s\",\"accel\":\"%s\",\"accel_why\":\"%s\","
-		       "\"userfaultfd\":%s,\"userfaultfd_features\":\"%s\"}\n",
-		       m.original ? "original" : "uffd", m.why, m.kvm ? "kvm" : "tcg", m.kvm_why,
+		       "\"kvm\":\"%s\",\"userfaultfd\":%s,\"userfaultfd_features\":\"%s\"}\n",
+		       m.original ? "original" : "uffd", m.why, m.kvm == GVM_KVM_USABLE ? "kvm" : "tcg",
+		       m.kvm_why, kvm_names[m.kvm],
 		       m.uffd ? "true" : "false", m.uffd_why);
 		return 0;
 	}
@@ -101,7 +167,7 @@ int cmd_mode(int argc, char **argv)
 		printf("[GiantVM] No Custom Kernel. Entering UFFD High-Perf Mode.\n");
 	printf("  why:         %s\n", m.why);
 	if (!m.original) {
-		printf("  accelerator: %s (%s)\n", m.kvm ? "KVM" : "TCG", m.kvm_why);
+		printf("  accelerator: %s (%s)\n", m.kvm == GVM_KVM_USABLE ? "KVM" : "TCG", m.kvm_why);
 		printf("  userfaultfd: %s (%s)\n", m.uffd ? "available" : "UNAVAILABLE", m.uffd_why);
 	}
 	return 0;

@@ -393,7 +393,7 @@ static void print_final(const char *ctl_path)
 static int run_uffd(struct run_opts *o, struct gvm_mode *m)
 {
 	char dir[PATH_MAX - 64], ctl_path[PATH_MAX], qmp_path[PATH_MAX], preload[PATH_MAX];
-	char vm_id[64], vm_key[128], secret_hex[65], err[512], accel_err[256];
+	char vm_id[64], vm_key[128], secret_hex[65], err[512], accel_err[512];
 	char qmp_arg[PATH_MAX + 32], nodes_env[256];
 	uint8_t secret[32];
 	uint64_t regions[GVM_RUN_MAX_RAM];
@@ -424,11 +424,13 @@ static int run_uffd(struct run_opts *o, struct gvm_mode *m)
 				"run giantvm itself in the background instead\n");
 		return 1;
 	}
-	accel = gvm_qemu_accel(o->qemu_argc, o->qemu_argv, m->kvm, accel_err, sizeof(accel_err));
+	accel = gvm_qemu_accel(o->qemu_argc, o->qemu_argv, m->kvm, m->kvm_why, accel_err, sizeof(accel_err));
 	if (!accel) {
 		fprintf(stderr, "giantvm run: %s\n", accel_err);
 		return 1;
 	}
+	if (accel_err[0])
+		fprintf(stderr, "giantvm run: warning: %s\n", accel_err);
 	printf("[GiantVM] UFFD Mode: accelerator %s (%s)\n", *accel ? accel : "as given", m->kvm_why);
 	fflush(stdout);
 	if (preload_path(preload, sizeof(preload))) {

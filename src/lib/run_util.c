@@ -73,10 +73,11 @@ long gvm_qemu_smp(int argc, char **argv)
 	return 1;
 }
 
-const char *gvm_qemu_accel(int argc, char **argv, int kvm_ok, char *err, size_t errlen)
+const char *gvm_qemu_accel(int argc, char **argv, int kvm, const char *kvm_why, char *msg, size_t msglen)
 {
 	int chose = 0, wants_kvm = 0, allows_other = 0;
 
+	msg[0] = '\0';
 	for (int i = 1; i < argc; i++) {
 		const char *v;
 		const char *a = argv[i][0] == '-' && argv[i][1] == '-' ? argv[i] + 1 : argv[i];
@@ -99,14 +100,22 @@ const char *gvm_qemu_accel(int argc, char **argv, int kvm_ok, char *err, size_t 
 			}
 		}
 	}
-	if (wants_kvm && !allows_other && !kvm_ok) {
-		snprintf(err, errlen, "KVM was requested on the QEMU command line but /dev/kvm is not "
-				      "usable here; drop -enable-kvm/-accel kvm to run with TCG");
+	/* No /dev/kvm at all: QEMU would only fail, so say why before starting it. */
+	if (wants_kvm && !allows_other && kvm == GVM_KVM_NONE) {
+		snprintf(msg, msglen, "KVM was requested on the QEMU command line but %s; drop "
+				      "-enable-kvm/-accel kvm to run with TCG", kvm_why);
 		return NULL;
 	}
+	/* Given explicitly: the user may know better (a PVM-built guest kernel
+	 * runs on kvm_pvm), so it goes to QEMU as given; QEMU tries KVM first
+	 * even in "kvm:tcg", so a doubtful KVM is worth a warning there too. */
+	if (wants_kvm && kvm == GVM_KVM_DOUBTFUL)
+		snprintf(msg, msglen, "KVM was requested on the QEMU command line and is passed as given, "
+				      "but %s: a standard guest kernel may hang or QEMU may abort; "
+				      "use -accel tcg if it does", kvm_why);
 	if (chose)
 		return "";
-	return kvm_ok ? "kvm" : "tcg";
+	return kvm == GVM_KVM_USABLE ? "kvm" : "tcg";
 }
 
 /* ----------------------------------------------------------- parsers */

@@ -28,12 +28,20 @@ struct run_cand {              /* a RAM-like mmap seen by the preload library */
 int gvm_qemu_has_arg(int argc, char **argv, const char *arg);
 int gvm_qemu_has_vfio(int argc, char **argv);
 long gvm_qemu_smp(int argc, char **argv);
+/* What the host's KVM can do (giantvm mode decides; see src/cli/mode.c). */
+enum gvm_kvm_state {
+	GVM_KVM_NONE = 0,     /* no /dev/kvm, or it cannot be opened */
+	GVM_KVM_DOUBTFUL,     /* /dev/kvm opens but cannot run a standard guest (e.g. kvm_pvm) */
+	GVM_KVM_USABLE,       /* hardware-virtualisation KVM */
+};
 /*
- * The accelerator to add: "kvm" or "tcg"; "" when the user chose one
- * (-accel, -enable-kvm, -machine accel=); NULL with err set when the user
- * asked for KVM and /dev/kvm is not usable.
+ * The accelerator to add: "kvm" (only for GVM_KVM_USABLE) or "tcg"; "" when
+ * the user chose one (-accel, -enable-kvm, -machine accel=), which is passed
+ * as given. NULL with msg set when the user asked for KVM only and there is
+ * no /dev/kvm. Otherwise msg is "" or a warning (KVM asked for, but doubtful).
+ * kvm_why: the detection's reason, quoted in msg.
  */
-const char *gvm_qemu_accel(int argc, char **argv, int kvm_ok, char *err, size_t errlen);
+const char *gvm_qemu_accel(int argc, char **argv, int kvm, const char *kvm_why, char *msg, size_t msglen);
 
 /* --- parsers (pure) --- */
 /* Rows of `info ramblock` (text, already unescaped). Returns rows or -EINVAL. */

@@ -4,8 +4,10 @@
 # guest is booted, nothing needs root.
 #
 #   giantvm mode [--json] with a sysroot holding sys/module/giantvm_kvm, or
-#   dev/giantvm -> ORIGINAL; with an empty sysroot -> UFFD, and the
-#   accelerator is TCG when /dev/kvm is not usable.
+#   dev/giantvm -> ORIGINAL; with an empty sysroot -> UFFD.
+#   The accelerator on three kinds of faked host (no /dev/kvm -> TCG;
+#   kvm_intel -> KVM; kvm_pvm -> TCG, naming kvm_pvm; no vendor module ->
+#   TCG) and on a sysroot mirroring this host (expected value computed here).
 #   giantvm run in ORIGINAL mode execs the original QEMU (a fake that records
 #   its argv and pid, and exits 42): the user's QEMU args, minus the program
 #   name, then `-local-cpu CPUS,start=CPUS*ID,iplist="H1:P1 H2:P2 H3:P3"`
@@ -46,27 +48,59 @@ SR_MOD=$TMP/root-module SR_DEV=$TMP/root-dev SR_NONE=$TMP/root-empty
 mkdir -p "$SR_MOD/sys/module/giantvm_kvm" "$SR_DEV/dev" "$SR_NONE"
 : >"$SR_DEV/dev/giantvm"
 
-kvm_usable=0
-[[ -r /dev/kvm && -w /dev/kvm ]] && kvm_usable=1
+# A sysroot that mirrors this host's KVM: /dev/kvm (the real device) and the
+# KVM modules loaded. What detection must conclude, computed independently:
+# KVM only with kvm_intel/kvm_amd and without kvm_pvm, /dev/kvm opening.
+SR_HOST=$TMP/root-host
+mkdir -p "$SR_HOST/dev" "$SR_HOST/sys/module"
+[[ -e /dev/kvm ]] && ln -s /dev/kvm "$SR_HOST/dev/kvm"
+for m in kvm_pvm kvm_intel kvm_amd; do [[ -e /sys/module/$m ]] && mkdir -p "$SR_HOST/sys/module/$m"; done
+host_kvm=none
+if [[ -e /dev/kvm ]] && (exec 3<>/dev/kvm) 2>/dev/null; then
+    host_kvm=doubtful
+    [[ ! -e /sys/module/kvm_pvm && (-e /sys/module/kvm_intel || -e /sys/module/kvm_amd) ]] && host_kvm=usable
+fi
+note "this host's KVM: $host_kvm"
 
-# ---------------------------------------------------------------- giantvm mode
-for sr in "$SR_MOD" "$SR_DEV"; do
-    what=${sr#"$TMP"/}
+# Three kinds of host, faked (a regular file stands for a /dev/kvm that answers):
+#   no /dev/kvm -> TCG; kvm_intel -> KVM; kvm_pvm -> TCG naming kvm_pvm.
+SR_NOKVM=$TMP/root-nokvm SR_HWKVM=$TMP/root-hwkvm SR_PVM=$TMP/root-pvm SR_NOVENDOR=$TMP/root-novendor
+mkdir -p "$SR_NOKVM/dev" "$SR_HWKVM/dev" "$SR_HWKVM/sys/module/kvm" "$SR_HWKVM/sys/module/kvm_intel" \
+    "$SR_PVM/dev" "$SR_PVM/sys/module/kvm" "$SR_PVM/sys/module/kvm_pvm" "$SR_NOVENDOR/dev"
+: >"$SR_HWKVM/dev/kvm"
+: >"$SR_PVM/dev/kvm"
+: >"$SR_NOVENDOR/dev/kvm"
+# mode_accel NAME SYSROOT WANT_ACCEL WANT_KVM REASON_REGEX
+mode_accel() {
+    local name=$1 sr=$2 want=$3 wkvm=$4 re=$5 out acc rc
     out=$(GIANTVM_SYSROOT=$sr "$G" mode 2>&1)
     rc=$?
-    first=$(head -n1 <<<"$out")
-    if ((rc == 0)) && [[ $first == "$ORIG_BANNER" ]]; then ok "mode ($what): ORIGINAL banner"; else
-        bad "mode ($what): rc=$rc, first line '$first'"
+    acc=$(grep -m1 '^ *accelerator:' <<<"$out")
+    if ((rc == 0)) && [[ $(head -n1 <<<"$out") == "$UFFD_BANNER" && $acc =~ accelerator:\ +$want\ \( ]] &&
+        grep -qiE "$re" <<<"$acc"; then
+        ok "mode ($name): ${acc#*: }"
+    else
+        bad "mode ($name): rc=$rc, want $want matching /$re/: $out"
     fi
-    mark=$([[ $sr == "$SR_MOD" ]] && echo sys/module/giantvm_kvm || echo dev/giantvm)
-    grep -qF "$sr/$mark" <<<"$out" && ok "mode ($what): why names $mark" ||
-        bad "mode ($what): the reason does not name $sr/$mark: $out"
     out=$(GIANTVM_SYSROOT=$sr "$G" mode --json 2>&1)
     rc=$?
-    if ((rc == 0)) && [[ $out == *'"mode":"original"'* ]]; then ok "mode --json ($what): \"original\""; else
-        bad "mode --json ($what): rc=$rc: $out"
+    want=${want,,}
+    if ((rc == 0)) && [[ $out == *'"mode":"uffd"'* && $out == *"\"accel\":\"$want\""* &&
+        $out == *"\"kvm\":\"$wkvm\""* ]]; then
+        ok "mode --json ($name): accel \"$want\", kvm \"$wkvm\""
+    else
+        bad "mode --json ($name): rc=$rc, want accel $want kvm $wkvm: $out"
     fi
-done
+}
+mode_accel "no /dev/kvm" "$SR_NOKVM" TCG none 'No such file'
+mode_accel "kvm_intel" "$SR_HWKVM" KVM usable 'usable \(kvm_intel\)'
+mode_accel "kvm_pvm" "$SR_PVM" TCG doubtful 'kvm_pvm'
+mode_accel "no vendor module" "$SR_NOVENDOR" TCG doubtful 'neither kvm_intel nor kvm_amd'
+case $host_kvm in
+none) mode_accel "this host" "$SR_HOST" TCG none 'dev/kvm' ;;
+doubtful) mode_accel "this host" "$SR_HOST" TCG doubtful 'kvm_pvm|neither|answer' ;;
+usable) mode_accel "this host" "$SR_HOST" KVM usable 'usable' ;;
+esac
 
 out=$(GIANTVM_SYSROOT=$SR_NONE "$G" mode 2>&1)
 rc=$?
@@ -74,22 +108,8 @@ first=$(head -n1 <<<"$out")
 if ((rc == 0)) && [[ $first == "$UFFD_BANNER" ]]; then ok "mode (empty sysroot): UFFD banner"; else
     bad "mode (empty sysroot): rc=$rc, first line '$first'"
 fi
-acc=$(grep -m1 '^ *accelerator:' <<<"$out")
-if ((kvm_usable)); then
-    [[ $acc == *KVM* ]] && ok "mode: accelerator KVM (/dev/kvm usable)" || bad "mode: /dev/kvm usable but '$acc'"
-else
-    [[ $acc =~ accelerator:\ +TCG ]] && ok "mode: accelerator TCG (no usable /dev/kvm): ${acc#*: }" ||
-        bad "mode: no usable /dev/kvm but accelerator line is '$acc'"
-fi
 grep -q '^ *userfaultfd:' <<<"$out" && ok "mode: userfaultfd line" || bad "mode: no userfaultfd line: $out"
-out=$(GIANTVM_SYSROOT=$SR_NONE "$G" mode --json 2>&1)
-rc=$?
-want_acc=$( ((kvm_usable)) && echo kvm || echo tcg)
-if ((rc == 0)) && [[ $out == *'"mode":"uffd"'* && $out == *"\"accel\":\"$want_acc\""* ]]; then
-    ok "mode --json (empty sysroot): \"uffd\", accel \"$want_acc\""
-else
-    bad "mode --json (empty sysroot): rc=$rc: $out"
-fi
+out=$(GIANTVM_SYSROOT=$SR_HOST "$G" mode --json 2>&1)
 if command -v jq >/dev/null; then
     jq -e . >/dev/null 2>&1 <<<"$out" && ok "mode --json is valid JSON" || bad "mode --json is not valid JSON: $out"
 fi

@@ -5,8 +5,11 @@
 #
 #   vfio-pci device           -> message about vfio and pinning, exit != 0, QEMU never started
 #   pool node down            -> message naming that node (and FILE:LINE), exit != 0, QEMU never started
+#   no accelerator given      -> the guest boots and verifies; the accelerator line says
+#                                KVM only where detection says it can run it, TCG otherwise
 #   -enable-kvm, no /dev/kvm  -> clear KVM error, QEMU never started
-#                                (with a usable /dev/kvm: the run is accepted and the guest verifies)
+#                                (usable KVM: accepted and the guest verifies; a /dev/kvm
+#                                that cannot run it, e.g. kvm_pvm: a warning, passed as given)
 #   no `--`                   -> usage error, exit 2
 #   --prefetch 3              -> exit 2, message naming --prefetch
 #   bad pool file line        -> "FILE:LINE:" in the error, exit != 0, QEMU never started
@@ -48,7 +51,17 @@ mapfile -t GUEST < <(gvm_guest_qemu_args 256 16 gvm.seed=2)
 ((${#GUEST[@]})) || { bad "gvm_guest_qemu_args"; finish; }
 
 # UFFD mode whatever this machine has loaded; embedded pool: fresh cwd, no $GIANTVM_POOL.
-mkdir -p "$TMP/sysroot" "$TMP/cwd"
+# The sysroot mirrors this host's KVM (the device and the KVM modules), not
+# the GiantVM module.
+mkdir -p "$TMP/sysroot/dev" "$TMP/sysroot/sys/module" "$TMP/cwd"
+[[ -e /dev/kvm ]] && ln -s /dev/kvm "$TMP/sysroot/dev/kvm"
+for m in kvm_pvm kvm_intel kvm_amd; do [[ -e /sys/module/$m ]] && mkdir -p "$TMP/sysroot/sys/module/$m"; done
+host_kvm=none
+if [[ -e /dev/kvm ]] && (exec 3<>/dev/kvm) 2>/dev/null; then
+    host_kvm=doubtful
+    [[ ! -e /sys/module/kvm_pvm && (-e /sys/module/kvm_intel || -e /sys/module/kvm_amd) ]] && host_kvm=usable
+fi
+note "this host's KVM: $host_kvm"
 export GIANTVM_SYSROOT=$TMP/sysroot
 unset GIANTVM_POOL GIANTVM_QEMU
 
@@ -163,8 +176,22 @@ for ((i = 0; i < ${#GUEST[@]}; i++)); do
     fi
     KVM_ARGS+=("${GUEST[i]}")
 done
+# No accelerator on the command line: giantvm picks one, says which and why,
+# and the guest boots (never a hang on a KVM that cannot run it).
+want_acc=tcg
+[[ $host_kvm == usable ]] && want_acc=kvm
+run noaccel 300 run -- qemu-system-x86_64 "${KVM_ARGS[@]}"
+acc_line=$(grep -m1 '^\[GiantVM\] UFFD Mode: accelerator' <<<"$OUT")
+if ((RC == 0)) && grep -q '^GIANTVM-RESULT .* verify=ok ' <<<"$OUT" &&
+    [[ $acc_line =~ accelerator\ $want_acc\ \(.+\) ]]; then
+    ok "no accelerator given ($host_kvm KVM): guest verified in ${SECS}s; $acc_line"
+else
+    bad "no accelerator given ($host_kvm KVM): exit $RC, want $want_acc; line '$acc_line'"
+    show_tail "$LOG"
+fi
 KVM_ARGS+=(-enable-kvm)
-if [[ -r /dev/kvm && -w /dev/kvm ]] && (exec 3<>/dev/kvm) 2>/dev/null; then
+case $host_kvm in
+usable)
     run kvm 300 run -- qemu-system-x86_64 "${KVM_ARGS[@]}"
     if ((RC == 0)) && grep -q '^GIANTVM-RESULT .* verify=ok ' <<<"$OUT"; then
         ok "-enable-kvm with a usable /dev/kvm: accepted, guest verified (${SECS}s)"
@@ -172,7 +199,19 @@ if [[ -r /dev/kvm && -w /dev/kvm ]] && (exec 3<>/dev/kvm) 2>/dev/null; then
         bad "-enable-kvm with a usable /dev/kvm: exit $RC"
         show_tail "$LOG"
     fi
-else
+    ;;
+doubtful)
+    # Passed to QEMU as given (the user may run a PVM-built kernel), with a
+    # warning; the stand-in QEMU records its argv: -enable-kvm, no -accel added.
+    run kvm-doubtful 30 run -- "$FAKE" "${KVM_ARGS[@]}"
+    if grep -q '^giantvm run: warning: KVM was requested .*passed as given' <<<"$OUT" &&
+        [[ -s $MARK ]] && grep -q -- '-enable-kvm' "$MARK" && ! grep -q -- '-accel' "$MARK"; then
+        ok "-enable-kvm on a /dev/kvm that cannot run a standard guest: warning, passed as given"
+    else
+        bad "-enable-kvm on a doubtful /dev/kvm: exit $RC, argv '$(cat "$MARK" 2>/dev/null)': $OUT"
+    fi
+    ;;
+none)
     run kvm 30 run -- "$FAKE" "${KVM_ARGS[@]}"
     refused "-enable-kvm without /dev/kvm" 'kvm'
     never_started "-enable-kvm without /dev/kvm"
@@ -181,7 +220,8 @@ else
     never_started "-accel kvm without /dev/kvm"
     run kvm-real 60 run -- qemu-system-x86_64 "${KVM_ARGS[@]}"
     if ((RC != 0)); then no_guest "-enable-kvm without /dev/kvm"; else bad "-enable-kvm (real QEMU): exit 0"; fi
-fi
+    ;;
+esac
 
 # ---------------------------------------------------------------- usage errors
 run prealloc-nocap 10 memserver --prealloc --listen 127.0.0.1:0

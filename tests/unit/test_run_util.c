@@ -102,13 +102,20 @@ static int test_qemu_args(void)
 	char *a4[] = { "qemu", "--accel", "tcg", "-S" };
 	char err[256];
 
-	CHECK(gvm_qemu_accel(4, a1, 0, err, sizeof(err)) == NULL);
-	CHECK(strstr(err, "KVM"));
-	CHECK(!strcmp(gvm_qemu_accel(4, a1, 1, err, sizeof(err)), ""));
-	CHECK(!strcmp(gvm_qemu_accel(3, a2, 0, err, sizeof(err)), "")); /* falls back to tcg itself */
-	CHECK(!strcmp(gvm_qemu_accel(5, a3, 0, err, sizeof(err)), "tcg"));
-	CHECK(!strcmp(gvm_qemu_accel(5, a3, 1, err, sizeof(err)), "kvm"));
-	CHECK(!strcmp(gvm_qemu_accel(4, a4, 1, err, sizeof(err)), ""));
+	/* KVM only, no /dev/kvm: refused before QEMU starts, naming the reason. */
+	CHECK(gvm_qemu_accel(4, a1, GVM_KVM_NONE, "no /dev/kvm", err, sizeof(err)) == NULL);
+	CHECK(strstr(err, "KVM") && strstr(err, "no /dev/kvm"));
+	/* Given explicitly: passed as given; a doubtful KVM is a warning, a usable one is silent. */
+	CHECK(!strcmp(gvm_qemu_accel(4, a1, GVM_KVM_USABLE, "ok", err, sizeof(err)), "") && !err[0]);
+	CHECK(!strcmp(gvm_qemu_accel(4, a1, GVM_KVM_DOUBTFUL, "kvm_pvm", err, sizeof(err)), ""));
+	CHECK(strstr(err, "passed as given") && strstr(err, "kvm_pvm"));
+	CHECK(!strcmp(gvm_qemu_accel(3, a2, GVM_KVM_NONE, "x", err, sizeof(err)), "") && !err[0]);
+	CHECK(!strcmp(gvm_qemu_accel(3, a2, GVM_KVM_DOUBTFUL, "kvm_pvm", err, sizeof(err)), "") && err[0]);
+	/* Not given: KVM only where it can run the guest. */
+	CHECK(!strcmp(gvm_qemu_accel(5, a3, GVM_KVM_NONE, "x", err, sizeof(err)), "tcg"));
+	CHECK(!strcmp(gvm_qemu_accel(5, a3, GVM_KVM_DOUBTFUL, "x", err, sizeof(err)), "tcg") && !err[0]);
+	CHECK(!strcmp(gvm_qemu_accel(5, a3, GVM_KVM_USABLE, "x", err, sizeof(err)), "kvm"));
+	CHECK(!strcmp(gvm_qemu_accel(4, a4, GVM_KVM_DOUBTFUL, "x", err, sizeof(err)), "") && !err[0]);
 	CHECK(gvm_qemu_has_vfio(5, a3));
 	CHECK(!gvm_qemu_has_vfio(4, a1));
 	CHECK_EQ(gvm_qemu_smp(5, a3), 6);
