@@ -5,7 +5,7 @@
 #include <pthread.h>
 #include <stdio.h>
 
-#include "memserver.h"
+#include "giantvm_memserver.h"
 
 #define TEST_MAX_SERVERS 8
 

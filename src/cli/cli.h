@@ -3,7 +3,6 @@
 #define GVM_CLI_H
 
 int cmd_run(int argc, char **argv);
-int cmd_memserver(int argc, char **argv);
 int cmd_mode(int argc, char **argv);
 int cmd_stat(int argc, char **argv);
 int cmd_bench(int argc, char **argv);

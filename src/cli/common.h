@@ -6,7 +6,7 @@
 #include <stdint.h>
 
 #include "giantvm.h"
-#include "memserver.h"
+#include "giantvm_memserver.h"
 
 struct cli_pool {
 	struct gvm_pool *pool;

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "giantvm_memserver.h"
 
 #define GVM_VERSION "0.1.0"
 
@@ -25,7 +26,7 @@ static const char usage[] =
 int main(int argc, char **argv)
 {
 	static const struct { const char *name; int (*fn)(int, char **); } cmds[] = {
-		{ "run", cmd_run }, { "memserver", cmd_memserver }, { "mode", cmd_mode },
+		{ "run", cmd_run }, { "memserver", gvm_memserver_main }, { "mode", cmd_mode },
 		{ "stat", cmd_stat }, { "bench", cmd_bench },
 	};
 

@@ -7,7 +7,7 @@
  */
 #define LOG_PREFIX "memserver: "
 
-#include "memserver.h"
+#include "giantvm_memserver.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

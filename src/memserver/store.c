@@ -19,7 +19,7 @@
 
 #include "auth.h"
 #include "log.h"
-#include "memserver.h"
+#include "giantvm_memserver.h"
 #include "util.h"
 
 #define EMPTY_INDEX      UINT64_MAX

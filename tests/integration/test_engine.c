@@ -20,7 +20,7 @@
 #include <sys/socket.h>
 
 #include "giantvm.h"
-#include "memserver.h"
+#include "giantvm_memserver.h"
 #include "servers.h"
 #include "test.h"
 #include "util.h"

@@ -5,7 +5,7 @@
 #include <unistd.h>
 
 #include "log.h"
-#include "memserver.h"
+#include "giantvm_memserver.h"
 #include "proto.h"
 #include "store.h"
 #include "test.h"

@@ -1,10 +1,12 @@
 /*
- * The memory server: one epoll event loop serving any number of clients,
+ * giantvm memory server: the public API of the daemon (embedded by `giantvm
+ * run` and `giantvm bench` when no pool is given), and the `giantvm
+ * memserver` command itself. One epoll event loop serving any number of clients,
  * pages kept per region in RAM (sparse) or in a sparse backing file that
  * survives a restart. It knows nothing of userfaultfd.
  */
-#ifndef GVM_MEMSERVER_H
-#define GVM_MEMSERVER_H
+#ifndef GIANTVM_MEMSERVER_H
+#define GIANTVM_MEMSERVER_H
 
 #include <stdint.h>
 
@@ -38,5 +40,10 @@ int gvm_memserver_run(struct gvm_memserver *s);
 /* Ask the loop to return. Async-signal-safe (an eventfd write). */
 void gvm_memserver_stop(struct gvm_memserver *s);
 void gvm_memserver_close(struct gvm_memserver *s);
+
+/* `giantvm memserver [OPTIONS]`: parse the options, serve in the foreground
+ * until SIGTERM/SIGINT. Returns the exit status (0, 1, or 2 for bad usage);
+ * prints its usage and errors. */
+int gvm_memserver_main(int argc, char **argv);
 
 #endif

@@ -15,9 +15,8 @@
 #include <unistd.h>
 #include <fcntl.h>
 
-#include "cli.h"
 #include "log.h"
-#include "memserver.h"
+#include "giantvm_memserver.h"
 #include "util.h"
 
 static const char usage_text[] =
@@ -64,7 +63,7 @@ static int usage_error(const char *fmt, ...)
 	vfprintf(stderr, fmt, ap);
 	va_end(ap);
 	fprintf(stderr, "\nTry 'giantvm memserver --help'.\n");
-	return GVM_EXIT_USAGE;
+	return 2; /* usage error, as every giantvm command */
 }
 
 static int set_handler(int sig, void (*fn)(int))
@@ -124,7 +123,7 @@ out_unlink:
 	return -EIO;
 }
 
-int cmd_memserver(int argc, char **argv)
+int gvm_memserver_main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		{ "listen", required_argument, NULL, 'l' },
