@@ -6,8 +6,11 @@ CC       ?= cc
 BUILD    ?= build
 PREFIX   ?= /usr/local
 CFLAGS   ?= -O2 -g
-CFLAGS   += -std=gnu11 -Wall -Wextra -Werror -Wno-format-truncation -fPIC -pthread -D_GNU_SOURCE \
-            -Iinclude -Isrc/lib -Isrc/memserver
+CFLAGS   += -std=gnu11 -Wall -Wextra -Werror -Wno-format-truncation -fPIC -pthread -D_GNU_SOURCE
+# The library, the memory server and the preload see the library's insides;
+# the CLI sees the public headers (include/) and its own (src/cli/) only.
+LIB_INC  := -Iinclude -Isrc/lib -Isrc/memserver
+CLI_INC  := -Iinclude -Isrc/cli $(LIB_INC)
 LDLIBS   += -pthread -lcrypto
 ifeq ($(ASAN),1)
 CFLAGS   += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
@@ -19,6 +22,8 @@ LIB_SRC  := $(wildcard src/lib/*.c) $(wildcard src/memserver/*.c)
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_SRC  := $(wildcard src/cli/*.c)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
+# Everything of the CLI but main(): the tests and fuzzers link it too.
+CLI_LIB_OBJ := $(filter-out $(BUILD)/src/cli/main.o,$(CLI_OBJ))
 PRE_SRC  := $(wildcard src/preload/*.c)
 PRE_OBJ  := $(PRE_SRC:%.c=$(BUILD)/%.o)
 UNIT_SRC := $(wildcard tests/unit/*.c)
@@ -29,28 +34,38 @@ INT_BIN  := $(INT_SRC:tests/integration/%.c=$(BUILD)/tests/%)
 .PHONY: all test unit demo install clean fuzz bench
 all: $(BUILD)/giantvm $(BUILD)/libgiantvm-preload.so $(UNIT_BIN) $(INT_BIN)
 
+$(BUILD)/src/cli/%.o: src/cli/%.c $(wildcard include/*.h src/cli/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(CLI_INC) -c -o $@ $<
+
 $(BUILD)/%.o: %.c $(wildcard include/*.h src/*/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c -o $@ $<
+	$(CC) $(CFLAGS) $(LIB_INC) -c -o $@ $<
 
 $(BUILD)/libgiantvm.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/giantvm: $(CLI_OBJ) $(BUILD)/libgiantvm.a
+$(BUILD)/libgiantvm-cli.a: $(CLI_LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/giantvm: $(BUILD)/src/cli/main.o $(BUILD)/libgiantvm-cli.a $(BUILD)/libgiantvm.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # The preload library exports only what src/preload/preload.map lists.
 $(BUILD)/libgiantvm-preload.so: $(PRE_OBJ) $(BUILD)/libgiantvm.a src/preload/preload.map
 	$(CC) $(LDFLAGS) -shared -Wl,--version-script=src/preload/preload.map -o $@ $(PRE_OBJ) $(BUILD)/libgiantvm.a $(LDLIBS) -ldl
 
-$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libgiantvm.a $(wildcard tests/*.h)
-	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests $(LDFLAGS) -o $@ $< $(BUILD)/libgiantvm.a $(LDLIBS)
+TEST_LIBS := $(BUILD)/libgiantvm-cli.a $(BUILD)/libgiantvm.a
 
-$(BUILD)/tests/%: tests/integration/%.c $(BUILD)/libgiantvm.a $(wildcard tests/*.h)
+$(BUILD)/tests/%: tests/unit/%.c $(TEST_LIBS) $(wildcard tests/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests $(LDFLAGS) -o $@ $< $(BUILD)/libgiantvm.a $(LDLIBS)
+	$(CC) $(CFLAGS) $(LIB_INC) -Isrc/cli -Itests $(LDFLAGS) -o $@ $< $(TEST_LIBS) $(LDLIBS)
+
+$(BUILD)/tests/%: tests/integration/%.c $(TEST_LIBS) $(wildcard tests/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LIB_INC) -Isrc/cli -Itests $(LDFLAGS) -o $@ $< $(TEST_LIBS) $(LDLIBS)
 
 test: all
 	BUILD=$(BUILD) tests/run.sh

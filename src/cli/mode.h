@@ -5,7 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "run_util.h"
+#include "qemu.h"
 
 struct gvm_mode {
 	int original;            /* GiantVM kernel module present */

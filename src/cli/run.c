@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "giantvm_ctl.h"
 #include "client.h"
 #include "common.h"
 #include "config.h"
@@ -38,7 +39,7 @@
 #include "mode.h"
 #include "placement.h"
 #include "pool_int.h"
-#include "run_util.h"
+#include "qemu.h"
 #include "util.h"
 
 struct run_opts {
@@ -133,32 +134,36 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
 			}
 			o->vm_id = v;
 		} else if ((v = cli_optval(argc, argv, &i, "--prefetch"))) {
-			if (gvm_parse_u64(v, 1, GVM_STRIPE_PAGES, &n) || (n & (n - 1))) {
-				fprintf(stderr, "giantvm run: --prefetch '%s': a power of two from 1 to %u\n", v, GVM_STRIPE_PAGES);
+			if (gvm_parse_u64(v, GVM_CTL_PREFETCH_MIN, GVM_CTL_PREFETCH_MAX, &n) || (n & (n - 1))) {
+				fprintf(stderr, "giantvm run: --prefetch '%s': a power of two from %u to %u\n", v,
+					GVM_CTL_PREFETCH_MIN, GVM_CTL_PREFETCH_MAX);
 				return -1;
 			}
 			o->prefetch = (unsigned)n;
 		} else if ((v = cli_optval(argc, argv, &i, "--replicas"))) {
-			if (gvm_parse_u64(v, 1, GVM_MAX_REPLICAS, &n)) {
-				fprintf(stderr, "giantvm run: --replicas '%s': a number from 1 to %u\n", v, GVM_MAX_REPLICAS);
+			if (gvm_parse_u64(v, GVM_CTL_REPLICAS_MIN, GVM_CTL_REPLICAS_MAX, &n)) {
+				fprintf(stderr, "giantvm run: --replicas '%s': a number from %u to %u\n", v,
+					GVM_CTL_REPLICAS_MIN, GVM_CTL_REPLICAS_MAX);
 				return -1;
 			}
 			o->pa.replicas = (unsigned)n;
 		} else if ((v = cli_optval(argc, argv, &i, "--local-mem"))) {
-			if (gvm_parse_size(v, &n) || n < (16u << 20)) {
+			if (gvm_parse_size(v, &n) || n < GVM_CTL_LOCAL_MEM_MIN) {
 				fprintf(stderr, "giantvm run: --local-mem '%s': a size of at least 16M (e.g. 128M, 4G)\n", v);
 				return -1;
 			}
 			o->local_mem = v;
 		} else if ((v = cli_optval(argc, argv, &i, "--timeout-ms"))) {
-			if (gvm_parse_u64(v, 10, 3600000, &n)) {
-				fprintf(stderr, "giantvm run: --timeout-ms '%s': 10 to 3600000\n", v);
+			if (gvm_parse_u64(v, GVM_CTL_TIMEOUT_MS_MIN, GVM_CTL_TIMEOUT_MS_MAX, &n)) {
+				fprintf(stderr, "giantvm run: --timeout-ms '%s': %u to %u\n", v, GVM_CTL_TIMEOUT_MS_MIN,
+					GVM_CTL_TIMEOUT_MS_MAX);
 				return -1;
 			}
 			o->timeout_ms = (int)n;
 		} else if ((v = cli_optval(argc, argv, &i, "--deadline-ms"))) {
-			if (gvm_parse_u64(v, 10, 86400000, &n)) {
-				fprintf(stderr, "giantvm run: --deadline-ms '%s': 10 to 86400000\n", v);
+			if (gvm_parse_u64(v, GVM_CTL_DEADLINE_MS_MIN, GVM_CTL_DEADLINE_MS_MAX, &n)) {
+				fprintf(stderr, "giantvm run: --deadline-ms '%s': %u to %u\n", v, GVM_CTL_DEADLINE_MS_MIN,
+					GVM_CTL_DEADLINE_MS_MAX);
 				return -1;
 			}
 			o->deadline_ms = (int)n;
@@ -319,7 +324,7 @@ static int attach_ram(int ctl, int qmp, const char *vm_key, uint64_t *regions, u
 	for (int i = 0; i < nb; i++) {
 		uint64_t region = gvm_region_id(vm_key, blocks[i].name);
 		char cmd[256];
-		snprintf(cmd, sizeof(cmd), "ATTACH %" PRIx64 " %" PRIu64 " %" PRIx64 " %s\n", blocks[i].hva,
+		snprintf(cmd, sizeof(cmd), GVM_CTL_CMD_ATTACH " %" PRIx64 " %" PRIu64 " %" PRIx64 " %s\n", blocks[i].hva,
 			 blocks[i].size, region, blocks[i].name);
 		if (gvm_ctl_command(ctl, cmd, line, sizeof(line)) < 0 || strncmp(line, "OK", 2)) {
 			fprintf(stderr, "giantvm run: guest RAM block '%s': %s\n", blocks[i].name, line);
@@ -356,7 +361,7 @@ static void print_final(const char *ctl_path)
 {
 	char path[PATH_MAX], *buf;
 	struct gvm_run_stats s;
-	size_t cap = 8u << 20; /* per-node JSON of a 10,000+ node pool */
+	size_t cap = GVM_CTL_REPLY_MAX;
 	FILE *f;
 	size_t n;
 
@@ -500,36 +505,36 @@ static int run_uffd(struct run_opts *o, struct gvm_mode *m)
 	}
 	if (pid == 0) {
 		setenv("LD_PRELOAD", preload, 1);
-		setenv("GIANTVM_CTL", ctl_path, 1);
-		setenv("GIANTVM_VM_ID", vm_id, 1);
-		setenv("GIANTVM_VM_SECRET", secret_hex, 1);
+		setenv(GVM_ENV_CTL, ctl_path, 1);
+		setenv(GVM_ENV_VM_ID, vm_id, 1);
+		setenv(GVM_ENV_VM_SECRET, secret_hex, 1);
 		if (cp.path) {
-			setenv("GIANTVM_POOL_FILE", cp.path, 1);
+			setenv(GVM_ENV_POOL_FILE, cp.path, 1);
 		} else {
 			snprintf(nodes_env, sizeof(nodes_env), "%s", cp.embedded_addr);
-			setenv("GIANTVM_POOL_NODES", nodes_env, 1);
+			setenv(GVM_ENV_POOL_NODES, nodes_env, 1);
 		}
 		if (cp.token) {
 			char *tok = strndup((const char *)cp.token, cp.token_len);
 			if (tok)
-				setenv("GIANTVM_TOKEN", tok, 1);
+				setenv(GVM_ENV_TOKEN, tok, 1);
 		}
 		char num[32];
 		snprintf(num, sizeof(num), "%u", cp.pool->replicas);
-		setenv("GIANTVM_REPLICAS", num, 1);
+		setenv(GVM_ENV_REPLICAS, num, 1);
 		if (o->prefetch) {
 			snprintf(num, sizeof(num), "%u", o->prefetch);
-			setenv("GIANTVM_PREFETCH", num, 1);
+			setenv(GVM_ENV_PREFETCH, num, 1);
 		}
 		if (o->local_mem)
-			setenv("GIANTVM_LOCAL_MEM", o->local_mem, 1);
+			setenv(GVM_ENV_LOCAL_MEM, o->local_mem, 1);
 		if (o->timeout_ms) {
 			snprintf(num, sizeof(num), "%d", o->timeout_ms);
-			setenv("GIANTVM_TIMEOUT_MS", num, 1);
+			setenv(GVM_ENV_TIMEOUT_MS, num, 1);
 		}
 		if (o->deadline_ms) {
 			snprintf(num, sizeof(num), "%d", o->deadline_ms);
-			setenv("GIANTVM_DEADLINE_MS", num, 1);
+			setenv(GVM_ENV_DEADLINE_MS, num, 1);
 		}
 		execvp(args[0], args);
 		fprintf(stderr, "giantvm run: cannot start QEMU '%s': %s\n", args[0], strerror(errno));

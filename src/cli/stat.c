@@ -9,7 +9,8 @@
 #include <unistd.h>
 
 #include "cli.h"
-#include "run_util.h"
+#include "giantvm_ctl.h"
+#include "qemu.h"
 #include "util.h"
 
 static void usage(FILE *f)
@@ -107,11 +108,11 @@ int cmd_stat(int argc, char **argv)
 		fprintf(stderr, "giantvm stat: VM '%s' is not running (%s: %s)\n", name, path, strerror(-fd));
 		return 1;
 	}
-	buf = malloc(8 << 20);
+	buf = malloc(GVM_CTL_REPLY_MAX);
 	if (!buf)
 		goto out;
 	if (json) {
-		if (gvm_ctl_command(fd, "STAT\n", buf, 8 << 20) || strncmp(buf, "{", 1)) {
+		if (gvm_ctl_command(fd, GVM_CTL_CMD_STAT "\n", buf, GVM_CTL_REPLY_MAX) || strncmp(buf, "{", 1)) {
 			fprintf(stderr, "giantvm stat: %s\n", buf);
 			goto out;
 		}
@@ -121,7 +122,7 @@ int cmd_stat(int argc, char **argv)
 	}
 	double prev_f = 0, prev_b = 0, prev_e = 0, prev_w = 0;
 	for (long k = 0; count < 0 || k <= count; k++) {
-		if (gvm_ctl_command(fd, "STAT\n", buf, 8 << 20) || strncmp(buf, "{", 1)) {
+		if (gvm_ctl_command(fd, GVM_CTL_CMD_STAT "\n", buf, GVM_CTL_REPLY_MAX) || strncmp(buf, "{", 1)) {
 			if (k)
 				rc = 0; /* the VM went away */
 			else

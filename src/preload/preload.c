@@ -18,11 +18,8 @@
  * blocked so QEMU's signals never land on it) and the engine thread it
  * starts. Neither writes to stdout.
  *
- * Control protocol (one text line per request, one or more lines back):
- *   CANDIDATES              -> "C <hex addr> <len>" lines, then "END"
- *   ATTACH <hex addr> <len> <hex region> <name> -> "OK" | "ERR <why>"
- *   STAT                    -> one line of JSON
- *   FLUSH                   -> "OK" | "ERR <why>"
+ * The control protocol (environment, ranges, commands) is defined in
+ * include/giantvm_ctl.h.
  */
 #define LOG_PREFIX "preload: "
 #include <errno.h>
@@ -41,6 +38,7 @@
 #include <unistd.h>
 
 #include "giantvm.h"
+#include "giantvm_ctl.h"
 #include "log.h"
 #include "stats_json.h"
 #include "util.h"
@@ -165,34 +163,36 @@ static int engine_start(char *err, size_t errlen)
 {
 	struct gvm_pool_opts po = { 0 };
 	struct gvm_engine_opts eo = { .on_fatal = on_fatal };
-	const char *nodes = getenv("GIANTVM_POOL_NODES"), *v;
+	const char *nodes = getenv(GVM_ENV_POOL_NODES), *v;
 	char *list = NULL, *save = NULL;
-	const char *arr[64];
+	const char *arr[GVM_CTL_POOL_NODES_MAX];
 	uint64_t n;
 	int r;
 
 	if (engine)
 		return 0;
-	po.config_path = getenv("GIANTVM_POOL_FILE");
+	po.config_path = getenv(GVM_ENV_POOL_FILE);
 	if (!po.config_path && nodes) {
 		list = strdup(nodes);
 		if (!list)
 			return -ENOMEM;
-		for (char *t = strtok_r(list, ",", &save); t && po.n_nodes < 64; t = strtok_r(NULL, ",", &save))
+		for (char *t = strtok_r(list, ",", &save); t && po.n_nodes < GVM_CTL_POOL_NODES_MAX; t = strtok_r(NULL, ",", &save))
 			arr[po.n_nodes++] = t;
 		po.nodes = arr;
 	}
-	if ((v = getenv("GIANTVM_REPLICAS")) && !gvm_parse_u64(v, 1, 8, &n))
+	if ((v = getenv(GVM_ENV_REPLICAS)) && !gvm_parse_u64(v, GVM_CTL_REPLICAS_MIN, GVM_CTL_REPLICAS_MAX, &n))
 		po.replicas = (unsigned)n;
-	if ((v = getenv("GIANTVM_PREFETCH")) && !gvm_parse_u64(v, 1, 32, &n))
+	if ((v = getenv(GVM_ENV_PREFETCH)) && !gvm_parse_u64(v, GVM_CTL_PREFETCH_MIN, GVM_CTL_PREFETCH_MAX, &n))
 		eo.prefetch = (unsigned)n;
-	if ((v = getenv("GIANTVM_LOCAL_MEM")) && !gvm_parse_size(v, &n))
+	if ((v = getenv(GVM_ENV_LOCAL_MEM)) && !gvm_parse_size(v, &n) && n >= GVM_CTL_LOCAL_MEM_MIN)
 		eo.local_mem = n;
-	if ((v = getenv("GIANTVM_DEADLINE_MS")) && !gvm_parse_u64(v, 1, 86400000, &n))
+	if ((v = getenv(GVM_ENV_DEADLINE_MS)) &&
+	    !gvm_parse_u64(v, GVM_CTL_DEADLINE_MS_MIN, GVM_CTL_DEADLINE_MS_MAX, &n))
 		po.fault_deadline_ms = (int)n;
-	if ((v = getenv("GIANTVM_TIMEOUT_MS")) && !gvm_parse_u64(v, 1, 86400000, &n))
+	if ((v = getenv(GVM_ENV_TIMEOUT_MS)) &&
+	    !gvm_parse_u64(v, GVM_CTL_TIMEOUT_MS_MIN, GVM_CTL_TIMEOUT_MS_MAX, &n))
 		po.request_timeout_ms = (int)n;
-	if ((v = getenv("GIANTVM_TOKEN")) && *v) {
+	if ((v = getenv(GVM_ENV_TOKEN)) && *v) {
 		po.token = v;
 		po.token_len = strlen(v);
 	}
@@ -242,7 +242,7 @@ static void cmd_attach(int fd, char *args)
 
 static void cmd_stat(int fd)
 {
-	size_t cap = 8u << 20; /* per-node JSON: ~130 bytes x 10,000+ nodes */
+	size_t cap = GVM_CTL_REPLY_MAX;
 	char *buf = malloc(cap);
 
 	if (!buf) {
@@ -285,7 +285,7 @@ static void serve(int fd)
 		line[len] = 0;
 		while ((nl = strchr(line, '\n'))) {
 			*nl = 0;
-			if (!strcmp(line, "CANDIDATES")) {
+			if (!strcmp(line, GVM_CTL_CMD_CANDIDATES)) {
 				pthread_mutex_lock(&cand_mu);
 				struct candidate c[MAX_CANDIDATES];
 				unsigned nc = n_cands;
@@ -294,19 +294,13 @@ static void serve(int fd)
 				for (unsigned i = 0; i < nc; i++)
 					reply(fd, "C %lx %zu\n", (unsigned long)c[i].addr, c[i].len);
 				reply(fd, "END\n");
-			} else if (!strncmp(line, "ATTACH ", 7)) {
-				cmd_attach(fd, line + 7);
-			} else if (!strcmp(line, "STAT")) {
+			} else if (!strncmp(line, GVM_CTL_CMD_ATTACH " ", strlen(GVM_CTL_CMD_ATTACH " "))) {
+				cmd_attach(fd, line + strlen(GVM_CTL_CMD_ATTACH " "));
+			} else if (!strcmp(line, GVM_CTL_CMD_STAT)) {
 				if (engine)
 					cmd_stat(fd);
 				else
 					reply(fd, "ERR no guest RAM attached yet\n");
-			} else if (!strcmp(line, "FLUSH")) {
-				int r = engine ? gvm_engine_flush(engine) : -ENODEV;
-				if (r)
-					reply(fd, "ERR %s\n", strerror(-r));
-				else
-					reply(fd, "OK\n");
 			} else {
 				reply(fd, "ERR unknown command\n");
 			}
@@ -341,7 +335,7 @@ static int hexval(char c)
 
 __attribute__((constructor)) static void preload_init(void)
 {
-	const char *ctl = getenv("GIANTVM_CTL"), *secret = getenv("GIANTVM_VM_SECRET"), *name;
+	const char *ctl = getenv(GVM_ENV_CTL), *secret = getenv(GVM_ENV_VM_SECRET), *name;
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	sigset_t all, old;
 	pthread_t th;
@@ -352,7 +346,7 @@ __attribute__((constructor)) static void preload_init(void)
 	/* QEMU's helpers (e.g. a bridge helper) must not load us again. */
 	unsetenv("LD_PRELOAD");
 	start_ns = gvm_now_ns();
-	if ((name = getenv("GIANTVM_VM_ID")))
+	if ((name = getenv(GVM_ENV_VM_ID)))
 		snprintf(vm_name, sizeof(vm_name), "%s", name);
 	if (!secret || strlen(secret) != 64) {
 		pr_err("GIANTVM_VM_SECRET missing or malformed; start QEMU with `giantvm run`");
@@ -366,7 +360,7 @@ __attribute__((constructor)) static void preload_init(void)
 		}
 		vm_secret[i] = (uint8_t)(hi << 4 | lo);
 	}
-	unsetenv("GIANTVM_VM_SECRET");
+	unsetenv(GVM_ENV_VM_SECRET);
 	if (strlen(ctl) >= sizeof(sa.sun_path)) {
 		pr_err("control socket path too long: %s", ctl);
 		_exit(70);
@@ -399,7 +393,7 @@ __attribute__((constructor)) static void preload_init(void)
 __attribute__((destructor)) static void preload_fini(void)
 {
 	char path[128], tmp[136];
-	size_t cap = 8u << 20; /* per-node JSON: ~130 bytes x 10,000+ nodes */
+	size_t cap = GVM_CTL_REPLY_MAX;
 	char *buf;
 	FILE *f;
 

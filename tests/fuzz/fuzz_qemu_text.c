@@ -1,6 +1,6 @@
 /*
  * libFuzzer harness: arbitrary bytes as the text `giantvm run` reads from QEMU
- * and from the preload library (src/lib/run_util.c):
+ * and from the preload library (src/cli/qemu.c):
  *   - gvm_parse_ramblocks(): `info ramblock` output, raw and after
  *     gvm_json_unescape() (the way gvm_qmp_ram_blocks() gets it, inside a
  *     QMP "return" string);
@@ -25,7 +25,7 @@
 #include <string.h>
 
 #include "fuzz_common.h"
-#include "run_util.h"
+#include "qemu.h"
 
 static int known_bugs;
 

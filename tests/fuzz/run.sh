@@ -17,8 +17,8 @@ CC=${CLANG:-clang}
 B=${BUILD_FUZZ:-build-fuzz}
 HARNESSES=(fuzz_proto_server fuzz_proto_client fuzz_config fuzz_qemu_text)
 LIB_SRC=(src/lib/proto.c src/lib/util.c src/lib/log.c src/lib/auth.c src/lib/config.c
-	 src/lib/run_util.c src/memserver/store.c)
-CFLAGS=(-g -O1 -std=gnu11 -D_GNU_SOURCE -fno-omit-frame-pointer -Iinclude -Isrc/lib -Isrc/memserver
+	 src/cli/qemu.c src/memserver/store.c)
+CFLAGS=(-g -O1 -std=gnu11 -D_GNU_SOURCE -fno-omit-frame-pointer -Iinclude -Isrc/lib -Isrc/memserver -Isrc/cli
 	-fno-sanitize-recover=undefined)
 SAN=address,undefined
 LDLIBS=(-lcrypto -pthread)

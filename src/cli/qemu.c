@@ -1,5 +1,4 @@
-#define LOG_PREFIX "run: "
-#include "run_util.h"
+#include "qemu.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -14,7 +13,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "util.h"
+#include "giantvm_ctl.h"
+#include "util.h"  /* gvm_now_ns */
 
 /* ------------------------------------------------------ command line */
 
@@ -271,7 +271,7 @@ int gvm_run_match(struct run_ram *b, int nb, const struct run_cand *c, int nc, c
 		if (b[i].shared) {
 			snprintf(err, errlen, "memory backend '%s' has share=on: only private anonymous RAM "
 					      "(memory-backend-ram, or -m) can live in the pool", b[i].name);
-			return -1;
+			return -EPERM;
 		}
 		if (!b[i].hva)
 			continue;
@@ -296,14 +296,14 @@ int gvm_run_match(struct run_ram *b, int nb, const struct run_cand *c, int nc, c
 			snprintf(err, errlen, "guest RAM block '%s' (%llu bytes) has no matching mapping in "
 					      "QEMU; refusing to run it on local RAM", b[i].name,
 				 (unsigned long long)b[i].size);
-			return -1;
+			return -ENOENT;
 		}
 		if (cands > same_blocks) {
 			snprintf(err, errlen, "guest RAM block '%s' (%llu bytes): %d mappings of that size "
 					      "in QEMU, cannot tell which is guest RAM (QEMU >= 8.0 reports "
 					      "it; or choose another RAM size)", b[i].name,
 				 (unsigned long long)b[i].size, cands);
-			return -1;
+			return -EEXIST;
 		}
 		/* Same-size blocks may swap: harmless, each is a fresh region. */
 		used[found] = 1;
@@ -395,10 +395,10 @@ int gvm_qmp_command(int fd, const char *json, char *resp, size_t len)
 	int r;
 
 	if (!buf)
-		return -1;
+		return -ENOMEM;
 	if (write_all(fd, json, strlen(json)) || write_all(fd, "\r\n", 2)) {
 		free(buf);
-		return -1;
+		return -EPIPE;
 	}
 	for (;;) {
 		r = read_line(fd, buf, 1 << 20, 30000);
@@ -408,13 +408,13 @@ int gvm_qmp_command(int fd, const char *json, char *resp, size_t len)
 			continue;
 		if (resp)
 			snprintf(resp, len, "%s", buf);
-		r = strstr(buf, "\"return\"") ? 0 : -1;
+		r = strstr(buf, "\"return\"") ? 0 : -EREMOTEIO;
 		if (r)
 			fprintf(stderr, "giantvm run: QMP %s: %s\n", json, buf);
 		break;
 	}
 	free(buf);
-	return r < 0 ? -1 : 0;
+	return r < 0 ? r : 0;
 }
 
 int gvm_qmp_connect(const char *path, pid_t pid, int timeout_ms, int *reaped, int *wstatus)
@@ -433,22 +433,22 @@ int gvm_qmp_connect(const char *path, pid_t pid, int timeout_ms, int *reaped, in
 				WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
 			*reaped = 1;
 			*wstatus = status;
-			return -1;
+			return -ECHILD;
 		}
 		if (gvm_now_ns() > end) {
 			fprintf(stderr, "giantvm run: QEMU's monitor %s did not appear\n", path);
-			return -1;
+			return -ETIMEDOUT;
 		}
 		usleep(2000);
 	}
 	if (read_line(fd, line, sizeof(line), 30000) < 0 || !strstr(line, "QMP")) {
 		fprintf(stderr, "giantvm run: no QMP greeting from QEMU\n");
 		close(fd);
-		return -1;
+		return -EPROTO;
 	}
 	if (gvm_qmp_command(fd, "{\"execute\":\"qmp_capabilities\"}", NULL, 0)) {
 		close(fd);
-		return -1;
+		return -EPROTO;
 	}
 	return fd;
 }
@@ -460,20 +460,20 @@ int gvm_qmp_ram_blocks(int fd, struct run_ram *out, int max, char *buf, size_t l
 	int nm, nr;
 
 	if (gvm_qmp_command(fd, "{\"execute\":\"query-memdev\"}", buf, len))
-		return -1;
+		return -EPROTO;
 	nm = gvm_parse_memdevs(buf, out, max);
 	if (nm < 0) {
 		fprintf(stderr, "giantvm run: cannot parse query-memdev: %s\n", buf);
-		return -1;
+		return -EINVAL;
 	}
 	if (gvm_qmp_command(fd, "{\"execute\":\"human-monitor-command\",\"arguments\":"
 				"{\"command-line\":\"info ramblock\"}}", buf, len))
-		return -1;
+		return -EPROTO;
 	text = strstr(buf, "\"return\"");
 	text = text ? strchr(text + 8, '"') : NULL;
 	if (!text) {
 		fprintf(stderr, "giantvm run: cannot parse info ramblock: %s\n", buf);
-		return -1;
+		return -EINVAL;
 	}
 	text++;
 	char *q = strrchr(text, '"');
@@ -483,7 +483,7 @@ int gvm_qmp_ram_blocks(int fd, struct run_ram *out, int max, char *buf, size_t l
 	nr = gvm_parse_ramblocks(text, rb, 64);
 	if (nr < 0) {
 		fprintf(stderr, "giantvm run: cannot parse info ramblock output\n");
-		return -1;
+		return -EINVAL;
 	}
 	for (int i = 0; i < nm; i++) {
 		int found = 0;
@@ -496,7 +496,7 @@ int gvm_qmp_ram_blocks(int fd, struct run_ram *out, int max, char *buf, size_t l
 		}
 		if (!found) {
 			fprintf(stderr, "giantvm run: memory backend '%s' has no RAM block in QEMU\n", out[i].name);
-			return -1;
+			return -ENOENT;
 		}
 	}
 	return nm;
@@ -547,11 +547,11 @@ int gvm_ctl_command(int fd, const char *cmd, char *out, size_t len)
 {
 	if (write_all(fd, cmd, strlen(cmd)) < 0) {
 		snprintf(out, len, "control socket closed");
-		return -1;
+		return -EPIPE;
 	}
 	if (read_line(fd, out, len, 120000) < 0) {
 		snprintf(out, len, "no reply on the control socket");
-		return -1;
+		return -ETIMEDOUT;
 	}
 	return 0;
 }
@@ -561,12 +561,12 @@ int gvm_ctl_candidates(int fd, struct run_cand *out, int max)
 	char line[256];
 	int n = 0;
 
-	if (write_all(fd, "CANDIDATES\n", 11) < 0)
-		return -1;
+	if (write_all(fd, GVM_CTL_CMD_CANDIDATES "\n", strlen(GVM_CTL_CMD_CANDIDATES "\n")) < 0)
+		return -EPIPE;
 	for (;;) {
 		unsigned long long a, l;
 		if (read_line(fd, line, sizeof(line), 10000) < 0)
-			return -1;
+			return -ETIMEDOUT;
 		if (!strcmp(line, "END"))
 			return n;
 		if (sscanf(line, "C %llx %llu", &a, &l) == 2 && n < max)

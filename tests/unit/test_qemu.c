@@ -1,6 +1,6 @@
 /* What `giantvm run` reads from QEMU: parsers fed QEMU 7.2/8.x output, and
  * the matching of RAM blocks to the preload library's mappings. */
-#include "run_util.h"
+#include "qemu.h"
 #include "test.h"
 
 static const char ramblock_72[] =
@@ -72,10 +72,10 @@ static int test_match_refuses_missing_and_ambiguous(void)
 	struct run_cand none[1] = { { 0x1000000, 8u << 20 } };
 	char err[256];
 
-	CHECK_EQ(gvm_run_match(b, 1, two, 2, err, sizeof(err)), -1);
+	CHECK_EQ(gvm_run_match(b, 1, two, 2, err, sizeof(err)), -EEXIST); /* ambiguous */
 	CHECK(strstr(err, "cannot tell"));
 	b[0].hva = 0;
-	CHECK_EQ(gvm_run_match(b, 1, none, 1, err, sizeof(err)), -1);
+	CHECK_EQ(gvm_run_match(b, 1, none, 1, err, sizeof(err)), -ENOENT);
 	CHECK(strstr(err, "no matching mapping"));
 	return 0;
 }
@@ -89,7 +89,7 @@ static int test_match_numa_same_size_and_shared(void)
 	CHECK_EQ(gvm_run_match(b, 2, c, 2, err, sizeof(err)), 0);
 	CHECK(b[0].hva && b[1].hva && b[0].hva != b[1].hva);
 	b[1].shared = 1;
-	CHECK_EQ(gvm_run_match(b, 2, c, 2, err, sizeof(err)), -1);
+	CHECK_EQ(gvm_run_match(b, 2, c, 2, err, sizeof(err)), -EPERM);
 	CHECK(strstr(err, "share=on"));
 	return 0;
 }

@@ -1,10 +1,14 @@
 /*
  * What `giantvm run` and `giantvm stat` need to know about QEMU: its command
- * line, its QMP monitor, and the preload library's control socket. The
- * parsers are pure so the unit tests can feed them QEMU's real output.
+ * line, its QMP monitor, and the client side of the preload library's
+ * control socket (the protocol itself: include/giantvm_ctl.h). The parsers
+ * are pure so the unit tests and fuzzers can feed them QEMU's real output.
+ * Part of the CLI: the library knows nothing of QEMU. Functions that can
+ * fail return >= 0 or -errno; the QMP ones also print why (they are the
+ * CLI's own).
  */
-#ifndef GVM_RUN_UTIL_H
-#define GVM_RUN_UTIL_H
+#ifndef GVM_CLI_QEMU_H
+#define GVM_CLI_QEMU_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -55,17 +59,17 @@ int gvm_json_number(const char *json, const char *key, double *out);
 /*
  * Give every guest RAM block a host address: its HVA when QEMU reported one,
  * else the unique candidate mapping of exactly its size. Errors (no
- * mapping, ambiguous) are explained in err. 0 or -1.
+ * mapping, ambiguous) are explained in err. 0 or -errno.
  */
 int gvm_run_match(struct run_ram *blocks, int nb, const struct run_cand *cands, int nc,
 		  char *err, size_t errlen);
 
 /* --- QMP --- */
 /* Connect to QEMU's QMP socket (waiting for it to appear while pid lives)
- * and negotiate capabilities. fd or -1 (message printed); if QEMU exited
+ * and negotiate capabilities. fd or -errno (message printed); if QEMU exited
  * meanwhile, *reaped is set to 1 and *status to its wait status. */
 int gvm_qmp_connect(const char *path, pid_t pid, int timeout_ms, int *reaped, int *status);
-/* Send one command; resp gets the reply line. 0 on "return", -1 otherwise. */
+/* Send one command; resp gets the reply line. 0 on "return", else -errno (printed). */
 int gvm_qmp_command(int fd, const char *json, char *resp, size_t len);
 /* Guest RAM blocks: memory backends matched with `info ramblock`. */
 int gvm_qmp_ram_blocks(int fd, struct run_ram *out, int max, char *buf, size_t len);
@@ -74,7 +78,7 @@ int gvm_qmp_ram_blocks(int fd, struct run_ram *out, int max, char *buf, size_t l
 int gvm_runtime_dir(char *buf, size_t len);
 int gvm_ctl_connect(const char *path, int timeout_ms);
 int gvm_ctl_in_use(const char *path);
-/* Send a command line, read one reply line into out. 0 or -1. */
+/* Send a command line, read one reply line into out. 0 or -errno (why in out). */
 int gvm_ctl_command(int fd, const char *cmd, char *out, size_t len);
 int gvm_ctl_candidates(int fd, struct run_cand *out, int max);
 
