@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "auth.h"
 #include "config.h"
@@ -35,7 +36,7 @@ int cli_pool_open(struct cli_pool *cp, const struct cli_pool_args *a)
 		po.token = cp->token;
 		po.token_len = cp->token_len;
 	}
-	cp->path = gvm_config_locate(a->pool_path, &cp->source);
+	cp->path = cli_pool_locate(a->pool_path, &cp->source);
 	if (cp->path) {
 		po.config_path = cp->path;
 	} else {
@@ -99,4 +100,23 @@ const char *cli_optval(int argc, char **argv, int *i, const char *name)
 		exit(2); /* usage error, like GVM_EXIT_USAGE */
 	}
 	return argv[++*i];
+}
+
+const char *cli_pool_locate(const char *explicit_path, const char **source)
+{
+	const char *env, *src = NULL, *path = NULL;
+
+	if (explicit_path) {
+		path = explicit_path;
+		src = "--pool";
+	} else if ((env = getenv("GIANTVM_POOL")) && *env) {
+		path = env;
+		src = "GIANTVM_POOL";
+	} else if (access(CLI_POOL_FILE_DEFAULT, F_OK) == 0) {
+		path = CLI_POOL_FILE_DEFAULT;
+		src = "./" CLI_POOL_FILE_DEFAULT;
+	}
+	if (source)
+		*source = src;
+	return path;
 }

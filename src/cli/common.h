@@ -30,6 +30,12 @@ struct cli_pool_args {
 int cli_pool_open(struct cli_pool *cp, const struct cli_pool_args *a);
 void cli_pool_close(struct cli_pool *cp);
 
+#define CLI_POOL_FILE_DEFAULT "cluster_uffd.conf"
+/* The pool file: explicit_path (--pool), else $GIANTVM_POOL, else
+ * ./cluster_uffd.conf if it exists; NULL when none (embedded pool). *source
+ * says which ("--pool", "GIANTVM_POOL", "./cluster_uffd.conf"). */
+const char *cli_pool_locate(const char *explicit_path, const char **source);
+
 /* Parse "--opt=value" or "--opt value"; returns the value or NULL. */
 const char *cli_optval(int argc, char **argv, int *i, const char *name);
 

@@ -671,22 +671,3 @@ nomem:
 	set_err(err, errlen, EMBEDDED, 0, NULL, 0, "%s", strerror(ENOMEM));
 	return -ENOMEM;
 }
-
-const char *gvm_config_locate(const char *explicit_path, const char **source)
-{
-	const char *env, *src = NULL, *path = NULL;
-
-	if (explicit_path) {
-		path = explicit_path;
-		src = "--pool";
-	} else if ((env = getenv("GIANTVM_POOL")) && *env) {
-		path = env;
-		src = "GIANTVM_POOL";
-	} else if (access(GVM_CONFIG_DEFAULT, F_OK) == 0) {
-		path = GVM_CONFIG_DEFAULT;
-		src = "./" GVM_CONFIG_DEFAULT;
-	}
-	if (source)
-		*source = src;
-	return path;
-}

@@ -13,7 +13,6 @@
 #include <stdint.h>
 
 #define GVM_DEFAULT_PORT 9999
-#define GVM_CONFIG_DEFAULT "cluster_uffd.conf"
 
 struct gvm_node {
 	uint32_t name;     /* offset in cfg->strings of canonical "host:port" ("[v6]:port") */
@@ -56,12 +55,5 @@ int gvm_config_parse(struct gvm_config *cfg, const char *path, const char *text,
 int gvm_config_load(struct gvm_config *cfg, const char *path, char *err, size_t errlen);
 /* Add one node from "HOST[:PORT]" (line 0). Same validation as a file line. */
 int gvm_config_add(struct gvm_config *cfg, const char *spec, char *err, size_t errlen);
-/*
- * Which pool file to use: `explicit_path` (--pool), else $GIANTVM_POOL, else
- * ./cluster_uffd.conf if it exists. Returns the path, or NULL when none is
- * configured (the caller then starts an embedded pool). `*source` names the
- * origin ("--pool", "GIANTVM_POOL", "./cluster_uffd.conf").
- */
-const char *gvm_config_locate(const char *explicit_path, const char **source);
 
 #endif

@@ -47,7 +47,7 @@ int gvm_pool_open(struct gvm_pool **out, const struct gvm_pool_opts *o, char *er
 	}
 	p->replicas = o->replicas ? o->replicas : (p->cfg.n_nodes >= 2 ? 2 : 1);
 	if (p->replicas > GVM_MAX_REPLICAS || p->replicas > p->cfg.n_nodes) {
-		snprintf(err, errlen, "--replicas %u: the pool has %u node%s (at most %u replicas)",
+		snprintf(err, errlen, "replicas %u: the pool has %u node%s (at most %u replicas)",
 			 p->replicas, p->cfg.n_nodes, p->cfg.n_nodes == 1 ? "" : "s",
 			 GVM_MIN(p->cfg.n_nodes, GVM_MAX_REPLICAS));
 		r = -EINVAL;
@@ -100,7 +100,7 @@ int gvm_pool_probe(const struct gvm_pool *p, int timeout_ms, char *err, size_t e
 			snprintf(err, errlen, "memory node %s (%s%s%u): %s", gvm_node_name(&p->cfg, i),
 				 p->cfg.path ? p->cfg.path : "pool",
 				 p->cfg.nodes[i].line ? ":" : "", p->cfg.nodes[i].line,
-				 r == -EACCES ? "authentication failed (wrong or missing --token-file)" :
+				 r == -EACCES ? "authentication failed (wrong or missing pool token)" :
 				 strerror(-r));
 			return -EHOSTUNREACH;
 		}

@@ -600,7 +600,7 @@ static int on_greeting(struct gvm_transport *t, struct gvm_conn *c, const uint8_
 	gvm_greeting_decode(payload, &g);
 	if (g.flags & GVM_GREET_AUTH) {
 		if (!t->token) {
-			pr_err("node %s requires a token (set one with --token-file)",
+			pr_err("node %s requires a token and the pool has none",
 			       gvm_node_name(t->cfg, c->node));
 			return -EACCES;
 		}

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common.h"
 #include "config.h"
 #include "util.h"
 #include "test.h"
@@ -416,42 +417,42 @@ static int test_locate(void)
 	/* Nothing configured. */
 	CHECK_EQ(unsetenv("GIANTVM_POOL"), 0);
 	src = "stale";
-	p = gvm_config_locate(NULL, &src);
+	p = cli_pool_locate(NULL, &src);
 	if (p || src) {
 		fprintf(stderr, "  expected none, got %s (%s)\n", p ? p : "NULL", src ? src : "NULL");
 		goto out;
 	}
 	/* An empty variable counts as unset. */
 	CHECK_EQ(setenv("GIANTVM_POOL", "", 1), 0);
-	if (gvm_config_locate(NULL, &src) != NULL)
+	if (cli_pool_locate(NULL, &src) != NULL)
 		goto out;
 
 	/* ./cluster_uffd.conf in the cwd. */
-	if (write_file(GVM_CONFIG_DEFAULT, "10.0.0.1\n", 9))
+	if (write_file(CLI_POOL_FILE_DEFAULT, "10.0.0.1\n", 9))
 		goto out;
-	p = gvm_config_locate(NULL, &src);
+	p = cli_pool_locate(NULL, &src);
 	if (!p || strcmp(p, "cluster_uffd.conf") || strcmp(src, "./cluster_uffd.conf"))
 		goto out;
 
 	/* GIANTVM_POOL beats the cwd file (even if it does not exist: the user asked). */
 	if (setenv("GIANTVM_POOL", "/nonexistent/pool.conf", 1))
 		goto out;
-	p = gvm_config_locate(NULL, &src);
+	p = cli_pool_locate(NULL, &src);
 	if (!p || strcmp(p, "/nonexistent/pool.conf") || strcmp(src, "GIANTVM_POOL"))
 		goto out;
 
 	/* --pool beats both. */
-	p = gvm_config_locate("/etc/other.conf", &src);
+	p = cli_pool_locate("/etc/other.conf", &src);
 	if (!p || strcmp(p, "/etc/other.conf") || strcmp(src, "--pool"))
 		goto out;
 	/* A NULL source pointer is allowed. */
-	if (strcmp(gvm_config_locate("x", NULL), "x"))
+	if (strcmp(cli_pool_locate("x", NULL), "x"))
 		goto out;
 	ret = 0;
 out:
 	if (ret)
 		fprintf(stderr, "  FAIL %s:%d: locate order\n", __FILE__, __LINE__);
-	unlink(GVM_CONFIG_DEFAULT);
+	unlink(CLI_POOL_FILE_DEFAULT);
 	CHECK_EQ(fchdir(cwd), 0);
 	close(cwd);
 	CHECK_EQ(rmdir(dir), 0);
