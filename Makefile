@@ -10,7 +10,7 @@ CFLAGS   += -std=gnu11 -Wall -Wextra -Werror -Wno-format-truncation -fPIC -pthre
 # The library, the memory server and the preload see the library's insides;
 # the CLI sees the public headers (include/) and its own (src/cli/) only.
 LIB_INC  := -Iinclude -Isrc/lib -Isrc/memserver
-CLI_INC  := -Iinclude -Isrc/cli $(LIB_INC)
+CLI_INC  := -Iinclude -Isrc/cli
 LDLIBS   += -pthread -lcrypto
 ifeq ($(ASAN),1)
 CFLAGS   += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined

@@ -19,6 +19,9 @@ extern "C" {
 #endif
 
 #define GVM_REGION_KEY_SIZE 32
+#define GVM_PAGE_SIZE     4096u
+#define GVM_STRIPE_PAGES  32u   /* pages per stripe: the unit of placement (docs/PROTOCOL.md) */
+#define GVM_MAX_REPLICAS  8u
 
 struct gvm_pool;
 struct gvm_engine;
@@ -40,6 +43,20 @@ void gvm_pool_close(struct gvm_pool *pool);
 unsigned gvm_pool_node_count(const struct gvm_pool *pool);
 const char *gvm_pool_node_name(const struct gvm_pool *pool, unsigned node);
 unsigned gvm_pool_replicas(const struct gvm_pool *pool);
+/* The nodes holding stripe `stripe` (pages stripe*GVM_STRIPE_PAGES...) of
+ * `region`, primary first, into nodes[GVM_MAX_REPLICAS]; returns how many. */
+unsigned gvm_pool_stripe_nodes(const struct gvm_pool *pool, uint64_t region, uint64_t stripe,
+			       unsigned nodes[GVM_MAX_REPLICAS]);
+/* The pool's fixed client memory (node table, placement, connection slots), bytes. */
+uint64_t gvm_pool_client_bytes(const struct gvm_pool *pool);
+/*
+ * Forget regions[0..n) on every node of the pool (their pages are freed), with
+ * the keys derived from `secret` (gvm_region_key). Best effort: a node that
+ * cannot be reached within timeout_ms is skipped. Returns how many nodes
+ * answered, or -errno.
+ */
+int gvm_pool_free_regions(struct gvm_pool *pool, const uint64_t *regions, unsigned n,
+			  const void *secret, size_t secret_len, int timeout_ms);
 /* Try to connect to every node (HELLO included) within timeout_ms; -EHOSTUNREACH
  * with the first unreachable node's name in err. For "is the pool up" checks. */
 int gvm_pool_probe(const struct gvm_pool *pool, int timeout_ms, char *err, size_t errlen);
@@ -52,7 +69,7 @@ enum gvm_lost_policy {
 
 struct gvm_engine_opts {
 	unsigned prefetch;            /* pages fetched per fault, 1..32 (power of 2); 0 = 32 */
-	unsigned readahead;           /* windows fetched ahead of a sequential run; 0 = default 4, -1u = none */
+	unsigned readahead;           /* windows fetched ahead of a sequential run; 0 = default 8, -1u = none */
 	uint64_t local_mem;           /* resident-page budget in bytes; 0 = unlimited */
 	int lost_policy;              /* enum gvm_lost_policy */
 	/* Called on the engine thread when the engine cannot go on (e.g. pages
@@ -112,6 +129,61 @@ int gvm_engine_nodes_json(struct gvm_engine *e, char *buf, size_t len);
 
 /* Kernel userfaultfd features found at engine open, as text (for logs). */
 const char *gvm_engine_features(const struct gvm_engine *e);
+
+/* --- One blocking connection to one node (tools, `giantvm bench`'s fill).
+ * The fault engine does not use it. Each call returns >= 0 or -errno (a
+ * server's refusal as its errno, e.g. -EACCES, -ENOSPC). */
+struct gvm_node_client;
+int gvm_node_client_open(struct gvm_node_client **out, const struct gvm_pool *pool, unsigned node,
+			 int timeout_ms);
+void gvm_node_client_close(struct gvm_node_client *c);
+/* Bind `region` to this connection with its key (the first holder binds it). */
+int gvm_node_client_bind(struct gvm_node_client *c, uint64_t region, const uint8_t key[GVM_REGION_KEY_SIZE]);
+/* count <= GVM_STRIPE_PAGES pages from/to buf; zero pages are not sent. */
+int gvm_node_client_read(struct gvm_node_client *c, uint64_t region, uint64_t page, unsigned count, void *buf);
+int gvm_node_client_write(struct gvm_node_client *c, uint64_t region, uint64_t page, unsigned count,
+			  const void *buf);
+int gvm_node_client_free(struct gvm_node_client *c, uint64_t region);
+
+/* --- The local ceiling: a plain userfaultfd handler that serves
+ * [addr, addr+len) from src (same layout) a window of `window` pages per
+ * fault, on its own thread; no network, no engine. What the fault path costs
+ * with nothing to fetch. */
+struct gvm_local_server;
+int gvm_local_server_start(struct gvm_local_server **out, void *addr, size_t len, const void *src,
+			   unsigned window);
+/* Stop the thread and unregister; returns the faults it served, or -errno. */
+int64_t gvm_local_server_stop(struct gvm_local_server *s);
+
+/* userfaultfd features this kernel offers (a probe fd), as a mask (>= 0) and
+ * as text ("WP MOVE POISON ...") in buf; -errno when unavailable. */
+int64_t gvm_uffd_features(char *buf, size_t len);
+
+/* --- Helpers shared with the tools --- */
+/* "512M", "16G", "4096", "1.5G" (K/M/G/T, powers of 1024, optional "iB"/"B"). 0 or -EINVAL. */
+int gvm_parse_size(const char *s, uint64_t *out);
+/* Decimal unsigned integer in [min, max]; 0 or -EINVAL / -ERANGE. */
+int gvm_parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out);
+/* "1.5 GiB"-style text into buf; returns buf. */
+const char *gvm_fmt_size(uint64_t bytes, char *buf, size_t len);
+/* Fill buf from the kernel's CSPRNG (getrandom). 0 or -errno. */
+int gvm_random(void *buf, size_t n);
+/* Raise RLIMIT_NOFILE's soft limit to the hard limit; returns the new soft limit. */
+long gvm_raise_nofile(void);
+/* CLOCK_MONOTONIC in nanoseconds. */
+uint64_t gvm_time_ns(void);
+/* A pool token from a file (16..4096 bytes, not readable by others), malloc'd
+ * into *out. 0 or -errno with "FILE: why" in err. */
+int gvm_auth_load_token(const char *path, uint8_t **out, size_t *out_len, char *err, size_t errlen);
+
+/* splitmix64 finaliser: the mixing step of every hash in docs/PROTOCOL.md. */
+static inline uint64_t gvm_mix64(uint64_t x)
+{
+	x += 0x9e3779b97f4a7c15ull;
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+	return x ^ (x >> 31);
+}
 
 /* Region id for a VM's RAM block: FNV/mix hash of "vm-id/block-name". */
 uint64_t gvm_region_id(const char *vm_id, const char *block);

@@ -32,32 +32,23 @@
  * engine's connections at the same time (10,000 nodes would otherwise need
  * two fds per node, in this process and in the memory server).
  */
-#define LOG_PREFIX "bench: "
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
-#include <poll.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <dirent.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include "cli.h"
-#include "client.h"
 #include "common.h"
-#include "log.h"
-#include "placement.h"
-#include "pool_int.h"
-#include "transport.h"
-#include "uffd.h"
-#include "util.h"
+#include "giantvm.h"
 
 #define PAGE GVM_PAGE_SIZE
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
 
 struct bench_opts {
 	struct cli_pool_args pa;
@@ -117,7 +108,7 @@ static double pct_us(uint64_t *v, size_t n, double p)
 #define NC_RTT       4u  /* sampled by measure_rtt */
 
 struct node_clients {
-	struct gvm_client *c;
+	struct gvm_node_client **c;
 	uint8_t *state;
 };
 
@@ -146,41 +137,27 @@ static void sample_fds(int *peak)
 		*peak = n;
 }
 
-/*
- * The pool's fixed client memory per node, in bytes:
- *
- *   ( sizeof(struct gvm_node) * n_nodes        config: one compact record per node
- *   + strings_len                              config: "host:port" and host strings
- *   + placement.size * sizeof(uint32_t)        placement table, M slots
- *   + sizeof(struct gvm_conn *) * n_nodes      engine transport: conns[] pointer array
- *   ) / n_nodes
- *
- * Counted from the structures actually built, so 10,000 nodes give
- * 32 + ~34 + 52.4 + 8 bytes. Not included: per-connection state, which only
- * exists for nodes the engine has used (sizeof(struct gvm_conn) plus its
- * buffers, freed again by the 60 s idle close).
- */
+/* The pool's fixed client memory per node, in bytes (node records, strings,
+ * placement table, connection slots; gvm_pool_client_bytes). Not included:
+ * per-connection state, which exists only for nodes the engine has used. */
 static double pool_bytes_per_node(const struct gvm_pool *pool)
 {
-	uint64_t n = pool->cfg.n_nodes;
-	uint64_t bytes = sizeof(struct gvm_node) * n + pool->cfg.strings_len +
-			 (uint64_t)pool->pl.size * sizeof(pool->pl.table[0]) +
-			 sizeof(((struct gvm_transport *)0)->conns[0]) * n;
+	unsigned n = gvm_pool_node_count(pool);
 
-	return n ? (double)bytes / (double)n : 0;
+	return n ? (double)gvm_pool_client_bytes(pool) / (double)n : 0;
 }
 
 /* Distinct nodes holding a stripe (any replica) of the first npages of region. */
 static uint32_t region_nodes(const struct gvm_pool *pool, uint64_t region, uint64_t npages)
 {
-	uint8_t *seen = calloc(pool->cfg.n_nodes, 1);
+	uint8_t *seen = calloc(gvm_pool_node_count(pool), 1);
 	uint32_t count = 0;
 
 	if (!seen)
 		return 0;
 	for (uint64_t s = 0; s * GVM_STRIPE_PAGES < npages; s++) {
-		uint32_t nodes[GVM_MAX_REPLICAS];
-		unsigned nr = gvm_placement_replicas(&pool->pl, region, s, pool->replicas, nodes);
+		unsigned nodes[GVM_MAX_REPLICAS];
+		unsigned nr = gvm_pool_stripe_nodes(pool, region, s, nodes);
 		for (unsigned k = 0; k < nr; k++)
 			if (!seen[nodes[k]]) {
 				seen[nodes[k]] = 1;
@@ -198,12 +175,16 @@ static int client_for(struct gvm_pool *pool, struct node_clients *nc, uint32_t n
 
 	if (nc->state[node] & NC_CONNECTED)
 		return 0;
-	r = gvm_client_connect(&nc->c[node], gvm_node_name(&pool->cfg, node), pool->token,
-			       pool->token_len, 5000);
-	if (!r)
-		r = gvm_client_open(&nc->c[node], region, key);
+	r = gvm_node_client_open(&nc->c[node], pool, node, 5000);
+	if (!r) {
+		r = gvm_node_client_bind(nc->c[node], region, key);
+		if (r) {
+			gvm_node_client_close(nc->c[node]);
+			nc->c[node] = NULL;
+		}
+	}
 	if (r) {
-		fprintf(stderr, "giantvm bench: node %s: %s\n", gvm_node_name(&pool->cfg, node), strerror(-r));
+		fprintf(stderr, "giantvm bench: node %s: %s\n", gvm_pool_node_name(pool, node), strerror(-r));
 		return r;
 	}
 	nc->state[node] |= NC_CONNECTED;
@@ -213,7 +194,8 @@ static int client_for(struct gvm_pool *pool, struct node_clients *nc, uint32_t n
 static void client_drop(struct node_clients *nc, uint32_t node)
 {
 	if (nc->state[node] & NC_CONNECTED) {
-		gvm_client_close(&nc->c[node]);
+		gvm_node_client_close(nc->c[node]);
+		nc->c[node] = NULL;
 		nc->state[node] &= (uint8_t)~NC_CONNECTED;
 	}
 }
@@ -221,7 +203,7 @@ static void client_drop(struct node_clients *nc, uint32_t node)
 /* Close every fill connection (the region stays on the nodes). */
 static void clients_close_all(struct gvm_pool *pool, struct node_clients *nc)
 {
-	for (uint32_t i = 0; i < pool->cfg.n_nodes; i++)
+	for (uint32_t i = 0; i < gvm_pool_node_count(pool); i++)
 		client_drop(nc, i);
 }
 
@@ -229,9 +211,9 @@ static void clients_close_all(struct gvm_pool *pool, struct node_clients *nc)
 static void clients_free_region(struct gvm_pool *pool, struct node_clients *nc, uint64_t region,
 				const uint8_t *key)
 {
-	for (uint32_t i = 0; i < pool->cfg.n_nodes; i++) {
+	for (uint32_t i = 0; i < gvm_pool_node_count(pool); i++) {
 		if ((nc->state[i] & NC_WRITTEN) && !client_for(pool, nc, i, region, key))
-			gvm_client_free(&nc->c[i], region);
+			gvm_node_client_free(nc->c[i], region);
 		client_drop(nc, i);
 	}
 }
@@ -246,9 +228,9 @@ static int fill(struct gvm_pool *pool, struct node_clients *nc, uint64_t region,
 		return -ENOMEM;
 	for (uint64_t s = 0; s * GVM_STRIPE_PAGES < npages && !r; s++) {
 		uint64_t p0 = s * GVM_STRIPE_PAGES;
-		unsigned n = (unsigned)GVM_MIN((uint64_t)GVM_STRIPE_PAGES, npages - p0);
-		uint32_t nodes[GVM_MAX_REPLICAS];
-		unsigned nr = gvm_placement_replicas(&pool->pl, region, s, pool->replicas, nodes);
+		unsigned n = (unsigned)MIN((uint64_t)GVM_STRIPE_PAGES, npages - p0);
+		unsigned nodes[GVM_MAX_REPLICAS];
+		unsigned nr = gvm_pool_stripe_nodes(pool, region, s, nodes);
 
 		for (unsigned i = 0; i < n; i++)
 			pattern_page(seed, p0 + i, buf + (size_t)i * PAGE);
@@ -256,11 +238,11 @@ static int fill(struct gvm_pool *pool, struct node_clients *nc, uint64_t region,
 			r = client_for(pool, nc, nodes[k], region, key);
 			if (!r) {
 				nc->state[nodes[k]] |= NC_WRITTEN;
-				r = gvm_client_write(&nc->c[nodes[k]], region, p0, n, buf);
+				r = gvm_node_client_write(nc->c[nodes[k]], region, p0, n, buf);
 			}
 			if (r)
 				fprintf(stderr, "giantvm bench: fill: node %s: %s\n",
-					gvm_node_name(&pool->cfg, nodes[k]), strerror(-r));
+					gvm_pool_node_name(pool, nodes[k]), strerror(-r));
 		}
 	}
 	free(buf);
@@ -271,8 +253,8 @@ static double measure_rtt(struct gvm_pool *pool, struct node_clients *nc, uint64
 			  const uint8_t *key, uint64_t npages)
 {
 	enum { PER_NODE = 200 };
-	uint32_t n = pool->cfg.n_nodes;
-	uint32_t nodes_used = GVM_MIN(n, 16u); /* sample at most 16 nodes */
+	uint32_t n = gvm_pool_node_count(pool);
+	uint32_t nodes_used = MIN(n, 16u); /* sample at most 16 nodes */
 	uint64_t *v = calloc((size_t)nodes_used * PER_NODE, sizeof(*v));
 	uint8_t buf[PAGE];
 	size_t k = 0;
@@ -281,16 +263,17 @@ static double measure_rtt(struct gvm_pool *pool, struct node_clients *nc, uint64
 	if (!v)
 		return -1;
 	for (uint32_t s = 0, seen = 0; s * GVM_STRIPE_PAGES < npages && seen < nodes_used; s++) {
-		uint32_t node = gvm_placement_node(&pool->pl, region, s);
+		unsigned nodes[GVM_MAX_REPLICAS];
+		uint32_t node = gvm_pool_stripe_nodes(pool, region, s, nodes) ? nodes[0] : 0;
 		if ((nc->state[node] & NC_RTT) || client_for(pool, nc, node, region, key))
 			continue;
 		nc->state[node] |= NC_RTT;
 		seen++;
 		for (int i = 0; i < PER_NODE; i++) {
-			uint64_t t0 = gvm_now_ns();
-			if (gvm_client_read(&nc->c[node], region, s * GVM_STRIPE_PAGES, 1, buf))
+			uint64_t t0 = gvm_time_ns();
+			if (gvm_node_client_read(nc->c[node], region, s * GVM_STRIPE_PAGES, 1, buf))
 				break;
-			v[k++] = gvm_now_ns() - t0;
+			v[k++] = gvm_time_ns() - t0;
 		}
 	}
 	r = pct_us(v, k, 0.5);
@@ -299,57 +282,6 @@ static double measure_rtt(struct gvm_pool *pool, struct node_clients *nc, uint64
 }
 
 /* ------------------------------------------------------ local ceiling */
-
-struct local_handler {
-	int uffd, quitfd;
-	uintptr_t base;
-	uint64_t npages;
-	unsigned window;
-	const uint8_t *src;  /* npages of pattern */
-	uint64_t faults;
-};
-
-static void *local_thread(void *arg)
-{
-	struct local_handler *h = arg;
-	struct pollfd pfd[2] = { { .fd = h->uffd, .events = POLLIN }, { .fd = h->quitfd, .events = POLLIN } };
-	struct uffd_msg msg;
-
-	for (;;) {
-		if (poll(pfd, 2, -1) < 0) {
-			if (errno == EINTR)
-				continue;
-			return NULL;
-		}
-		if (pfd[1].revents)
-			return NULL;
-		ssize_t n = read(h->uffd, &msg, sizeof(msg));
-		if (n != sizeof(msg) || msg.event != UFFD_EVENT_PAGEFAULT)
-			continue;
-		uint64_t p = (msg.arg.pagefault.address - h->base) / PAGE;
-		uint64_t w0 = p / h->window * h->window;
-		uint64_t len = GVM_MIN((uint64_t)h->window, h->npages - w0) * PAGE;
-		uintptr_t dst = h->base + w0 * PAGE;
-		const uint8_t *src = h->src + w0 * PAGE;
-		h->faults++;
-		while (len) {
-			struct uffdio_copy c = { .dst = dst, .src = (uintptr_t)src, .len = len };
-			if (ioctl(h->uffd, UFFDIO_COPY, &c) == 0)
-				break;
-			int64_t done = c.copy > 0 ? c.copy : 0;
-			dst += (uint64_t)done; src += done; len -= (uint64_t)done;
-			if (errno == EEXIST) {
-				struct uffdio_range rr = { dst, PAGE };
-				if (ioctl(h->uffd, UFFDIO_WAKE, &rr) < 0)
-					break;
-				dst += PAGE; src += PAGE; len -= PAGE;
-			} else if (errno != EAGAIN) {
-				perror("giantvm bench: UFFDIO_COPY");
-				break;
-			}
-		}
-	}
-}
 
 static void touch_random(uint8_t *base, uint64_t npages, unsigned window, unsigned samples,
 			 uint64_t seed, uint64_t *lat, uint64_t *pages)
@@ -362,65 +294,53 @@ static void touch_random(uint8_t *base, uint64_t npages, unsigned window, unsign
 	for (unsigned i = 0; i < samples; i++) {
 		x ^= x << 13; x ^= x >> 7; x ^= x << 17;
 		uint64_t w = (i * step + x % step) % nwin;
-		uint64_t p = w * window + (x >> 20) % GVM_MIN((uint64_t)window, npages - w * window);
+		uint64_t p = w * window + (x >> 20) % MIN((uint64_t)window, npages - w * window);
 		volatile uint8_t *a = base + p * PAGE;
-		uint64_t t0 = gvm_now_ns();
+		uint64_t t0 = gvm_time_ns();
 		(void)*a;
-		lat[i] = gvm_now_ns() - t0;
+		lat[i] = gvm_time_ns() - t0;
 		pages[i] = p;
 	}
 }
 
 static double touch_seq(uint8_t *base, uint64_t npages)
 {
-	uint64_t t0 = gvm_now_ns();
+	uint64_t t0 = gvm_time_ns();
 	for (uint64_t p = 0; p < npages; p++)
 		(void)*(volatile uint8_t *)(base + p * PAGE);
-	return (double)(gvm_now_ns() - t0) / 1e9;
+	return (double)(gvm_time_ns() - t0) / 1e9;
 }
 
+/* The same touches served by the local ceiling (gvm_local_server_*) from src. */
 static int local_run(uint64_t npages, unsigned window, const uint8_t *src, int random_mode,
 		     unsigned samples, uint64_t *lat, uint64_t *pages, double *secs)
 {
 	size_t len = npages * PAGE;
-	struct local_handler h = { .npages = npages, .window = window, .src = src };
-	struct uffdio_register reg = { .mode = UFFDIO_REGISTER_MODE_MISSING };
-	pthread_t th;
-	uint64_t one = 1;
-	int r = -1;
+	struct gvm_local_server *ls;
+	int64_t faults;
+	int r;
 	uint8_t *base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 
 	if (base == MAP_FAILED) {
 		perror("giantvm bench: mmap");
 		return -1;
 	}
-	h.base = (uintptr_t)base;
-	h.uffd = gvm_uffd_open(0, NULL, NULL);
-	if (h.uffd < 0)
+	r = gvm_local_server_start(&ls, base, len, src, window);
+	if (r) {
+		fprintf(stderr, "giantvm bench: local ceiling: %s\n", strerror(-r));
 		goto out_unmap;
-	h.quitfd = eventfd(0, EFD_CLOEXEC);
-	if (h.quitfd < 0)
-		goto out_uffd;
-	reg.range.start = h.base;
-	reg.range.len = len;
-	if (ioctl(h.uffd, UFFDIO_REGISTER, &reg) < 0) {
-		perror("giantvm bench: UFFDIO_REGISTER");
-		goto out_ev;
 	}
-	if (pthread_create(&th, NULL, local_thread, &h))
-		goto out_ev;
 	if (random_mode)
 		touch_random(base, npages, window, samples, 42, lat, pages);
 	else
 		*secs = touch_seq(base, npages);
-	if (write(h.quitfd, &one, sizeof(one)) < 0)
-		perror("giantvm bench: eventfd");
-	pthread_join(th, NULL);
-	r = random_mode || !memcmp(base, src, len) ? 0 : -1;
-out_ev:
-	close(h.quitfd);
-out_uffd:
-	close(h.uffd);
+	faults = gvm_local_server_stop(ls);
+	if (faults < 0) {
+		fprintf(stderr, "giantvm bench: local ceiling: %s\n", strerror((int)-faults));
+		r = -1;
+	} else {
+		r = random_mode || !memcmp(base, src, len) ? 0 : -1;
+	}
 out_unmap:
 	munmap(base, len);
 	return r;
@@ -515,13 +435,13 @@ static int evict_run(struct gvm_pool *pool, unsigned prefetch, uint64_t local_me
 
 	if (r)
 		return r;
-	t0 = gvm_now_ns();
+	t0 = gvm_time_ns();
 	for (uint64_t p = 0; p < npages; p++)
 		pattern_page(seed, p, base + p * PAGE);
-	res->write_secs = (double)(gvm_now_ns() - t0) / 1e9;
-	t0 = gvm_now_ns();
+	res->write_secs = (double)(gvm_time_ns() - t0) / 1e9;
+	t0 = gvm_time_ns();
 	r = verify_range(base, seed, 0, npages);
-	res->read_secs = (double)(gvm_now_ns() - t0) / 1e9;
+	res->read_secs = (double)(gvm_time_ns() - t0) / 1e9;
 	gvm_engine_stats(e, &res->st);
 	engine_region_close(e, base, len);
 	return r;
@@ -619,17 +539,17 @@ int cmd_bench(int argc, char **argv)
 	 * limit before the fill (the engine would only do it when it opens). */
 	if (gvm_raise_nofile() < 0)
 		fprintf(stderr, "giantvm bench: cannot raise the open-files limit\n");
-	t_open = gvm_now_ns();
+	t_open = gvm_time_ns();
 	if (cli_pool_open(&cp, &o.pa))
 		return 1;
-	t_open = gvm_now_ns() - t_open;
+	t_open = gvm_time_ns() - t_open;
 	if (gvm_random(&seed, sizeof(seed)) || gvm_random(key, sizeof(key))) {
 		fprintf(stderr, "giantvm bench: getrandom failed\n");
 		goto out;
 	}
 	region = gvm_mix64(seed ^ 0x62656e6368ull);
-	nc.c = calloc(cp.pool->cfg.n_nodes, sizeof(*nc.c));
-	nc.state = calloc(cp.pool->cfg.n_nodes, 1);
+	nc.c = calloc(gvm_pool_node_count(cp.pool), sizeof(*nc.c));
+	nc.state = calloc(gvm_pool_node_count(cp.pool), 1);
 	lat = calloc(o.samples, sizeof(*lat));
 	lpages = calloc(o.samples, sizeof(*lpages));
 	local_src = malloc(npages * PAGE);
@@ -640,10 +560,10 @@ int cmd_bench(int argc, char **argv)
 	for (uint64_t p = 0; p < npages; p++)
 		pattern_page(seed, p, local_src + p * PAGE);
 
-	t_fill = gvm_now_ns();
+	t_fill = gvm_time_ns();
 	if (fill(cp.pool, &nc, region, key, seed, npages))
 		goto out;
-	t_fill = gvm_now_ns() - t_fill;
+	t_fill = gvm_time_ns() - t_fill;
 	sample_fds(&peak_fds);
 	clients_close_all(cp.pool, &nc);
 	rtt = measure_rtt(cp.pool, &nc, region, key, npages);
@@ -682,8 +602,8 @@ int cmd_bench(int argc, char **argv)
 		       "\"seq_faults\":%" PRIu64 ",\"seq_readahead_pages\":%" PRIu64 ","
 		       "\"startup_ms\":%.3f,\"peak_fds\":%d,\"client_bytes_per_node\":%.1f,"
 		       "\"region_nodes\":%u,\"seq_nodes_connected\":%u,",
-		       cp.pool->cfg.n_nodes, cp.pool->replicas, o.size, o.prefetch, o.samples,
-		       gb * (double)cp.pool->replicas / ((double)t_fill / 1e9), rtt, local_p50,
+		       gvm_pool_node_count(cp.pool), gvm_pool_replicas(cp.pool), o.size, o.prefetch, o.samples,
+		       gb * (double)gvm_pool_replicas(cp.pool) / ((double)t_fill / 1e9), rtt, local_p50,
 		       gb / local_secs, remote_p50, remote_p99, gb / seq_secs,
 		       (gb / seq_secs) / (gb / local_secs), st_seq.faults, st_seq.readahead_pages,
 		       startup_ms, peak_fds, bpn, n_region_nodes, st_seq.nodes_connected);
@@ -696,9 +616,9 @@ int cmd_bench(int argc, char **argv)
 		printf("\"verified\":true}\n");
 	} else {
 		printf("giantvm bench: %u node%s (%s), replicas %u, region %s, window %u pages\n",
-		       cp.pool->cfg.n_nodes, cp.pool->cfg.n_nodes == 1 ? "" : "s", cp.source,
-		       cp.pool->replicas, gvm_fmt_size(o.size, (char[32]){ 0 }, 32), o.prefetch);
-		printf("  %-34s %10.3f GB/s\n", "fill (all replicas)", gb * (double)cp.pool->replicas / ((double)t_fill / 1e9));
+		       gvm_pool_node_count(cp.pool), gvm_pool_node_count(cp.pool) == 1 ? "" : "s", cp.source,
+		       gvm_pool_replicas(cp.pool), gvm_fmt_size(o.size, (char[32]){ 0 }, 32), o.prefetch);
+		printf("  %-34s %10.3f GB/s\n", "fill (all replicas)", gb * (double)gvm_pool_replicas(cp.pool) / ((double)t_fill / 1e9));
 		printf("  %-34s %10.1f us\n", "tcp_rtt_us (4 KiB READ, p50)", rtt);
 		printf("  %-34s %10.1f us\n", "local_fault_us (p50)", local_p50);
 		printf("  %-34s %10.3f GB/s\n", "local_ceiling_GBps", gb / local_secs);
@@ -709,7 +629,7 @@ int cmd_bench(int argc, char **argv)
 		printf("  %-34s %10.3f ms\n", "startup_ms (open the pool)", startup_ms);
 		printf("  %-34s %10d\n", "peak_fds", peak_fds);
 		printf("  %-34s %10.1f B\n", "client_bytes_per_node", bpn);
-		printf("  %-34s %10u of %u\n", "region_nodes", n_region_nodes, cp.pool->cfg.n_nodes);
+		printf("  %-34s %10u of %u\n", "region_nodes", n_region_nodes, gvm_pool_node_count(cp.pool));
 		printf("  %-34s %10u\n", "seq_nodes_connected", st_seq.nodes_connected);
 		if (o.local_mem) {
 			printf("  eviction, --local-mem %s:\n", gvm_fmt_size(o.local_mem, (char[32]){ 0 }, 32));

@@ -1,4 +1,3 @@
-#define LOG_PREFIX ""
 #include "common.h"
 
 #include <errno.h>
@@ -7,16 +6,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "auth.h"
-#include "config.h"
-#include "log.h"
 
 static void *embedded_main(void *arg)
 {
 	struct gvm_memserver *s = arg;
 
 	if (gvm_memserver_run(s) < 0)
-		pr_err("embedded memory server stopped with an error");
+		fprintf(stderr, "giantvm: embedded memory server stopped with an error\n");
 	return NULL;
 }
 

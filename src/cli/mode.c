@@ -15,7 +15,7 @@
 #include <unistd.h>
 
 #include "cli.h"
-#include "uffd.h"
+#include "giantvm.h"
 
 static void sysroot_path(char *buf, size_t len, const char *p)
 {
@@ -108,13 +108,10 @@ void gvm_mode_detect(struct gvm_mode *m)
 
 	m->kvm = gvm_kvm_detect(m->kvm_why, sizeof(m->kvm_why));
 
-	f = gvm_uffd_probe();
+	f = gvm_uffd_features(m->uffd_why, sizeof(m->uffd_why));
 	if (f >= 0) {
 		m->uffd = 1;
 		m->uffd_features = (uint64_t)f;
-		gvm_uffd_features_str((uint64_t)f, m->uffd_why, sizeof(m->uffd_why));
-	} else {
-		snprintf(m->uffd_why, sizeof(m->uffd_why), "%s", strerror((int)-f));
 	}
 }
 

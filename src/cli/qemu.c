@@ -14,7 +14,7 @@
 #include <unistd.h>
 
 #include "giantvm_ctl.h"
-#include "util.h"  /* gvm_now_ns */
+#include "giantvm.h"
 
 /* ------------------------------------------------------ command line */
 
@@ -419,7 +419,7 @@ int gvm_qmp_command(int fd, const char *json, char *resp, size_t len)
 
 int gvm_qmp_connect(const char *path, pid_t pid, int timeout_ms, int *reaped, int *wstatus)
 {
-	uint64_t end = gvm_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+	uint64_t end = gvm_time_ns() + (uint64_t)timeout_ms * 1000000ull;
 	char line[4096];
 	int fd;
 
@@ -435,7 +435,7 @@ int gvm_qmp_connect(const char *path, pid_t pid, int timeout_ms, int *reaped, in
 			*wstatus = status;
 			return -ECHILD;
 		}
-		if (gvm_now_ns() > end) {
+		if (gvm_time_ns() > end) {
 			fprintf(stderr, "giantvm run: QEMU's monitor %s did not appear\n", path);
 			return -ETIMEDOUT;
 		}
@@ -523,11 +523,11 @@ int gvm_runtime_dir(char *buf, size_t len)
 
 int gvm_ctl_connect(const char *path, int timeout_ms)
 {
-	uint64_t end = gvm_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+	uint64_t end = gvm_time_ns() + (uint64_t)timeout_ms * 1000000ull;
 
 	for (;;) {
 		int fd = unix_connect(path);
-		if (fd >= 0 || gvm_now_ns() > end)
+		if (fd >= 0 || gvm_time_ns() > end)
 			return fd;
 		usleep(10000);
 	}

@@ -32,15 +32,9 @@
 
 #include "cli.h"
 #include "giantvm_ctl.h"
-#include "client.h"
 #include "common.h"
-#include "config.h"
-#include "log.h"
 #include "mode.h"
-#include "placement.h"
-#include "pool_int.h"
 #include "qemu.h"
-#include "util.h"
 
 struct run_opts {
 	struct cli_pool_args pa;
@@ -202,8 +196,10 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
 static int run_original(struct run_opts *o)
 {
 	const char *qemu = o->orig_qemu ? o->orig_qemu : getenv("GIANTVM_QEMU");
-	struct gvm_config cfg;
+	struct gvm_pool_opts po = { .replicas = 1 };
+	struct gvm_pool *cluster;
 	char err[512], iplist[65536], localcpu[256];
+	unsigned n_nodes;
 	char **args;
 	long smp, cpus;
 	size_t off = 0;
@@ -224,26 +220,34 @@ static int run_original(struct run_opts *o)
 		fprintf(stderr, "giantvm run: ORIGINAL mode needs --giantvm-conf cluster.conf and --giantvm-id N\n");
 		return 1;
 	}
-	gvm_config_init(&cfg);
-	if (gvm_config_load(&cfg, o->orig_conf, err, sizeof(err))) {
+	/* The cluster file has the pool file's syntax; a node's id is its line's rank. */
+	po.config_path = o->orig_conf;
+	if (gvm_pool_open(&cluster, &po, err, sizeof(err))) {
 		fprintf(stderr, "giantvm run: %s\n", err);
 		return 1;
 	}
-	if ((uint32_t)o->orig_id >= cfg.n_nodes) {
+	n_nodes = gvm_pool_node_count(cluster);
+	if ((unsigned long)o->orig_id >= n_nodes) {
 		fprintf(stderr, "giantvm run: --giantvm-id %ld: %s has %u nodes (ids 0..%u)\n", o->orig_id,
-			o->orig_conf, cfg.n_nodes, cfg.n_nodes - 1);
+			o->orig_conf, n_nodes, n_nodes - 1);
+		gvm_pool_close(cluster);
 		return 1;
 	}
-	for (uint32_t i = 0; i < cfg.n_nodes; i++) {
-		int w = snprintf(iplist + off, sizeof(iplist) - off, "%s%s", i ? " " : "", gvm_node_name(&cfg, i));
+	for (unsigned i = 0; i < n_nodes; i++) {
+		int w = snprintf(iplist + off, sizeof(iplist) - off, "%s%s", i ? " " : "",
+				 gvm_pool_node_name(cluster, i));
 		if (w < 0 || (size_t)w >= sizeof(iplist) - off) {
 			fprintf(stderr, "giantvm run: %s: too many nodes for -local-cpu\n", o->orig_conf);
+			gvm_pool_close(cluster);
 			return 1;
 		}
 		off += (size_t)w;
 	}
+	gvm_pool_close(cluster);
 	smp = gvm_qemu_smp(o->qemu_argc, o->qemu_argv);
-	cpus = o->orig_cpus > 0 ? o->orig_cpus : GVM_MAX(1L, smp / (long)cfg.n_nodes);
+	cpus = o->orig_cpus > 0 ? o->orig_cpus : smp / (long)n_nodes;
+	if (cpus < 1)
+		cpus = 1;
 	snprintf(localcpu, sizeof(localcpu), "%ld,start=%ld,iplist=", cpus, cpus * o->orig_id);
 	args = calloc((size_t)o->qemu_argc + 4, sizeof(*args));
 	if (!args)
@@ -339,24 +343,6 @@ static int attach_ram(int ctl, int qmp, const char *vm_key, uint64_t *regions, u
 	return 0;
 }
 
-/* Forget the VM's regions on every node it may have used (best effort). */
-static void free_regions(struct gvm_pool *pool, const uint64_t *regions, unsigned nr,
-			 const uint8_t *secret)
-{
-	for (uint32_t node = 0; node < pool->cfg.n_nodes && node < 4096; node++) {
-		struct gvm_client c;
-		if (gvm_client_connect(&c, gvm_node_name(&pool->cfg, node), pool->token, pool->token_len, 1000))
-			continue;
-		for (unsigned i = 0; i < nr; i++) {
-			uint8_t key[GVM_REGION_KEY_SIZE];
-			if (gvm_region_key(secret, 32, regions[i], key) == 0 &&
-			    gvm_client_open(&c, regions[i], key) == 0)
-				gvm_client_free(&c, regions[i]);
-		}
-		gvm_client_close(&c);
-	}
-}
-
 static void print_final(const char *ctl_path)
 {
 	char path[PATH_MAX], *buf;
@@ -449,9 +435,9 @@ static int run_uffd(struct run_opts *o, struct gvm_mode *m)
 		fprintf(stderr, "giantvm run: pool not reachable, the guest was not started: %s\n", err);
 		goto out_pool;
 	}
-	printf("[GiantVM] pool: %u node%s (%s%s%s), replicas %u\n", cp.pool->cfg.n_nodes,
-	       cp.pool->cfg.n_nodes == 1 ? "" : "s", cp.source, cp.path ? " " : "",
-	       cp.path ? cp.path : "", cp.pool->replicas);
+	printf("[GiantVM] pool: %u node%s (%s%s%s), replicas %u\n", gvm_pool_node_count(cp.pool),
+	       gvm_pool_node_count(cp.pool) == 1 ? "" : "s", cp.source, cp.path ? " " : "",
+	       cp.path ? cp.path : "", gvm_pool_replicas(cp.pool));
 	fflush(stdout);
 	if (gvm_runtime_dir(dir, sizeof(dir))) {
 		fprintf(stderr, "giantvm run: cannot create the runtime directory %s: %s\n", dir, strerror(errno));
@@ -520,7 +506,7 @@ static int run_uffd(struct run_opts *o, struct gvm_mode *m)
 				setenv(GVM_ENV_TOKEN, tok, 1);
 		}
 		char num[32];
-		snprintf(num, sizeof(num), "%u", cp.pool->replicas);
+		snprintf(num, sizeof(num), "%u", gvm_pool_replicas(cp.pool));
 		setenv(GVM_ENV_REPLICAS, num, 1);
 		if (o->prefetch) {
 			snprintf(num, sizeof(num), "%u", o->prefetch);
@@ -595,7 +581,7 @@ wait_child:
 			fprintf(stderr, "giantvm run: QEMU was killed by signal %d\n", WTERMSIG(status));
 	}
 	if (!cp.embedded && n_regions)
-		free_regions(cp.pool, regions, n_regions, secret);
+		gvm_pool_free_regions(cp.pool, regions, n_regions, secret, sizeof(secret), 1000);
 out_args:
 	free(args);
 out_pool:

@@ -11,7 +11,7 @@
 #include "cli.h"
 #include "giantvm_ctl.h"
 #include "qemu.h"
-#include "util.h"
+#include "giantvm.h"
 
 static void usage(FILE *f)
 {

@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "giantvm.h"
 #include "proto.h"
 
 #define GVM_TOKEN_MIN 16u
@@ -15,11 +16,5 @@ int gvm_auth_mac(const void *token, size_t token_len, const uint8_t nonce[GVM_NO
 		 uint8_t mac[GVM_MAC_SIZE]);
 /* Constant-time compare; 1 if equal. */
 int gvm_auth_equal(const uint8_t *a, const uint8_t *b, size_t n);
-/*
- * Read a token file (trailing newlines stripped; GVM_TOKEN_MIN..GVM_TOKEN_MAX
- * bytes). Refuses a file readable by group or others. On success *out is
- * malloc'd. Errors name the file and reason in err.
- */
-int gvm_auth_load_token(const char *path, uint8_t **out, size_t *out_len, char *err, size_t errlen);
-
+/* gvm_auth_load_token(): public, include/giantvm.h. */
 #endif

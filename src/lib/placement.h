@@ -20,9 +20,9 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "giantvm.h"
 
-#define GVM_STRIPE_PAGES 32u          /* pages per stripe: the unit of placement */
-#define GVM_MAX_REPLICAS 8u
+/* GVM_STRIPE_PAGES, GVM_MAX_REPLICAS: include/giantvm.h */
 #define GVM_PLACEMENT_MIN_SIZE 1024u  /* M0: the table size for up to 102 nodes */
 
 struct gvm_placement {

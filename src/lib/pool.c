@@ -14,6 +14,7 @@
 #include "giantvm.h"
 #include "log.h"
 #include "pool_int.h"
+#include "transport.h"
 #include "util.h"
 
 int gvm_pool_open(struct gvm_pool **out, const struct gvm_pool_opts *o, char *err, size_t errlen)
@@ -128,4 +129,47 @@ int gvm_region_key(const void *secret, size_t secret_len, uint64_t region,
 	if (!HMAC(EVP_sha256(), secret, (int)secret_len, msg, sizeof(msg), key, &len))
 		return -EIO;
 	return 0;
+}
+
+unsigned gvm_pool_stripe_nodes(const struct gvm_pool *p, uint64_t region, uint64_t stripe,
+			       unsigned nodes[GVM_MAX_REPLICAS])
+{
+	uint32_t n[GVM_MAX_REPLICAS];
+	unsigned nr = gvm_placement_replicas(&p->pl, region, stripe, p->replicas, n);
+
+	for (unsigned i = 0; i < nr; i++)
+		nodes[i] = n[i];
+	return nr;
+}
+
+uint64_t gvm_pool_client_bytes(const struct gvm_pool *p)
+{
+	/* The config's node records and strings, the placement table, and the
+	 * transport's connection pointer per node; a connection itself exists
+	 * only for nodes in use. */
+	return sizeof(struct gvm_node) * (uint64_t)p->cfg.n_nodes + p->cfg.strings_len +
+	       (uint64_t)p->pl.size * sizeof(p->pl.table[0]) +
+	       sizeof(((struct gvm_transport *)0)->conns[0]) * (uint64_t)p->cfg.n_nodes;
+}
+
+int gvm_pool_free_regions(struct gvm_pool *p, const uint64_t *regions, unsigned n,
+			  const void *secret, size_t secret_len, int timeout_ms)
+{
+	int answered = 0;
+
+	/* A VM's stripes can be on any node; 4096 bounds the time a huge pool takes. */
+	for (uint32_t node = 0; node < p->cfg.n_nodes && node < 4096; node++) {
+		struct gvm_client c;
+		if (gvm_client_connect(&c, gvm_node_name(&p->cfg, node), p->token, p->token_len, timeout_ms))
+			continue;
+		answered++;
+		for (unsigned i = 0; i < n; i++) {
+			uint8_t key[GVM_REGION_KEY_SIZE];
+			if (gvm_region_key(secret, secret_len, regions[i], key) == 0 &&
+			    gvm_client_open(&c, regions[i], key) == 0)
+				gvm_client_free(&c, regions[i]);
+		}
+		gvm_client_close(&c);
+	}
+	return answered;
 }

@@ -12,10 +12,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "giantvm.h"  /* GVM_PAGE_SIZE */
+
 #define GVM_PROTO_MAGIC   0x314d5647u /* "GVM1" read as little-endian u32 */
 #define GVM_PROTO_VERSION 1u
 #define GVM_HDR_SIZE      48u
-#define GVM_PAGE_SIZE     4096u
 #define GVM_PAGE_SHIFT    12u
 /* Largest page count in one READ/WRITE: bounds every buffer on both sides. */
 #define GVM_MAX_PAGES     1024u

@@ -8,6 +8,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "giantvm.h"
 #include "log.h"
 
 static int uffd_raw_open(void)
@@ -100,4 +101,65 @@ const char *gvm_uffd_features_str(uint64_t f, char *buf, size_t len)
 	if (!off)
 		snprintf(buf, len, "MISSING-only");
 	return buf;
+}
+
+int64_t gvm_uffd_features(char *buf, size_t len)
+{
+	int64_t f = gvm_uffd_probe();
+
+	if (f < 0)
+		snprintf(buf, len, "%s", strerror((int)-f));
+	else
+		gvm_uffd_features_str((uint64_t)f, buf, len);
+	return f;
+}
+
+int gvm_uffd_fill(int uffd, uintptr_t dst, const void *src, size_t len, int protect)
+{
+	const uint8_t *s = src;
+	unsigned again = 0;
+
+	while (len) {
+		int64_t done;
+		int r, err;
+
+		if (s) {
+			struct uffdio_copy c = { .dst = dst, .src = (uintptr_t)s, .len = len,
+						 .mode = protect ? UFFDIO_COPY_MODE_WP : 0 };
+			r = ioctl(uffd, UFFDIO_COPY, &c);
+			done = c.copy;
+		} else {
+			struct uffdio_zeropage z = { .range = { .start = dst, .len = len } };
+			r = ioctl(uffd, UFFDIO_ZEROPAGE, &z);
+			done = z.zeropage;
+		}
+		if (r == 0)
+			return 0;
+		err = errno;
+		if (done > 0) {
+			dst += (size_t)done;
+			if (s)
+				s += done;
+			len -= (size_t)done;
+		}
+		if (err == EEXIST) {
+			/* Someone filled this page: wake its waiters and go on. */
+			struct uffdio_range w = { .start = dst, .len = GVM_PAGE_SIZE };
+			if (ioctl(uffd, UFFDIO_WAKE, &w) < 0 && errno != ENOENT)
+				pr_perror("UFFDIO_WAKE %#lx", (unsigned long)dst);
+			dst += GVM_PAGE_SIZE;
+			if (s)
+				s += GVM_PAGE_SIZE;
+			len -= GVM_PAGE_SIZE;
+			continue;
+		}
+		if (err == EAGAIN && ++again < 100000)
+			continue;
+		if (err == ENOENT || err == ESRCH)
+			return -err;
+		errno = err;
+		pr_perror("%s at %#lx (+%zu)", s ? "UFFDIO_COPY" : "UFFDIO_ZEROPAGE", (unsigned long)dst, len);
+		return -err;
+	}
+	return 0;
 }

@@ -76,6 +76,14 @@ struct pm_scan_arg {
 int gvm_uffd_open(uint64_t wanted, uint64_t *got, uint64_t *avail);
 /* Features the kernel offers (opens and closes a probe fd), or -errno. */
 int64_t gvm_uffd_probe(void);
+/*
+ * Install [dst, dst+len) from src (zero pages when src is NULL), write-
+ * protected when `protect`. A page that already exists stops the kernel's
+ * copy (EEXIST): its waiters are woken and the copy resumes after it; EAGAIN
+ * (the mm is changing) is retried, boundedly. Returns 0, or -errno (-ENOENT /
+ * -ESRCH quietly: the range is gone, its owner unmapped it or is exiting).
+ */
+int gvm_uffd_fill(int uffd, uintptr_t dst, const void *src, size_t len, int protect);
 /* "WP WP_ASYNC MOVE POISON ..." for a feature mask. */
 const char *gvm_uffd_features_str(uint64_t f, char *buf, size_t len);
 

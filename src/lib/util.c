@@ -152,3 +152,8 @@ int gvm_split_hostport(const char *spec, char *host, size_t hostlen, uint16_t *p
 	*port = (uint16_t)v;
 	return 0;
 }
+
+uint64_t gvm_time_ns(void)
+{
+	return gvm_now_ns();
+}
