@@ -82,6 +82,9 @@ bench: all
 install: all
 	install -D -m 755 $(BUILD)/giantvm $(DESTDIR)$(PREFIX)/bin/giantvm
 	install -D -m 755 $(BUILD)/libgiantvm-preload.so $(DESTDIR)$(PREFIX)/lib/giantvm/libgiantvm-preload.so
+	install -D -m 644 $(BUILD)/libgiantvm.a $(DESTDIR)$(PREFIX)/lib/libgiantvm.a
+	install -d $(DESTDIR)$(PREFIX)/include
+	install -m 644 include/giantvm.h include/giantvm_memserver.h include/giantvm_ctl.h $(DESTDIR)$(PREFIX)/include/
 
 clean:
 	rm -rf build build-asan build-fuzz
