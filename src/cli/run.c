@@ -301,8 +301,7 @@ static void hex(const uint8_t *b, size_t n, char *out)
 		sprintf(out + 2 * i, "%02x", b[i]);
 }
 
-static int attach_ram(int ctl, int qmp, const char *vm_key, uint64_t *regions, unsigned *n_regions,
-		      struct run_ram *rams, unsigned *n_rams)
+static int attach_ram(int ctl, int qmp, const char *vm_key, uint64_t *regions, unsigned *n_regions)
 {
 	struct run_ram blocks[GVM_RUN_MAX_RAM];
 	struct run_cand cands[256];
@@ -338,8 +337,6 @@ static int attach_ram(int ctl, int qmp, const char *vm_key, uint64_t *regions, u
 		fprintf(stderr, "[GiantVM] guest RAM '%s': %" PRIu64 " MiB in the pool\n", blocks[i].name,
 			blocks[i].size >> 20);
 	}
-	memcpy(rams, blocks, sizeof(blocks[0]) * (size_t)nb);
-	*n_rams = (unsigned)nb;
 	return 0;
 }
 
@@ -388,8 +385,7 @@ static int run_uffd(struct run_opts *o, struct gvm_mode *m)
 	char qmp_arg[PATH_MAX + 32], nodes_env[256];
 	uint8_t secret[32];
 	uint64_t regions[GVM_RUN_MAX_RAM];
-	unsigned n_regions = 0, n_rams = 0;
-	struct run_ram rams[GVM_RUN_MAX_RAM];
+	unsigned n_regions = 0;
 	struct cli_pool cp;
 	struct sigaction sa = { .sa_handler = forward_signal };
 	const char *accel;
@@ -536,7 +532,7 @@ static int run_uffd(struct run_opts *o, struct gvm_mode *m)
 		fprintf(stderr, "giantvm run: the preload library did not start in QEMU (%s)\n", ctl_path);
 		goto kill_child;
 	}
-	if (attach_ram(ctl, qmp, vm_key, regions, &n_regions, rams, &n_rams) < 0)
+	if (attach_ram(ctl, qmp, vm_key, regions, &n_regions) < 0)
 		goto kill_child;
 	if (!user_paused && gvm_qmp_command(qmp, "{\"execute\":\"cont\"}", NULL, 0) < 0) {
 		fprintf(stderr, "giantvm run: QMP cont failed\n");
