@@ -95,6 +95,12 @@ static void usage(FILE *f)
 	      "  --giantvm-id N       this node's index in that file\n"
 	      "  --giantvm-cpus N     vCPUs run on this node (default: -smp / nodes)\n"
 	      "\n"
+	      "Accelerator: when QEMU's arguments name none (-accel, -enable-kvm,\n"
+	      "-machine accel=), giantvm run adds KVM where it can run a standard guest\n"
+	      "kernel (kvm_intel/kvm_amd; not kvm_pvm) and TCG otherwise, and prints which\n"
+	      "and why. One given explicitly is passed as given (with a warning where\n"
+	      "detection doubts it; refused only when there is no /dev/kvm at all).\n"
+	      "\n"
 	      "QEMU's exit status is giantvm run's exit status. Ctrl-C or SIGTERM stop QEMU\n"
 	      "and the embedded pool cleanly. `giantvm mode` shows which mode applies.\n", f);
 }
