@@ -1,0 +1,490 @@
+/*
+ * The KVM fault path: a guest running straight on /dev/kvm (no QEMU) whose
+ * RAM is a region attached to the fault engine, over real memory servers.
+ *
+ * Under TCG a missing guest page is touched by a user-space access; under
+ * KVM the kernel resolves the guest page for the vCPU (get_user_pages ->
+ * handle_userfault), so the fault is raised inside KVM_RUN and the vCPU
+ * thread sleeps in the kernel until the engine thread installs the page.
+ * This test proves that path end to end: a 16-bit real-mode guest stores
+ * and compares every word of a region 4x the local memory budget, so pages
+ * are fetched, written back, evicted (their KVM mappings invalidated) and
+ * fetched again while the vCPU runs; every guest read-back and a final host
+ * read-back must see exactly what the guest wrote. Both drop paths run
+ * (UFFDIO_MOVE and MADV_DONTNEED), as in test_evict.
+ *
+ * Exit 77 (SKIP) when the host has no usable KVM: /dev/kvm missing or not
+ * openable, KVM_CREATE_VM failing, or a one-instruction guest (hlt) on
+ * plain memory not reaching KVM_EXIT_HLT. Anything that goes wrong after
+ * that is a failure.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+#include <linux/kvm.h>
+
+#include "giantvm.h"
+#include "servers.h"
+#include "test.h"
+#include "util.h"
+
+#ifndef sigev_notify_thread_id
+#define sigev_notify_thread_id _sigev_un._tid /* glibc < 2.35 does not name it */
+#endif
+
+#define SKIP_EXIT 77
+
+#define PAGE        4096ul
+#define REGION_SIZE (16ul << 20)            /* 4096 pages ... */
+#define BUDGET      (4ul << 20)             /* ... 4x the smallest budget evict.c accepts */
+#define CHUNK       (64ul << 10)            /* what one run covers through es:[bx] */
+#define FIRST_CHUNK 1                       /* chunk 0 holds the code page */
+#define N_CHUNKS    (REGION_SIZE / CHUNK)
+#define RUN_TIMEOUT_S 60                    /* one KVM_RUN that long: the guest is stuck */
+
+/*
+ * The guest, hand-assembled 16-bit code at guest physical 0 (CS base 0).
+ * The host sets ES's base to a 64 KiB chunk with KVM_SET_SREGS (a
+ * `mov es, ax` in the guest does not move the base under kvm_pvm) and AX to
+ * the chunk's start value; word k of the chunk is start + k (mod 2^16).
+ */
+#define WRITE_ENTRY 0x00
+#define WRITE_HLT   0x0a   /* RIP after the hlt is WRITE_HLT + 1 */
+#define READ_ENTRY  0x10
+#define READ_HLT    0x1f
+static const uint8_t guest_code[] = {
+	/* 0x00 write: */
+	0x31, 0xdb,             /* xor bx,bx                                   */
+	0x26, 0x89, 0x07,       /* 0x02: mov es:[bx],ax                        */
+	0x40,                   /* inc ax                                      */
+	0x43, 0x43,             /* inc bx; inc bx  (ZF when bx wraps to 0)     */
+	0x75, 0xf8,             /* 0x08: jnz 0x02                              */
+	0xf4,                   /* 0x0a: hlt                                   */
+	0x90, 0x90, 0x90, 0x90, 0x90,
+	/* 0x10 read: DI = words that differ from start + k */
+	0x31, 0xdb,             /* xor bx,bx                                   */
+	0x31, 0xff,             /* xor di,di                                   */
+	0x26, 0x39, 0x07,       /* 0x14: cmp es:[bx],ax                        */
+	0x74, 0x01,             /* je 0x1a                                     */
+	0x47,                   /* inc di                                      */
+	0x40,                   /* 0x1a: inc ax                                */
+	0x43, 0x43,             /* inc bx; inc bx                              */
+	0x75, 0xf5,             /* 0x1d: jnz 0x14                              */
+	0xf4,                   /* 0x1f: hlt                                   */
+};
+
+struct vm {
+	int kvm, vm, vcpu;
+	struct kvm_run *run;
+	size_t run_size;
+	timer_t watchdog;
+	int have_watchdog;
+};
+
+static void on_kick(int sig)
+{
+	(void)sig; /* only there to make KVM_RUN return EINTR */
+}
+
+/* A periodic signal to this thread while it is in KVM_RUN, so that a guest
+ * that never halts (or a fault never served) cannot hang the test: each
+ * kick makes KVM_RUN return EINTR and vcpu_run() checks its deadline. */
+static int watchdog_init(struct vm *v)
+{
+	struct sigaction sa = { .sa_handler = on_kick }; /* no SA_RESTART */
+	struct sigevent sev = { .sigev_notify = SIGEV_THREAD_ID, .sigev_signo = SIGUSR1 };
+
+	sev.sigev_notify_thread_id = gettid();
+	CHECK(sigemptyset(&sa.sa_mask) == 0);
+	CHECK(sigaction(SIGUSR1, &sa, NULL) == 0);
+	CHECK(timer_create(CLOCK_MONOTONIC, &sev, &v->watchdog) == 0);
+	v->have_watchdog = 1;
+	return 0;
+}
+
+static int watchdog_arm(struct vm *v, int on)
+{
+	struct itimerspec its = { 0 };
+
+	if (on)
+		its.it_value = its.it_interval = (struct timespec){ .tv_sec = 1 };
+	CHECK(timer_settime(v->watchdog, 0, &its, NULL) == 0);
+	return 0;
+}
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void vm_close(struct vm *v)
+{
+	if (v->have_watchdog)
+		timer_delete(v->watchdog);
+	if (v->run && v->run != MAP_FAILED)
+		munmap(v->run, v->run_size);
+	if (v->vcpu >= 0)
+		close(v->vcpu);
+	if (v->vm >= 0)
+		close(v->vm);
+	if (v->kvm >= 0)
+		close(v->kvm);
+	*v = (struct vm){ .kvm = -1, .vm = -1, .vcpu = -1 };
+}
+
+/*
+ * A VM with guest physical [0, len) backed by mem, and one vCPU in real
+ * mode. Returns 0, or 1 with *why set when the step that failed says the
+ * host has no usable KVM (why is NULL for failures that are ours).
+ */
+static int vm_open(struct vm *v, void *mem, size_t len, const char **why)
+{
+	struct kvm_userspace_memory_region slot = {
+		.slot = 0, .guest_phys_addr = 0, .memory_size = len, .userspace_addr = (uintptr_t)mem,
+	};
+	int r;
+
+	*v = (struct vm){ .kvm = -1, .vm = -1, .vcpu = -1 };
+	*why = NULL;
+	v->kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+	if (v->kvm < 0) {
+		*why = errno == ENOENT ? "/dev/kvm does not exist" : "/dev/kvm cannot be opened";
+		return 1;
+	}
+	r = ioctl(v->kvm, KVM_GET_API_VERSION, 0);
+	if (r != KVM_API_VERSION) {
+		*why = "/dev/kvm speaks another KVM API version";
+		return 1;
+	}
+	v->vm = ioctl(v->kvm, KVM_CREATE_VM, 0);
+	if (v->vm < 0) {
+		*why = "KVM_CREATE_VM fails";
+		return 1;
+	}
+	/* VMX without unrestricted guest runs real mode through vm86 and
+	 * needs a TSS out of the guest's RAM; harmless elsewhere. */
+	if (ioctl(v->kvm, KVM_CHECK_EXTENSION, KVM_CAP_SET_TSS_ADDR) > 0)
+		CHECK(ioctl(v->vm, KVM_SET_TSS_ADDR, 0xfffbd000ul) == 0);
+	CHECK(ioctl(v->vm, KVM_SET_USER_MEMORY_REGION, &slot) == 0);
+	v->vcpu = ioctl(v->vm, KVM_CREATE_VCPU, 0);
+	CHECK(v->vcpu >= 0);
+	r = ioctl(v->kvm, KVM_GET_VCPU_MMAP_SIZE, 0);
+	CHECK(r >= (int)sizeof(struct kvm_run));
+	v->run_size = (size_t)r;
+	v->run = mmap(NULL, v->run_size, PROT_READ | PROT_WRITE, MAP_SHARED, v->vcpu, 0);
+	CHECK(v->run != MAP_FAILED);
+	return watchdog_init(v);
+}
+
+/*
+ * Run the guest from `entry` with AX = ax and ES based at `es_base` until
+ * it halts. Returns 0 with the registers after the halt in *out, or 1:
+ * exit_reason (when not NULL) then holds the unexpected exit reason, or -1
+ * if KVM_RUN itself failed.
+ */
+static int vcpu_run(struct vm *v, uint16_t entry, uint16_t ax, uint64_t es_base, struct kvm_regs *out,
+		    int *exit_reason)
+{
+	struct kvm_sregs sr;
+	struct kvm_regs regs = { .rip = entry, .rax = ax, .rflags = 0x2 };
+	double t0 = now_s();
+	int r;
+
+	if (exit_reason)
+		*exit_reason = -1;
+	CHECK(ioctl(v->vcpu, KVM_GET_SREGS, &sr) == 0);
+	sr.cs.base = 0;
+	sr.cs.selector = 0;
+	sr.es.base = es_base;
+	sr.es.selector = (uint16_t)(es_base >> 4); /* what real mode would say; the base is what counts */
+	CHECK(ioctl(v->vcpu, KVM_SET_SREGS, &sr) == 0);
+	CHECK(ioctl(v->vcpu, KVM_SET_REGS, &regs) == 0);
+	if (watchdog_arm(v, 1))
+		return 1;
+	for (;;) {
+		r = ioctl(v->vcpu, KVM_RUN, 0);
+		if (r < 0 && errno == EINTR) {
+			if (now_s() - t0 > RUN_TIMEOUT_S) {
+				watchdog_arm(v, 0);
+				fprintf(stderr, "  guest at 0x%" PRIx64 " did not halt within %d s\n",
+					es_base, RUN_TIMEOUT_S);
+				CHECK(!"KVM_RUN watchdog");
+			}
+			continue;
+		}
+		if (r == 0 && v->run->exit_reason == KVM_EXIT_INTR)
+			continue; /* a kick that landed on the way in */
+		break;
+	}
+	if (watchdog_arm(v, 0))
+		return 1;
+	CHECK(r == 0);
+	if (exit_reason)
+		*exit_reason = (int)v->run->exit_reason;
+	if (v->run->exit_reason != KVM_EXIT_HLT) {
+		if (v->run->exit_reason == KVM_EXIT_INTERNAL_ERROR)
+			fprintf(stderr, "  KVM internal error, suberror %u\n", v->run->internal.suberror);
+		if (v->run->exit_reason == KVM_EXIT_FAIL_ENTRY)
+			fprintf(stderr, "  entry failed, hardware reason 0x%llx\n",
+				(unsigned long long)v->run->fail_entry.hardware_entry_failure_reason);
+		CHECK_EQ(v->run->exit_reason, KVM_EXIT_HLT);
+	}
+	CHECK(ioctl(v->vcpu, KVM_GET_REGS, out) == 0);
+	return 0;
+}
+
+/*
+ * Can this host run a real-mode guest at all? A lone hlt on plain memory:
+ * if that does not reach KVM_EXIT_HLT, the host's KVM is at fault, not the
+ * engine. Returns 0 (usable) or 1 with *why set.
+ */
+static int kvm_usable(const char **why)
+{
+	static char reason[160];
+	struct vm v;
+	struct kvm_regs regs;
+	uint8_t *mem = mmap(NULL, CHUNK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	int exit_reason, r;
+
+	if (mem == MAP_FAILED) {
+		*why = "cannot map 64 KiB for the probe guest";
+		return 1;
+	}
+	mem[0] = 0xf4; /* hlt */
+	r = vm_open(&v, mem, CHUNK, why);
+	if (r && !*why)
+		*why = "cannot set up a VM with one vCPU on /dev/kvm";
+	if (!r && vcpu_run(&v, 0, 0, 0, &regs, &exit_reason)) {
+		snprintf(reason, sizeof(reason),
+			 exit_reason < 0 ? "KVM_RUN of a one-instruction real-mode guest fails"
+					 : "a one-instruction real-mode guest (hlt) exits with reason %d, not HLT",
+			 exit_reason);
+		*why = reason;
+		r = 1;
+	}
+	if (!r && regs.rip != 1) {
+		*why = "a one-instruction real-mode guest halts at the wrong address";
+		r = 1;
+	}
+	vm_close(&v);
+	munmap(mem, CHUNK);
+	return r;
+}
+
+/* The value the guest starts chunk c with in pass `pass`. */
+static uint16_t chunk_start(unsigned pass, uint64_t c)
+{
+	return (uint16_t)gvm_mix64(((uint64_t)pass << 32) ^ c);
+}
+
+static int guest_write_all(struct vm *v, unsigned pass)
+{
+	struct kvm_regs regs;
+
+	for (uint64_t c = FIRST_CHUNK; c < N_CHUNKS; c++) {
+		if (vcpu_run(v, WRITE_ENTRY, chunk_start(pass, c), c * CHUNK, &regs, NULL))
+			return 1;
+		CHECK_EQ(regs.rip, WRITE_HLT + 1);
+		CHECK_EQ(regs.rbx & 0xffff, 0); /* the loop ran to the end of the chunk */
+	}
+	return 0;
+}
+
+static int guest_read_all(struct vm *v, unsigned pass)
+{
+	struct kvm_regs regs;
+
+	for (uint64_t c = FIRST_CHUNK; c < N_CHUNKS; c++) {
+		if (vcpu_run(v, READ_ENTRY, chunk_start(pass, c), c * CHUNK, &regs, NULL))
+			return 1;
+		CHECK_EQ(regs.rip, READ_HLT + 1);
+		if (regs.rdi & 0xffff)
+			fprintf(stderr, "  pass %u chunk %" PRIu64 ": the guest read %llu wrong words\n", pass,
+				c, (unsigned long long)(regs.rdi & 0xffff));
+		CHECK_EQ(regs.rdi & 0xffff, 0);
+	}
+	return 0;
+}
+
+/* The host's own read-back (these reads fault through the engine too). */
+static int host_verify(const uint8_t *mem, unsigned pass)
+{
+	CHECK(memcmp(mem, guest_code, sizeof(guest_code)) == 0);
+	for (uint64_t c = FIRST_CHUNK; c < N_CHUNKS; c++) {
+		uint16_t want = chunk_start(pass, c);
+		for (uint64_t off = 0; off < CHUNK; off += 2, want++) {
+			uint16_t got;
+			memcpy(&got, mem + c * CHUNK + off, 2);
+			if (got != want) {
+				fprintf(stderr, "  pass %u: guest physical 0x%" PRIx64 " holds 0x%04x, not 0x%04x\n",
+					pass, c * CHUNK + off, got, want);
+				CHECK_EQ(got, want);
+			}
+		}
+	}
+	return 0;
+}
+
+static void print_delta(const char *what, const struct gvm_stats *a, const struct gvm_stats *b, double secs)
+{
+	printf("  %-22s %6.2f s: faults %6" PRIu64 ", fetched %6" PRIu64 ", write-backs %6" PRIu64
+	       ", evictions %6" PRIu64 ", resident %" PRIu64 "\n",
+	       what, secs, b->faults - a->faults, b->pages_fetched - a->pages_fetched,
+	       b->writebacks - a->writebacks, b->evictions - a->evictions, b->resident_pages);
+}
+
+/*
+ * Two passes of: the guest writes every chunk, the guest reads every chunk
+ * back, the host reads every word back. Every phase runs the guest over 4x
+ * the budget, so each one must evict, and each guest phase must fault.
+ */
+static int passes(struct vm *v, struct gvm_engine *e, const uint8_t *mem)
+{
+	struct gvm_stats st0, st1, st_begin;
+	double t0, t_begin = now_s();
+	char what[32];
+
+	CHECK(gvm_engine_stats(e, &st_begin) == 0);
+	st0 = st_begin;
+	for (unsigned pass = 0; pass < 2; pass++) {
+		t0 = now_s();
+		if (guest_write_all(v, pass))
+			return 1;
+		CHECK(gvm_engine_stats(e, &st1) == 0);
+		snprintf(what, sizeof(what), "pass %u guest write", pass);
+		print_delta(what, &st0, &st1, now_s() - t0);
+		/* The host did nothing but KVM ioctls: these came through KVM. */
+		CHECK(st1.faults > st0.faults);
+		CHECK(st1.pages_fetched > st0.pages_fetched);
+		CHECK(st1.evictions > st0.evictions && st1.writebacks > st0.writebacks);
+		st0 = st1;
+
+		t0 = now_s();
+		if (guest_read_all(v, pass))
+			return 1;
+		CHECK(gvm_engine_stats(e, &st1) == 0);
+		snprintf(what, sizeof(what), "pass %u guest read", pass);
+		print_delta(what, &st0, &st1, now_s() - t0);
+		/* Pages written back during the write phase come back from the pool. */
+		CHECK(st1.faults > st0.faults);
+		CHECK(st1.pages_fetched - st1.zero_pages > st0.pages_fetched - st0.zero_pages);
+		CHECK(st1.evictions > st0.evictions);
+		st0 = st1;
+
+		t0 = now_s();
+		if (host_verify(mem, pass))
+			return 1;
+		CHECK(gvm_engine_stats(e, &st1) == 0);
+		snprintf(what, sizeof(what), "pass %u host read", pass);
+		print_delta(what, &st0, &st1, now_s() - t0);
+		st0 = st1;
+	}
+	print_delta("all passes", &st_begin, &st0, now_s() - t_begin);
+	printf("  totals since open: faults %" PRIu64 ", pages fetched %" PRIu64 " (zero %" PRIu64
+	       "), write-backs %" PRIu64 ", evictions %" PRIu64 ", clean drops %" PRIu64
+	       ", wp faults %" PRIu64 ", budget %" PRIu64 " pages, fault p50 %" PRIu64 " us p99 %" PRIu64
+	       " us\n",
+	       st0.faults, st0.pages_fetched, st0.zero_pages, st0.writebacks, st0.evictions,
+	       st0.clean_drops, st0.wp_faults, st0.budget_pages, st0.fault_p50_ns / 1000,
+	       st0.fault_p99_ns / 1000);
+	CHECK(st0.faults > 0 && st0.pages_fetched > 0 && st0.writebacks > 0 && st0.evictions > 0);
+	CHECK_EQ(st0.errors, 0);
+	CHECK_EQ(st0.lost_pages, 0);
+	return 0;
+}
+
+/* Pool, engine, a region of REGION_SIZE attached to it, a VM on the region;
+ * then the passes. */
+static int guest_over_budget(int use_move)
+{
+	struct gvm_pool_opts po = { .nodes = test_nodes, .n_nodes = 3, .replicas = 2 };
+	struct gvm_engine_opts eo = { .local_mem = BUDGET };
+	struct gvm_pool *pool;
+	struct gvm_engine *e;
+	struct vm v;
+	const char *why;
+	uint8_t *mem, key[GVM_REGION_KEY_SIZE];
+	char err[256];
+	int r = 1;
+
+	if (use_move)
+		unsetenv("GIANTVM_UFFD_DISABLE");
+	else
+		setenv("GIANTVM_UFFD_DISABLE", "MOVE", 1);
+	CHECK(test_servers_up(3) == 0);
+	CHECK(gvm_random(key, sizeof(key)) == 0);
+	if (gvm_pool_open(&pool, &po, err, sizeof(err))) {
+		fprintf(stderr, "  %s\n", err);
+		CHECK(!"gvm_pool_open");
+	}
+	if (gvm_engine_open(&e, pool, &eo)) {
+		fprintf(stderr, "  FAIL %s:%d: gvm_engine_open\n", __FILE__, __LINE__);
+		goto close_pool;
+	}
+	printf("  engine: %s\n", gvm_engine_features(e));
+	mem = mmap(NULL, REGION_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (mem == MAP_FAILED) {
+		fprintf(stderr, "  FAIL %s:%d: mmap: %s\n", __FILE__, __LINE__, strerror(errno));
+		goto close_engine;
+	}
+	if (gvm_engine_attach(e, gvm_region_id("test-kvm", use_move ? "ram-move" : "ram-dontneed"), key, mem,
+			      REGION_SIZE)) {
+		fprintf(stderr, "  FAIL %s:%d: gvm_engine_attach\n", __FILE__, __LINE__);
+		goto close_engine_unmap;
+	}
+	/* Before any KVM: this store faults in user space and is served by
+	 * the engine; from here on the guest's own accesses fault in KVM. */
+	memcpy(mem, guest_code, sizeof(guest_code));
+	if (vm_open(&v, mem, REGION_SIZE, &why)) {
+		fprintf(stderr, "  FAIL %s:%d: VM on the engine's region: %s\n", __FILE__, __LINE__,
+			why ? why : "see above");
+		goto close_vm;
+	}
+	r = passes(&v, e, mem);
+close_vm:
+	vm_close(&v);
+close_engine_unmap:
+	/* The engine first: it may be installing pages into the range. */
+	gvm_engine_close(e);
+	munmap(mem, REGION_SIZE);
+	goto close_pool;
+close_engine:
+	gvm_engine_close(e);
+close_pool:
+	gvm_pool_close(pool);
+	return r;
+}
+
+static int test_guest_over_budget_move(void) { return guest_over_budget(1); }
+static int test_guest_over_budget_dontneed(void) { return guest_over_budget(0); }
+
+static const struct gvm_test tests[] = {
+	{ "guest_4x_budget_move", test_guest_over_budget_move },
+	{ "guest_4x_budget_dontneed", test_guest_over_budget_dontneed },
+};
+
+int main(int argc, char **argv)
+{
+	const char *why;
+	int r;
+
+	/* -l only lists the cases: no need for KVM. */
+	if ((argc < 2 || strcmp(argv[1], "-l")) && kvm_usable(&why)) {
+		printf("SKIP test_kvm: %s\n", why);
+		return SKIP_EXIT;
+	}
+	r = gvm_test_main(argc, argv, tests, sizeof(tests) / sizeof(tests[0]));
+	test_servers_down();
+	return r;
+}
