@@ -302,11 +302,53 @@ static uint16_t chunk_start(unsigned pass, uint64_t c)
 	return (uint16_t)(1 + (gvm_mix64(c) + pass * 0x8000u) % (0x10000u - 2 * PAGES_PER_RUN));
 }
 
-static int guest_write_all(struct vm *v, unsigned pass)
+/* Guest read-back of chunk c against pass `pass`: *bad = pages that differ. */
+static int guest_read_chunk(struct vm *v, unsigned pass, uint64_t c, unsigned *bad)
 {
 	struct kvm_regs regs;
 
+	if (vcpu_run(v, READ_ENTRY, chunk_start(pass, c), c * CHUNK, &regs, NULL))
+		return 1;
+	CHECK_EQ(regs.rip, READ_HLT + 1);
+	CHECK_EQ(regs.rdx & 0xffff, 0);
+	CHECK_EQ(regs.rdi & 0xffff, 0);
+	*bad = (unsigned)(regs.rbx & 0xffff);
+	return 0;
+}
+
+static int guest_read_all(struct vm *v, unsigned pass)
+{
+	unsigned bad;
+
 	for (uint64_t c = FIRST_CHUNK; c < N_CHUNKS; c++) {
+		if (guest_read_chunk(v, pass, c, &bad))
+			return 1;
+		if (bad)
+			fprintf(stderr, "  pass %u chunk %" PRIu64 ": the guest found %u wrong pages\n", pass, c,
+				bad);
+		CHECK_EQ(bad, 0);
+	}
+	return 0;
+}
+
+/*
+ * The guest writes every chunk with pass `pass`'s values. read_first: it
+ * first reads the chunk back (previous pass), so that the pages are resident
+ * and clean, write-protected, when it writes them: the write-protect faults
+ * that track dirty pages are then raised in KVM too, and a write that
+ * slipped past them would be lost at eviction (the read-back catches it).
+ */
+static int guest_write_all(struct vm *v, unsigned pass, int read_first)
+{
+	struct kvm_regs regs;
+	unsigned bad;
+
+	for (uint64_t c = FIRST_CHUNK; c < N_CHUNKS; c++) {
+		if (read_first) {
+			if (guest_read_chunk(v, pass - 1, c, &bad))
+				return 1;
+			CHECK_EQ(bad, 0);
+		}
 		if (vcpu_run(v, WRITE_ENTRY, chunk_start(pass, c), c * CHUNK, &regs, NULL))
 			return 1;
 		CHECK_EQ(regs.rip, WRITE_HLT + 1);
@@ -316,20 +358,34 @@ static int guest_write_all(struct vm *v, unsigned pass)
 	return 0;
 }
 
-static int guest_read_all(struct vm *v, unsigned pass)
+/*
+ * The guest's check is not vacuous, and the guest sees the host's stores:
+ * the host changes one word (the last of a page, where repe scasw ends with
+ * CX = 0, and one in the middle of another), the guest must count exactly
+ * that page; restored, nothing.
+ */
+static int guest_sees_host_writes(struct vm *v, uint8_t *mem, unsigned pass)
 {
-	struct kvm_regs regs;
+	const struct { uint64_t chunk, page, off; } spots[] = {
+		{ N_CHUNKS / 2, 3, PAGE - 2 },
+		{ N_CHUNKS - 1, 0, 200 },
+	};
+	unsigned bad;
 
-	for (uint64_t c = FIRST_CHUNK; c < N_CHUNKS; c++) {
-		if (vcpu_run(v, READ_ENTRY, chunk_start(pass, c), c * CHUNK, &regs, NULL))
+	for (size_t i = 0; i < sizeof(spots) / sizeof(spots[0]); i++) {
+		uint8_t *w = mem + spots[i].chunk * CHUNK + spots[i].page * PAGE + spots[i].off;
+		uint16_t good, wrong;
+
+		memcpy(&good, w, 2);
+		wrong = good ^ 0x0100;
+		memcpy(w, &wrong, 2);
+		if (guest_read_chunk(v, pass, spots[i].chunk, &bad))
 			return 1;
-		CHECK_EQ(regs.rip, READ_HLT + 1);
-		CHECK_EQ(regs.rdx & 0xffff, 0);
-		CHECK_EQ(regs.rdi & 0xffff, 0);
-		if (regs.rbx & 0xffff)
-			fprintf(stderr, "  pass %u chunk %" PRIu64 ": the guest found %llu wrong pages\n", pass,
-				c, (unsigned long long)(regs.rbx & 0xffff));
-		CHECK_EQ(regs.rbx & 0xffff, 0);
+		CHECK_EQ(bad, 1);
+		memcpy(w, &good, 2);
+		if (guest_read_chunk(v, pass, spots[i].chunk, &bad))
+			return 1;
+		CHECK_EQ(bad, 0);
 	}
 	return 0;
 }
@@ -359,18 +415,20 @@ static int host_verify(const uint8_t *mem, unsigned pass)
 
 static void print_delta(const char *what, const struct gvm_stats *a, const struct gvm_stats *b, double secs)
 {
-	printf("  %-22s %6.2f s: faults %6" PRIu64 ", fetched %6" PRIu64 ", write-backs %6" PRIu64
-	       ", evictions %6" PRIu64 ", resident %" PRIu64 "\n",
-	       what, secs, b->faults - a->faults, b->pages_fetched - a->pages_fetched,
-	       b->writebacks - a->writebacks, b->evictions - a->evictions, b->resident_pages);
+	printf("  %-23s %6.2f s: faults %6" PRIu64 " (wp %5" PRIu64 "), fetched %6" PRIu64
+	       ", write-backs %6" PRIu64 ", evictions %6" PRIu64 ", resident %" PRIu64 "\n",
+	       what, secs, b->faults - a->faults, b->wp_faults - a->wp_faults,
+	       b->pages_fetched - a->pages_fetched, b->writebacks - a->writebacks,
+	       b->evictions - a->evictions, b->resident_pages);
 }
 
 /*
- * Two passes of: the guest writes every chunk, the guest reads every chunk
- * back, the host reads every word back. Every phase runs the guest over 4x
- * the budget, so each one must evict, and each guest phase must fault.
+ * Two passes of: the guest writes every chunk (in pass 1 each chunk right
+ * after reading it), the guest reads every chunk back, the host reads every
+ * word back. Every phase runs over 4x the budget, so each one must evict,
+ * and each guest phase must fault.
  */
-static int passes(struct vm *v, struct gvm_engine *e, const uint8_t *mem)
+static int passes(struct vm *v, struct gvm_engine *e, uint8_t *mem)
 {
 	struct gvm_stats st0, st1, st_begin;
 	double t0, t_begin = now_s();
@@ -380,13 +438,15 @@ static int passes(struct vm *v, struct gvm_engine *e, const uint8_t *mem)
 	st0 = st_begin;
 	for (unsigned pass = 0; pass < 2; pass++) {
 		t0 = now_s();
-		if (guest_write_all(v, pass))
+		if (guest_write_all(v, pass, pass > 0))
 			return 1;
 		CHECK(gvm_engine_stats(e, &st1) == 0);
-		snprintf(what, sizeof(what), "pass %u guest write", pass);
+		snprintf(what, sizeof(what), "pass %u guest %s", pass, pass ? "read+write" : "write");
 		print_delta(what, &st0, &st1, now_s() - t0);
 		/* The host did nothing but KVM ioctls: these came through KVM. */
 		CHECK(st1.faults > st0.faults);
+		if (pass > 0)
+			CHECK(st1.wp_faults > st0.wp_faults);
 		CHECK(st1.pages_fetched > st0.pages_fetched);
 		CHECK(st1.evictions > st0.evictions && st1.writebacks > st0.writebacks);
 		st0 = st1;
@@ -411,6 +471,9 @@ static int passes(struct vm *v, struct gvm_engine *e, const uint8_t *mem)
 		print_delta(what, &st0, &st1, now_s() - t0);
 		st0 = st1;
 	}
+	if (guest_sees_host_writes(v, mem, 1))
+		return 1;
+	CHECK(gvm_engine_stats(e, &st0) == 0);
 	print_delta("all passes", &st_begin, &st0, now_s() - t_begin);
 	printf("  totals since open: faults %" PRIu64 ", pages fetched %" PRIu64 " (zero %" PRIu64
 	       "), write-backs %" PRIu64 ", evictions %" PRIu64 ", clean drops %" PRIu64
@@ -426,8 +489,9 @@ static int passes(struct vm *v, struct gvm_engine *e, const uint8_t *mem)
 }
 
 /* Pool, engine, a region of REGION_SIZE attached to it, a VM on the region;
- * then the passes. */
-static int guest_over_budget(int use_move)
+ * then the passes. single_page: no prefetch and no readahead, so that every
+ * page the guest touches is a fault of its own raised in KVM. */
+static int guest_over_budget(int use_move, int single_page)
 {
 	struct gvm_pool_opts po = { .nodes = test_nodes, .n_nodes = 3, .replicas = 2 };
 	struct gvm_engine_opts eo = { .local_mem = BUDGET };
@@ -443,6 +507,10 @@ static int guest_over_budget(int use_move)
 		unsetenv("GIANTVM_UFFD_DISABLE");
 	else
 		setenv("GIANTVM_UFFD_DISABLE", "MOVE", 1);
+	if (single_page) {
+		eo.prefetch = 1;
+		eo.readahead = -1u;
+	}
 	CHECK(test_servers_up(3) == 0);
 	CHECK(gvm_random(key, sizeof(key)) == 0);
 	if (gvm_pool_open(&pool, &po, err, sizeof(err))) {
@@ -459,8 +527,8 @@ static int guest_over_budget(int use_move)
 		fprintf(stderr, "  FAIL %s:%d: mmap: %s\n", __FILE__, __LINE__, strerror(errno));
 		goto close_engine;
 	}
-	if (gvm_engine_attach(e, gvm_region_id("test-kvm", use_move ? "ram-move" : "ram-dontneed"), key, mem,
-			      REGION_SIZE)) {
+	snprintf(err, sizeof(err), "ram-%s%s", use_move ? "move" : "dontneed", single_page ? "-single" : "");
+	if (gvm_engine_attach(e, gvm_region_id("test-kvm", err), key, mem, REGION_SIZE)) {
 		fprintf(stderr, "  FAIL %s:%d: gvm_engine_attach\n", __FILE__, __LINE__);
 		goto close_engine_unmap;
 	}
@@ -487,12 +555,16 @@ close_pool:
 	return r;
 }
 
-static int test_guest_over_budget_move(void) { return guest_over_budget(1); }
-static int test_guest_over_budget_dontneed(void) { return guest_over_budget(0); }
+static int test_guest_over_budget_move(void) { return guest_over_budget(1, 0); }
+static int test_guest_over_budget_dontneed(void) { return guest_over_budget(0, 0); }
+static int test_guest_single_page_move(void) { return guest_over_budget(1, 1); }
+static int test_guest_single_page_dontneed(void) { return guest_over_budget(0, 1); }
 
 static const struct gvm_test tests[] = {
 	{ "guest_4x_budget_move", test_guest_over_budget_move },
 	{ "guest_4x_budget_dontneed", test_guest_over_budget_dontneed },
+	{ "guest_4x_budget_single_page_faults_move", test_guest_single_page_move },
+	{ "guest_4x_budget_single_page_faults_dontneed", test_guest_single_page_dontneed },
 };
 
 int main(int argc, char **argv)
