@@ -45,7 +45,7 @@
 #define PAGE        4096ul
 #define REGION_SIZE (16ul << 20)            /* 4096 pages ... */
 #define BUDGET      (4ul << 20)             /* ... 4x the smallest budget evict.c accepts */
-#define CHUNK       (64ul << 10)            /* what one run covers through es:[bx] */
+#define CHUNK       (64ul << 10)            /* what one run covers through es:[di] */
 #define FIRST_CHUNK 1                       /* chunk 0 holds the code page */
 #define N_CHUNKS    (REGION_SIZE / CHUNK)
 #define RUN_TIMEOUT_S 60                    /* one KVM_RUN that long: the guest is stuck */
@@ -164,13 +164,18 @@ static int vm_open(struct vm *v, void *mem, size_t len, const char **why)
 	struct kvm_userspace_memory_region slot = {
 		.slot = 0, .guest_phys_addr = 0, .memory_size = len, .userspace_addr = (uintptr_t)mem,
 	};
+	static char reason[96];
 	int r;
 
 	*v = (struct vm){ .kvm = -1, .vm = -1, .vcpu = -1 };
 	*why = NULL;
 	v->kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
 	if (v->kvm < 0) {
-		*why = errno == ENOENT ? "/dev/kvm does not exist" : "/dev/kvm cannot be opened";
+		if (errno == ENOENT)
+			snprintf(reason, sizeof(reason), "/dev/kvm does not exist");
+		else
+			snprintf(reason, sizeof(reason), "/dev/kvm cannot be opened: %s", strerror(errno));
+		*why = reason;
 		return 1;
 	}
 	r = ioctl(v->kvm, KVM_GET_API_VERSION, 0);
@@ -180,7 +185,8 @@ static int vm_open(struct vm *v, void *mem, size_t len, const char **why)
 	}
 	v->vm = ioctl(v->kvm, KVM_CREATE_VM, 0);
 	if (v->vm < 0) {
-		*why = "KVM_CREATE_VM fails";
+		snprintf(reason, sizeof(reason), "KVM_CREATE_VM fails: %s", strerror(errno));
+		*why = reason;
 		return 1;
 	}
 	/* VMX without unrestricted guest runs real mode through vm86 and
@@ -200,8 +206,8 @@ static int vm_open(struct vm *v, void *mem, size_t len, const char **why)
 
 /*
  * Run the guest from `entry` with AX = ax, DX = PAGES_PER_RUN and ES based
- * at `es_base` until
- * it halts. Returns 0 with the registers after the halt in *out, or 1:
+ * at `es_base` until it halts. Returns 0 with the registers after the halt
+ * in *out, or 1:
  * exit_reason (when not NULL) then holds the unexpected exit reason, or -1
  * if KVM_RUN itself failed.
  */
@@ -500,8 +506,8 @@ static int guest_over_budget(int use_move, int single_page)
 	struct vm v;
 	const char *why;
 	uint8_t *mem, key[GVM_REGION_KEY_SIZE];
-	char err[256];
-	int r = 1;
+	char err[256], name[32];
+	int r = 1, rc;
 
 	if (use_move)
 		unsetenv("GIANTVM_UFFD_DISABLE");
@@ -513,24 +519,23 @@ static int guest_over_budget(int use_move, int single_page)
 	}
 	CHECK(test_servers_up(3) == 0);
 	CHECK(gvm_random(key, sizeof(key)) == 0);
+	mem = mmap(NULL, REGION_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	CHECK(mem != MAP_FAILED);
 	if (gvm_pool_open(&pool, &po, err, sizeof(err))) {
-		fprintf(stderr, "  %s\n", err);
-		CHECK(!"gvm_pool_open");
+		fprintf(stderr, "  FAIL %s:%d: gvm_pool_open: %s\n", __FILE__, __LINE__, err);
+		goto unmap_mem;
 	}
-	if (gvm_engine_open(&e, pool, &eo)) {
-		fprintf(stderr, "  FAIL %s:%d: gvm_engine_open\n", __FILE__, __LINE__);
+	rc = gvm_engine_open(&e, pool, &eo);
+	if (rc) {
+		fprintf(stderr, "  FAIL %s:%d: gvm_engine_open: %s\n", __FILE__, __LINE__, strerror(-rc));
 		goto close_pool;
 	}
 	printf("  engine: %s\n", gvm_engine_features(e));
-	mem = mmap(NULL, REGION_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (mem == MAP_FAILED) {
-		fprintf(stderr, "  FAIL %s:%d: mmap: %s\n", __FILE__, __LINE__, strerror(errno));
+	snprintf(name, sizeof(name), "ram-%s%s", use_move ? "move" : "dontneed", single_page ? "-single" : "");
+	rc = gvm_engine_attach(e, gvm_region_id("test-kvm", name), key, mem, REGION_SIZE);
+	if (rc) {
+		fprintf(stderr, "  FAIL %s:%d: gvm_engine_attach: %s\n", __FILE__, __LINE__, strerror(-rc));
 		goto close_engine;
-	}
-	snprintf(err, sizeof(err), "ram-%s%s", use_move ? "move" : "dontneed", single_page ? "-single" : "");
-	if (gvm_engine_attach(e, gvm_region_id("test-kvm", err), key, mem, REGION_SIZE)) {
-		fprintf(stderr, "  FAIL %s:%d: gvm_engine_attach\n", __FILE__, __LINE__);
-		goto close_engine_unmap;
 	}
 	/* Before any KVM: this store faults in user space and is served by
 	 * the engine; from here on the guest's own accesses fault in KVM. */
@@ -543,15 +548,13 @@ static int guest_over_budget(int use_move, int single_page)
 	r = passes(&v, e, mem);
 close_vm:
 	vm_close(&v);
-close_engine_unmap:
-	/* The engine first: it may be installing pages into the range. */
-	gvm_engine_close(e);
-	munmap(mem, REGION_SIZE);
-	goto close_pool;
 close_engine:
 	gvm_engine_close(e);
 close_pool:
 	gvm_pool_close(pool);
+unmap_mem:
+	/* Last: the engine may be installing pages into the range until closed. */
+	munmap(mem, REGION_SIZE);
 	return r;
 }
 
@@ -572,6 +575,7 @@ int main(int argc, char **argv)
 	const char *why;
 	int r;
 
+	setvbuf(stdout, NULL, _IOLBF, 0); /* counters and FAIL lines in the order they happen */
 	/* -l only lists the cases: no need for KVM. */
 	if ((argc < 2 || strcmp(argv[1], "-l")) && kvm_usable(&why)) {
 		printf("SKIP test_kvm: %s\n", why);
