@@ -9,6 +9,11 @@ CFLAGS   ?= -O2 -g
 CFLAGS   += -std=gnu11 -Wall -Wextra -Werror -Wno-format-truncation -fPIC -pthread -D_GNU_SOURCE \
             -Iinclude -Isrc/lib -Isrc/memserver
 LDLIBS   += -pthread -lcrypto
+# The compiler writes each object's and test binary's dependencies (every
+# header and every #included .c, e.g. test_memserver.c's src/cli/cmd_memserver.c)
+# to a .d file beside it, included at the end of this file; a target whose .d
+# is missing (a build from before this rule) is rebuilt once to write it.
+DEPFLAGS := -MMD -MP
 ifeq ($(ASAN),1)
 CFLAGS   += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 LDFLAGS  += -fsanitize=address,undefined
@@ -29,9 +34,9 @@ INT_BIN  := $(INT_SRC:tests/integration/%.c=$(BUILD)/tests/%)
 .PHONY: all test unit demo install clean fuzz bench
 all: $(BUILD)/giantvm $(BUILD)/libgiantvm-preload.so $(UNIT_BIN) $(INT_BIN)
 
-$(BUILD)/%.o: %.c $(wildcard include/*.h src/*/*.h)
+$(BUILD)/%.o: %.c $(BUILD)/%.d $(wildcard include/*.h src/*/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c -o $@ $<
+	$(CC) $(CFLAGS) $(DEPFLAGS) -c -o $@ $<
 
 $(BUILD)/libgiantvm.a: $(LIB_OBJ)
 	@rm -f $@
@@ -44,13 +49,13 @@ $(BUILD)/giantvm: $(CLI_OBJ) $(BUILD)/libgiantvm.a
 $(BUILD)/libgiantvm-preload.so: $(PRE_OBJ) $(BUILD)/libgiantvm.a src/preload/preload.map
 	$(CC) $(LDFLAGS) -shared -Wl,--version-script=src/preload/preload.map -o $@ $(PRE_OBJ) $(BUILD)/libgiantvm.a $(LDLIBS) -ldl
 
-$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libgiantvm.a $(wildcard tests/*.h)
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/tests/%.d $(BUILD)/libgiantvm.a $(wildcard tests/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests $(LDFLAGS) -o $@ $< $(BUILD)/libgiantvm.a $(LDLIBS)
+	$(CC) $(CFLAGS) $(DEPFLAGS) -Itests $(LDFLAGS) -o $@ $< $(BUILD)/libgiantvm.a $(LDLIBS)
 
-$(BUILD)/tests/%: tests/integration/%.c $(BUILD)/libgiantvm.a $(wildcard tests/*.h)
+$(BUILD)/tests/%: tests/integration/%.c $(BUILD)/tests/%.d $(BUILD)/libgiantvm.a $(wildcard tests/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests $(LDFLAGS) -o $@ $< $(BUILD)/libgiantvm.a $(LDLIBS)
+	$(CC) $(CFLAGS) $(DEPFLAGS) -Itests $(LDFLAGS) -o $@ $< $(BUILD)/libgiantvm.a $(LDLIBS)
 
 test: all
 	BUILD=$(BUILD) tests/run.sh
@@ -64,9 +69,18 @@ demo: all
 bench: all
 	$(BUILD)/giantvm bench
 
+# libFuzzer harnesses (clang), built by the script in build-fuzz/: FUZZ_SECS per harness.
+FUZZ_SECS ?= 60
+fuzz:
+	tests/fuzz/run.sh $(FUZZ_SECS)
+
 install: all
 	install -D -m 755 $(BUILD)/giantvm $(DESTDIR)$(PREFIX)/bin/giantvm
 	install -D -m 755 $(BUILD)/libgiantvm-preload.so $(DESTDIR)$(PREFIX)/lib/giantvm/libgiantvm-preload.so
 
 clean:
 	rm -rf build build-asan build-fuzz
+
+DEP_FILES := $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(PRE_OBJ:.o=.d) $(UNIT_BIN:=.d) $(INT_BIN:=.d)
+$(DEP_FILES):
+include $(wildcard $(DEP_FILES))
