@@ -52,10 +52,11 @@ static char gvm_test_skip_why[256];
 	return GVM_TEST_SKIP; } while (0)
 
 /* Why a case needing `needs` cannot run here ("" if it can). `have` is the
- * probe's result: features, or -errno if no userfaultfd could be opened. */
-static inline const char *gvm_test_unmet(uint64_t needs, int64_t have, char *buf, size_t len)
+ * probe's result: features, or -errno if no userfaultfd could be opened;
+ * `off` is GIANTVM_UFFD_DISABLE as the program started (cases may set it). */
+static inline const char *gvm_test_unmet(uint64_t needs, int64_t have, const char *off, char *buf,
+					 size_t len)
 {
-	const char *off = getenv("GIANTVM_UFFD_DISABLE");
 	uint64_t missing, disabled = 0;
 	char names[128];
 
@@ -66,9 +67,9 @@ static inline const char *gvm_test_unmet(uint64_t needs, int64_t have, char *buf
 		snprintf(buf, len, "userfaultfd unavailable: %s", strerror((int)-have));
 		return buf;
 	}
-	if (off && strstr(off, "POISON"))
+	if (strstr(off, "POISON"))
 		disabled |= UFFD_FEATURE_POISON;
-	if (off && strstr(off, "MOVE"))
+	if (strstr(off, "MOVE"))
 		disabled |= UFFD_FEATURE_MOVE;
 	missing = needs & ~GVM_NEEDS_UFFD & ~(uint64_t)have;
 	if (missing)
@@ -85,7 +86,9 @@ static inline int gvm_test_main(int argc, char **argv, const struct gvm_test *t,
 	const char *filter = NULL;
 	int failed = 0, ran = 0, skipped = 0, probed = 0;
 	int64_t have = 0;
-	char why[256];
+	char why[256], off[128];
+
+	snprintf(off, sizeof(off), "%s", getenv("GIANTVM_UFFD_DISABLE") ? getenv("GIANTVM_UFFD_DISABLE") : "");
 
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "-l")) {
@@ -106,7 +109,7 @@ static inline int gvm_test_main(int argc, char **argv, const struct gvm_test *t,
 			probed = 1;
 		}
 		ran++;
-		if (*gvm_test_unmet(t[k].needs, have, why, sizeof(why))) {
+		if (*gvm_test_unmet(t[k].needs, have, off, why, sizeof(why))) {
 			printf("SKIP %s: %s\n", t[k].name, why);
 			fflush(stdout);
 			skipped++;
