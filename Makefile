@@ -12,6 +12,11 @@ CFLAGS   += -std=gnu11 -Wall -Wextra -Werror -Wno-format-truncation -fPIC -pthre
 LIB_INC  := -Iinclude -Isrc/lib -Isrc/memserver
 CLI_INC  := -Iinclude -Isrc/cli
 LDLIBS   += -pthread -lcrypto
+# The compiler writes each object's and test binary's dependencies (every
+# header and every #included .c)
+# to a .d file beside it, included at the end of this file; a target whose .d
+# is missing (a build from before this rule) is rebuilt once to write it.
+DEPFLAGS := -MMD -MP
 ifeq ($(ASAN),1)
 CFLAGS   += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 LDFLAGS  += -fsanitize=address,undefined
@@ -34,13 +39,13 @@ INT_BIN  := $(INT_SRC:tests/integration/%.c=$(BUILD)/tests/%)
 .PHONY: all test unit demo install clean fuzz bench
 all: $(BUILD)/giantvm $(BUILD)/libgiantvm-preload.so $(UNIT_BIN) $(INT_BIN)
 
-$(BUILD)/src/cli/%.o: src/cli/%.c $(wildcard include/*.h src/cli/*.h)
+$(BUILD)/src/cli/%.o: src/cli/%.c $(BUILD)/src/cli/%.d
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(CLI_INC) -c -o $@ $<
+	$(CC) $(CFLAGS) $(DEPFLAGS) $(CLI_INC) -c -o $@ $<
 
-$(BUILD)/%.o: %.c $(wildcard include/*.h src/*/*.h)
+$(BUILD)/%.o: %.c $(BUILD)/%.d
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LIB_INC) -c -o $@ $<
+	$(CC) $(CFLAGS) $(DEPFLAGS) $(LIB_INC) -c -o $@ $<
 
 $(BUILD)/libgiantvm.a: $(LIB_OBJ)
 	@rm -f $@
@@ -59,13 +64,13 @@ $(BUILD)/libgiantvm-preload.so: $(PRE_OBJ) $(BUILD)/libgiantvm.a src/preload/pre
 
 TEST_LIBS := $(BUILD)/libgiantvm-cli.a $(BUILD)/libgiantvm.a
 
-$(BUILD)/tests/%: tests/unit/%.c $(TEST_LIBS) $(wildcard tests/*.h)
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/tests/%.d $(TEST_LIBS)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LIB_INC) -Isrc/cli -Itests $(LDFLAGS) -o $@ $< $(TEST_LIBS) $(LDLIBS)
+	$(CC) $(CFLAGS) $(DEPFLAGS) $(LIB_INC) -Isrc/cli -Itests $(LDFLAGS) -o $@ $< $(TEST_LIBS) $(LDLIBS)
 
-$(BUILD)/tests/%: tests/integration/%.c $(TEST_LIBS) $(wildcard tests/*.h)
+$(BUILD)/tests/%: tests/integration/%.c $(BUILD)/tests/%.d $(TEST_LIBS)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LIB_INC) -Isrc/cli -Itests $(LDFLAGS) -o $@ $< $(TEST_LIBS) $(LDLIBS)
+	$(CC) $(CFLAGS) $(DEPFLAGS) $(LIB_INC) -Isrc/cli -Itests $(LDFLAGS) -o $@ $< $(TEST_LIBS) $(LDLIBS)
 
 test: all
 	BUILD=$(BUILD) tests/run.sh
@@ -79,6 +84,11 @@ demo: all
 bench: all
 	$(BUILD)/giantvm bench
 
+# libFuzzer harnesses (clang), built by the script in build-fuzz/: FUZZ_SECS per harness.
+FUZZ_SECS ?= 60
+fuzz:
+	tests/fuzz/run.sh $(FUZZ_SECS)
+
 install: all
 	install -D -m 755 $(BUILD)/giantvm $(DESTDIR)$(PREFIX)/bin/giantvm
 	install -D -m 755 $(BUILD)/libgiantvm-preload.so $(DESTDIR)$(PREFIX)/lib/giantvm/libgiantvm-preload.so
@@ -88,3 +98,7 @@ install: all
 
 clean:
 	rm -rf build build-asan build-fuzz
+
+DEP_FILES := $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(PRE_OBJ:.o=.d) $(UNIT_BIN:=.d) $(INT_BIN:=.d)
+$(DEP_FILES):
+include $(wildcard $(DEP_FILES))

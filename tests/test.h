@@ -1,17 +1,45 @@
 /*
- * Minimal test harness: one program per concern, a table of cases, exit 0
- * pass, 1 fail. `-l` lists cases, `-f SUBSTR` filters. Failures print
- * file:line and errno. There is no skip: a test that cannot run fails.
+ * Minimal test harness: one program per concern, a table of cases. `-l`
+ * lists cases, `-f SUBSTR` runs only the cases whose name contains SUBSTR.
+ * Failures print file:line and errno.
+ *
+ * A table entry is { name, fn } or { name, fn, needs }: `needs` is the
+ * kernel features the case requires, like the kernel's userfaultfd
+ * selftests (uffd_feature_required): UFFD_FEATURE_* bits (uffd.h), plus
+ * GVM_NEEDS_UFFD for "a userfaultfd at all". A case whose needs the kernel
+ * (gvm_uffd_probe()) does not offer, or that GIANTVM_UFFD_DISABLE turns
+ * off, is not run: "SKIP name: reason". A case may also skip itself at run
+ * time with SKIP("reason") (it returns GVM_TEST_SKIP, 77).
+ *
+ * Output: "ok   name" / "FAIL name" / "SKIP name: reason", then
+ * "N passed, M failed, K skipped". Exit status:
+ *   1   a case failed, or no case ran at all (a -f filter that matches
+ *       nothing is an error, not a pass);
+ *   77  nothing failed but at least one case was skipped (even if others
+ *       passed: a skip must reach tests/run.sh, which shows it as SKIPPED
+ *       and, with CI=true, counts it as a failure);
+ *   0   every case that was selected ran and passed.
  */
 #ifndef GVM_TEST_H
 #define GVM_TEST_H
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-struct gvm_test { const char *name; int (*fn)(void); };
+#include "uffd.h"
+
+/* Tables may leave `needs` out ({ name, fn }: no kernel feature needed). */
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+
+#define GVM_TEST_SKIP 77
+#define GVM_NEEDS_UFFD (1ull << 63) /* a usable userfaultfd (not a UFFD_FEATURE_ bit) */
+
+struct gvm_test { const char *name; int (*fn)(void); uint64_t needs; };
+
+static char gvm_test_skip_why[256];
 
 #define CHECK(cond) do { if (!(cond)) { \
 	fprintf(stderr, "  FAIL %s:%d: %s (errno %d %s)\n", __FILE__, __LINE__, #cond, errno, strerror(errno)); \
@@ -19,29 +47,92 @@ struct gvm_test { const char *name; int (*fn)(void); };
 #define CHECK_EQ(a, b) do { long long a_ = (long long)(a), b_ = (long long)(b); if (a_ != b_) { \
 	fprintf(stderr, "  FAIL %s:%d: %s == %s (%lld != %lld)\n", __FILE__, __LINE__, #a, #b, a_, b_); \
 	return 1; } } while (0)
+/* Skip the running case: SKIP("no /dev/kvm"). */
+#define SKIP(...) do { snprintf(gvm_test_skip_why, sizeof(gvm_test_skip_why), __VA_ARGS__); \
+	return GVM_TEST_SKIP; } while (0)
+
+/* Why a case needing `needs` cannot run here ("" if it can). `have` is the
+ * probe's result: features, or -errno if no userfaultfd could be opened;
+ * `off` is GIANTVM_UFFD_DISABLE as the program started (cases may set it). */
+static inline const char *gvm_test_unmet(uint64_t needs, int64_t have, const char *off, char *buf,
+					 size_t len)
+{
+	uint64_t missing, disabled = 0;
+	char names[128];
+
+	buf[0] = 0;
+	if (!needs)
+		return buf;
+	if (have < 0) {
+		snprintf(buf, len, "userfaultfd unavailable: %s", strerror((int)-have));
+		return buf;
+	}
+	if (strstr(off, "POISON"))
+		disabled |= UFFD_FEATURE_POISON;
+	if (strstr(off, "MOVE"))
+		disabled |= UFFD_FEATURE_MOVE;
+	missing = needs & ~GVM_NEEDS_UFFD & ~(uint64_t)have;
+	if (missing)
+		snprintf(buf, len, "the kernel lacks userfaultfd %s",
+			 gvm_uffd_features_str(missing, names, sizeof(names)));
+	else if (needs & disabled)
+		snprintf(buf, len, "GIANTVM_UFFD_DISABLE=%s turns off %s", off,
+			 gvm_uffd_features_str(needs & disabled, names, sizeof(names)));
+	return buf;
+}
 
 static inline int gvm_test_main(int argc, char **argv, const struct gvm_test *t, size_t n)
 {
 	const char *filter = NULL;
-	int failed = 0, ran = 0;
+	int failed = 0, ran = 0, skipped = 0, probed = 0;
+	int64_t have = 0;
+	char why[256], off[128];
+
+	snprintf(off, sizeof(off), "%s", getenv("GIANTVM_UFFD_DISABLE") ? getenv("GIANTVM_UFFD_DISABLE") : "");
 
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "-l")) {
 			for (size_t k = 0; k < n; k++) puts(t[k].name);
 			return 0;
 		}
-		if (!strcmp(argv[i], "-f") && i + 1 < argc) filter = argv[++i];
+		if (!strcmp(argv[i], "-f") && i + 1 < argc) {
+			filter = argv[++i];
+			continue;
+		}
+		fprintf(stderr, "usage: %s [-l] [-f SUBSTR]\n", argv[0]);
+		return 1;
 	}
 	for (size_t k = 0; k < n; k++) {
 		if (filter && !strstr(t[k].name, filter)) continue;
-		int r = t[k].fn();
+		if (t[k].needs && !probed) {
+			have = gvm_uffd_probe();
+			probed = 1;
+		}
 		ran++;
-		printf("%s %s\n", r ? "FAIL" : "ok  ", t[k].name);
+		if (*gvm_test_unmet(t[k].needs, have, off, why, sizeof(why))) {
+			printf("SKIP %s: %s\n", t[k].name, why);
+			fflush(stdout);
+			skipped++;
+			continue;
+		}
+		gvm_test_skip_why[0] = 0;
+		int r = t[k].fn();
+		if (r == GVM_TEST_SKIP) {
+			printf("SKIP %s: %s\n", t[k].name, gvm_test_skip_why[0] ? gvm_test_skip_why : "(no reason given)");
+			skipped++;
+		} else {
+			printf("%s %s\n", r ? "FAIL" : "ok  ", t[k].name);
+			failed += r != 0;
+		}
 		fflush(stdout);
-		failed += r != 0;
 	}
-	printf("%d passed, %d failed\n", ran - failed, failed);
-	return failed ? 1 : 0;
+	printf("%d passed, %d failed, %d skipped\n", ran - failed - skipped, failed, skipped);
+	if (!ran) {
+		fprintf(stderr, "%s: no case ran (%s%s%s): failing\n", argv[0], filter ? "-f '" : "an empty table",
+			filter ? filter : "", filter ? "' matched nothing" : "");
+		return 1;
+	}
+	return failed ? 1 : skipped ? GVM_TEST_SKIP : 0;
 }
 #define GVM_TEST_MAIN(table) int main(int argc, char **argv) { \
 	return gvm_test_main(argc, argv, table, sizeof(table) / sizeof(table[0])); }

@@ -45,7 +45,6 @@ finish() { # harness.sh's, with the runtime
     ((fail == 0))
     exit $?
 }
-show_tail() { grep -v '^[[:space:]]*$' "$1" | tail -n "${2:-15}" | sed 's/^/#   /'; }
 # The number value of "key" in a one-line JSON object ("" when absent).
 jnum() { sed -n "s/.*\"$2\":\([-0-9.]*\).*/\1/p" <<<"$1"; }
 
@@ -56,22 +55,8 @@ fi
 
 NS=gvm10k-$$
 NS_MADE=
-SERVER_PID=
 TMP=$(mktemp -d /tmp/gvm-e2e-10k.XXXXXX) || { bad "mktemp"; finish; }
-stop_server() {
-    [[ -n $SERVER_PID ]] || return 0
-    kill -TERM "$SERVER_PID" 2>/dev/null
-    local t
-    for ((t = 0; t < 50; t++)); do # bounded wait: SIGKILL after ~5 s
-        kill -0 "$SERVER_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$SERVER_PID" 2>/dev/null
-    wait "$SERVER_PID" 2>/dev/null
-    SERVER_PID=
-}
-cleanup() {
-    stop_server
+cleanup_more() { # harness.sh's cleanup calls it after stopping the server
     if [[ -n $NS_MADE ]]; then
         # anything still running inside (e.g. a bench killed by timeout) would keep it alive
         local pids
@@ -81,11 +66,8 @@ cleanup() {
         ip netns del "$NS" 2>/dev/null || echo "# cleanup: cannot delete namespace $NS" >&2
         NS_MADE=
     fi
-    rm -rf "$TMP"
 }
-trap cleanup EXIT
-trap 'cleanup; trap - INT; kill -INT $$' INT
-trap 'cleanup; trap - TERM; kill -TERM $$' TERM
+trap_cleanup
 
 snapshot_build || { bad "build: cannot run $BUILD/giantvm (copied to $TMP/bin)"; finish; }
 G=$TMP/bin/giantvm
@@ -111,20 +93,16 @@ if ip -n "$NS" -o link show | grep -v ': lo:' | grep -q .; then
 fi
 
 TOKEN=$TMP/token
-(umask 077 && head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$TOKEN")
+make_token "$TOKEN"
 ip netns exec "$NS" "$G" memserver --listen "0.0.0.0:$PORT" --token-file "$TOKEN" \
     --port-file "$TMP/port" >"$TMP/server.log" 2>&1 &
-SERVER_PID=$!
-for ((t = 0; t < 100; t++)); do
-    [[ -s $TMP/port ]] && break
-    kill -0 "$SERVER_PID" 2>/dev/null || break
-    sleep 0.1
-done
+SERVER_PIDS=($!)
+wait_ports "$TMP/port"
 if [[ $(cat "$TMP/port" 2>/dev/null) == "$PORT" ]]; then
     ok "memserver listening on 0.0.0.0:$PORT in namespace $NS (lo only)"
 else
     bad "memserver did not start (port file: '$(cat "$TMP/port" 2>/dev/null)')"
-    show_tail "$TMP/server.log"
+    show_tail "$TMP/server.log" 15
     finish
 fi
 
@@ -164,7 +142,7 @@ json=$(grep -m1 '^{' "$TMP/bench.out")
 note "bench ($secs s): $json"
 if ((rc == 0)); then ok "bench over $NODES nodes exited 0 in $secs s"; else
     bad "bench: exit status $rc (124 = timeout ${TIMEOUT}s); stderr tail:"
-    show_tail "$TMP/bench.err"
+    show_tail "$TMP/bench.err" 15
 fi
 if [[ -n $json ]]; then
     [[ $json == *'"verified":true'* ]] && ok "every page verified (\"verified\":true)" ||
@@ -201,18 +179,18 @@ if [[ -n $json ]]; then
     note "seq_GBps $(jnum "$json" seq_GBps), remote_fault_p50_us $(jnum "$json" remote_fault_p50_us), fill_GBps $(jnum "$json" fill_GBps)"
 else
     bad "bench printed no JSON line; stdout: $(head -c 400 "$TMP/bench.out")"
-    show_tail "$TMP/bench.err"
+    show_tail "$TMP/bench.err" 15
 fi
 
 # ---------------------------------------------------------------- server health
-if kill -0 "$SERVER_PID" 2>/dev/null; then ok "memserver still running"; else
+if kill -0 "${SERVER_PIDS[0]}" 2>/dev/null; then ok "memserver still running"; else
     bad "memserver exited during the run"
-    show_tail "$TMP/server.log"
+    show_tail "$TMP/server.log" 15
 fi
 if grep -qiE 'open files|EMFILE|dropping new connections' "$TMP/server.log" "$TMP/bench.err"; then
     bad "out of file descriptors: $(grep -hiE 'open files|EMFILE|dropping' "$TMP/server.log" "$TMP/bench.err" | head -n3 | tr '\n' ' ')"
 else
     ok "no file-descriptor exhaustion in the server or the client"
 fi
-stop_server
+stop_servers
 finish

@@ -26,7 +26,7 @@ if [[ ! -x $BUILD/giantvm ]]; then
     finish
 fi
 TMP=$(mktemp -d /tmp/gvm-e2e-benchlm.XXXXXX) || { bad "mktemp"; finish; }
-trap 'rm -rf "$TMP"' EXIT
+trap_cleanup
 snapshot_build || { bad "cannot copy the build to $TMP/bin"; finish; }
 G=$TMP/bin/giantvm
 unset GIANTVM_POOL

@@ -5,7 +5,8 @@
 # computed on the host).  Also checks that the FAIL path is reported.
 #
 # Env: GVM_TEST_SEED (default 1), GVM_TEST_TIMEOUT (seconds, default 300),
-#      GIANTVM_CACHE (see guest.sh), CI=true: a missing prerequisite fails.
+#      GIANTVM_CACHE (see guest.sh).  A missing prerequisite (the guest
+#      cannot be prepared): SKIP, exit 77; with CI=true it fails.
 # Closing line: "N passed, M failed"; exit 0 iff nothing failed.
 set -u
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -16,27 +17,14 @@ SEED=${GVM_TEST_SEED:-1}
 TIMEOUT=${GVM_TEST_TIMEOUT:-300}
 MEM=512 MIB=256
 
-pass=0 fail=0
-ok() { echo "ok   - $*"; pass=$((pass + 1)); }
-bad() { echo "FAIL - $*"; fail=$((fail + 1)); }
-finish() {
-    echo "$pass passed, $fail failed"
-    ((fail == 0))
-    exit $?
-}
+# shellcheck source=harness.sh
+. "$HERE/harness.sh"
 
-if ! gvm_guest_prepare; then
-    if [[ ${CI:-} != true && $EUID -ne 0 ]]; then
-        echo "SKIP: gvm_guest_prepare failed (not root, prerequisites missing)"
-        echo "0 passed, 0 failed, 1 skipped"
-        exit 0
-    fi
-    bad "gvm_guest_prepare"
-    finish
-fi
+gvm_guest_prepare || missing "gvm_guest_prepare failed"
 
-log=$(mktemp /tmp/gvm-local-guest.XXXXXX.log)
-trap 'rm -f "$log"' EXIT
+TMP=$(mktemp -d /tmp/gvm-e2e-localguest.XXXXXX) || { bad "mktemp"; finish; }
+trap_cleanup
+log=$TMP/serial.log
 
 expect=$("$GVM_WORKLOAD" --expect "$MIB" "$SEED")
 echo "# kernel: $GVM_KERNEL_PKG ($GVM_KERNEL)"
@@ -50,7 +38,7 @@ boot_up=$(tr -d '\r' <"$log" | sed -n 's/.*GIANTVM-BOOT uptime=\([0-9.]*\).*/\1/
 [[ -n $boot_up ]] && echo "# guest uptime when /init started: ${boot_up}s"
 if ((rc == 0)); then ok "qemu exited 0 in ${GVM_BOOT_S}s"; else
     bad "qemu exit status $rc (124 = timeout ${TIMEOUT}s); serial log tail:"
-    tr -d '\r' <"$log" | tail -n 30 | sed 's/^/#   /'
+    show_tail "$log" 30
 fi
 n_lines=$(tr -d '\r' <"$log" | grep -c '^GIANTVM-RESULT ')
 if [[ $n_lines == 1 ]]; then ok "exactly one GIANTVM-RESULT line"; else bad "$n_lines GIANTVM-RESULT lines"; fi

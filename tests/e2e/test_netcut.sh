@@ -78,7 +78,6 @@ want() { [[ $CASES == *" $1 "* ]]; }
 . "$HERE/harness.sh"
 # printable: the guest console holds escape sequences (and maybe worse).
 printable() { LC_ALL=C tr -d '\r' | LC_ALL=C tr -c '\11\12\40-\176' '.'; }
-show_tail() { printable <"$1" | grep -v '^[[:space:]]*$' | tail -n "${2:-25}" | sed 's/^/#   /'; }
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 
@@ -88,21 +87,7 @@ if [[ ! -x $BUILD/giantvm || ! -r $BUILD/libgiantvm-preload.so ]]; then
 fi
 
 TMP=$(mktemp -d /tmp/gvm-e2e-netcut.XXXXXX) || { bad "mktemp"; finish; }
-SERVER_PIDS=()
-RUN_PID=
-cleanup() {
-    stop_run
-    stop_servers
-    gvm_netns_down 2>/dev/null
-    if [[ -n ${GVM_KEEP_TMP:-} ]]; then
-        echo "# logs kept in $TMP" >&2
-    else
-        rm -rf "$TMP"
-    fi
-}
-trap cleanup EXIT
-trap 'cleanup; trap - INT; kill -INT $$' INT
-trap 'cleanup; trap - TERM; kill -TERM $$' TERM
+trap_cleanup
 
 # Run a snapshot of the build, so a concurrent `make` cannot swap the binary
 # under a running test (the preload library is looked up next to giantvm).
@@ -114,17 +99,13 @@ G=$TMP/bin/giantvm
 gvm_guest_prepare 2>"$TMP/prepare.log" || { show_tail "$TMP/prepare.log"; missing "gvm_guest_prepare failed"; }
 command -v qemu-system-x86_64 >/dev/null || missing "qemu-system-x86_64 not found"
 gvm_netns_up 3 || missing "gvm_netns_up 3 failed"
-# netns.sh installed its own traps; ours must also stop QEMU and the servers.
-trap cleanup EXIT
-trap 'cleanup; trap - INT; kill -INT $$' INT
-trap 'cleanup; trap - TERM; kill -TERM $$' TERM
+trap_cleanup # after netns.sh's traps: stop QEMU and the servers first
 
 expect=$("$GVM_WORKLOAD" --expect "$MIB" "$SEED")
 note "kernel: $GVM_KERNEL_PKG; guest -m $MEM, workload $MIB MiB x $PASSES passes seed $SEED, budget $BUDGET: expected checksum $expect"
 
 TOKEN=$TMP/token
-(umask 077 && head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$TOKEN")
-chmod 600 "$TOKEN"
+make_token "$TOKEN"
 
 # ---------------------------------------------------------------- helpers
 
@@ -159,31 +140,8 @@ heal_all() {
 # start_servers N PORT: fresh memservers in namespaces 1..N on PORT, the pool
 # file $POOL.  Returns non-zero (with a FAIL line) if one does not come up.
 start_servers() {
-    local n=$1 port=$2 i t up p
     stop_servers
-    POOL=$TMP/pool.$port
-    : >"$POOL"
-    for ((i = 1; i <= n; i++)); do
-        rm -f "$TMP/port.$port.$i"
-        ip netns exec "${GVM_NETNS[i]}" "$G" memserver --listen "${GVM_NETNS_IP[i]}:$port" \
-            --token-file "$TOKEN" --port-file "$TMP/port.$port.$i" >"$TMP/server.$port.$i.log" 2>&1 &
-        SERVER_PIDS+=($!)
-        echo "${GVM_NETNS_IP[i]}:$port" >>"$POOL"
-    done
-    for ((t = 0; t < 100; t++)); do
-        up=0
-        for ((i = 1; i <= n; i++)); do
-            [[ -s $TMP/port.$port.$i ]] && up=$((up + 1))
-        done
-        ((up == n)) && return 0
-        for p in "${SERVER_PIDS[@]}"; do
-            kill -0 "$p" 2>/dev/null || break 2
-        done
-        sleep 0.1
-    done
-    bad "memservers on port $port: only $up of $n came up"
-    for ((i = 1; i <= n; i++)); do show_tail "$TMP/server.$port.$i.log" 5; done
-    return 1
+    start_memservers "$1" netns "$2"
 }
 
 # A guest kernel that found its memory corrupt (or died): the serial console

@@ -5,7 +5,7 @@
 # no namespace or veth behind.  Needs root.  All traffic stays inside this
 # machine (10.213.x.0/24 on veths to namespaces created here).
 # Closing line: "N passed, M failed".  Exit 0 iff nothing failed.
-# Missing prerequisites: skip (exit 0) normally, FAIL when CI=true.
+# Missing prerequisites: SKIP (exit 77) normally, FAIL when CI=true.
 set -u
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=netns.sh

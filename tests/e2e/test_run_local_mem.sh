@@ -52,7 +52,6 @@ VM_ID=lm-$$
 
 # shellcheck source=harness.sh
 . "$HERE/harness.sh"
-show_tail() { tr -d '\r' <"$1" | grep -v '^[[:space:]]*$' | tail -n "${2:-25}" | sed 's/^/#   /'; }
 mib_of_kb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
 if [[ ! -x $BUILD/giantvm || ! -r $BUILD/libgiantvm-preload.so ]]; then
@@ -61,16 +60,7 @@ if [[ ! -x $BUILD/giantvm || ! -r $BUILD/libgiantvm-preload.so ]]; then
 fi
 
 TMP=$(mktemp -d /tmp/gvm-e2e-localmem.XXXXXX) || { bad "mktemp"; finish; }
-SERVER_PIDS=()
-RUN_PID=
-cleanup() {
-    stop_run # a VM still running (interrupted test)
-    stop_servers
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'cleanup; trap - INT; kill -INT $$' INT
-trap 'cleanup; trap - TERM; kill -TERM $$' TERM
+trap_cleanup # also stops a VM still running (interrupted test)
 
 # Run a snapshot of the build, so a concurrent `make` cannot swap the binary
 # under a running test (the preload library is looked up next to giantvm).
@@ -198,34 +188,7 @@ jnum() { sed -n "s/.*\"$2\":\([0-9][0-9.]*\).*/\1/p" <<<"$1" | head -n1; }
 jtop() { jnum "${1%%\"per_node\"*}" "$2"; }
 
 # ---------------------------------------------------------------- servers
-POOL=$TMP/pool.conf
-for ((i = 1; i <= NODES; i++)); do
-    "$G" memserver --listen 127.0.0.1:0 --port-file "$TMP/port.$i" >"$TMP/server.$i.log" 2>&1 &
-    SERVER_PIDS+=($!)
-done
-up=0
-for ((t = 0; t < 100; t++)); do
-    up=0
-    for ((i = 1; i <= NODES; i++)); do
-        [[ -s $TMP/port.$i ]] && up=$((up + 1))
-    done
-    ((up == NODES)) && break
-    for p in "${SERVER_PIDS[@]}"; do
-        kill -0 "$p" 2>/dev/null || break 2
-    done
-    sleep 0.1
-done
-if ((up != NODES)); then
-    bad "memservers: only $up of $NODES wrote their port file"
-    for ((i = 1; i <= NODES; i++)); do show_tail "$TMP/server.$i.log" 5; done
-    finish
-fi
-: >"$POOL"
-for ((i = 1; i <= NODES; i++)); do
-    port=$(head -n1 "$TMP/port.$i")
-    [[ $port =~ ^[0-9]+$ && $port != 0 ]] || { bad "memserver $i: port file says '$port'"; finish; }
-    echo "127.0.0.1:$port" >>"$POOL"
-done
+start_memservers "$NODES" || finish
 ok "$NODES memservers on $(paste -sd' ' "$POOL")"
 
 # ---------------------------------------------------------------- pooled run

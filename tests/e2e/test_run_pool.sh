@@ -39,9 +39,6 @@ BUILD=${GVM_BUILD_DIR:-$REPO/build}
 
 # shellcheck source=harness.sh
 . "$HERE/harness.sh"
-# A prerequisite of the machine (not of giantvm) is missing: skip, or with
-# CI=true fail.
-show_tail() { tr -d '\r' <"$1" | grep -v '^[[:space:]]*$' | tail -n "${2:-25}" | sed 's/^/#   /'; }
 
 if [[ ! -x $BUILD/giantvm || ! -r $BUILD/libgiantvm-preload.so ]]; then
     bad "build: $BUILD/giantvm or $BUILD/libgiantvm-preload.so missing (run 'make -j2' in $REPO first)"
@@ -49,15 +46,7 @@ if [[ ! -x $BUILD/giantvm || ! -r $BUILD/libgiantvm-preload.so ]]; then
 fi
 
 TMP=$(mktemp -d /tmp/gvm-e2e-pool.XXXXXX) || { bad "mktemp"; finish; }
-SERVER_PIDS=()
-cleanup() {
-    stop_servers
-    gvm_netns_down 2>/dev/null
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'cleanup; trap - INT; kill -INT $$' INT
-trap 'cleanup; trap - TERM; kill -TERM $$' TERM
+trap_cleanup
 
 # Run a snapshot of the build, so a concurrent `make` cannot swap the binary
 # (or leave it half-written) under a running test.  The preload library is
@@ -69,18 +58,14 @@ G=$TMP/bin/giantvm
 ((EUID == 0)) || missing "network namespaces need root"
 gvm_guest_prepare 2>"$TMP/prepare.log" || { show_tail "$TMP/prepare.log"; missing "gvm_guest_prepare failed"; }
 gvm_netns_up "$NODES" || missing "gvm_netns_up $NODES failed"
-# netns.sh installed its own traps; ours must also stop the servers first.
-trap cleanup EXIT
-trap 'cleanup; trap - INT; kill -INT $$' INT
-trap 'cleanup; trap - TERM; kill -TERM $$' TERM
+trap_cleanup # after netns.sh's traps: stop the servers first
 
 expect=$("$GVM_WORKLOAD" --expect "$MIB" "$SEED")
 note "kernel: $GVM_KERNEL_PKG; expected checksum for mib=$MIB seed=$SEED: $expect"
 
 # ---------------------------------------------------------------- servers
 TOKEN=$TMP/token
-(umask 077 && head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$TOKEN")
-chmod 600 "$TOKEN"
+make_token "$TOKEN"
 if [[ $(wc -c <"$TOKEN") == 32 ]]; then ok "token file: 32 hex chars, mode $(stat -c %a "$TOKEN")"; else
     bad "token file: $(wc -c <"$TOKEN") bytes"
 fi
@@ -94,34 +79,9 @@ else
     bad "memserver without token: rc=$rc, output: $out"
 fi
 
-POOL=$TMP/pool.conf
-: >"$POOL"
-for ((i = 1; i <= NODES; i++)); do
-    ip netns exec "${GVM_NETNS[i]}" "$G" memserver --listen "${GVM_NETNS_IP[i]}:$PORT" \
-        --token-file "$TOKEN" --port-file "$TMP/port.$i" >"$TMP/server.$i.log" 2>&1 &
-    SERVER_PIDS+=($!)
-    echo "${GVM_NETNS_IP[i]}:$PORT" >>"$POOL"
-done
-up=0
-for ((t = 0; t < 100; t++)); do
-    up=0
-    for ((i = 1; i <= NODES; i++)); do
-        [[ -s $TMP/port.$i ]] && up=$((up + 1))
-    done
-    ((up == NODES)) && break
-    for p in "${SERVER_PIDS[@]}"; do
-        kill -0 "$p" 2>/dev/null || break 2
-    done
-    sleep 0.1
-done
-if ((up == NODES)); then
-    ports=$(cat "$TMP"/port.* | tr '\n' ' ')
-    if [[ $ports == "$PORT $PORT $PORT " ]]; then ok "$NODES memservers listening (${GVM_NETNS_IPS// /, } port $PORT)"; else
-        bad "memservers: port files say '$ports', want $PORT each"
-    fi
+if start_memservers "$NODES" netns "$PORT"; then
+    ok "$NODES memservers listening (${GVM_NETNS_IPS// /, } port $PORT)"
 else
-    bad "memservers: only $up of $NODES wrote their port file"
-    for ((i = 1; i <= NODES; i++)); do show_tail "$TMP/server.$i.log" 5; done
     finish
 fi
 

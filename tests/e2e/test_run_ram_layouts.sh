@@ -32,7 +32,6 @@ BUILD=${GVM_BUILD_DIR:-$REPO/build}
 
 # shellcheck source=harness.sh
 . "$HERE/harness.sh"
-show_tail() { tr -d '\r' <"$1" | grep -v '^[[:space:]]*$' | tail -n "${2:-25}" | sed 's/^/#   /'; }
 
 if [[ ! -x $BUILD/giantvm || ! -r $BUILD/libgiantvm-preload.so ]]; then
     bad "build: $BUILD/giantvm or $BUILD/libgiantvm-preload.so missing (run 'make -j2' in $REPO first)"
@@ -40,7 +39,7 @@ if [[ ! -x $BUILD/giantvm || ! -r $BUILD/libgiantvm-preload.so ]]; then
 fi
 
 TMP=$(mktemp -d /tmp/gvm-e2e-layouts.XXXXXX) || { bad "mktemp"; finish; }
-trap 'rm -rf "$TMP"' EXIT
+trap_cleanup
 
 # Snapshot of the build (a concurrent `make` cannot swap it under the test);
 # the preload library is looked up next to the giantvm binary.

@@ -340,15 +340,20 @@ static int test_policy_dontneed(void) { return policy(0); }
 static int test_write_run_move(void) { return write_run_after_read(1); }
 static int test_write_run_dontneed(void) { return write_run_after_read(0); }
 
+/* Every case needs write-protect (a local memory budget); the _move cases
+ * also UFFDIO_MOVE: without it the engine silently drops with DONTNEED,
+ * and the case would test the other path twice. */
+#define WP   (GVM_NEEDS_UFFD | UFFD_FEATURE_PAGEFAULT_FLAG_WP)
+#define MOVE (WP | UFFD_FEATURE_MOVE)
 static const struct gvm_test tests[] = {
-	{ "random_writes_4x_budget_move", test_random_writes_move },
-	{ "random_writes_4x_budget_dontneed", test_random_writes_dontneed },
-	{ "write_during_eviction_move", test_write_during_eviction_move },
-	{ "write_during_eviction_dontneed", test_write_during_eviction_dontneed },
-	{ "policy_move", test_policy_move },
-	{ "policy_dontneed", test_policy_dontneed },
-	{ "write_run_after_read_move", test_write_run_move },
-	{ "write_run_after_read_dontneed", test_write_run_dontneed },
+	{ "random_writes_4x_budget_move", test_random_writes_move, MOVE },
+	{ "random_writes_4x_budget_dontneed", test_random_writes_dontneed, WP },
+	{ "write_during_eviction_move", test_write_during_eviction_move, MOVE },
+	{ "write_during_eviction_dontneed", test_write_during_eviction_dontneed, WP },
+	{ "policy_move", test_policy_move, MOVE },
+	{ "policy_dontneed", test_policy_dontneed, WP },
+	{ "write_run_after_read_move", test_write_run_move, MOVE },
+	{ "write_run_after_read_dontneed", test_write_run_dontneed, WP },
 };
 
 int main(int argc, char **argv)

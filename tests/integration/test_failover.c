@@ -218,8 +218,9 @@ static int test_silent_node_fails_over(void)
 }
 
 static const struct gvm_test tests[] = {
-	{ "kill_restart_resync", test_kill_restart_resync },
-	{ "silent_node_fails_over", test_silent_node_fails_over },
+	/* A local memory budget: the engine needs userfaultfd write-protect. */
+	{ "kill_restart_resync", test_kill_restart_resync, GVM_NEEDS_UFFD | UFFD_FEATURE_PAGEFAULT_FLAG_WP },
+	{ "silent_node_fails_over", test_silent_node_fails_over, GVM_NEEDS_UFFD | UFFD_FEATURE_PAGEFAULT_FLAG_WP },
 };
 
 int main(int argc, char **argv)
