@@ -35,7 +35,7 @@ if [[ ! -x $BUILD/giantvm ]]; then
 fi
 
 TMP=$(mktemp -d /tmp/gvm-e2e-mode.XXXXXX) || { bad "mktemp"; finish; }
-trap 'rm -rf "$TMP"' EXIT
+trap_cleanup
 
 snapshot_build || { bad "build: cannot run $BUILD/giantvm (copied to $TMP/bin)"; finish; }
 G=$TMP/bin/giantvm

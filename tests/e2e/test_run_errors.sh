@@ -33,7 +33,6 @@ QUICK=15 # seconds a refusal may take at most
 
 # shellcheck source=harness.sh
 . "$HERE/harness.sh"
-show_tail() { tr -d '\r' <"$1" | grep -v '^[[:space:]]*$' | tail -n "${2:-15}" | sed 's/^/#   /'; }
 
 if [[ ! -x $BUILD/giantvm || ! -r $BUILD/libgiantvm-preload.so ]]; then
     bad "build: $BUILD/giantvm or $BUILD/libgiantvm-preload.so missing (run 'make -j2' in $REPO first)"
@@ -41,7 +40,7 @@ if [[ ! -x $BUILD/giantvm || ! -r $BUILD/libgiantvm-preload.so ]]; then
 fi
 
 TMP=$(mktemp -d /tmp/gvm-e2e-errors.XXXXXX) || { bad "mktemp"; finish; }
-trap 'rm -rf "$TMP"' EXIT
+trap_cleanup
 
 snapshot_build || { bad "build: cannot run $BUILD/giantvm (copied to $TMP/bin)"; finish; }
 G=$TMP/bin/giantvm
@@ -138,12 +137,8 @@ DOWN=$(free_port)
 UP_PORT=
 # One node up (an embedded-style loopback memserver), one down: the down one is named.
 "$G" memserver --listen 127.0.0.1:0 --port-file "$TMP/up.port" >"$TMP/up.log" 2>&1 &
-UP_PID=$!
-trap 'kill "$UP_PID" 2>/dev/null; wait "$UP_PID" 2>/dev/null; rm -rf "$TMP"' EXIT
-for ((t = 0; t < 100; t++)); do
-    [[ -s $TMP/up.port ]] && break
-    sleep 0.1
-done
+SERVER_PIDS+=($!)
+wait_ports "$TMP/up.port"
 UP_PORT=$(head -n1 "$TMP/up.port" 2>/dev/null)
 POOL=$TMP/down.conf
 if [[ -n $UP_PORT ]]; then
@@ -162,9 +157,7 @@ m=$(errmsg)
 never_started "pool node down"
 run pooldown-real 60 run --pool "$POOL" -- qemu-system-x86_64 "${GUEST[@]}"
 if ((RC != 0)); then no_guest "pool node down"; else bad "pool node down (real QEMU): exit 0"; fi
-kill "$UP_PID" 2>/dev/null
-wait "$UP_PID" 2>/dev/null
-trap 'rm -rf "$TMP"' EXIT
+stop_servers
 
 # ---------------------------------------------------------------- -enable-kvm
 # The guest args minus their "-accel tcg" pair, plus -enable-kvm.
