@@ -103,7 +103,7 @@ static uint64_t hist_pct(const struct gvm_engine *e, double pct)
 	return hist_value(GVM_HIST_BUCKETS - 1);
 }
 
-#define STAT_ADD(e, f, n) __atomic_fetch_add(&(e)->st.f, (n), __ATOMIC_RELAXED)
+#define CTR_ADD(e, f, n) __atomic_fetch_add(&(e)->ctr.f, (n), __ATOMIC_RELAXED)
 
 /* ------------------------------------------------------------- regions */
 
@@ -254,8 +254,8 @@ static uint64_t install_run(struct gvm_engine *e, struct gvm_region *rg, uint64_
 		}
 		if (ok == 0) {
 			if (!src)
-				STAT_ADD(e, zero_pages, j - i);
-			STAT_ADD(e, pages_fetched, j - i);
+				CTR_ADD(e, zero_pages, j - i);
+			CTR_ADD(e, pages_fetched, j - i);
 			for (uint64_t k = i; k < j; k++) {
 				mark_refault(e, rg, p + k);
 				pg_set(rg, p + k, PG_RESIDENT | PG_REF | (dirty ? PG_DIRTY : 0));
@@ -401,12 +401,12 @@ static void fetch_give_up(struct gvm_engine *e, struct gvm_fetch *f)
 				pr_perror("UFFDIO_POISON");
 			pg_set(rg, p, PG_RESIDENT | PG_LOST);
 			pg_clear(rg, p, PG_INFLIGHT);
-			STAT_ADD(e, lost_pages, 1);
+			CTR_ADD(e, lost_pages, 1);
 		}
 		fetch_free(e, f);
 		return;
 	}
-	STAT_ADD(e, lost_pages, f->count);
+	CTR_ADD(e, lost_pages, f->count);
 	if (e->on_fatal) {
 		char why[512];
 		snprintf(why, sizeof(why), "guest memory lost: every replica (%s) unreachable for %d ms",
@@ -442,7 +442,7 @@ static unsigned replicas_ordered(struct gvm_engine *e, struct gvm_region *rg, ui
 	for (unsigned i = 0; i < nr; i++)
 		if (!untrusted(e, all[i]))
 			out[k++] = all[i];
-	if (rg->st[stripe] & ST_DEGRADED)
+	if (rg->stripe[stripe] & STRIPE_DEGRADED)
 		return k;
 	for (unsigned i = 0; i < nr; i++)
 		if (untrusted(e, all[i]))
@@ -495,9 +495,9 @@ static void fetch_local(struct gvm_engine *e, struct gvm_fetch *f)
 		n += install_run(e, rg, f->fault_page, 1, NULL, wflag | (f->write_fault ? IR_DIRTY : 0));
 	n += install_run(e, rg, f->page, f->count, NULL, wflag);
 	/* Not fetched: counted apart from what came over the network. */
-	__atomic_fetch_sub(&e->st.pages_fetched, n, __ATOMIC_RELAXED);
-	__atomic_fetch_sub(&e->st.zero_pages, n, __ATOMIC_RELAXED);
-	STAT_ADD(e, local_zero_pages, n);
+	__atomic_fetch_sub(&e->ctr.pages_fetched, n, __ATOMIC_RELAXED);
+	__atomic_fetch_sub(&e->ctr.zero_pages, n, __ATOMIC_RELAXED);
+	CTR_ADD(e, local_zero_pages, n);
 	if (f->fault_ns)
 		hist_add(e, gvm_now_ns() - f->fault_ns);
 	fetch_free(e, f);
@@ -520,7 +520,7 @@ static void fetch_go(struct gvm_engine *e, struct gvm_fetch *f, uint64_t now)
 		return;
 	}
 	f->room = 0;
-	if (f->rg->fresh && !(f->rg->st[f->page / GVM_STRIPE_PAGES] & ST_WRITTEN)) {
+	if (f->rg->fresh && !(f->rg->stripe[f->page / GVM_STRIPE_PAGES] & STRIPE_WRITTEN)) {
 		fetch_local(e, f);
 		return;
 	}
@@ -665,10 +665,10 @@ static void on_fault(struct gvm_engine *e, uintptr_t addr, int write, int wp, ui
 		pr_err("fault at %#lx outside every region", (unsigned long)addr);
 		return;
 	}
-	STAT_ADD(e, faults, 1);
+	CTR_ADD(e, faults, 1);
 	p = (addr - rg->base) >> GVM_PAGE_SHIFT;
 	if (wp) {
-		STAT_ADD(e, wp_faults, 1);
+		CTR_ADD(e, wp_faults, 1);
 		on_wp_fault(e, rg, p, addr);
 		return;
 	}
@@ -752,8 +752,8 @@ static void drain_uffd(struct gvm_engine *e)
 
 static void mark_degraded(struct gvm_engine *e, struct gvm_region *rg, uint64_t stripe)
 {
-	if (!(rg->st[stripe] & ST_DEGRADED)) {
-		rg->st[stripe] |= ST_DEGRADED;
+	if (!(rg->stripe[stripe] & STRIPE_DEGRADED)) {
+		rg->stripe[stripe] |= STRIPE_DEGRADED;
 		__atomic_fetch_add(&e->degraded, 1, __ATOMIC_RELAXED);
 	}
 }
@@ -818,9 +818,9 @@ static void wb_done(struct gvm_engine *e, struct gvm_wb *w)
 	if (w->acks == 0 && !w->err)
 		w->err = -EHOSTUNREACH;
 	if (w->err)
-		STAT_ADD(e, errors, 1);
+		CTR_ADD(e, errors, 1);
 	else
-		STAT_ADD(e, bytes_out, (uint64_t)w->nonzero << GVM_PAGE_SHIFT);
+		CTR_ADD(e, bytes_out, (uint64_t)w->nonzero << GVM_PAGE_SHIFT);
 	pthread_mutex_lock(&wt->mu);
 	if (w->err && !wt->err)
 		wt->err = w->err;
@@ -841,9 +841,9 @@ static void wb_send(struct gvm_engine *e, struct gvm_wb *w)
 	w->nreplicas = nr;
 	if (w->rg) {
 		uint64_t s = w->page / GVM_STRIPE_PAGES;
-		w->rg->st[s] |= ST_WRITTEN;
-		if (w->rg->st[s] & ST_RESYNC)
-			w->rg->st[s] |= ST_STALE; /* a copy in flight holds older data */
+		w->rg->stripe[s] |= STRIPE_WRITTEN;
+		if (w->rg->stripe[s] & STRIPE_RESYNC)
+			w->rg->stripe[s] |= STRIPE_STALE; /* a copy in flight holds older data */
 	}
 	for (unsigned i = 0; i < nr; i++) {
 		struct gvm_hdr h = { .op = GVM_OP_WRITE, .region = w->region, .page = w->page,
@@ -892,7 +892,6 @@ static void run_commands(struct gvm_engine *e)
 			f->retry_ns = 0;
 	/* Faults that waited for a drop: replay those whose page is dropped. */
 	size_t keep = 0, n = e->n_deferred;
-	uint64_t now = gvm_now_ns();
 	for (size_t i = 0; i < n; i++) {
 		uint64_t a = e->deferred[i] & ~1ull;
 		struct gvm_region *rg = region_of(e, (uintptr_t)a);
@@ -904,7 +903,6 @@ static void run_commands(struct gvm_engine *e)
 		uffd_wake(e, (uintptr_t)a, GVM_PAGE_SIZE);
 	}
 	e->n_deferred = keep;
-	(void)now;
 }
 
 void gvm_engine_poke(struct gvm_engine *e)
@@ -919,14 +917,14 @@ void gvm_engine_poke(struct gvm_engine *e)
 
 static void rs_finish(struct gvm_engine *e, struct gvm_resync *j, int complete)
 {
-	uint8_t *st = &j->rg->st[j->stripe];
+	uint8_t *sf = &j->rg->stripe[j->stripe];
 
-	if (complete && !(*st & ST_STALE) && (*st & ST_DEGRADED)) {
-		*st &= (uint8_t)~ST_DEGRADED;
+	if (complete && !(*sf & STRIPE_STALE) && (*sf & STRIPE_DEGRADED)) {
+		*sf &= (uint8_t)~STRIPE_DEGRADED;
 		__atomic_fetch_sub(&e->degraded, 1, __ATOMIC_RELAXED);
-		STAT_ADD(e, resynced_stripes, 1);
+		CTR_ADD(e, resynced_stripes, 1);
 	}
-	*st &= (uint8_t)~(ST_RESYNC | ST_STALE);
+	*sf &= (uint8_t)~(STRIPE_RESYNC | STRIPE_STALE);
 	e->rs_inflight--;
 	free(j);
 }
@@ -962,7 +960,7 @@ static void rs_pump(struct gvm_engine *e, uint64_t now)
 			continue;
 		}
 		s = e->rs_stripe++;
-		if ((rg->st[s] & (ST_DEGRADED | ST_RESYNC)) != ST_DEGRADED)
+		if ((rg->stripe[s] & (STRIPE_DEGRADED | STRIPE_RESYNC)) != STRIPE_DEGRADED)
 			continue;
 		nr = gvm_placement_replicas(&e->pool->pl, rg->id, s, e->pool->replicas, nodes);
 		for (unsigned i = 0; i < nr && src == UINT32_MAX; i++)
@@ -990,7 +988,7 @@ static void rs_pump(struct gvm_engine *e, uint64_t now)
 			free(j);
 			continue;
 		}
-		rg->st[s] |= ST_RESYNC;
+		rg->stripe[s] |= STRIPE_RESYNC;
 		e->rs_inflight++;
 	}
 }
@@ -1000,7 +998,7 @@ static void rs_on_reply(struct gvm_engine *e, struct gvm_resync *j, const struct
 {
 	if (req->op == GVM_OP_READ) {
 		struct iovec iov = { .iov_base = (void *)payload, .iov_len = h->len };
-		if (h->status || (j->rg->st[j->stripe] & ST_STALE)) {
+		if (h->status || (j->rg->stripe[j->stripe] & STRIPE_STALE)) {
 			rs_finish(e, j, 0);
 			return;
 		}
@@ -1041,7 +1039,7 @@ static void on_up(void *owner, struct gvm_conn *c)
 		for (uint64_t s = 0; s < rg->nstripes; s++) {
 			uint32_t nodes[GVM_MAX_REPLICAS];
 			unsigned nr;
-			if (!(rg->st[s] & ST_WRITTEN))
+			if (!(rg->stripe[s] & STRIPE_WRITTEN))
 				continue;
 			nr = gvm_placement_replicas(&e->pool->pl, rg->id, s, e->pool->replicas, nodes);
 			for (unsigned i = 0; i < nr; i++) {
@@ -1074,7 +1072,7 @@ static void on_reply(void *owner, struct gvm_conn *c, const struct gvm_req *req,
 		if (h->status) {
 			pr_warn("node %s: READ failed: %s", gvm_node_name(&e->pool->cfg, c->node),
 				strerror(-h->status));
-			STAT_ADD(e, errors, 1);
+			CTR_ADD(e, errors, 1);
 			if (h->status == -EACCES) {
 				/* Not ours to read (wrong region key): retrying cannot help. */
 				fetch_give_up(e, f);
@@ -1085,13 +1083,13 @@ static void on_reply(void *owner, struct gvm_conn *c, const struct gvm_req *req,
 			return;
 		}
 		c->pages_in += f->count;
-		STAT_ADD(e, bytes_in, h->len);
+		CTR_ADD(e, bytes_in, h->len);
 		install_payload(e, f->rg, f->page, f->count, payload, f->fault_page,
 				f->hold ? f->page : UINT64_MAX, f->writable, f->write_fault);
 		if (f->fault_ns)
 			hist_add(e, gvm_now_ns() - f->fault_ns);
 		else
-			STAT_ADD(e, readahead_pages, f->count);
+			CTR_ADD(e, readahead_pages, f->count);
 		fetch_free(e, f);
 	} else if (req->op == GVM_OP_WRITE) {
 		struct gvm_wb *w = req->ctx;
@@ -1114,7 +1112,7 @@ static void on_fail(void *owner, struct gvm_conn *c, const struct gvm_req *req, 
 
 	(void)c;
 	(void)err;
-	STAT_ADD(e, errors, 1);
+	CTR_ADD(e, errors, 1);
 	if (*(uint8_t *)req->ctx == CTX_RESYNC) {
 		rs_on_fail(e, req->ctx, req);
 		return;
@@ -1395,13 +1393,13 @@ int gvm_engine_attach_flags(struct gvm_engine *e, uint64_t region,
 	rg->fresh = !!(flags & GVM_ATTACH_FRESH);
 	rg->pg = calloc(rg->npages, 1);
 	rg->nstripes = (rg->npages + GVM_STRIPE_PAGES - 1) / GVM_STRIPE_PAGES;
-	rg->st = calloc(rg->nstripes, 1);
+	rg->stripe = calloc(rg->nstripes, 1);
 	vec = malloc(rg->npages);
 	if (e->budget_pages) {
 		rg->estamp = calloc(rg->npages, sizeof(*rg->estamp));
 		rg->hot = calloc(rg->npages, 1);
 	}
-	if (!rg->pg || !rg->st || !vec || (e->budget_pages && (!rg->estamp || !rg->hot))) {
+	if (!rg->pg || !rg->stripe || !vec || (e->budget_pages && (!rg->estamp || !rg->hot))) {
 		r = -ENOMEM;
 		goto err_free;
 	}
@@ -1447,7 +1445,7 @@ err_free:
 	free(rg->estamp);
 	free(rg->hot);
 	free(rg->pg);
-	free(rg->st);
+	free(rg->stripe);
 	free(rg);
 	return r;
 }
@@ -1570,29 +1568,28 @@ int gvm_engine_flush(struct gvm_engine *e)
 	return 0;
 }
 
-int gvm_engine_stats(struct gvm_engine *e, struct gvm_stats *st)
+int gvm_engine_stats(struct gvm_engine *e, struct gvm_stats *out)
 {
-
-	*st = (struct gvm_stats){
-		.faults = __atomic_load_n(&e->st.faults, __ATOMIC_RELAXED),
-		.pages_fetched = __atomic_load_n(&e->st.pages_fetched, __ATOMIC_RELAXED),
-		.zero_pages = __atomic_load_n(&e->st.zero_pages, __ATOMIC_RELAXED),
-		.readahead_pages = __atomic_load_n(&e->st.readahead_pages, __ATOMIC_RELAXED),
-		.bytes_in = __atomic_load_n(&e->st.bytes_in, __ATOMIC_RELAXED),
-		.bytes_out = __atomic_load_n(&e->st.bytes_out, __ATOMIC_RELAXED),
-		.errors = __atomic_load_n(&e->st.errors, __ATOMIC_RELAXED),
-		.lost_pages = __atomic_load_n(&e->st.lost_pages, __ATOMIC_RELAXED),
-		.evictions = __atomic_load_n(&e->st.evictions, __ATOMIC_RELAXED),
-		.writebacks = __atomic_load_n(&e->st.writebacks, __ATOMIC_RELAXED),
-		.clean_drops = __atomic_load_n(&e->st.clean_drops, __ATOMIC_RELAXED),
-		.wp_faults = __atomic_load_n(&e->st.wp_faults, __ATOMIC_RELAXED),
+	*out = (struct gvm_stats){
+		.faults = __atomic_load_n(&e->ctr.faults, __ATOMIC_RELAXED),
+		.pages_fetched = __atomic_load_n(&e->ctr.pages_fetched, __ATOMIC_RELAXED),
+		.zero_pages = __atomic_load_n(&e->ctr.zero_pages, __ATOMIC_RELAXED),
+		.readahead_pages = __atomic_load_n(&e->ctr.readahead_pages, __ATOMIC_RELAXED),
+		.bytes_in = __atomic_load_n(&e->ctr.bytes_in, __ATOMIC_RELAXED),
+		.bytes_out = __atomic_load_n(&e->ctr.bytes_out, __ATOMIC_RELAXED),
+		.errors = __atomic_load_n(&e->ctr.errors, __ATOMIC_RELAXED),
+		.lost_pages = __atomic_load_n(&e->ctr.lost_pages, __ATOMIC_RELAXED),
+		.evictions = __atomic_load_n(&e->ctr.evictions, __ATOMIC_RELAXED),
+		.writebacks = __atomic_load_n(&e->ctr.writebacks, __ATOMIC_RELAXED),
+		.clean_drops = __atomic_load_n(&e->ctr.clean_drops, __ATOMIC_RELAXED),
+		.wp_faults = __atomic_load_n(&e->ctr.wp_faults, __ATOMIC_RELAXED),
 		.resident_pages = __atomic_load_n(&e->resident, __ATOMIC_RELAXED),
 		.budget_pages = e->budget_pages,
 		.fault_p50_ns = hist_pct(e, 0.50),
 		.fault_p99_ns = hist_pct(e, 0.99),
 		.under_replicated = __atomic_load_n(&e->degraded, __ATOMIC_RELAXED),
-		.resynced_stripes = __atomic_load_n(&e->st.resynced_stripes, __ATOMIC_RELAXED),
-		.local_zero_pages = __atomic_load_n(&e->st.local_zero_pages, __ATOMIC_RELAXED),
+		.resynced_stripes = __atomic_load_n(&e->ctr.resynced_stripes, __ATOMIC_RELAXED),
+		.local_zero_pages = __atomic_load_n(&e->ctr.local_zero_pages, __ATOMIC_RELAXED),
 		.nodes = e->pool->cfg.n_nodes,
 		.nodes_connected = __atomic_load_n(&e->tp.n_open, __ATOMIC_RELAXED),
 	};
@@ -1600,7 +1597,7 @@ int gvm_engine_stats(struct gvm_engine *e, struct gvm_stats *st)
 	for (uint32_t i = 0; i < e->tp.n_nodes; i++) {
 		struct gvm_conn *c = __atomic_load_n(&e->tp.conns[i], __ATOMIC_ACQUIRE);
 		if (c && __atomic_load_n(&c->state, __ATOMIC_RELAXED) == GVM_CONN_DOWN)
-			st->nodes_down++;
+			out->nodes_down++;
 	}
 	return 0;
 }
@@ -1660,7 +1657,7 @@ void gvm_engine_close(struct gvm_engine *e)
 		free(rg->estamp);
 		free(rg->hot);
 		free(rg->pg);
-		free(rg->st);
+		free(rg->stripe);
 		free(rg);
 	}
 	while (e->free_fetch) {

@@ -25,17 +25,17 @@
 #define PG_WANTED   0x80  /* faulted while in flight: a thread waits for the install */
 
 /* Per-stripe flags (one byte per stripe, engine thread only). */
-#define ST_WRITTEN  0x01  /* this engine wrote pages of it to the pool */
-#define ST_DEGRADED 0x02  /* some replica may lack it: re-sync from a live one */
-#define ST_RESYNC   0x04  /* a re-sync copy is in flight */
-#define ST_STALE    0x08  /* written back during that copy: the copy must not land */
+#define STRIPE_WRITTEN  0x01  /* this engine wrote pages of it to the pool */
+#define STRIPE_DEGRADED 0x02  /* some replica may lack it: re-sync from a live one */
+#define STRIPE_RESYNC   0x04  /* a re-sync copy is in flight */
+#define STRIPE_STALE    0x08  /* written back during that copy: the copy must not land */
 
 /* What a request's ctx points at (first byte of each). */
 enum { CTX_FETCH = 1, CTX_WB, CTX_RESYNC };
 
 struct gvm_region {
 	uint64_t id;          /* region id on the wire */
-	uint8_t *st;          /* per-stripe ST_* flags */
+	uint8_t *stripe;      /* per-stripe STRIPE_* flags */
 	int fresh;            /* GVM_ATTACH_FRESH: unwritten stripes are zero, locally */
 	uint64_t nstripes;
 	uintptr_t base;       /* first byte */
@@ -144,7 +144,7 @@ struct gvm_engine {
 	size_t n_deferred, cap_deferred;
 	uint8_t *move_scratch;    /* destination of UFFDIO_MOVE drops */
 	uint8_t *suspect;         /* per node: came back after failing, may have lost pages */
-	uint64_t degraded;        /* stripes with ST_DEGRADED */
+	uint64_t degraded;        /* stripes with STRIPE_DEGRADED */
 	unsigned rs_region;       /* re-sync cursor: region ... */
 	uint64_t rs_stripe;       /* ... and stripe */
 	unsigned rs_inflight;     /* re-sync copies in flight */
@@ -163,7 +163,7 @@ struct gvm_engine {
 	struct gvm_wb *cmd_head, *cmd_tail;
 	struct gvm_wb *wb_spare;  /* stripe-sized write-back buffers for reuse */
 	unsigned n_wb_spare;
-	struct gvm_engine_counters st;
+	struct gvm_engine_counters ctr;
 	uint64_t hist[GVM_HIST_BUCKETS]; /* fault latency, quarter-octave buckets of ns */
 };
 

@@ -125,7 +125,7 @@ static int victim_cmp(const void *a, const void *b)
  * writing) this is plain CLOCK. Victims are returned sorted, so neighbours
  * form runs for protect/drop.
  */
-static unsigned collect(struct gvm_engine *e, struct ev_state *st, struct victim *v)
+static unsigned collect(struct gvm_engine *e, struct ev_state *ev, struct victim *v)
 {
 	unsigned nreg = __atomic_load_n(&e->n_regions, __ATOMIC_ACQUIRE), n = 0, nd = 0, nh = 0;
 	uint64_t total = 0, scanned = 0, noted = 0, last_cheap = 0;
@@ -137,15 +137,15 @@ static unsigned collect(struct gvm_engine *e, struct ev_state *st, struct victim
 		struct gvm_region *rg;
 		uint8_t s;
 
-		if (st->ri >= nreg)
-			st->ri = 0;
-		rg = e->regions[st->ri];
-		if (st->hand >= rg->npages) {
-			st->hand = 0;
-			st->ri++;
+		if (ev->ri >= nreg)
+			ev->ri = 0;
+		rg = e->regions[ev->ri];
+		if (ev->hand >= rg->npages) {
+			ev->hand = 0;
+			ev->ri++;
 			continue;
 		}
-		uint64_t p = st->hand++;
+		uint64_t p = ev->hand++;
 		scanned++;
 		s = pg_load(rg, p);
 		if (!(s & PG_RESIDENT) || (s & (PG_INFLIGHT | PG_EVICTING | PG_DROPPING | PG_LOST)) ||
@@ -158,15 +158,15 @@ static unsigned collect(struct gvm_engine *e, struct ev_state *st, struct victim
 		if (__atomic_load_n(&rg->hot[p], __ATOMIC_RELAXED)) {
 			noted++;
 			if (nh < EV_BATCH)
-				st->hot_cand[nh++] = (struct victim){ rg, p, 0, 0 };
+				ev->hot_cand[nh++] = (struct victim){ rg, p, 0, 0 };
 			continue;
 		}
 		if (s & PG_DIRTY) {
 			noted++;
 			if (nd < EV_BATCH) {
-				st->cand[nd] = (struct victim){ rg, p, 0, 0 };
-				st->cand_ri[nd] = st->ri;
-				st->cand_at[nd++] = scanned;
+				ev->cand[nd] = (struct victim){ rg, p, 0, 0 };
+				ev->cand_ri[nd] = ev->ri;
+				ev->cand_at[nd++] = scanned;
 			}
 			continue;
 		}
@@ -176,16 +176,16 @@ static unsigned collect(struct gvm_engine *e, struct ev_state *st, struct victim
 		last_cheap = scanned;
 	}
 	for (unsigned k = 0; k < nd + nh && n < EV_BATCH; k++) {
-		struct victim *c = k < nd ? &st->cand[k] : &st->hot_cand[k - nd];
+		struct victim *c = k < nd ? &ev->cand[k] : &ev->hot_cand[k - nd];
 		uint8_t s = pg_load(c->rg, c->p);
 		if (!(s & PG_RESIDENT) || (s & (PG_INFLIGHT | PG_EVICTING | PG_DROPPING | PG_LOST | PG_REF)) ||
 		    c->p == c->rg->held || !claim(c->rg, c->p, s))
 			continue;
 		v[n++] = (struct victim){ c->rg, c->p, (uint8_t)!!(s & PG_DIRTY), 0 };
-		if (n == EV_BATCH && k < nd && st->cand_at[k] > last_cheap) {
+		if (n == EV_BATCH && k < nd && ev->cand_at[k] > last_cheap) {
 			/* A dirty page completed the batch: resume right after it. */
-			st->ri = st->cand_ri[k];
-			st->hand = c->p + 1;
+			ev->ri = ev->cand_ri[k];
+			ev->hand = c->p + 1;
 		}
 	}
 	qsort(v, n, sizeof(*v), victim_cmp);
@@ -332,34 +332,34 @@ static void evict_finish(struct gvm_engine *e, struct batch *b)
 	}
 	__atomic_fetch_add(&e->evict_clock, dropped, __ATOMIC_RELAXED);
 	__atomic_fetch_sub(&e->resident, dropped, __ATOMIC_RELAXED);
-	__atomic_fetch_add(&e->st.evictions, dropped, __ATOMIC_RELAXED);
-	__atomic_fetch_add(&e->st.writebacks, written, __ATOMIC_RELAXED);
-	__atomic_fetch_add(&e->st.clean_drops, clean, __ATOMIC_RELAXED);
+	__atomic_fetch_add(&e->ctr.evictions, dropped, __ATOMIC_RELAXED);
+	__atomic_fetch_add(&e->ctr.writebacks, written, __ATOMIC_RELAXED);
+	__atomic_fetch_add(&e->ctr.clean_drops, clean, __ATOMIC_RELAXED);
 	gvm_engine_poke(e); /* replay faults deferred on DROPPING pages */
 }
 
-static void finish_oldest(struct gvm_engine *e, struct ev_state *st)
+static void finish_oldest(struct gvm_engine *e, struct ev_state *ev)
 {
-	struct batch *b = &st->b[st->head];
+	struct batch *b = &ev->b[ev->head];
 
 	evict_finish(e, b);
-	st->pending_pages -= b->n;
-	st->head = (st->head + 1) % EV_PIPE;
-	st->pending--;
+	ev->pending_pages -= b->n;
+	ev->head = (ev->head + 1) % EV_PIPE;
+	ev->pending--;
 }
 
 static void *evictor_main(void *arg)
 {
 	struct gvm_engine *e = arg;
-	struct ev_state *st = calloc(1, sizeof(*st));
+	struct ev_state *ev = calloc(1, sizeof(*ev));
 
-	if (!st) {
+	if (!ev) {
 		pr_err("out of memory: no eviction");
 		return NULL;
 	}
 	for (unsigned i = 0; i < EV_PIPE; i++) {
-		pthread_mutex_init(&st->b[i].wt.mu, NULL);
-		pthread_cond_init(&st->b[i].wt.cv, NULL);
+		pthread_mutex_init(&ev->b[i].wt.mu, NULL);
+		pthread_cond_init(&ev->b[i].wt.cv, NULL);
 	}
 	while (!__atomic_load_n(&e->quit, __ATOMIC_ACQUIRE)) {
 		struct timespec ts;
@@ -379,28 +379,28 @@ static void *evictor_main(void *arg)
 		/* Keep up to EV_PIPE batches in flight: the next batch is copied
 		 * and sent while the previous ones wait for their acks. */
 		while (!__atomic_load_n(&e->quit, __ATOMIC_ACQUIRE) &&
-		       __atomic_load_n(&e->resident, __ATOMIC_RELAXED) > e->low_pages + st->pending_pages) {
-			if (st->pending == EV_PIPE) {
-				finish_oldest(e, st);
+		       __atomic_load_n(&e->resident, __ATOMIC_RELAXED) > e->low_pages + ev->pending_pages) {
+			if (ev->pending == EV_PIPE) {
+				finish_oldest(e, ev);
 				continue;
 			}
-			struct batch *b = &st->b[(st->head + st->pending) % EV_PIPE];
-			b->n = collect(e, st, b->v);
+			struct batch *b = &ev->b[(ev->head + ev->pending) % EV_PIPE];
+			b->n = collect(e, ev, b->v);
 			if (!b->n)
 				break;
 			evict_begin(e, b);
-			st->pending++;
-			st->pending_pages += b->n;
+			ev->pending++;
+			ev->pending_pages += b->n;
 		}
-		while (st->pending)
-			finish_oldest(e, st);
+		while (ev->pending)
+			finish_oldest(e, ev);
 		__atomic_store_n(&e->ev_kick, 0, __ATOMIC_RELAXED);
 	}
 	for (unsigned i = 0; i < EV_PIPE; i++) {
-		pthread_mutex_destroy(&st->b[i].wt.mu);
-		pthread_cond_destroy(&st->b[i].wt.cv);
+		pthread_mutex_destroy(&ev->b[i].wt.mu);
+		pthread_cond_destroy(&ev->b[i].wt.cv);
 	}
-	free(st);
+	free(ev);
 	return NULL;
 }
 
