@@ -119,18 +119,6 @@ static struct gvm_region *region_of(struct gvm_engine *e, uintptr_t addr)
 	return NULL;
 }
 
-static inline uint8_t pg_get(const struct gvm_region *rg, uint64_t p)
-{
-	return __atomic_load_n(&rg->pg[p], __ATOMIC_ACQUIRE);
-}
-static inline void pg_set(struct gvm_region *rg, uint64_t p, uint8_t f)
-{
-	__atomic_fetch_or(&rg->pg[p], f, __ATOMIC_RELEASE);
-}
-static inline void pg_clear(struct gvm_region *rg, uint64_t p, uint8_t f)
-{
-	__atomic_fetch_and(&rg->pg[p], (uint8_t)~f, __ATOMIC_RELEASE);
-}
 
 /* ------------------------------------------------------------- install */
 
@@ -207,7 +195,7 @@ static void mark_refault(struct gvm_engine *e, struct gvm_region *rg, uint64_t p
 
 	if (!rg->estamp || !(t = __atomic_load_n(&rg->estamp[p], __ATOMIC_RELAXED)))
 		return;
-	if ((uint32_t)__atomic_load_n(&e->evict_clock, __ATOMIC_RELAXED) - t < e->budget_pages)
+	if ((uint32_t)__atomic_load_n(&e->pages.dropped, __ATOMIC_RELAXED) - t < e->budget_pages)
 		__atomic_store_n(&rg->hot[p], 1, __ATOMIC_RELAXED);
 }
 
@@ -231,11 +219,11 @@ static uint64_t install_run(struct gvm_engine *e, struct gvm_region *rg, uint64_
 
 	while (i < n) {
 		uint64_t j;
-		if (pg_get(rg, p + i) & PG_RESIDENT) {
+		if (pg_get(rg->pg, p + i) & PG_RESIDENT) {
 			i++;
 			continue;
 		}
-		for (j = i; j < n && !(pg_get(rg, p + j) & PG_RESIDENT); j++)
+		for (j = i; j < n && !(pg_get(rg->pg, p + j) & PG_RESIDENT); j++)
 			;
 		/* With write-protect tracking every page is installed protected
 		 * (UFFDIO_COPY_MODE_WP), zero pages too: a shared zero page could
@@ -258,16 +246,16 @@ static uint64_t install_run(struct gvm_engine *e, struct gvm_region *rg, uint64_
 			CTR_ADD(e, pages_fetched, j - i);
 			for (uint64_t k = i; k < j; k++) {
 				mark_refault(e, rg, p + k);
-				pg_set(rg, p + k, PG_RESIDENT | PG_REF | (dirty ? PG_DIRTY : 0));
-				pg_clear(rg, p + k, PG_INFLIGHT | PG_WANTED);
+				pg_set(rg->pg, p + k, PG_RESIDENT | PG_REF | (dirty ? PG_DIRTY : 0));
+				pg_clear(rg->pg, p + k, PG_INFLIGHT | PG_WANTED);
 			}
 			installed += j - i;
-			uint64_t res = __atomic_add_fetch(&e->resident, j - i, __ATOMIC_RELAXED);
+			uint64_t res = pg_add_installed(&e->pages, j - i);
 			if (e->budget_pages && res > e->high_pages)
-				gvm_evictor_kick(e);
+				gvm_evictor_kick(e->ev);
 		} else {
 			for (uint64_t k = i; k < j; k++)
-				pg_clear(rg, p + k, PG_INFLIGHT | PG_WANTED);
+				pg_clear(rg->pg, p + k, PG_INFLIGHT | PG_WANTED);
 		}
 		i = j;
 	}
@@ -310,15 +298,15 @@ static void install_payload(struct gvm_engine *e, struct gvm_region *rg, uint64_
 	/* Hold the marker back only if nobody waits for it: a thread that
 	 * faulted on it while in flight is woken by the install alone. */
 	if (hold_page >= page0 && hold_page < page0 + count &&
-	    !(pg_get(rg, hold_page) & (PG_RESIDENT | PG_WANTED))) {
+	    !(pg_get(rg->pg, hold_page) & (PG_RESIDENT | PG_WANTED))) {
 		long hi = packed_index(bm, (unsigned)(hold_page - page0));
-		if (rg->held != UINT64_MAX && !(pg_get(rg, rg->held) & PG_RESIDENT))
+		if (rg->held != UINT64_MAX && !(pg_get(rg->pg, rg->held) & PG_RESIDENT))
 			install_run(e, rg, rg->held, 1, rg->held_zero ? NULL : rg->held_buf, wr);
 		rg->held = hold_page;
 		rg->held_zero = hi < 0;
 		if (hi >= 0)
 			memcpy(rg->held_buf, data + ((size_t)hi << GVM_PAGE_SHIFT), GVM_PAGE_SIZE);
-		pg_set(rg, hold_page, PG_RESIDENT); /* keep install_run off it */
+		pg_set(rg->pg, hold_page, PG_RESIDENT); /* keep install_run off it */
 	}
 	while (i < count) {
 		int nz = gvm_bitmap_test(bm, i);
@@ -331,7 +319,7 @@ static void install_payload(struct gvm_engine *e, struct gvm_region *rg, uint64_
 		i = j;
 	}
 	if (hold_page >= page0 && hold_page < page0 + count && rg->held == hold_page)
-		pg_clear(rg, hold_page, PG_RESIDENT);
+		pg_clear(rg->pg, hold_page, PG_RESIDENT);
 }
 
 /* --------------------------------------------------------------- fetch */
@@ -394,13 +382,13 @@ static void fetch_give_up(struct gvm_engine *e, struct gvm_fetch *f)
 		pr_err("those pages are poisoned: a guest access gets SIGBUS (memory error)");
 		for (uint32_t i = 0; i < f->count; i++) {
 			uint64_t p = f->page + i;
-			if (pg_get(rg, p) & PG_RESIDENT)
+			if (pg_get(rg->pg, p) & PG_RESIDENT)
 				continue;
 			struct uffdio_poison po = { .range = { rg->base + (p << GVM_PAGE_SHIFT), GVM_PAGE_SIZE } };
 			if (ioctl(e->uffd, UFFDIO_POISON, &po) < 0 && errno != EEXIST)
 				pr_perror("UFFDIO_POISON");
-			pg_set(rg, p, PG_RESIDENT | PG_LOST);
-			pg_clear(rg, p, PG_INFLIGHT);
+			pg_set(rg->pg, p, PG_RESIDENT | PG_LOST);
+			pg_clear(rg->pg, p, PG_INFLIGHT);
 			CTR_ADD(e, lost_pages, 1);
 		}
 		fetch_free(e, f);
@@ -480,7 +468,7 @@ static int over_budget(struct gvm_engine *e, uint32_t more)
 	/* Pages in flight are already promised: count them, or a burst of
 	 * fetches would land above the budget together. */
 	return e->budget_pages &&
-	       __atomic_load_n(&e->resident, __ATOMIC_RELAXED) + e->reserved + more > e->budget_pages;
+	       pg_resident(&e->pages) + e->reserved + more > e->budget_pages;
 }
 
 /* A stripe of a fresh region that never left this engine is zero: fill it
@@ -514,7 +502,7 @@ static void fetch_go(struct gvm_engine *e, struct gvm_fetch *f, uint64_t now)
 			fetch_give_up(e, f);
 			return;
 		}
-		gvm_evictor_kick(e);
+		gvm_evictor_kick(e->ev);
 		fetch_park(e, f, now, 500000ull);
 		f->room = 1; /* retried at once when the evictor frees pages */
 		return;
@@ -540,7 +528,7 @@ static void fetch_start(struct gvm_engine *e, struct gvm_region *rg, uint64_t pa
 	uint32_t want = 0;
 
 	for (uint32_t i = 0; i < count; i++)
-		if (!(pg_get(rg, page + i) & (PG_RESIDENT | PG_INFLIGHT)))
+		if (!(pg_get(rg->pg, page + i) & (PG_RESIDENT | PG_INFLIGHT)))
 			want++;
 	if (!want)
 		return;
@@ -550,8 +538,8 @@ static void fetch_start(struct gvm_engine *e, struct gvm_region *rg, uint64_t pa
 		return;
 	}
 	for (uint32_t i = 0; i < count; i++)
-		if (!(pg_get(rg, page + i) & (PG_RESIDENT | PG_INFLIGHT)))
-			pg_set(rg, page + i, PG_INFLIGHT);
+		if (!(pg_get(rg->pg, page + i) & (PG_RESIDENT | PG_INFLIGHT)))
+			pg_set(rg->pg, page + i, PG_INFLIGHT);
 	f->rg = rg;
 	f->page = page;
 	f->count = count;
@@ -575,7 +563,7 @@ static void ra_extend(struct gvm_engine *e, struct gvm_region *rg, uint64_t w, u
 		return;
 	/* Under memory pressure, fetch only what is asked for: measured on
 	 * the swap bench, readahead then evicts about as much as it saves. */
-	if (e->budget_pages && __atomic_load_n(&e->resident, __ATOMIC_RELAXED) > e->high_pages)
+	if (e->budget_pages && pg_resident(&e->pages) > e->high_pages)
 		return;
 	for (uint64_t x = from; x <= to; x++) {
 		uint64_t p = x * e->prefetch;
@@ -611,13 +599,12 @@ static void defer_fault(struct gvm_engine *e, uintptr_t addr, int write)
  * being dropped: the caller must not unprotect it. */
 static int mark_written(struct gvm_region *rg, uint64_t p)
 {
-	uint8_t s = pg_get(rg, p);
+	uint8_t s = pg_get(rg->pg, p);
 
 	for (;;) {
 		if (s & PG_DROPPING)
 			return 0;
-		if (__atomic_compare_exchange_n(&rg->pg[p], &s, (uint8_t)(s | PG_DIRTY | PG_REF), 0,
-						__ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+		if (pg_cas(rg->pg, p, &s, (uint8_t)(s | PG_DIRTY | PG_REF)))
 			return 1;
 	}
 }
@@ -638,10 +625,10 @@ static void on_wp_fault(struct gvm_engine *e, struct gvm_region *rg, uint64_t p,
 		defer_fault(e, addr, 1);
 		return;
 	}
-	if (p > 0 && (pg_get(rg, p - 1) & (PG_RESIDENT | PG_DIRTY)) == (PG_RESIDENT | PG_DIRTY)) {
+	if (p > 0 && (pg_get(rg->pg, p - 1) & (PG_RESIDENT | PG_DIRTY)) == (PG_RESIDENT | PG_DIRTY)) {
 		uint64_t lim = GVM_MIN(p + e->prefetch, rg->npages);
 		while (end < lim) {
-			uint8_t s = pg_get(rg, end);
+			uint8_t s = pg_get(rg->pg, end);
 			if (!(s & PG_RESIDENT) || (s & (PG_INFLIGHT | PG_LOST)) || end == rg->held ||
 			    !mark_written(rg, end))
 				break;
@@ -672,7 +659,7 @@ static void on_fault(struct gvm_engine *e, uintptr_t addr, int write, int wp, ui
 		on_wp_fault(e, rg, p, addr);
 		return;
 	}
-	if (pg_get(rg, p) & PG_DROPPING) {
+	if (pg_get(rg->pg, p) & PG_DROPPING) {
 		defer_fault(e, addr, write);
 		return;
 	}
@@ -688,9 +675,9 @@ static void on_fault(struct gvm_engine *e, uintptr_t addr, int write, int wp, ui
 		rg->last_win = w;
 		return;
 	}
-	fl = pg_get(rg, p);
+	fl = pg_get(rg->pg, p);
 	if (fl & PG_INFLIGHT) {
-		pg_set(rg, p, PG_WANTED); /* the install wakes it; never hold it back */
+		pg_set(rg->pg, p, PG_WANTED); /* the install wakes it; never hold it back */
 		return;
 	}
 	if (fl & PG_RESIDENT) {
@@ -703,7 +690,7 @@ static void on_fault(struct gvm_engine *e, uintptr_t addr, int write, int wp, ui
 			  GVM_PAGE_SIZE, e->wp);
 		return;
 	}
-	if (e->budget_pages && __atomic_load_n(&e->resident, __ATOMIC_RELAXED) > e->high_pages &&
+	if (e->budget_pages && pg_resident(&e->pages) > e->high_pages &&
 	    !(rg->last_win != UINT64_MAX && (w == rg->last_win + 1 || w == rg->last_win))) {
 		/* Under memory pressure a window at a random place would evict as
 		 * much as it brings: fetch only the page asked for. A sequential
@@ -895,7 +882,7 @@ static void run_commands(struct gvm_engine *e)
 	for (size_t i = 0; i < n; i++) {
 		uint64_t a = e->deferred[i] & ~1ull;
 		struct gvm_region *rg = region_of(e, (uintptr_t)a);
-		if (rg && (pg_get(rg, (a - rg->base) >> GVM_PAGE_SHIFT) & PG_DROPPING)) {
+		if (rg && (pg_get(rg->pg, (a - rg->base) >> GVM_PAGE_SHIFT) & PG_DROPPING)) {
 			e->deferred[keep++] = e->deferred[i];
 			continue;
 		}
@@ -905,8 +892,10 @@ static void run_commands(struct gvm_engine *e)
 	e->n_deferred = keep;
 }
 
-void gvm_engine_poke(struct gvm_engine *e)
+/* The evictor dropped pages (its ops->dropped). */
+static void engine_poke(void *ctx)
 {
+	struct gvm_engine *e = ctx;
 	uint64_t one = 1;
 
 	if (write(e->evfd, &one, sizeof(one)) < 0)
@@ -1213,6 +1202,12 @@ static void *engine_thread(void *arg)
 
 /* ----------------------------------------------------------------- API */
 
+static int engine_write_back(void *ctx, struct gvm_region *rg, uint64_t p, uint32_t n,
+			     struct gvm_waiter *wt);
+
+/* What the evictor may ask of the engine. */
+static const struct gvm_evict_ops evict_ops = { .write_back = engine_write_back, .dropped = engine_poke };
+
 int gvm_engine_open(struct gvm_engine **out, struct gvm_pool *pool, const struct gvm_engine_opts *o)
 {
 	struct gvm_engine *e = calloc(1, sizeof(*e));
@@ -1238,8 +1233,6 @@ int gvm_engine_open(struct gvm_engine **out, struct gvm_pool *pool, const struct
 	e->fatal_arg = o ? o->fatal_arg : NULL;
 	e->idle_ns = 60ull * 1000000000ull;
 	pthread_mutex_init(&e->cmd_mu, NULL);
-	pthread_mutex_init(&e->ev_mu, NULL);
-	pthread_cond_init(&e->ev_cv, NULL);
 	if (o && o->local_mem) {
 		e->budget_pages = o->local_mem >> GVM_PAGE_SHIFT;
 		if (e->budget_pages < 1024) {
@@ -1269,7 +1262,6 @@ int gvm_engine_open(struct gvm_engine **out, struct gvm_pool *pool, const struct
 		r = -EOPNOTSUPP;
 		goto err_close;
 	}
-	e->use_move = e->wp && (e->features & UFFD_FEATURE_MOVE);
 	gvm_uffd_features_str(e->features, e->features_str, sizeof(e->features_str));
 	e->epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (e->epfd < 0) {
@@ -1325,14 +1317,20 @@ int gvm_engine_open(struct gvm_engine **out, struct gvm_pool *pool, const struct
 		pr_debug("pthread_setname_np: %s", strerror(nr));
 	e->running = 1;
 	if (e->budget_pages) {
-		r = gvm_evictor_start(e);
+		struct gvm_evict_params ep = {
+			.uffd = e->uffd, .use_move = !!(e->features & UFFD_FEATURE_MOVE),
+			.budget_pages = e->budget_pages, .high_pages = e->high_pages, .low_pages = e->low_pages,
+			.regions = e->regions, .n_regions = &e->n_regions, .count = &e->pages,
+			.ops = &evict_ops, .ctx = e,
+		};
+		r = gvm_evictor_start(&e->ev, &ep);
 		if (r) {
 			gvm_engine_close(e);
 			return r;
 		}
 		pr_info("local memory budget %llu MiB: evicting written pages with write-protect "
 			"tracking, dropping with %s", (unsigned long long)(e->budget_pages >> 8),
-			e->use_move ? "UFFDIO_MOVE" : "MADV_DONTNEED");
+			gvm_evictor_uses_move(e->ev) ? "UFFDIO_MOVE" : "MADV_DONTNEED");
 	}
 	pr_debug("userfaultfd features: %s", e->features_str);
 	*out = e;
@@ -1349,8 +1347,6 @@ err_close:
 	free(e->suspect);
 err_free:
 	pthread_mutex_destroy(&e->cmd_mu);
-	pthread_mutex_destroy(&e->ev_mu);
-	pthread_cond_destroy(&e->ev_cv);
 	free(e);
 	return r;
 }
@@ -1410,11 +1406,12 @@ int gvm_engine_attach_flags(struct gvm_engine *e, uint64_t region,
 		pr_perror("mincore");
 		goto err_free;
 	}
+	uint64_t present = 0;
 	for (uint64_t i = 0; i < rg->npages; i++) {
 		if (vec[i] & 1) {
 			/* Unknown to the pool and not protected: dirty. */
 			rg->pg[i] = PG_RESIDENT | PG_DIRTY;
-			e->resident++;
+			present++;
 		}
 	}
 	if (ioctl(e->uffd, UFFDIO_REGISTER, &reg) < 0) {
@@ -1433,6 +1430,7 @@ int gvm_engine_attach_flags(struct gvm_engine *e, uint64_t region,
 	if (r)
 		goto err_unreg;
 	free(vec);
+	__atomic_fetch_add(&e->pages.installed, present, __ATOMIC_RELAXED);
 	e->regions[e->n_regions] = rg;
 	__atomic_store_n(&e->n_regions, e->n_regions + 1, __ATOMIC_RELEASE);
 	return 0;
@@ -1510,10 +1508,11 @@ static int wb_submit(struct gvm_engine *e, struct gvm_region *rg, uint64_t p, ui
 	return 0;
 }
 
-int gvm_engine_wb_run(struct gvm_engine *e, struct gvm_region *rg, uint64_t p, uint32_t n,
-		      struct gvm_waiter *wt)
+/* The evictor's ops->write_back. */
+static int engine_write_back(void *ctx, struct gvm_region *rg, uint64_t p, uint32_t n,
+			     struct gvm_waiter *wt)
 {
-	return wb_submit(e, rg, p, n, wt);
+	return wb_submit(ctx, rg, p, n, wt);
 }
 
 static int waiter_wait(struct gvm_waiter *wt, uint64_t below)
@@ -1537,11 +1536,11 @@ int gvm_engine_flush(struct gvm_engine *e)
 		while (p < rg->npages && !r) {
 			uint64_t end = GVM_MIN((p / GVM_STRIPE_PAGES + 1) * GVM_STRIPE_PAGES, rg->npages);
 			uint64_t s;
-			if (!(pg_get(rg, p) & PG_RESIDENT) || (pg_get(rg, p) & PG_LOST)) {
+			if (!(pg_get(rg->pg, p) & PG_RESIDENT) || (pg_get(rg->pg, p) & PG_LOST)) {
 				p++;
 				continue;
 			}
-			for (s = p; s < end && (pg_get(rg, s) & PG_RESIDENT) && !(pg_get(rg, s) & PG_LOST); s++)
+			for (s = p; s < end && (pg_get(rg->pg, s) & PG_RESIDENT) && !(pg_get(rg->pg, s) & PG_LOST); s++)
 				;
 			r = wb_submit(e, rg, p, (uint32_t)(s - p), &wt);
 			p = s;
@@ -1570,6 +1569,9 @@ int gvm_engine_flush(struct gvm_engine *e)
 
 int gvm_engine_stats(struct gvm_engine *e, struct gvm_stats *out)
 {
+	struct gvm_evict_counters ev;
+
+	gvm_evictor_counters(e->ev, &ev);
 	*out = (struct gvm_stats){
 		.faults = __atomic_load_n(&e->ctr.faults, __ATOMIC_RELAXED),
 		.pages_fetched = __atomic_load_n(&e->ctr.pages_fetched, __ATOMIC_RELAXED),
@@ -1579,11 +1581,11 @@ int gvm_engine_stats(struct gvm_engine *e, struct gvm_stats *out)
 		.bytes_out = __atomic_load_n(&e->ctr.bytes_out, __ATOMIC_RELAXED),
 		.errors = __atomic_load_n(&e->ctr.errors, __ATOMIC_RELAXED),
 		.lost_pages = __atomic_load_n(&e->ctr.lost_pages, __ATOMIC_RELAXED),
-		.evictions = __atomic_load_n(&e->ctr.evictions, __ATOMIC_RELAXED),
-		.writebacks = __atomic_load_n(&e->ctr.writebacks, __ATOMIC_RELAXED),
-		.clean_drops = __atomic_load_n(&e->ctr.clean_drops, __ATOMIC_RELAXED),
+		.evictions = __atomic_load_n(&e->pages.dropped, __ATOMIC_RELAXED),
+		.writebacks = ev.writebacks,
+		.clean_drops = ev.clean_drops,
 		.wp_faults = __atomic_load_n(&e->ctr.wp_faults, __ATOMIC_RELAXED),
-		.resident_pages = __atomic_load_n(&e->resident, __ATOMIC_RELAXED),
+		.resident_pages = pg_resident(&e->pages),
 		.budget_pages = e->budget_pages,
 		.fault_p50_ns = hist_pct(e, 0.50),
 		.fault_p99_ns = hist_pct(e, 0.99),
@@ -1641,7 +1643,7 @@ void gvm_engine_close(struct gvm_engine *e)
 
 	if (!e)
 		return;
-	gvm_evictor_stop(e);
+	gvm_evictor_stop(e->ev);
 	if (e->running) {
 		__atomic_store_n(&e->quit, 1, __ATOMIC_RELEASE);
 		if (write(e->evfd, &one, sizeof(one)) < 0)
@@ -1680,8 +1682,6 @@ void gvm_engine_close(struct gvm_engine *e)
 		free(w);
 	}
 	pthread_mutex_destroy(&e->cmd_mu);
-	pthread_mutex_destroy(&e->ev_mu);
-	pthread_cond_destroy(&e->ev_cv);
 	free(e->deferred);
 	free(e->suspect);
 	free(e);

@@ -6,51 +6,18 @@
 #include <stdint.h>
 
 #include "giantvm.h"
+#include "evict.h"
 #include "placement.h"
 #include "pool_int.h"
 #include "proto.h"
+#include "region.h"
 #include "transport.h"
 
 #define GVM_MAX_REGIONS 64
 #define GVM_HIST_BUCKETS 256
 
-/* Per-page flags (one byte per page, atomic access). */
-#define PG_RESIDENT 0x01  /* installed, or present when attached */
-#define PG_INFLIGHT 0x02  /* a READ covering it is outstanding */
-#define PG_REF      0x04  /* touched since the evictor last looked */
-#define PG_DIRTY    0x08  /* written since last written back */
-#define PG_LOST     0x10  /* given up on: poisoned */
-#define PG_EVICTING 0x20  /* the evictor owns it: write-back in progress */
-#define PG_DROPPING 0x40  /* write-back done, being dropped: faults wait */
-#define PG_WANTED   0x80  /* faulted while in flight: a thread waits for the install */
-
-/* Per-stripe flags (one byte per stripe, engine thread only). */
-#define STRIPE_WRITTEN  0x01  /* this engine wrote pages of it to the pool */
-#define STRIPE_DEGRADED 0x02  /* some replica may lack it: re-sync from a live one */
-#define STRIPE_RESYNC   0x04  /* a re-sync copy is in flight */
-#define STRIPE_STALE    0x08  /* written back during that copy: the copy must not land */
-
 /* What a request's ctx points at (first byte of each). */
 enum { CTX_FETCH = 1, CTX_WB, CTX_RESYNC };
-
-struct gvm_region {
-	uint64_t id;          /* region id on the wire */
-	uint8_t *stripe;      /* per-stripe STRIPE_* flags */
-	int fresh;            /* GVM_ATTACH_FRESH: unwritten stripes are zero, locally */
-	uint64_t nstripes;
-	uintptr_t base;       /* first byte */
-	size_t len;
-	uint64_t npages;
-	uint8_t *pg;          /* npages flag bytes */
-	uint32_t *estamp;     /* with a budget: eviction clock when each page was last dropped (0: never) */
-	uint8_t *hot;         /* with a budget: 1 = refaulted soon after a drop (working set) */
-	uint64_t last_win;    /* last faulting window (UINT64_MAX: none) */
-	uint64_t ra_next;     /* first window readahead has not requested */
-	int write_bias;       /* recent faults: +1 per write, -1 per read, in [0, 16] */
-	uint64_t held;        /* readahead marker page held back, or UINT64_MAX */
-	int held_zero;        /* the held page is all zero */
-	uint8_t held_buf[GVM_PAGE_SIZE];
-};
 
 struct gvm_fetch {            /* one READ of a window, until installed */
 	uint8_t kind;         /* CTX_FETCH */
@@ -69,13 +36,6 @@ struct gvm_fetch {            /* one READ of a window, until installed */
 	uint64_t start_ns;    /* first attempt, for the deadline */
 	uint64_t retry_ns;    /* parked until */
 	struct gvm_fetch *next;
-};
-
-struct gvm_waiter {           /* an API thread waiting for write-backs */
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	uint64_t pending;
-	int err;
 };
 
 struct gvm_wb {               /* one WRITE of a run of pages to every replica */
@@ -109,7 +69,7 @@ struct gvm_resync {           /* copy one stripe from a live replica to the othe
 
 struct gvm_engine_counters {
 	uint64_t faults, pages_fetched, zero_pages, readahead_pages, bytes_in, bytes_out;
-	uint64_t errors, lost_pages, evictions, writebacks, clean_drops, resynced_stripes;
+	uint64_t errors, lost_pages, resynced_stripes;
 	uint64_t local_zero_pages, wp_faults;
 };
 
@@ -134,15 +94,9 @@ struct gvm_engine {
 	uint64_t high_pages;      /* evictor starts above this ... */
 	uint64_t low_pages;       /* ... and stops at this */
 	int wp;                   /* regions registered with write-protect (dirty tracking) */
-	int use_move;             /* drop pages with UFFDIO_MOVE instead of MADV_DONTNEED */
-	pthread_t evictor;
-	int evictor_running;
-	pthread_mutex_t ev_mu;    /* guards ev_kick */
-	pthread_cond_t ev_cv;
-	int ev_kick;
+	struct gvm_evictor *ev;   /* with a budget */
 	uint64_t *deferred;       /* fault addresses waiting for a drop to finish (bit 0: write) */
 	size_t n_deferred, cap_deferred;
-	uint8_t *move_scratch;    /* destination of UFFDIO_MOVE drops */
 	uint8_t *suspect;         /* per node: came back after failing, may have lost pages */
 	uint64_t degraded;        /* stripes with STRIPE_DEGRADED */
 	unsigned rs_region;       /* re-sync cursor: region ... */
@@ -156,8 +110,7 @@ struct gvm_engine {
 	struct gvm_fetch *parked; /* fetches waiting for a replica to come back */
 	struct gvm_wb *parked_wb;
 	uint64_t inflight;        /* fetches outstanding */
-	uint64_t resident;        /* resident pages, all regions */
-	uint64_t evict_clock;     /* pages dropped so far (the evictor's clock, for refault distances) */
+	struct gvm_page_count pages; /* resident pages, all regions: installed here, dropped by the evictor */
 	uint64_t reserved;        /* pages of fetches in flight (engine thread only) */
 	pthread_mutex_t cmd_mu;   /* guards cmd_head/cmd_tail and wb_spare */
 	struct gvm_wb *cmd_head, *cmd_tail;
@@ -166,14 +119,5 @@ struct gvm_engine {
 	struct gvm_engine_counters ctr;
 	uint64_t hist[GVM_HIST_BUCKETS]; /* fault latency, quarter-octave buckets of ns */
 };
-
-/* evict.c */
-int gvm_evictor_start(struct gvm_engine *e);
-void gvm_evictor_stop(struct gvm_engine *e);
-void gvm_evictor_kick(struct gvm_engine *e);
-/* engine.c, for the evictor */
-int gvm_engine_wb_run(struct gvm_engine *e, struct gvm_region *rg, uint64_t p, uint32_t n,
-		      struct gvm_waiter *wt);
-void gvm_engine_poke(struct gvm_engine *e);
 
 #endif
