@@ -1,4 +1,14 @@
-/* The engine's insides: shared by engine.c and the evictor only. */
+/*
+ * The engine's insides, shared by its files and by nothing else (the
+ * evictor sees region.h, pagestate.h and its own evict.h only):
+ *   engine.c     event loop, open/close, attach, transport callbacks
+ *   fault.c      userfaultfd faults, fetch windows, readahead, install
+ *   writeback.c  WRITEs of pages to every replica, flush
+ *   resync.c     copying degraded stripes to replicas that lack them
+ *   stats.c      counters and fault latency, as gvm_stats and JSON
+ * Calls go one way: engine.c calls the others; fault.c and writeback.c
+ * call resync.c; stats.c calls the evictor for its counters.
+ */
 #ifndef GVM_ENGINE_INT_H
 #define GVM_ENGINE_INT_H
 
@@ -12,6 +22,7 @@
 #include "proto.h"
 #include "region.h"
 #include "transport.h"
+#include "util.h"
 
 #define GVM_MAX_REGIONS 64
 #define GVM_HIST_BUCKETS 256
@@ -74,6 +85,7 @@ struct gvm_engine_counters {
 };
 
 struct gvm_engine {
+	/* Set up by engine.c; fixed once the engine runs. */
 	struct gvm_pool *pool;
 	int uffd;                 /* the userfaultfd */
 	int epfd;                 /* engine thread's epoll */
@@ -95,29 +107,92 @@ struct gvm_engine {
 	uint64_t low_pages;       /* ... and stops at this */
 	int wp;                   /* regions registered with write-protect (dirty tracking) */
 	struct gvm_evictor *ev;   /* with a budget */
+	struct gvm_region *regions[GVM_MAX_REGIONS];
+	unsigned n_regions;       /* published with release after regions[] */
+	struct gvm_transport tp;
+	struct gvm_page_count pages; /* resident pages, all regions: installed here, dropped by the evictor */
+
+	/* fault.c (engine thread only) */
+	struct gvm_fetch *free_fetch;
+	struct gvm_fetch *parked; /* fetches waiting for a replica to come back, or for room */
+	uint64_t inflight;        /* fetches outstanding */
+	uint64_t reserved;        /* pages of fetches in flight */
 	uint64_t *deferred;       /* fault addresses waiting for a drop to finish (bit 0: write) */
 	size_t n_deferred, cap_deferred;
+
+	/* writeback.c */
+	pthread_mutex_t cmd_mu;   /* guards cmd_head/cmd_tail and wb_spare */
+	struct gvm_wb *cmd_head, *cmd_tail;
+	struct gvm_wb *wb_spare;  /* stripe-sized write-back buffers for reuse */
+	unsigned n_wb_spare;
+	struct gvm_wb *parked_wb; /* write-backs no replica could take yet (engine thread) */
+
+	/* resync.c (engine thread; `degraded` is read by flush and stats) */
 	uint8_t *suspect;         /* per node: came back after failing, may have lost pages */
 	uint64_t degraded;        /* stripes with STRIPE_DEGRADED */
 	unsigned rs_region;       /* re-sync cursor: region ... */
 	uint64_t rs_stripe;       /* ... and stripe */
 	unsigned rs_inflight;     /* re-sync copies in flight */
-	int rs_found;             /* the current pass met a degraded stripe */
-	struct gvm_region *regions[GVM_MAX_REGIONS];
-	unsigned n_regions;       /* published with release after regions[] */
-	struct gvm_transport tp;
-	struct gvm_fetch *free_fetch;
-	struct gvm_fetch *parked; /* fetches waiting for a replica to come back */
-	struct gvm_wb *parked_wb;
-	uint64_t inflight;        /* fetches outstanding */
-	struct gvm_page_count pages; /* resident pages, all regions: installed here, dropped by the evictor */
-	uint64_t reserved;        /* pages of fetches in flight (engine thread only) */
-	pthread_mutex_t cmd_mu;   /* guards cmd_head/cmd_tail and wb_spare */
-	struct gvm_wb *cmd_head, *cmd_tail;
-	struct gvm_wb *wb_spare;  /* stripe-sized write-back buffers for reuse */
-	unsigned n_wb_spare;
+
+	/* written by the engine thread, read by stats.c */
 	struct gvm_engine_counters ctr;
 	uint64_t hist[GVM_HIST_BUCKETS]; /* fault latency, quarter-octave buckets of ns */
 };
+
+#define CTR_ADD(e, f, n) __atomic_fetch_add(&(e)->ctr.f, (n), __ATOMIC_RELAXED)
+
+/* Fault latency histogram: quarter-octave buckets of ns. */
+static inline unsigned gvm_hist_bucket(uint64_t ns)
+{
+	unsigned b, sub;
+
+	if (ns < 4)
+		return (unsigned)ns;
+	b = 63u - (unsigned)__builtin_clzll(ns);
+	sub = (unsigned)((ns >> (b - 2)) & 3u);
+	return GVM_MIN(b * 4u + sub, GVM_HIST_BUCKETS - 1u);
+}
+
+static inline void gvm_hist_add(struct gvm_engine *e, uint64_t ns)
+{
+	__atomic_fetch_add(&e->hist[gvm_hist_bucket(ns)], 1, __ATOMIC_RELAXED);
+}
+
+/* A node that failed (and may have missed writes) or came back after
+ * failing (and may have lost pages), until the re-sync is done. */
+static inline int gvm_node_untrusted(struct gvm_engine *e, uint32_t node)
+{
+	struct gvm_conn *c = e->tp.conns[node];
+
+	return e->suspect[node] || (c && (c->failures || c->state == GVM_CONN_DOWN));
+}
+
+/* fault.c (engine thread) */
+void gvm_fault_drain(struct gvm_engine *e);
+void gvm_fault_on_reply(struct gvm_engine *e, struct gvm_conn *c, struct gvm_fetch *f,
+			const struct gvm_hdr *h, const uint8_t *payload);
+void gvm_fault_on_fail(struct gvm_engine *e, struct gvm_fetch *f);
+void gvm_fault_retry_parked(struct gvm_engine *e, uint64_t now);
+/* Pages may have been dropped: fetches waiting for room go, faults
+ * deferred on a dropped page are woken. */
+void gvm_fault_resume(struct gvm_engine *e);
+void gvm_fault_fini(struct gvm_engine *e);
+
+/* writeback.c: gvm_wb_submit on any thread but the engine's, the rest on it */
+int gvm_wb_submit(struct gvm_engine *e, struct gvm_region *rg, uint64_t p, uint32_t n,
+		  struct gvm_waiter *wt);
+void gvm_wb_run_queue(struct gvm_engine *e);
+void gvm_wb_on_reply(struct gvm_engine *e, struct gvm_conn *c, struct gvm_wb *w, const struct gvm_hdr *h);
+void gvm_wb_on_fail(struct gvm_engine *e, struct gvm_wb *w);
+void gvm_wb_retry_parked(struct gvm_engine *e, uint64_t now);
+void gvm_wb_fini(struct gvm_engine *e);
+
+/* resync.c (engine thread) */
+void gvm_resync_mark_degraded(struct gvm_engine *e, struct gvm_region *rg, uint64_t stripe);
+void gvm_resync_pump(struct gvm_engine *e, uint64_t now);
+void gvm_resync_on_reply(struct gvm_engine *e, struct gvm_resync *j, const struct gvm_req *req,
+			 const struct gvm_hdr *h, const uint8_t *payload);
+void gvm_resync_on_fail(struct gvm_engine *e, struct gvm_resync *j, const struct gvm_req *req);
+void gvm_resync_on_up(void *owner, struct gvm_conn *c);
 
 #endif

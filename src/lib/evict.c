@@ -45,7 +45,6 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "evict.h"
 #include "log.h"

@@ -6,7 +6,6 @@
 #ifndef GVM_UFFD_H
 #define GVM_UFFD_H
 
-#include <linux/fs.h>
 #include <linux/userfaultfd.h>
 #include <stddef.h>
 #include <stdint.h>
