@@ -39,9 +39,9 @@ static uint64_t hist_pct(const struct gvm_engine *e, double pct)
 
 int gvm_engine_stats(struct gvm_engine *e, struct gvm_stats *out)
 {
-	struct gvm_evict_counters ev;
+	struct gvm_evict_counters evc;
 
-	gvm_evictor_counters(e->ev, &ev);
+	gvm_evictor_counters(e->ev, &evc);
 	*out = (struct gvm_stats){
 		.faults = __atomic_load_n(&e->ctr.faults, __ATOMIC_RELAXED),
 		.pages_fetched = __atomic_load_n(&e->ctr.pages_fetched, __ATOMIC_RELAXED),
@@ -51,9 +51,9 @@ int gvm_engine_stats(struct gvm_engine *e, struct gvm_stats *out)
 		.bytes_out = __atomic_load_n(&e->ctr.bytes_out, __ATOMIC_RELAXED),
 		.errors = __atomic_load_n(&e->ctr.errors, __ATOMIC_RELAXED),
 		.lost_pages = __atomic_load_n(&e->ctr.lost_pages, __ATOMIC_RELAXED),
-		.evictions = __atomic_load_n(&e->pages.dropped, __ATOMIC_RELAXED),
-		.writebacks = ev.writebacks,
-		.clean_drops = ev.clean_drops,
+		.evictions = __atomic_load_n(&e->pages.dropped, __ATOMIC_RELAXED), /* every drop is one */
+		.writebacks = evc.writebacks,
+		.clean_drops = evc.clean_drops,
 		.wp_faults = __atomic_load_n(&e->ctr.wp_faults, __ATOMIC_RELAXED),
 		.resident_pages = pg_resident(&e->pages),
 		.budget_pages = e->budget_pages,
