@@ -55,7 +55,6 @@ static struct gvm_region *region_of(struct gvm_engine *e, uintptr_t addr)
 	return NULL;
 }
 
-
 static void uffd_wake(struct gvm_engine *e, uintptr_t addr, size_t len)
 {
 	struct uffdio_range r = { .start = addr, .len = len };
@@ -178,13 +177,15 @@ static uint64_t install_run(struct gvm_engine *e, struct gvm_region *rg, uint64_
 			if (!src)
 				CTR_ADD(e, zero_pages, j - i);
 			CTR_ADD(e, pages_fetched, j - i);
+			/* Counted before the evictor can see them resident, so its
+			 * `dropped` never passes `installed`. */
+			uint64_t res = pg_add_installed(&e->pages, j - i);
 			for (uint64_t k = i; k < j; k++) {
 				mark_refault(e, rg, p + k);
 				pg_set(rg->pg, p + k, PG_RESIDENT | PG_REF | (dirty ? PG_DIRTY : 0));
 				pg_clear(rg->pg, p + k, PG_INFLIGHT | PG_WANTED);
 			}
 			installed += j - i;
-			uint64_t res = pg_add_installed(&e->pages, j - i);
 			if (e->budget_pages && res > e->high_pages)
 				gvm_evictor_kick(e->ev);
 		} else {

@@ -50,7 +50,7 @@ static inline int pg_cas(uint8_t *pg, uint64_t p, uint8_t *old, uint8_t new)
 }
 
 struct gvm_page_count {
-	uint64_t installed;   /* engine thread only: pages made resident (installs, present at attach) */
+	uint64_t installed;   /* the engine only: pages made resident (installs, present at attach) */
 	uint64_t dropped;     /* evictor only: pages dropped; also its clock for refault distances */
 };
 
@@ -63,12 +63,11 @@ static inline uint64_t pg_resident(const struct gvm_page_count *c)
 	return __atomic_load_n(&c->installed, __ATOMIC_RELAXED) - d;
 }
 
-/* The engine's count after adding n installed pages (engine thread). */
+/* Count n more pages installed; returns the pages resident now. */
 static inline uint64_t pg_add_installed(struct gvm_page_count *c, uint64_t n)
 {
-	uint64_t i = __atomic_add_fetch(&c->installed, n, __ATOMIC_RELAXED);
-
-	return i - __atomic_load_n(&c->dropped, __ATOMIC_RELAXED);
+	__atomic_fetch_add(&c->installed, n, __ATOMIC_RELAXED);
+	return pg_resident(c);
 }
 
 #endif
