@@ -434,6 +434,7 @@ void gvm_engine_close(struct gvm_engine *e)
 	}
 	gvm_fault_fini(e);
 	gvm_transport_fini(&e->tp);
+	gvm_resync_fini(e);
 	close(e->evfd);
 	close(e->epfd);
 	close(e->uffd);

@@ -76,6 +76,7 @@ struct gvm_resync {           /* copy one stripe from a live replica to the othe
 	uint32_t targets[GVM_MAX_REPLICAS];
 	unsigned n_targets;
 	unsigned outstanding, acks;
+	struct gvm_resync *next, **pprev; /* e->rs_jobs, for the close */
 };
 
 struct gvm_engine_counters {
@@ -132,7 +133,8 @@ struct gvm_engine {
 	uint64_t degraded;        /* stripes with STRIPE_DEGRADED */
 	unsigned rs_region;       /* re-sync cursor: region ... */
 	uint64_t rs_stripe;       /* ... and stripe */
-	unsigned rs_inflight;     /* re-sync copies in flight */
+	unsigned rs_inflight;     /* re-sync copies in flight ... */
+	struct gvm_resync *rs_jobs; /* ... listed */
 
 	/* written by the engine thread, read by stats.c */
 	struct gvm_engine_counters ctr;
@@ -194,5 +196,6 @@ void gvm_resync_on_reply(struct gvm_engine *e, struct gvm_resync *j, const struc
 			 const struct gvm_hdr *h, const uint8_t *payload);
 void gvm_resync_on_fail(struct gvm_engine *e, struct gvm_resync *j, const struct gvm_req *req);
 void gvm_resync_on_up(void *owner, struct gvm_conn *c);
+void gvm_resync_fini(struct gvm_engine *e);
 
 #endif

@@ -38,6 +38,9 @@ static void rs_finish(struct gvm_engine *e, struct gvm_resync *j, int complete)
 		CTR_ADD(e, resynced_stripes, 1);
 	}
 	*sf &= (uint8_t)~(STRIPE_RESYNC | STRIPE_STALE);
+	*j->pprev = j->next;
+	if (j->next)
+		j->next->pprev = j->pprev;
 	e->rs_inflight--;
 	free(j);
 }
@@ -102,6 +105,11 @@ void gvm_resync_pump(struct gvm_engine *e, uint64_t now)
 			continue;
 		}
 		rg->stripe[s] |= STRIPE_RESYNC;
+		j->next = e->rs_jobs;
+		j->pprev = &e->rs_jobs;
+		if (j->next)
+			j->next->pprev = &j->next;
+		e->rs_jobs = j;
 		e->rs_inflight++;
 	}
 }
@@ -167,4 +175,15 @@ void gvm_resync_on_up(void *owner, struct gvm_conn *c)
 	if (marked)
 		pr_info("node %s: re-syncing %llu stripes from live replicas",
 			gvm_node_name(&e->pool->cfg, c->node), (unsigned long long)marked);
+}
+
+/* Copies still in flight when the engine closes: their requests die with
+ * the transport, which does not call back. */
+void gvm_resync_fini(struct gvm_engine *e)
+{
+	while (e->rs_jobs) {
+		struct gvm_resync *j = e->rs_jobs;
+		e->rs_jobs = j->next;
+		free(j);
+	}
 }
