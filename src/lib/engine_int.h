@@ -1,4 +1,14 @@
-/* The engine's insides: shared by engine.c and the evictor only. */
+/*
+ * The engine's insides, shared by its files and by nothing else (the
+ * evictor sees region.h, pagestate.h and its own evict.h only):
+ *   engine.c     event loop, open/close, attach, transport callbacks
+ *   fault.c      userfaultfd faults, fetch windows, readahead, install
+ *   writeback.c  WRITEs of pages to every replica, flush
+ *   resync.c     copying degraded stripes to replicas that lack them
+ *   stats.c      counters and fault latency, as gvm_stats and JSON
+ * Calls go one way: engine.c calls the others; fault.c and writeback.c
+ * call resync.c; stats.c calls the evictor for its counters.
+ */
 #ifndef GVM_ENGINE_INT_H
 #define GVM_ENGINE_INT_H
 
@@ -6,51 +16,19 @@
 #include <stdint.h>
 
 #include "giantvm.h"
+#include "evict.h"
 #include "placement.h"
 #include "pool_int.h"
 #include "proto.h"
+#include "region.h"
 #include "transport.h"
+#include "util.h"
 
 #define GVM_MAX_REGIONS 64
 #define GVM_HIST_BUCKETS 256
 
-/* Per-page flags (one byte per page, atomic access). */
-#define PG_RESIDENT 0x01  /* installed, or present when attached */
-#define PG_INFLIGHT 0x02  /* a READ covering it is outstanding */
-#define PG_REF      0x04  /* touched since the evictor last looked */
-#define PG_DIRTY    0x08  /* written since last written back */
-#define PG_LOST     0x10  /* given up on: poisoned */
-#define PG_EVICTING 0x20  /* the evictor owns it: write-back in progress */
-#define PG_DROPPING 0x40  /* write-back done, being dropped: faults wait */
-#define PG_WANTED   0x80  /* faulted while in flight: a thread waits for the install */
-
-/* Per-stripe flags (one byte per stripe, engine thread only). */
-#define ST_WRITTEN  0x01  /* this engine wrote pages of it to the pool */
-#define ST_DEGRADED 0x02  /* some replica may lack it: re-sync from a live one */
-#define ST_RESYNC   0x04  /* a re-sync copy is in flight */
-#define ST_STALE    0x08  /* written back during that copy: the copy must not land */
-
 /* What a request's ctx points at (first byte of each). */
 enum { CTX_FETCH = 1, CTX_WB, CTX_RESYNC };
-
-struct gvm_region {
-	uint64_t id;          /* region id on the wire */
-	uint8_t *st;          /* per-stripe ST_* flags */
-	int fresh;            /* GVM_ATTACH_FRESH: unwritten stripes are zero, locally */
-	uint64_t nstripes;
-	uintptr_t base;       /* first byte */
-	size_t len;
-	uint64_t npages;
-	uint8_t *pg;          /* npages flag bytes */
-	uint32_t *estamp;     /* with a budget: eviction clock when each page was last dropped (0: never) */
-	uint8_t *hot;         /* with a budget: 1 = refaulted soon after a drop (working set) */
-	uint64_t last_win;    /* last faulting window (UINT64_MAX: none) */
-	uint64_t ra_next;     /* first window readahead has not requested */
-	int write_bias;       /* recent faults: +1 per write, -1 per read, in [0, 16] */
-	uint64_t held;        /* readahead marker page held back, or UINT64_MAX */
-	int held_zero;        /* the held page is all zero */
-	uint8_t held_buf[GVM_PAGE_SIZE];
-};
 
 struct gvm_fetch {            /* one READ of a window, until installed */
 	uint8_t kind;         /* CTX_FETCH */
@@ -69,13 +47,6 @@ struct gvm_fetch {            /* one READ of a window, until installed */
 	uint64_t start_ns;    /* first attempt, for the deadline */
 	uint64_t retry_ns;    /* parked until */
 	struct gvm_fetch *next;
-};
-
-struct gvm_waiter {           /* an API thread waiting for write-backs */
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	uint64_t pending;
-	int err;
 };
 
 struct gvm_wb {               /* one WRITE of a run of pages to every replica */
@@ -105,15 +76,17 @@ struct gvm_resync {           /* copy one stripe from a live replica to the othe
 	uint32_t targets[GVM_MAX_REPLICAS];
 	unsigned n_targets;
 	unsigned outstanding, acks;
+	struct gvm_resync *next, **pprev; /* e->rs_jobs, for the close */
 };
 
 struct gvm_engine_counters {
 	uint64_t faults, pages_fetched, zero_pages, readahead_pages, bytes_in, bytes_out;
-	uint64_t errors, lost_pages, evictions, writebacks, clean_drops, resynced_stripes;
+	uint64_t errors, lost_pages, resynced_stripes;
 	uint64_t local_zero_pages, wp_faults;
 };
 
 struct gvm_engine {
+	/* Set up by engine.c; fixed once the engine runs. */
 	struct gvm_pool *pool;
 	int uffd;                 /* the userfaultfd */
 	int epfd;                 /* engine thread's epoll */
@@ -134,46 +107,95 @@ struct gvm_engine {
 	uint64_t high_pages;      /* evictor starts above this ... */
 	uint64_t low_pages;       /* ... and stops at this */
 	int wp;                   /* regions registered with write-protect (dirty tracking) */
-	int use_move;             /* drop pages with UFFDIO_MOVE instead of MADV_DONTNEED */
-	pthread_t evictor;
-	int evictor_running;
-	pthread_mutex_t ev_mu;    /* guards ev_kick */
-	pthread_cond_t ev_cv;
-	int ev_kick;
-	uint64_t *deferred;       /* fault addresses waiting for a drop to finish (bit 0: write) */
-	size_t n_deferred, cap_deferred;
-	uint8_t *move_scratch;    /* destination of UFFDIO_MOVE drops */
-	uint8_t *suspect;         /* per node: came back after failing, may have lost pages */
-	uint64_t degraded;        /* stripes with ST_DEGRADED */
-	unsigned rs_region;       /* re-sync cursor: region ... */
-	uint64_t rs_stripe;       /* ... and stripe */
-	unsigned rs_inflight;     /* re-sync copies in flight */
-	int rs_found;             /* the current pass met a degraded stripe */
+	struct gvm_evictor *ev;   /* with a budget */
 	struct gvm_region *regions[GVM_MAX_REGIONS];
 	unsigned n_regions;       /* published with release after regions[] */
 	struct gvm_transport tp;
+	struct gvm_page_count pages; /* resident pages, all regions: installed here, dropped by the evictor */
+
+	/* fault.c (engine thread only) */
 	struct gvm_fetch *free_fetch;
-	struct gvm_fetch *parked; /* fetches waiting for a replica to come back */
-	struct gvm_wb *parked_wb;
+	struct gvm_fetch *parked; /* fetches waiting for a replica to come back, or for room */
 	uint64_t inflight;        /* fetches outstanding */
-	uint64_t resident;        /* resident pages, all regions */
-	uint64_t evict_clock;     /* pages dropped so far (the evictor's clock, for refault distances) */
-	uint64_t reserved;        /* pages of fetches in flight (engine thread only) */
+	uint64_t reserved;        /* pages of fetches in flight */
+	uint64_t *deferred;       /* fault addresses waiting for a drop to finish (bit 0: write) */
+	size_t n_deferred, cap_deferred;
+
+	/* writeback.c */
 	pthread_mutex_t cmd_mu;   /* guards cmd_head/cmd_tail and wb_spare */
 	struct gvm_wb *cmd_head, *cmd_tail;
 	struct gvm_wb *wb_spare;  /* stripe-sized write-back buffers for reuse */
 	unsigned n_wb_spare;
-	struct gvm_engine_counters st;
+	struct gvm_wb *parked_wb; /* write-backs no replica could take yet (engine thread) */
+
+	/* resync.c (engine thread; `degraded` is read by flush and stats) */
+	uint8_t *suspect;         /* per node: came back after failing, may have lost pages */
+	uint64_t degraded;        /* stripes with STRIPE_DEGRADED */
+	unsigned rs_region;       /* re-sync cursor: region ... */
+	uint64_t rs_stripe;       /* ... and stripe */
+	unsigned rs_inflight;     /* re-sync copies in flight ... */
+	struct gvm_resync *rs_jobs; /* ... listed */
+
+	/* written by the engine thread, read by stats.c */
+	struct gvm_engine_counters ctr;
 	uint64_t hist[GVM_HIST_BUCKETS]; /* fault latency, quarter-octave buckets of ns */
 };
 
-/* evict.c */
-int gvm_evictor_start(struct gvm_engine *e);
-void gvm_evictor_stop(struct gvm_engine *e);
-void gvm_evictor_kick(struct gvm_engine *e);
-/* engine.c, for the evictor */
-int gvm_engine_wb_run(struct gvm_engine *e, struct gvm_region *rg, uint64_t p, uint32_t n,
-		      struct gvm_waiter *wt);
-void gvm_engine_poke(struct gvm_engine *e);
+#define CTR_ADD(e, f, n) __atomic_fetch_add(&(e)->ctr.f, (n), __ATOMIC_RELAXED)
+
+/* Fault latency histogram: quarter-octave buckets of ns. */
+static inline unsigned gvm_hist_bucket(uint64_t ns)
+{
+	unsigned b, sub;
+
+	if (ns < 4)
+		return (unsigned)ns;
+	b = 63u - (unsigned)__builtin_clzll(ns);
+	sub = (unsigned)((ns >> (b - 2)) & 3u);
+	return GVM_MIN(b * 4u + sub, GVM_HIST_BUCKETS - 1u);
+}
+
+static inline void gvm_hist_add(struct gvm_engine *e, uint64_t ns)
+{
+	__atomic_fetch_add(&e->hist[gvm_hist_bucket(ns)], 1, __ATOMIC_RELAXED);
+}
+
+/* A node that failed (and may have missed writes) or came back after
+ * failing (and may have lost pages), until the re-sync is done. */
+static inline int gvm_node_untrusted(struct gvm_engine *e, uint32_t node)
+{
+	struct gvm_conn *c = e->tp.conns[node];
+
+	return e->suspect[node] || (c && (c->failures || c->state == GVM_CONN_DOWN));
+}
+
+/* fault.c (engine thread) */
+void gvm_fault_drain(struct gvm_engine *e);
+void gvm_fault_on_reply(struct gvm_engine *e, struct gvm_conn *c, struct gvm_fetch *f,
+			const struct gvm_hdr *h, const uint8_t *payload);
+void gvm_fault_on_fail(struct gvm_engine *e, struct gvm_fetch *f);
+void gvm_fault_retry_parked(struct gvm_engine *e, uint64_t now);
+/* Pages may have been dropped: fetches waiting for room go, faults
+ * deferred on a dropped page are woken. */
+void gvm_fault_resume(struct gvm_engine *e);
+void gvm_fault_fini(struct gvm_engine *e);
+
+/* writeback.c: gvm_wb_submit on any thread but the engine's, the rest on it */
+int gvm_wb_submit(struct gvm_engine *e, struct gvm_region *rg, uint64_t p, uint32_t n,
+		  struct gvm_waiter *wt);
+void gvm_wb_run_queue(struct gvm_engine *e);
+void gvm_wb_on_reply(struct gvm_engine *e, struct gvm_conn *c, struct gvm_wb *w, const struct gvm_hdr *h);
+void gvm_wb_on_fail(struct gvm_engine *e, struct gvm_wb *w);
+void gvm_wb_retry_parked(struct gvm_engine *e, uint64_t now);
+void gvm_wb_fini(struct gvm_engine *e);
+
+/* resync.c (engine thread) */
+void gvm_resync_mark_degraded(struct gvm_engine *e, struct gvm_region *rg, uint64_t stripe);
+void gvm_resync_pump(struct gvm_engine *e, uint64_t now);
+void gvm_resync_on_reply(struct gvm_engine *e, struct gvm_resync *j, const struct gvm_req *req,
+			 const struct gvm_hdr *h, const uint8_t *payload);
+void gvm_resync_on_fail(struct gvm_engine *e, struct gvm_resync *j, const struct gvm_req *req);
+void gvm_resync_on_up(void *owner, struct gvm_conn *c);
+void gvm_resync_fini(struct gvm_engine *e);
 
 #endif

@@ -11,7 +11,7 @@
  * on every install and on every write fault; the hand clears it (second
  * chance). A read of a resident page takes no fault, so it cannot set
  * PG_REF; what stands in for it is the refault distance: a page installed
- * again soon after its drop is "hot" (engine.c mark_refault()). Clean
+ * again soon after its drop is "hot" (fault.c mark_refault()). Clean
  * pages that are not hot go first, then dirty ones, then hot ones.
  * Victims are written back in runs within a stripe, so one WRITE per run
  * goes to each replica (batched per node).
@@ -32,6 +32,11 @@
  *      faults: they fault again as MISSING and read the written-back page.
  * A page whose content was never written is dropped without any write: the
  * pool has it (or it is zero).
+ *
+ * The evictor reaches the engine only through the ops it is given at start
+ * (write_back, dropped); of the engine's state it reads the regions and the
+ * resident count, and writes only page state (pagestate.h) and its own
+ * `dropped` counter.
  */
 #define LOG_PREFIX "evict: "
 #include <errno.h>
@@ -40,10 +45,10 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <time.h>
-#include <unistd.h>
 
-#include "engine_int.h"
+#include "evict.h"
 #include "log.h"
+#include "placement.h"
 #include "uffd.h"
 #include "util.h"
 
@@ -65,6 +70,18 @@ struct batch {
 	struct gvm_waiter wt; /* the batch's write-backs */
 };
 
+struct gvm_evictor {
+	struct gvm_evict_params p;
+	uint8_t *move_scratch;  /* destination of UFFDIO_MOVE drops, or NULL */
+	pthread_t thread;
+	int quit;
+	pthread_mutex_t mu;     /* guards kick */
+	pthread_cond_t cv;
+	int kick;
+	struct gvm_evict_counters ctr;
+};
+
+/* The evictor thread's working state. */
 struct ev_state {
 	unsigned ri;          /* CLOCK hand: region index ... */
 	uint64_t hand;        /* ... and page */
@@ -77,27 +94,21 @@ struct ev_state {
 	uint64_t pending_pages;
 };
 
-static inline uint8_t pg_load(struct gvm_region *rg, uint64_t p)
-{
-	return __atomic_load_n(&rg->pg[p], __ATOMIC_ACQUIRE);
-}
-
-void gvm_evictor_kick(struct gvm_engine *e)
+void gvm_evictor_kick(struct gvm_evictor *ev)
 {
 	/* Called on the engine thread for every install above the high
 	 * watermark: only signal when the evictor is not already busy. */
-	if (__atomic_load_n(&e->ev_kick, __ATOMIC_RELAXED))
+	if (__atomic_load_n(&ev->kick, __ATOMIC_RELAXED))
 		return;
-	pthread_mutex_lock(&e->ev_mu);
-	e->ev_kick = 1;
-	pthread_cond_signal(&e->ev_cv);
-	pthread_mutex_unlock(&e->ev_mu);
+	pthread_mutex_lock(&ev->mu);
+	ev->kick = 1;
+	pthread_cond_signal(&ev->cv);
+	pthread_mutex_unlock(&ev->mu);
 }
 
 static int claim(struct gvm_region *rg, uint64_t p, uint8_t s)
 {
-	return __atomic_compare_exchange_n(&rg->pg[p], &s, (uint8_t)(s | PG_EVICTING), 0, __ATOMIC_ACQ_REL,
-					   __ATOMIC_ACQUIRE);
+	return pg_cas(rg->pg, p, &s, (uint8_t)(s | PG_EVICTING));
 }
 
 static int victim_cmp(const void *a, const void *b)
@@ -125,48 +136,49 @@ static int victim_cmp(const void *a, const void *b)
  * writing) this is plain CLOCK. Victims are returned sorted, so neighbours
  * form runs for protect/drop.
  */
-static unsigned collect(struct gvm_engine *e, struct ev_state *st, struct victim *v)
+static unsigned collect(struct gvm_evictor *ev, struct ev_state *ws, struct victim *v)
 {
-	unsigned nreg = __atomic_load_n(&e->n_regions, __ATOMIC_ACQUIRE), n = 0, nd = 0, nh = 0;
+	struct gvm_region *const *regions = ev->p.regions;
+	unsigned nreg = __atomic_load_n(ev->p.n_regions, __ATOMIC_ACQUIRE), n = 0, nd = 0, nh = 0;
 	uint64_t total = 0, scanned = 0, noted = 0, last_cheap = 0;
-	uint64_t window = GVM_MAX((uint64_t)4 * EV_BATCH, GVM_MIN(e->budget_pages, EV_WINDOW_MAX));
+	uint64_t window = GVM_MAX((uint64_t)4 * EV_BATCH, GVM_MIN(ev->p.budget_pages, EV_WINDOW_MAX));
 
 	for (unsigned i = 0; i < nreg; i++)
-		total += e->regions[i]->npages;
+		total += regions[i]->npages;
 	while (n < EV_BATCH && scanned < 2 * total && noted < window) {
 		struct gvm_region *rg;
 		uint8_t s;
 
-		if (st->ri >= nreg)
-			st->ri = 0;
-		rg = e->regions[st->ri];
-		if (st->hand >= rg->npages) {
-			st->hand = 0;
-			st->ri++;
+		if (ws->ri >= nreg)
+			ws->ri = 0;
+		rg = regions[ws->ri];
+		if (ws->hand >= rg->npages) {
+			ws->hand = 0;
+			ws->ri++;
 			continue;
 		}
-		uint64_t p = st->hand++;
+		uint64_t p = ws->hand++;
 		scanned++;
-		s = pg_load(rg, p);
+		s = pg_get(rg->pg, p);
 		if (!(s & PG_RESIDENT) || (s & (PG_INFLIGHT | PG_EVICTING | PG_DROPPING | PG_LOST)) ||
 		    p == rg->held)
 			continue;
 		if (s & PG_REF) {
-			__atomic_fetch_and(&rg->pg[p], (uint8_t)~PG_REF, __ATOMIC_RELAXED);
+			pg_clear(rg->pg, p, PG_REF);
 			continue;
 		}
 		if (__atomic_load_n(&rg->hot[p], __ATOMIC_RELAXED)) {
 			noted++;
 			if (nh < EV_BATCH)
-				st->hot_cand[nh++] = (struct victim){ rg, p, 0, 0 };
+				ws->hot_cand[nh++] = (struct victim){ rg, p, 0, 0 };
 			continue;
 		}
 		if (s & PG_DIRTY) {
 			noted++;
 			if (nd < EV_BATCH) {
-				st->cand[nd] = (struct victim){ rg, p, 0, 0 };
-				st->cand_ri[nd] = st->ri;
-				st->cand_at[nd++] = scanned;
+				ws->cand[nd] = (struct victim){ rg, p, 0, 0 };
+				ws->cand_ri[nd] = ws->ri;
+				ws->cand_at[nd++] = scanned;
 			}
 			continue;
 		}
@@ -176,16 +188,16 @@ static unsigned collect(struct gvm_engine *e, struct ev_state *st, struct victim
 		last_cheap = scanned;
 	}
 	for (unsigned k = 0; k < nd + nh && n < EV_BATCH; k++) {
-		struct victim *c = k < nd ? &st->cand[k] : &st->hot_cand[k - nd];
-		uint8_t s = pg_load(c->rg, c->p);
+		struct victim *c = k < nd ? &ws->cand[k] : &ws->hot_cand[k - nd];
+		uint8_t s = pg_get(c->rg->pg, c->p);
 		if (!(s & PG_RESIDENT) || (s & (PG_INFLIGHT | PG_EVICTING | PG_DROPPING | PG_LOST | PG_REF)) ||
 		    c->p == c->rg->held || !claim(c->rg, c->p, s))
 			continue;
 		v[n++] = (struct victim){ c->rg, c->p, (uint8_t)!!(s & PG_DIRTY), 0 };
-		if (n == EV_BATCH && k < nd && st->cand_at[k] > last_cheap) {
+		if (n == EV_BATCH && k < nd && ws->cand_at[k] > last_cheap) {
 			/* A dirty page completed the batch: resume right after it. */
-			st->ri = st->cand_ri[k];
-			st->hand = c->p + 1;
+			ws->ri = ws->cand_ri[k];
+			ws->hand = c->p + 1;
 		}
 	}
 	qsort(v, n, sizeof(*v), victim_cmp);
@@ -205,36 +217,36 @@ static unsigned run_end(const struct victim *v, unsigned i, unsigned n, int only
 	return j;
 }
 
-static int protect(struct gvm_engine *e, struct gvm_region *rg, uint64_t p, uint64_t n)
+static int protect(struct gvm_evictor *ev, struct gvm_region *rg, uint64_t p, uint64_t n)
 {
 	struct uffdio_writeprotect wp = { .range = { rg->base + (p << GVM_PAGE_SHIFT), n << GVM_PAGE_SHIFT },
 					  .mode = UFFDIO_WRITEPROTECT_MODE_WP };
 
-	if (ioctl(e->uffd, UFFDIO_WRITEPROTECT, &wp) < 0) {
+	if (ioctl(ev->p.uffd, UFFDIO_WRITEPROTECT, &wp) < 0) {
 		pr_perror("UFFDIO_WRITEPROTECT");
 		return -errno;
 	}
 	return 0;
 }
 
-static void drop(struct gvm_engine *e, struct gvm_region *rg, uint64_t p, uint64_t n)
+static void drop(struct gvm_evictor *ev, struct gvm_region *rg, uint64_t p, uint64_t n)
 {
 	uintptr_t a = rg->base + (p << GVM_PAGE_SHIFT);
 	size_t len = n << GVM_PAGE_SHIFT;
 
-	if (e->use_move) {
+	if (ev->move_scratch) {
 		/* Moving the pages out frees nothing by itself but detaches them
 		 * atomically and without a copy; then the scratch is emptied. */
-		struct uffdio_move mv = { .dst = (uintptr_t)e->move_scratch, .src = a, .len = len,
+		struct uffdio_move mv = { .dst = (uintptr_t)ev->move_scratch, .src = a, .len = len,
 					  .mode = UFFDIO_MOVE_MODE_DONTWAKE };
-		if (ioctl(e->uffd, UFFDIO_MOVE, &mv) == 0) {
-			if (madvise(e->move_scratch, len, MADV_DONTNEED) < 0)
+		if (ioctl(ev->p.uffd, UFFDIO_MOVE, &mv) == 0) {
+			if (madvise(ev->move_scratch, len, MADV_DONTNEED) < 0)
 				pr_perror("madvise(scratch)");
 			return;
 		}
 		/* Partly moved, or refused (e.g. a huge page that could not be
 		 * split): DONTNEED whatever is left. */
-		if (mv.move > 0 && madvise(e->move_scratch, (size_t)mv.move, MADV_DONTNEED) < 0)
+		if (mv.move > 0 && madvise(ev->move_scratch, (size_t)mv.move, MADV_DONTNEED) < 0)
 			pr_perror("madvise(scratch)");
 	}
 	if (madvise((void *)a, len, MADV_DONTNEED) < 0)
@@ -243,7 +255,7 @@ static void drop(struct gvm_engine *e, struct gvm_region *rg, uint64_t p, uint64
 
 /* Steps 1-2 for a batch: protect and copy the dirty victims and hand their
  * write-backs to the engine, without waiting. */
-static void evict_begin(struct gvm_engine *e, struct batch *b)
+static void evict_begin(struct gvm_evictor *ev, struct batch *b)
 {
 	struct victim *v = b->v;
 	unsigned i, j, n = b->n;
@@ -254,10 +266,10 @@ static void evict_begin(struct gvm_engine *e, struct batch *b)
 	/* 2. dirty pages: clear DIRTY, protect, copy and write back. */
 	for (i = 0; i < n; i++)
 		if (v[i].dirty)
-			__atomic_fetch_and(&v[i].rg->pg[v[i].p], (uint8_t)~PG_DIRTY, __ATOMIC_ACQ_REL);
+			pg_clear(v[i].rg->pg, v[i].p, PG_DIRTY);
 	for (i = 0; i < n; i = j) {
 		j = v[i].dirty ? run_end(v, i, n, 1, 0) : i + 1;
-		if (v[i].dirty && protect(e, v[i].rg, v[i].p, v[j - 1].p - v[i].p + 1))
+		if (v[i].dirty && protect(ev, v[i].rg, v[i].p, v[j - 1].p - v[i].p + 1))
 			for (unsigned k = i; k < j; k++)
 				v[k].keep = 1;
 	}
@@ -265,13 +277,13 @@ static void evict_begin(struct gvm_engine *e, struct batch *b)
 		j = (v[i].dirty && !v[i].keep) ? run_end(v, i, n, 1, 1) : i + 1;
 		if (!v[i].dirty || v[i].keep)
 			continue;
-		err = gvm_engine_wb_run(e, v[i].rg, v[i].p, (uint32_t)(j - i), &b->wt);
+		err = ev->p.ops->write_back(ev->p.ctx, v[i].rg, v[i].p, (uint32_t)(j - i), &b->wt);
 	}
 	b->err = err;
 }
 
 /* Steps 2 (wait) to 4 for a batch begun earlier. */
-static void evict_finish(struct gvm_engine *e, struct batch *b)
+static void evict_finish(struct gvm_evictor *ev, struct batch *b)
 {
 	struct victim *v = b->v;
 	uint64_t dropped = 0, written = 0, clean = 0;
@@ -292,18 +304,18 @@ static void evict_finish(struct gvm_engine *e, struct batch *b)
 
 	/* 3. claim the drop, unless a write came in meanwhile. */
 	for (i = 0; i < n; i++) {
-		uint8_t *f = &v[i].rg->pg[v[i].p];
-		uint8_t s = __atomic_load_n(f, __ATOMIC_ACQUIRE);
+		uint8_t *pg = v[i].rg->pg;
+		uint64_t p = v[i].p;
+		uint8_t s = pg_get(pg, p);
 		for (;;) {
 			if (v[i].keep || (s & PG_DIRTY)) {
 				if (v[i].dirty && !(s & PG_DIRTY))
-					__atomic_fetch_or(f, PG_DIRTY, __ATOMIC_ACQ_REL); /* unknown to the pool */
-				__atomic_fetch_and(f, (uint8_t)~PG_EVICTING, __ATOMIC_ACQ_REL);
+					pg_set(pg, p, PG_DIRTY); /* unknown to the pool */
+				pg_clear(pg, p, PG_EVICTING);
 				v[i].keep = 1;
 				break;
 			}
-			if (__atomic_compare_exchange_n(f, &s, (uint8_t)(s | PG_DROPPING), 0, __ATOMIC_ACQ_REL,
-							__ATOMIC_ACQUIRE))
+			if (pg_cas(pg, p, &s, (uint8_t)(s | PG_DROPPING)))
 				break;
 		}
 	}
@@ -315,14 +327,13 @@ static void evict_finish(struct gvm_engine *e, struct batch *b)
 			continue;
 		}
 		j = run_end(v, i, n, 0, 0);
-		drop(e, v[i].rg, v[i].p, j - i);
-		uint32_t now = (uint32_t)__atomic_load_n(&e->evict_clock, __ATOMIC_RELAXED) | 1;
+		drop(ev, v[i].rg, v[i].p, j - i);
+		uint32_t now = (uint32_t)__atomic_load_n(&ev->p.count->dropped, __ATOMIC_RELAXED) | 1;
 		for (unsigned k = i; k < j; k++) {
 			__atomic_store_n(&v[k].rg->estamp[v[k].p], now, __ATOMIC_RELAXED);
 			__atomic_store_n(&v[k].rg->hot[v[k].p], 0, __ATOMIC_RELAXED);
-			__atomic_fetch_and(&v[k].rg->pg[v[k].p],
-					   (uint8_t)~(PG_RESIDENT | PG_EVICTING | PG_DROPPING | PG_REF | PG_DIRTY),
-					   __ATOMIC_ACQ_REL);
+			pg_clear(v[k].rg->pg, v[k].p,
+				 PG_RESIDENT | PG_EVICTING | PG_DROPPING | PG_REF | PG_DIRTY);
 			dropped++;
 			if (v[k].dirty)
 				written++;
@@ -330,126 +341,159 @@ static void evict_finish(struct gvm_engine *e, struct batch *b)
 				clean++;
 		}
 	}
-	__atomic_fetch_add(&e->evict_clock, dropped, __ATOMIC_RELAXED);
-	__atomic_fetch_sub(&e->resident, dropped, __ATOMIC_RELAXED);
-	__atomic_fetch_add(&e->st.evictions, dropped, __ATOMIC_RELAXED);
-	__atomic_fetch_add(&e->st.writebacks, written, __ATOMIC_RELAXED);
-	__atomic_fetch_add(&e->st.clean_drops, clean, __ATOMIC_RELAXED);
-	gvm_engine_poke(e); /* replay faults deferred on DROPPING pages */
+	__atomic_fetch_add(&ev->p.count->dropped, dropped, __ATOMIC_RELEASE);
+	__atomic_fetch_add(&ev->ctr.writebacks, written, __ATOMIC_RELAXED);
+	__atomic_fetch_add(&ev->ctr.clean_drops, clean, __ATOMIC_RELAXED);
+	ev->p.ops->dropped(ev->p.ctx); /* replay faults deferred on DROPPING pages */
 }
 
-static void finish_oldest(struct gvm_engine *e, struct ev_state *st)
+static void finish_oldest(struct gvm_evictor *ev, struct ev_state *ws)
 {
-	struct batch *b = &st->b[st->head];
+	struct batch *b = &ws->b[ws->head];
 
-	evict_finish(e, b);
-	st->pending_pages -= b->n;
-	st->head = (st->head + 1) % EV_PIPE;
-	st->pending--;
+	evict_finish(ev, b);
+	ws->pending_pages -= b->n;
+	ws->head = (ws->head + 1) % EV_PIPE;
+	ws->pending--;
 }
 
 static void *evictor_main(void *arg)
 {
-	struct gvm_engine *e = arg;
-	struct ev_state *st = calloc(1, sizeof(*st));
+	struct gvm_evictor *ev = arg;
+	struct ev_state *ws = calloc(1, sizeof(*ws));
 
-	if (!st) {
+	if (!ws) {
 		pr_err("out of memory: no eviction");
 		return NULL;
 	}
 	for (unsigned i = 0; i < EV_PIPE; i++) {
-		pthread_mutex_init(&st->b[i].wt.mu, NULL);
-		pthread_cond_init(&st->b[i].wt.cv, NULL);
+		pthread_mutex_init(&ws->b[i].wt.mu, NULL);
+		pthread_cond_init(&ws->b[i].wt.cv, NULL);
 	}
-	while (!__atomic_load_n(&e->quit, __ATOMIC_ACQUIRE)) {
+	while (!__atomic_load_n(&ev->quit, __ATOMIC_ACQUIRE)) {
 		struct timespec ts;
 
-		pthread_mutex_lock(&e->ev_mu);
+		pthread_mutex_lock(&ev->mu);
 		clock_gettime(CLOCK_REALTIME, &ts);
 		ts.tv_nsec += 100 * 1000000;
 		if (ts.tv_nsec >= 1000000000) {
 			ts.tv_sec++;
 			ts.tv_nsec -= 1000000000;
 		}
-		while (!e->ev_kick && !__atomic_load_n(&e->quit, __ATOMIC_ACQUIRE) &&
-		       __atomic_load_n(&e->resident, __ATOMIC_RELAXED) <= e->high_pages)
-			if (pthread_cond_timedwait(&e->ev_cv, &e->ev_mu, &ts) == ETIMEDOUT)
+		while (!ev->kick && !__atomic_load_n(&ev->quit, __ATOMIC_ACQUIRE) &&
+		       pg_resident(ev->p.count) <= ev->p.high_pages)
+			if (pthread_cond_timedwait(&ev->cv, &ev->mu, &ts) == ETIMEDOUT)
 				break;
-		pthread_mutex_unlock(&e->ev_mu);
+		pthread_mutex_unlock(&ev->mu);
 		/* Keep up to EV_PIPE batches in flight: the next batch is copied
 		 * and sent while the previous ones wait for their acks. */
-		while (!__atomic_load_n(&e->quit, __ATOMIC_ACQUIRE) &&
-		       __atomic_load_n(&e->resident, __ATOMIC_RELAXED) > e->low_pages + st->pending_pages) {
-			if (st->pending == EV_PIPE) {
-				finish_oldest(e, st);
+		while (!__atomic_load_n(&ev->quit, __ATOMIC_ACQUIRE) &&
+		       pg_resident(ev->p.count) > ev->p.low_pages + ws->pending_pages) {
+			if (ws->pending == EV_PIPE) {
+				finish_oldest(ev, ws);
 				continue;
 			}
-			struct batch *b = &st->b[(st->head + st->pending) % EV_PIPE];
-			b->n = collect(e, st, b->v);
+			struct batch *b = &ws->b[(ws->head + ws->pending) % EV_PIPE];
+			b->n = collect(ev, ws, b->v);
 			if (!b->n)
 				break;
-			evict_begin(e, b);
-			st->pending++;
-			st->pending_pages += b->n;
+			evict_begin(ev, b);
+			ws->pending++;
+			ws->pending_pages += b->n;
 		}
-		while (st->pending)
-			finish_oldest(e, st);
-		__atomic_store_n(&e->ev_kick, 0, __ATOMIC_RELAXED);
+		while (ws->pending)
+			finish_oldest(ev, ws);
+		__atomic_store_n(&ev->kick, 0, __ATOMIC_RELAXED);
 	}
 	for (unsigned i = 0; i < EV_PIPE; i++) {
-		pthread_mutex_destroy(&st->b[i].wt.mu);
-		pthread_cond_destroy(&st->b[i].wt.cv);
+		pthread_mutex_destroy(&ws->b[i].wt.mu);
+		pthread_cond_destroy(&ws->b[i].wt.cv);
 	}
-	free(st);
+	free(ws);
 	return NULL;
 }
 
-int gvm_evictor_start(struct gvm_engine *e)
+/* A scratch area registered with the uffd for UFFDIO_MOVE to move pages
+ * into, or NULL (drops then use MADV_DONTNEED). */
+static uint8_t *move_scratch_map(int uffd)
 {
-	int r;
+	size_t len = (size_t)EV_BATCH << GVM_PAGE_SHIFT;
+	struct uffdio_register reg = { .mode = UFFDIO_REGISTER_MODE_MISSING };
+	uint8_t *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 
-	if (e->use_move) {
-		struct uffdio_register reg = { .mode = UFFDIO_REGISTER_MODE_MISSING };
-		e->move_scratch = mmap(NULL, (size_t)EV_BATCH << GVM_PAGE_SHIFT, PROT_READ | PROT_WRITE,
-				       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		if (e->move_scratch == MAP_FAILED) {
-			e->move_scratch = NULL;
-			e->use_move = 0;
-		} else {
-			/* UFFDIO_MOVE wants its destination registered with this uffd. */
-			reg.range.start = (uintptr_t)e->move_scratch;
-			reg.range.len = (size_t)EV_BATCH << GVM_PAGE_SHIFT;
-			if (ioctl(e->uffd, UFFDIO_REGISTER, &reg) < 0) {
-				pr_warn("UFFDIO_MOVE scratch: %s; dropping with MADV_DONTNEED", strerror(errno));
-				munmap(e->move_scratch, (size_t)EV_BATCH << GVM_PAGE_SHIFT);
-				e->move_scratch = NULL;
-				e->use_move = 0;
-			}
-		}
+	if (m == MAP_FAILED)
+		return NULL;
+	/* UFFDIO_MOVE wants its destination registered with this uffd. */
+	reg.range.start = (uintptr_t)m;
+	reg.range.len = len;
+	if (ioctl(uffd, UFFDIO_REGISTER, &reg) < 0) {
+		pr_warn("UFFDIO_MOVE scratch: %s; dropping with MADV_DONTNEED", strerror(errno));
+		munmap(m, len);
+		return NULL;
 	}
-	r = pthread_create(&e->evictor, NULL, evictor_main, e);
-	if (r) {
-		pr_err("pthread_create(evictor): %s", strerror(r));
-		return -r;
-	}
-	r = pthread_setname_np(e->evictor, "gvm-evict"); /* a failure only loses the name */
-	if (r)
-		pr_debug("pthread_setname_np: %s", strerror(r));
-	e->evictor_running = 1;
-	return 0;
+	return m;
 }
 
-void gvm_evictor_stop(struct gvm_engine *e)
+int gvm_evictor_start(struct gvm_evictor **out, const struct gvm_evict_params *p)
 {
-	if (!e->evictor_running)
+	struct gvm_evictor *ev = calloc(1, sizeof(*ev));
+	int r;
+
+	if (!ev)
+		return -ENOMEM;
+	ev->p = *p;
+	if (p->use_move)
+		ev->move_scratch = move_scratch_map(p->uffd);
+	pthread_mutex_init(&ev->mu, NULL);
+	pthread_cond_init(&ev->cv, NULL);
+	r = pthread_create(&ev->thread, NULL, evictor_main, ev);
+	if (r) {
+		pr_err("pthread_create(evictor): %s", strerror(r));
+		goto err_free;
+	}
+	r = pthread_setname_np(ev->thread, "gvm-evict"); /* a failure only loses the name */
+	if (r)
+		pr_debug("pthread_setname_np: %s", strerror(r));
+	*out = ev;
+	return 0;
+
+err_free:
+	pthread_mutex_destroy(&ev->mu);
+	pthread_cond_destroy(&ev->cv);
+	if (ev->move_scratch)
+		munmap(ev->move_scratch, (size_t)EV_BATCH << GVM_PAGE_SHIFT);
+	free(ev);
+	return -r;
+}
+
+void gvm_evictor_stop(struct gvm_evictor *ev)
+{
+	if (!ev)
 		return;
-	__atomic_store_n(&e->quit, 1, __ATOMIC_RELEASE);
-	pthread_mutex_lock(&e->ev_mu);
-	e->ev_kick = 1;
-	pthread_cond_signal(&e->ev_cv);
-	pthread_mutex_unlock(&e->ev_mu);
-	pthread_join(e->evictor, NULL);
-	e->evictor_running = 0;
-	if (e->move_scratch)
-		munmap(e->move_scratch, (size_t)EV_BATCH << GVM_PAGE_SHIFT);
+	__atomic_store_n(&ev->quit, 1, __ATOMIC_RELEASE);
+	pthread_mutex_lock(&ev->mu);
+	ev->kick = 1;
+	pthread_cond_signal(&ev->cv);
+	pthread_mutex_unlock(&ev->mu);
+	pthread_join(ev->thread, NULL);
+	if (ev->move_scratch)
+		munmap(ev->move_scratch, (size_t)EV_BATCH << GVM_PAGE_SHIFT);
+	pthread_mutex_destroy(&ev->mu);
+	pthread_cond_destroy(&ev->cv);
+	free(ev);
+}
+
+int gvm_evictor_uses_move(const struct gvm_evictor *ev)
+{
+	return ev->move_scratch != NULL;
+}
+
+void gvm_evictor_counters(const struct gvm_evictor *ev, struct gvm_evict_counters *c)
+{
+	if (!ev) {
+		*c = (struct gvm_evict_counters){ 0 };
+		return;
+	}
+	c->writebacks = __atomic_load_n(&ev->ctr.writebacks, __ATOMIC_RELAXED);
+	c->clean_drops = __atomic_load_n(&ev->ctr.clean_drops, __ATOMIC_RELAXED);
 }

@@ -1,0 +1,747 @@
+/*
+ * Faults: from a userfaultfd message to the pages installed.
+ *
+ * DESIGN
+ * Runs on the engine thread only (engine.c), so fetch state needs no lock;
+ * the page flags it shares with the evictor are atomics (pagestate.h).
+ * A missing-page fault fetches the prefetch-aligned window around the page
+ * (within its stripe, so from one node) with one READ; the reply installs
+ * the faulting page first, so its thread resumes after one page copy, then
+ * the rest of the window in runs (UFFDIO_COPY / UFFDIO_ZEROPAGE, resuming
+ * after EEXIST/EAGAIN). A fault on a page already in flight only waits:
+ * the install wakes every waiter on the range.
+ *
+ * Sequential readahead: a fault at window w that continues a run fetches
+ * the next `readahead` windows and installs them before they are touched.
+ * To keep the run going without a fault, the first page of the window half
+ * way through the readahead is held back in a one-page buffer; touching it
+ * faults, is served from the buffer at once, and extends the readahead.
+ *
+ * With a local memory budget, pages are installed write-protected and the
+ * first write to each is a write-protect fault that marks it dirty for the
+ * evictor; above the high watermark readahead stops, a random fault fetches
+ * its page alone, and a fetch that would pass the budget waits for the
+ * evictor to make room.
+ */
+#define LOG_PREFIX "engine: "
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include "engine_int.h"
+#include "log.h"
+#include "uffd.h"
+
+#define UFFD_BATCH 32 /* fault messages read at once */
+
+/* Zero pages for UFFDIO_COPY: a zero page about to be written is cheaper to
+ * install allocated (one copy) than as the shared zero page, whose first
+ * write takes a second, copy-on-write fault. */
+static const uint8_t zero_window[GVM_STRIPE_PAGES * GVM_PAGE_SIZE] __attribute__((aligned(4096)));
+
+static struct gvm_region *region_of(struct gvm_engine *e, uintptr_t addr)
+{
+	unsigned n = __atomic_load_n(&e->n_regions, __ATOMIC_ACQUIRE);
+
+	for (unsigned i = 0; i < n; i++) {
+		struct gvm_region *rg = e->regions[i];
+		if (addr - rg->base < rg->len)
+			return rg;
+	}
+	return NULL;
+}
+
+static void uffd_wake(struct gvm_engine *e, uintptr_t addr, size_t len)
+{
+	struct uffdio_range r = { .start = addr, .len = len };
+
+	if (ioctl(e->uffd, UFFDIO_WAKE, &r) < 0 && errno != ENOENT)
+		pr_perror("UFFDIO_WAKE %#lx", (unsigned long)addr);
+}
+
+/*
+ * Install [dst, dst+len) from src (or zero pages when src is NULL). A page
+ * that already exists stops the kernel's copy: resume after it. Returns 0,
+ * or -errno when the range is gone (the owner unmapped it or is exiting).
+ */
+static int uffd_fill(struct gvm_engine *e, uintptr_t dst, const uint8_t *src, size_t len, int protect)
+{
+	unsigned again = 0;
+
+	while (len) {
+		int64_t done;
+		int r, err;
+
+		if (src) {
+			struct uffdio_copy c = { .dst = dst, .src = (uintptr_t)src, .len = len,
+						 .mode = protect ? UFFDIO_COPY_MODE_WP : 0 };
+			r = ioctl(e->uffd, UFFDIO_COPY, &c);
+			done = c.copy;
+		} else {
+			struct uffdio_zeropage z = { .range = { .start = dst, .len = len } };
+			r = ioctl(e->uffd, UFFDIO_ZEROPAGE, &z);
+			done = z.zeropage;
+		}
+		if (r == 0)
+			return 0;
+		err = errno;
+		if (done > 0) {
+			dst += (size_t)done;
+			if (src)
+				src += done;
+			len -= (size_t)done;
+		}
+		if (err == EEXIST) {
+			/* Someone filled this page: wake its waiters and go on. */
+			uffd_wake(e, dst, GVM_PAGE_SIZE);
+			dst += GVM_PAGE_SIZE;
+			if (src)
+				src += GVM_PAGE_SIZE;
+			len -= GVM_PAGE_SIZE;
+			continue;
+		}
+		if (err == EAGAIN && ++again < 100000)
+			continue;
+		if (err == ENOENT || err == ESRCH)
+			return -err;
+		errno = err;
+		pr_perror("%s at %#lx (+%zu)", src ? "UFFDIO_COPY" : "UFFDIO_ZEROPAGE",
+			  (unsigned long)dst, len);
+		return -err;
+	}
+	return 0;
+}
+
+/*
+ * A page back in memory before the evictor's clock moved a budget's worth
+ * since its drop would have stayed in a cache of this size under LRU: it
+ * is in the working set (Linux's refault distance). The evictor keeps such
+ * "hot" pages longest (evict.c).
+ */
+static void mark_refault(struct gvm_engine *e, struct gvm_region *rg, uint64_t p)
+{
+	uint32_t t;
+
+	if (!rg->estamp || !(t = __atomic_load_n(&rg->estamp[p], __ATOMIC_RELAXED)))
+		return;
+	if ((uint32_t)__atomic_load_n(&e->pages.dropped, __ATOMIC_RELAXED) - t < e->budget_pages)
+		__atomic_store_n(&rg->hot[p], 1, __ATOMIC_RELAXED);
+}
+
+#define IR_WRITABLE 1 /* zero pages allocated (UFFDIO_COPY), not the shared zero page */
+#define IR_DIRTY    2 /* being written right now: install unprotected, already dirty */
+
+/* Install pages [p, p+n) of a region that are not resident yet; src NULL
+ * means zero pages. */
+static uint64_t install_run(struct gvm_engine *e, struct gvm_region *rg, uint64_t p, uint64_t n,
+			    const uint8_t *src, int flags)
+{
+	int writable = flags & IR_WRITABLE;
+	/* The page a write fault waits for would fault again at once on a
+	 * protected install: install it writable and count it dirty. */
+	int dirty = e->wp && ((flags & IR_DIRTY) || (!src && writable));
+	/* Zero pages of a writing run go in dirty too: each would take a
+	 * write-protect fault next, and writing back a zero page costs one
+	 * bitmap bit (zero pages are never sent). */
+	int protect = e->wp && !dirty;
+	uint64_t i = 0, installed = 0;
+
+	while (i < n) {
+		uint64_t j;
+		if (pg_get(rg->pg, p + i) & PG_RESIDENT) {
+			i++;
+			continue;
+		}
+		for (j = i; j < n && !(pg_get(rg->pg, p + j) & PG_RESIDENT); j++)
+			;
+		/* With write-protect tracking every page is installed protected
+		 * (UFFDIO_COPY_MODE_WP), zero pages too: a shared zero page could
+		 * be written without a fault, and the write would go unseen. */
+		const uint8_t *from = src ? src + (i << GVM_PAGE_SHIFT) :
+				      (writable || e->wp) ? zero_window : NULL;
+		int ok = 0;
+		if (from == zero_window) {
+			for (uint64_t k = i; k < j && ok == 0; k += GVM_STRIPE_PAGES)
+				ok = uffd_fill(e, rg->base + ((p + k) << GVM_PAGE_SHIFT), zero_window,
+					       GVM_MIN((uint64_t)GVM_STRIPE_PAGES, j - k) << GVM_PAGE_SHIFT,
+					       protect);
+		} else {
+			ok = uffd_fill(e, rg->base + ((p + i) << GVM_PAGE_SHIFT), from,
+				       (j - i) << GVM_PAGE_SHIFT, protect);
+		}
+		if (ok == 0) {
+			if (!src)
+				CTR_ADD(e, zero_pages, j - i);
+			CTR_ADD(e, pages_fetched, j - i);
+			/* Counted before the evictor can see them resident, so its
+			 * `dropped` never passes `installed`. */
+			uint64_t res = pg_add_installed(&e->pages, j - i);
+			for (uint64_t k = i; k < j; k++) {
+				mark_refault(e, rg, p + k);
+				pg_set(rg->pg, p + k, PG_RESIDENT | PG_REF | (dirty ? PG_DIRTY : 0));
+				pg_clear(rg->pg, p + k, PG_INFLIGHT | PG_WANTED);
+			}
+			installed += j - i;
+			if (e->budget_pages && res > e->high_pages)
+				gvm_evictor_kick(e->ev);
+		} else {
+			for (uint64_t k = i; k < j; k++)
+				pg_clear(rg->pg, p + k, PG_INFLIGHT | PG_WANTED);
+		}
+		i = j;
+	}
+	return installed;
+}
+
+/* Index (in packed data) of page i of a page payload, or -1 for zero. */
+static long packed_index(const uint8_t *bm, unsigned i)
+{
+	long k = 0;
+
+	if (!gvm_bitmap_test(bm, i))
+		return -1;
+	for (unsigned b = 0; b < i; b++)
+		k += gvm_bitmap_test(bm, b);
+	return k;
+}
+
+/* Install a READ reply's pages: the faulting page first (its thread
+ * resumes at once), then runs of equal kind. A window fetched for a
+ * writing run (`writable`: a write fault, or mostly write faults lately)
+ * goes in writable and dirty, data pages too: a guest that writes where it
+ * faulted, e.g. a kernel clearing pages it reuses, would otherwise take a
+ * write-protect fault (a round trip to this thread) on every page of the
+ * window; the price is a write-back of any of them it then leaves alone. */
+static void install_payload(struct gvm_engine *e, struct gvm_region *rg, uint64_t page0,
+			    unsigned count, const uint8_t *payload, uint64_t fault_page,
+			    uint64_t hold_page, int writable, int write_fault)
+{
+	const uint8_t *bm = payload, *data = payload + GVM_BITMAP_BYTES(count);
+	int wr = writable ? IR_WRITABLE | IR_DIRTY : 0;
+	unsigned i = 0;
+	long k = 0;
+
+	if (fault_page >= page0 && fault_page < page0 + count) {
+		long fi = packed_index(bm, (unsigned)(fault_page - page0));
+		install_run(e, rg, fault_page, 1, fi < 0 ? NULL : data + ((size_t)fi << GVM_PAGE_SHIFT),
+			    wr | (write_fault ? IR_DIRTY : 0));
+	}
+	/* Hold the marker back only if nobody waits for it: a thread that
+	 * faulted on it while in flight is woken by the install alone. */
+	if (hold_page >= page0 && hold_page < page0 + count &&
+	    !(pg_get(rg->pg, hold_page) & (PG_RESIDENT | PG_WANTED))) {
+		long hi = packed_index(bm, (unsigned)(hold_page - page0));
+		if (rg->held != UINT64_MAX && !(pg_get(rg->pg, rg->held) & PG_RESIDENT))
+			install_run(e, rg, rg->held, 1, rg->held_zero ? NULL : rg->held_buf, wr);
+		rg->held = hold_page;
+		rg->held_zero = hi < 0;
+		if (hi >= 0)
+			memcpy(rg->held_buf, data + ((size_t)hi << GVM_PAGE_SHIFT), GVM_PAGE_SIZE);
+		pg_set(rg->pg, hold_page, PG_RESIDENT); /* keep install_run off it */
+	}
+	while (i < count) {
+		int nz = gvm_bitmap_test(bm, i);
+		unsigned j = i;
+		while (j < count && gvm_bitmap_test(bm, j) == nz)
+			j++;
+		install_run(e, rg, page0 + i, j - i, nz ? data + ((size_t)k << GVM_PAGE_SHIFT) : NULL, wr);
+		if (nz)
+			k += j - i;
+		i = j;
+	}
+	if (hold_page >= page0 && hold_page < page0 + count && rg->held == hold_page)
+		pg_clear(rg->pg, hold_page, PG_RESIDENT);
+}
+
+static struct gvm_fetch *fetch_alloc(struct gvm_engine *e)
+{
+	struct gvm_fetch *f = e->free_fetch;
+
+	if (f) {
+		e->free_fetch = f->next;
+		memset(f, 0, sizeof(*f));
+	} else {
+		f = calloc(1, sizeof(*f));
+	}
+	if (f)
+		f->kind = CTX_FETCH;
+	return f;
+}
+
+static void fetch_free(struct gvm_engine *e, struct gvm_fetch *f)
+{
+	e->reserved -= f->reserved;
+	f->next = e->free_fetch;
+	e->free_fetch = f;
+	e->inflight--;
+}
+
+static void fetch_park(struct gvm_engine *e, struct gvm_fetch *f, uint64_t now, uint64_t delay_ns)
+{
+	f->parked = 1;
+	f->retry_ns = now + delay_ns;
+	f->next = e->parked;
+	e->parked = f;
+}
+
+/* Poison (or report) the pages of a fetch that cannot be served. */
+static void fetch_give_up(struct gvm_engine *e, struct gvm_fetch *f)
+{
+	struct gvm_region *rg = f->rg;
+	uint32_t nodes[GVM_MAX_REPLICAS];
+	unsigned nr = gvm_placement_replicas(&e->pool->pl, rg->id, f->page / GVM_STRIPE_PAGES,
+					     e->pool->replicas, nodes);
+	char who[256] = "";
+	size_t off = 0;
+
+	for (unsigned i = 0; i < nr && off < sizeof(who) - 1; i++) {
+		int n = snprintf(who + off, sizeof(who) - off, "%s%s", i ? ", " : "",
+				 gvm_node_name(&e->pool->cfg, nodes[i]));
+		if (n < 0)
+			break;
+		off += (size_t)n;
+	}
+	pr_err("pages %#lx-%#lx (region %016" PRIx64 " pages %" PRIu64 "-%" PRIu64
+	       ") could not be fetched within %d ms from any replica: %s",
+	       (unsigned long)(rg->base + (f->page << GVM_PAGE_SHIFT)),
+	       (unsigned long)(rg->base + ((f->page + f->count) << GVM_PAGE_SHIFT) - 1), rg->id,
+	       f->page, f->page + f->count - 1, e->pool->deadline_ms, who);
+	if (e->lost_policy == GVM_LOST_POISON && (e->features & UFFD_FEATURE_POISON)) {
+		/* Said first: the accessor may die of the SIGBUS at once. */
+		pr_err("those pages are poisoned: a guest access gets SIGBUS (memory error)");
+		for (uint32_t i = 0; i < f->count; i++) {
+			uint64_t p = f->page + i;
+			if (pg_get(rg->pg, p) & PG_RESIDENT)
+				continue;
+			struct uffdio_poison po = { .range = { rg->base + (p << GVM_PAGE_SHIFT), GVM_PAGE_SIZE } };
+			if (ioctl(e->uffd, UFFDIO_POISON, &po) < 0 && errno != EEXIST)
+				pr_perror("UFFDIO_POISON");
+			pg_set(rg->pg, p, PG_RESIDENT | PG_LOST);
+			pg_clear(rg->pg, p, PG_INFLIGHT);
+			CTR_ADD(e, lost_pages, 1);
+		}
+		fetch_free(e, f);
+		return;
+	}
+	CTR_ADD(e, lost_pages, f->count);
+	if (e->on_fatal) {
+		char why[512];
+		snprintf(why, sizeof(why), "guest memory lost: every replica (%s) unreachable for %d ms",
+			 who, e->pool->deadline_ms);
+		e->on_fatal(why, e->fatal_arg);
+	}
+	/* No poison and the fatal hook returned: keep trying; the log says why. */
+	f->start_ns = gvm_now_ns();
+	fetch_park(e, f, f->start_ns, 50ull * 1000000ull);
+}
+
+/* The replicas to read a stripe from, trusted nodes first. A degraded
+ * stripe (written while some replica was unreachable) is never read from an
+ * untrusted node: its copy there may be old, and old data is worse than a
+ * poisoned page. */
+static unsigned replicas_ordered(struct gvm_engine *e, struct gvm_region *rg, uint64_t stripe,
+				 uint32_t *out)
+{
+	uint32_t all[GVM_MAX_REPLICAS];
+	unsigned nr = gvm_placement_replicas(&e->pool->pl, rg->id, stripe, e->pool->replicas, all);
+	unsigned k = 0;
+
+	for (unsigned i = 0; i < nr; i++)
+		if (!gvm_node_untrusted(e, all[i]))
+			out[k++] = all[i];
+	if (rg->stripe[stripe] & STRIPE_DEGRADED)
+		return k;
+	for (unsigned i = 0; i < nr; i++)
+		if (gvm_node_untrusted(e, all[i]))
+			out[k++] = all[i];
+	return nr;
+}
+
+/* Send the fetch to the first usable replica from f->tries on. */
+static void fetch_send(struct gvm_engine *e, struct gvm_fetch *f)
+{
+	uint32_t nodes[GVM_MAX_REPLICAS];
+	unsigned nr = replicas_ordered(e, f->rg, f->page / GVM_STRIPE_PAGES, nodes);
+	uint64_t now = gvm_now_ns();
+
+	while (f->tries < nr) {
+		struct gvm_hdr h = { .op = GVM_OP_READ, .region = f->rg->id, .page = f->page,
+				     .count = f->count };
+		uint32_t node = nodes[f->tries];
+		if (gvm_transport_usable(&e->tp, node, now) &&
+		    gvm_transport_send(&e->tp, node, &h, NULL, 0, f) == 0)
+			return;
+		f->tries++;
+	}
+	if (now - f->start_ns >= (uint64_t)e->pool->deadline_ms * 1000000ull) {
+		fetch_give_up(e, f);
+		return;
+	}
+	f->tries = 0;
+	fetch_park(e, f, now, 50ull * 1000000ull);
+}
+
+/* Over the budget: a fetch waits for the evictor (which never waits for a
+ * fetch, so this cannot deadlock). */
+static int over_budget(struct gvm_engine *e, uint32_t more)
+{
+	/* Pages in flight are already promised: count them, or a burst of
+	 * fetches would land above the budget together. */
+	return e->budget_pages &&
+	       pg_resident(&e->pages) + e->reserved + more > e->budget_pages;
+}
+
+/* A stripe of a fresh region that never left this engine is zero: fill it
+ * here, the waiting page first. */
+static void fetch_local(struct gvm_engine *e, struct gvm_fetch *f)
+{
+	struct gvm_region *rg = f->rg;
+	int wflag = f->writable ? IR_WRITABLE : 0;
+	uint64_t n = 0;
+
+	if (f->fault_page != UINT64_MAX)
+		n += install_run(e, rg, f->fault_page, 1, NULL, wflag | (f->write_fault ? IR_DIRTY : 0));
+	n += install_run(e, rg, f->page, f->count, NULL, wflag);
+	/* Not fetched: counted apart from what came over the network. */
+	__atomic_fetch_sub(&e->ctr.pages_fetched, n, __ATOMIC_RELAXED);
+	__atomic_fetch_sub(&e->ctr.zero_pages, n, __ATOMIC_RELAXED);
+	CTR_ADD(e, local_zero_pages, n);
+	if (f->fault_ns)
+		gvm_hist_add(e, gvm_now_ns() - f->fault_ns);
+	fetch_free(e, f);
+}
+
+static void fetch_go(struct gvm_engine *e, struct gvm_fetch *f, uint64_t now)
+{
+	if (over_budget(e, f->reserved ? 0 : f->count)) {
+		/* Waiting for room is waiting on write-backs: if no replica can take
+		 * them, the deadline resolves the fault like any other. */
+		if (now - f->start_ns >= (uint64_t)e->pool->deadline_ms * 1000000ull) {
+			pr_err("no room under the local memory budget for %d ms: write-backs are failing",
+			       e->pool->deadline_ms);
+			fetch_give_up(e, f);
+			return;
+		}
+		gvm_evictor_kick(e->ev);
+		fetch_park(e, f, now, 500000ull);
+		f->room = 1; /* retried at once when the evictor frees pages */
+		return;
+	}
+	f->room = 0;
+	if (f->rg->fresh && !(f->rg->stripe[f->page / GVM_STRIPE_PAGES] & STRIPE_WRITTEN)) {
+		fetch_local(e, f);
+		return;
+	}
+	if (!f->reserved) {
+		f->reserved = f->count;
+		e->reserved += f->count;
+	}
+	fetch_send(e, f);
+}
+
+/* Start fetching [page, page+count) unless every page is resident or in
+ * flight. fault_page is the page a thread waits on (or UINT64_MAX). */
+static void fetch_start(struct gvm_engine *e, struct gvm_region *rg, uint64_t page, uint32_t count,
+			uint64_t fault_page, uint64_t now, int hold, int writable, int write_fault)
+{
+	struct gvm_fetch *f;
+	uint32_t want = 0;
+
+	for (uint32_t i = 0; i < count; i++)
+		if (!(pg_get(rg->pg, page + i) & (PG_RESIDENT | PG_INFLIGHT)))
+			want++;
+	if (!want)
+		return;
+	f = fetch_alloc(e);
+	if (!f) {
+		pr_err("out of memory for a fetch");
+		return;
+	}
+	for (uint32_t i = 0; i < count; i++)
+		if (!(pg_get(rg->pg, page + i) & (PG_RESIDENT | PG_INFLIGHT)))
+			pg_set(rg->pg, page + i, PG_INFLIGHT);
+	f->rg = rg;
+	f->page = page;
+	f->count = count;
+	f->fault_page = fault_page;
+	f->fault_ns = fault_page == UINT64_MAX ? 0 : now;
+	f->start_ns = now;
+	f->hold = hold;
+	f->writable = writable;
+	f->write_fault = write_fault;
+	e->inflight++;
+	fetch_go(e, f, now);
+}
+
+static void ra_extend(struct gvm_engine *e, struct gvm_region *rg, uint64_t w, uint64_t now)
+{
+	uint64_t nwin = (rg->npages + e->prefetch - 1) / e->prefetch;
+	uint64_t from = GVM_MAX(rg->ra_next, w + 1), to = GVM_MIN(w + e->readahead, nwin - 1);
+	uint64_t hold_win = w + (e->readahead + 1) / 2;
+
+	if (!e->readahead || w + 1 >= nwin)
+		return;
+	/* Under memory pressure, fetch only what is asked for: measured on
+	 * the swap bench, readahead then evicts about as much as it saves. */
+	if (e->budget_pages && pg_resident(&e->pages) > e->high_pages)
+		return;
+	for (uint64_t x = from; x <= to; x++) {
+		uint64_t p = x * e->prefetch;
+		fetch_start(e, rg, p, (uint32_t)GVM_MIN((uint64_t)e->prefetch, rg->npages - p),
+			    UINT64_MAX, now, x == hold_win, rg->write_bias > 8, 0);
+	}
+	rg->ra_next = GVM_MAX(rg->ra_next, to + 1);
+}
+
+static void defer_fault(struct gvm_engine *e, uintptr_t addr, int write)
+{
+	if (e->n_deferred == e->cap_deferred) {
+		size_t ncap = e->cap_deferred ? e->cap_deferred * 2 : 64;
+		uint64_t *d = realloc(e->deferred, ncap * sizeof(*d));
+		if (!d) {
+			pr_err("out of memory deferring a fault");
+			return;
+		}
+		e->deferred = d;
+		e->cap_deferred = ncap;
+	}
+	e->deferred[e->n_deferred++] = (addr & ~(uint64_t)(GVM_PAGE_SIZE - 1)) | (write ? 1 : 0);
+}
+
+/*
+ * A write to a write-protected page: it becomes dirty. Races with the
+ * evictor are settled by one CAS on the page's flags: either we set DIRTY
+ * first (the evictor then keeps the page) or the evictor set DROPPING first
+ * (we wait for the drop, and the write faults again as MISSING and is served
+ * from the pool, which has the written-back data).
+ */
+/* Mark a resident page written (it is about to be unprotected). 0 if it is
+ * being dropped: the caller must not unprotect it. */
+static int mark_written(struct gvm_region *rg, uint64_t p)
+{
+	uint8_t s = pg_get(rg->pg, p);
+
+	for (;;) {
+		if (s & PG_DROPPING)
+			return 0;
+		if (pg_cas(rg->pg, p, &s, (uint8_t)(s | PG_DIRTY | PG_REF)))
+			return 1;
+	}
+}
+
+/*
+ * First write to a clean page: mark it dirty (by CAS, against the evictor)
+ * and unprotect it. If the page before it is dirty too, the guest is
+ * writing a run (e.g. its kernel clearing pages it reuses): the resident
+ * pages after it, up to a window, are marked and unprotected with it, so
+ * the run does not take one write-protect fault (a round trip to this
+ * thread) per page. Marking a page dirty early only costs a write-back.
+ */
+static void on_wp_fault(struct gvm_engine *e, struct gvm_region *rg, uint64_t p, uintptr_t addr)
+{
+	uint64_t end = p + 1;
+
+	if (!mark_written(rg, p)) {
+		defer_fault(e, addr, 1);
+		return;
+	}
+	if (p > 0 && (pg_get(rg->pg, p - 1) & (PG_RESIDENT | PG_DIRTY)) == (PG_RESIDENT | PG_DIRTY)) {
+		uint64_t lim = GVM_MIN(p + e->prefetch, rg->npages);
+		while (end < lim) {
+			uint8_t s = pg_get(rg->pg, end);
+			if (!(s & PG_RESIDENT) || (s & (PG_INFLIGHT | PG_LOST)) || end == rg->held ||
+			    !mark_written(rg, end))
+				break;
+			end++;
+		}
+	}
+	struct uffdio_writeprotect wp = { .range = { rg->base + (p << GVM_PAGE_SHIFT),
+						     (end - p) << GVM_PAGE_SHIFT },
+					  .mode = 0 };
+	if (ioctl(e->uffd, UFFDIO_WRITEPROTECT, &wp) < 0 && errno != ENOENT)
+		pr_perror("UFFDIO_WRITEPROTECT (unprotect %#lx)", (unsigned long)wp.range.start);
+}
+
+static void on_fault(struct gvm_engine *e, uintptr_t addr, int write, int wp, uint64_t now)
+{
+	struct gvm_region *rg = region_of(e, addr);
+	uint64_t p, w;
+	uint8_t fl;
+
+	if (!rg) {
+		pr_err("fault at %#lx outside every region", (unsigned long)addr);
+		return;
+	}
+	CTR_ADD(e, faults, 1);
+	p = (addr - rg->base) >> GVM_PAGE_SHIFT;
+	if (wp) {
+		CTR_ADD(e, wp_faults, 1);
+		on_wp_fault(e, rg, p, addr);
+		return;
+	}
+	if (pg_get(rg->pg, p) & PG_DROPPING) {
+		defer_fault(e, addr, write);
+		return;
+	}
+	w = p / e->prefetch;
+	rg->write_bias = write ? GVM_MIN(rg->write_bias + 1, 16) : GVM_MAX(rg->write_bias - 1, 0);
+	if (p == rg->held) {
+		/* The readahead marker: serve it now and keep the run going. */
+		rg->held = UINT64_MAX;
+		install_run(e, rg, p, 1, rg->held_zero ? NULL : rg->held_buf,
+			    write ? IR_WRITABLE | IR_DIRTY : 0);
+		gvm_hist_add(e, gvm_now_ns() - now);
+		ra_extend(e, rg, w, now);
+		rg->last_win = w;
+		return;
+	}
+	fl = pg_get(rg->pg, p);
+	if (fl & PG_INFLIGHT) {
+		pg_set(rg->pg, p, PG_WANTED); /* the install wakes it; never hold it back */
+		return;
+	}
+	if (fl & PG_RESIDENT) {
+		/* Filled since the fault was queued (wake it), or discarded by
+		 * the owner (zero is what a discarded page reads as). */
+		if (fl & PG_LOST)
+			return;
+		/* uffd_fill wakes the waiter on EEXIST; zero fills a discard. */
+		uffd_fill(e, addr & ~(uintptr_t)(GVM_PAGE_SIZE - 1), e->wp ? zero_window : NULL,
+			  GVM_PAGE_SIZE, e->wp);
+		return;
+	}
+	if (e->budget_pages && pg_resident(&e->pages) > e->high_pages &&
+	    !(rg->last_win != UINT64_MAX && (w == rg->last_win + 1 || w == rg->last_win))) {
+		/* Under memory pressure a window at a random place would evict as
+		 * much as it brings: fetch only the page asked for. A sequential
+		 * run keeps its window (its pages are about to be touched). */
+		rg->last_win = w;
+		fetch_start(e, rg, p, 1, p, now, 0, write, write);
+		return;
+	}
+	fetch_start(e, rg, w * e->prefetch,
+		    (uint32_t)GVM_MIN((uint64_t)e->prefetch, rg->npages - w * e->prefetch), p, now, 0,
+		    write || rg->write_bias > 8, write);
+	if (rg->last_win != UINT64_MAX && w > rg->last_win && w <= GVM_MAX(rg->ra_next, rg->last_win + 1))
+		ra_extend(e, rg, w, now);
+	else
+		rg->ra_next = w + 1;
+	rg->last_win = w;
+}
+
+void gvm_fault_drain(struct gvm_engine *e)
+{
+	struct uffd_msg msgs[UFFD_BATCH];
+
+	for (;;) {
+		ssize_t n = read(e->uffd, msgs, sizeof(msgs));
+		uint64_t now = gvm_now_ns();
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno != EAGAIN)
+				pr_perror("read(userfaultfd)");
+			return;
+		}
+		for (size_t i = 0; i < (size_t)n / sizeof(msgs[0]); i++) {
+			if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
+				on_fault(e, (uintptr_t)msgs[i].arg.pagefault.address,
+					 !!(msgs[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE),
+					 !!(msgs[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP), now);
+		}
+		if ((size_t)n < sizeof(msgs))
+			return;
+	}
+}
+
+/* A READ reply: install it, or try the next replica. */
+void gvm_fault_on_reply(struct gvm_engine *e, struct gvm_conn *c, struct gvm_fetch *f,
+			const struct gvm_hdr *h, const uint8_t *payload)
+{
+	if (h->status) {
+		pr_warn("node %s: READ failed: %s", gvm_node_name(&e->pool->cfg, c->node),
+			strerror(-h->status));
+		CTR_ADD(e, errors, 1);
+		if (h->status == -EACCES) {
+			/* Not ours to read (wrong region key): retrying cannot help. */
+			fetch_give_up(e, f);
+			return;
+		}
+		f->tries++;
+		fetch_send(e, f);
+		return;
+	}
+	c->pages_in += f->count;
+	CTR_ADD(e, bytes_in, h->len);
+	install_payload(e, f->rg, f->page, f->count, payload, f->fault_page,
+			f->hold ? f->page : UINT64_MAX, f->writable, f->write_fault);
+	if (f->fault_ns)
+		gvm_hist_add(e, gvm_now_ns() - f->fault_ns);
+	else
+		CTR_ADD(e, readahead_pages, f->count);
+	fetch_free(e, f);
+}
+
+/* The connection failed with the READ outstanding: try the next replica. */
+void gvm_fault_on_fail(struct gvm_engine *e, struct gvm_fetch *f)
+{
+	f->tries++;
+	fetch_send(e, f);
+}
+
+void gvm_fault_retry_parked(struct gvm_engine *e, uint64_t now)
+{
+	struct gvm_fetch *f, **pf = &e->parked;
+
+	while ((f = *pf)) {
+		if (now < f->retry_ns) {
+			pf = &f->next;
+			continue;
+		}
+		*pf = f->next;
+		f->parked = 0;
+		fetch_go(e, f, now);
+	}
+}
+
+void gvm_fault_resume(struct gvm_engine *e)
+{
+	size_t keep = 0, n = e->n_deferred;
+
+	/* The evictor may have made room: fetches waiting for it go now. */
+	for (struct gvm_fetch *f = e->parked; f; f = f->next)
+		if (f->room)
+			f->retry_ns = 0;
+	/* Faults that waited for a drop: replay those whose page is dropped. */
+	for (size_t i = 0; i < n; i++) {
+		uint64_t a = e->deferred[i] & ~1ull;
+		struct gvm_region *rg = region_of(e, (uintptr_t)a);
+		if (rg && (pg_get(rg->pg, (a - rg->base) >> GVM_PAGE_SHIFT) & PG_DROPPING)) {
+			e->deferred[keep++] = e->deferred[i];
+			continue;
+		}
+		/* The page is gone: wake the thread; it faults again as MISSING. */
+		uffd_wake(e, (uintptr_t)a, GVM_PAGE_SIZE);
+	}
+	e->n_deferred = keep;
+}
+
+void gvm_fault_fini(struct gvm_engine *e)
+{
+	while (e->free_fetch) {
+		struct gvm_fetch *f = e->free_fetch;
+		e->free_fetch = f->next;
+		free(f);
+	}
+	while (e->parked) {
+		struct gvm_fetch *f = e->parked;
+		e->parked = f->next;
+		free(f);
+	}
+	free(e->deferred);
+}

@@ -1,0 +1,41 @@
+/*
+ * An attached range of guest memory and its per-page state: shared by the
+ * engine's files and the evictor. Fields are written by the engine thread
+ * unless said otherwise; pg[], estamp[] and hot[] are the page state both
+ * threads use (pagestate.h), always with atomics.
+ */
+#ifndef GVM_REGION_H
+#define GVM_REGION_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pagestate.h"
+#include "proto.h"
+
+/* Per-stripe flags (one byte per stripe, engine thread only). */
+#define STRIPE_WRITTEN  0x01  /* this engine wrote pages of it to the pool */
+#define STRIPE_DEGRADED 0x02  /* some replica may lack it: re-sync from a live one */
+#define STRIPE_RESYNC   0x04  /* a re-sync copy is in flight */
+#define STRIPE_STALE    0x08  /* written back during that copy: the copy must not land */
+
+struct gvm_region {
+	uint64_t id;          /* region id on the wire */
+	uint8_t *stripe;      /* per-stripe STRIPE_* flags */
+	int fresh;            /* GVM_ATTACH_FRESH: unwritten stripes are zero, locally */
+	uint64_t nstripes;
+	uintptr_t base;       /* first byte */
+	size_t len;
+	uint64_t npages;
+	uint8_t *pg;          /* npages PG_* flag bytes */
+	uint32_t *estamp;     /* with a budget: eviction clock when each page was last dropped (0: never; evictor writes) */
+	uint8_t *hot;         /* with a budget: 1 = refaulted soon after a drop (engine sets, evictor clears) */
+	uint64_t last_win;    /* last faulting window (UINT64_MAX: none) */
+	uint64_t ra_next;     /* first window readahead has not requested */
+	int write_bias;       /* recent faults: +1 per write, -1 per read, in [0, 16] */
+	uint64_t held;        /* readahead marker page held back, or UINT64_MAX (evictor reads it racily: skips it) */
+	int held_zero;        /* the held page is all zero */
+	uint8_t held_buf[GVM_PAGE_SIZE];
+};
+
+#endif

@@ -1,0 +1,314 @@
+/*
+ * Write-back: WRITEs of guest pages to every replica of their stripe.
+ *
+ * DESIGN
+ * Guest memory is read only off the engine thread (engine.c, "Rule"): the
+ * evictor (through its ops->write_back) and the API thread in
+ * gvm_engine_flush() copy pages into a write-back buffer with
+ * gvm_wb_submit(), queue it under cmd_mu and wake the engine's eventfd;
+ * the engine thread sends it to every usable replica and, when all have
+ * answered or failed, completes it on the submitter's gvm_waiter. A write
+ * that only some replicas took marks the stripe degraded (resync.c); one
+ * that none took is parked and retried until the fault deadline.
+ */
+#define LOG_PREFIX "engine: "
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine_int.h"
+#include "log.h"
+
+/*
+ * Write-back buffers hold up to one stripe and are reused: a fresh 128 KiB
+ * allocation is an mmap whose every page faults on the copy, and munmap
+ * flushes TLBs; that was a third of the evictor's time. WB_SPARES bounds
+ * what stays allocated (8 MiB; the evictor keeps up to 64 stripes in flight).
+ */
+#define WB_SPARES 64u
+#define WB_BYTES  (sizeof(struct gvm_wb) + GVM_BITMAP_BYTES(GVM_STRIPE_PAGES) + \
+		   (size_t)GVM_STRIPE_PAGES * GVM_PAGE_SIZE)
+
+static struct gvm_wb *wb_alloc(struct gvm_engine *e, uint32_t n)
+{
+	struct gvm_wb *w = NULL;
+
+	if (n > GVM_STRIPE_PAGES) {
+		w = malloc(sizeof(*w) + GVM_BITMAP_BYTES(n) + (size_t)n * GVM_PAGE_SIZE);
+		if (w)
+			w->pooled = 0;
+		return w;
+	}
+	pthread_mutex_lock(&e->cmd_mu);
+	if (e->wb_spare) {
+		w = e->wb_spare;
+		e->wb_spare = w->next;
+		e->n_wb_spare--;
+	}
+	pthread_mutex_unlock(&e->cmd_mu);
+	if (!w)
+		w = malloc(WB_BYTES);
+	if (w)
+		w->pooled = 1;
+	return w;
+}
+
+static void wb_release(struct gvm_engine *e, struct gvm_wb *w)
+{
+	if (w->pooled) {
+		pthread_mutex_lock(&e->cmd_mu);
+		if (e->n_wb_spare < WB_SPARES) {
+			w->next = e->wb_spare;
+			e->wb_spare = w;
+			e->n_wb_spare++;
+			w = NULL;
+		}
+		pthread_mutex_unlock(&e->cmd_mu);
+	}
+	free(w);
+}
+
+static void wb_done(struct gvm_engine *e, struct gvm_wb *w)
+{
+	struct gvm_waiter *wt = w->waiter;
+
+	/* Some but not all replicas have it: copy it over when they are back. */
+	if (w->acks && w->acks < w->nreplicas && w->rg)
+		gvm_resync_mark_degraded(e, w->rg, w->page / GVM_STRIPE_PAGES);
+
+	if (w->acks == 0 && !w->err)
+		w->err = -EHOSTUNREACH;
+	if (w->err)
+		CTR_ADD(e, errors, 1);
+	else
+		CTR_ADD(e, bytes_out, (uint64_t)w->nonzero << GVM_PAGE_SHIFT);
+	pthread_mutex_lock(&wt->mu);
+	if (w->err && !wt->err)
+		wt->err = w->err;
+	wt->pending--;
+	pthread_cond_broadcast(&wt->cv);
+	pthread_mutex_unlock(&wt->mu);
+	wb_release(e, w);
+}
+
+static void wb_send(struct gvm_engine *e, struct gvm_wb *w)
+{
+	uint32_t nodes[GVM_MAX_REPLICAS];
+	unsigned nr = gvm_placement_replicas(&e->pool->pl, w->region, w->page / GVM_STRIPE_PAGES,
+					     e->pool->replicas, nodes);
+	uint64_t now = gvm_now_ns();
+
+	w->outstanding = 0;
+	w->nreplicas = nr;
+	if (w->rg) {
+		uint64_t s = w->page / GVM_STRIPE_PAGES;
+		w->rg->stripe[s] |= STRIPE_WRITTEN;
+		if (w->rg->stripe[s] & STRIPE_RESYNC)
+			w->rg->stripe[s] |= STRIPE_STALE; /* a copy in flight holds older data */
+	}
+	for (unsigned i = 0; i < nr; i++) {
+		struct gvm_hdr h = { .op = GVM_OP_WRITE, .region = w->region, .page = w->page,
+				     .count = w->count, .len = (uint32_t)w->len };
+		if (!gvm_transport_usable(&e->tp, nodes[i], now))
+			continue;
+		/* Sent from w->payload itself: w lives until every replica has
+		 * answered or failed (wb_done), and no reply comes earlier. */
+		if (gvm_transport_send_ref(&e->tp, nodes[i], &h, w->payload, w->len, w) == 0)
+			w->outstanding++;
+	}
+	if (w->outstanding == 0) {
+		if (now - w->start_ns >= (uint64_t)e->pool->deadline_ms * 1000000ull) {
+			pr_err("write-back of region %016" PRIx64 " pages %" PRIu64 "-%" PRIu64
+			       ": no replica reachable", w->region, w->page, w->page + w->count - 1);
+			w->err = -EHOSTUNREACH;
+			wb_done(e, w);
+			return;
+		}
+		w->retry_ns = now + 50ull * 1000000ull;
+		w->next = e->parked_wb;
+		e->parked_wb = w;
+	}
+}
+
+/* Send the write-backs other threads queued. */
+void gvm_wb_run_queue(struct gvm_engine *e)
+{
+	struct gvm_wb *list;
+
+	pthread_mutex_lock(&e->cmd_mu);
+	list = e->cmd_head;
+	e->cmd_head = e->cmd_tail = NULL;
+	pthread_mutex_unlock(&e->cmd_mu);
+	while (list) {
+		struct gvm_wb *w = list;
+		list = list->next;
+		w->next = NULL;
+		wb_send(e, w);
+	}
+}
+
+void gvm_wb_on_reply(struct gvm_engine *e, struct gvm_conn *c, struct gvm_wb *w, const struct gvm_hdr *h)
+{
+	if (h->status) {
+		pr_warn("node %s: WRITE failed: %s", gvm_node_name(&e->pool->cfg, c->node),
+			strerror(-h->status));
+		if (!w->err)
+			w->err = h->status;
+	} else {
+		w->acks++;
+	}
+	if (--w->outstanding == 0)
+		wb_done(e, w);
+}
+
+/* A replica that failed is not live: done once the live ones ack. */
+void gvm_wb_on_fail(struct gvm_engine *e, struct gvm_wb *w)
+{
+	if (--w->outstanding == 0) {
+		if (w->acks == 0) {
+			w->next = e->parked_wb;
+			w->retry_ns = gvm_now_ns() + 50ull * 1000000ull;
+			e->parked_wb = w;
+		} else {
+			wb_done(e, w);
+		}
+	}
+}
+
+void gvm_wb_retry_parked(struct gvm_engine *e, uint64_t now)
+{
+	struct gvm_wb *w, **pw = &e->parked_wb;
+
+	while ((w = *pw)) {
+		if (now < w->retry_ns) {
+			pw = &w->next;
+			continue;
+		}
+		*pw = w->next;
+		wb_send(e, w);
+	}
+}
+
+static void post_wb(struct gvm_engine *e, struct gvm_wb *w)
+{
+	uint64_t one = 1;
+
+	pthread_mutex_lock(&e->cmd_mu);
+	if (e->cmd_tail)
+		e->cmd_tail->next = w;
+	else
+		e->cmd_head = w;
+	e->cmd_tail = w;
+	pthread_mutex_unlock(&e->cmd_mu);
+	if (write(e->evfd, &one, sizeof(one)) < 0)
+		pr_perror("write(eventfd)");
+}
+
+/*
+ * Build a WRITE for pages [p, p+n) (all resident, within one stripe),
+ * reading guest memory on this (non-engine) thread, and hand it over.
+ */
+int gvm_wb_submit(struct gvm_engine *e, struct gvm_region *rg, uint64_t p, uint32_t n,
+		  struct gvm_waiter *wt)
+{
+	size_t bm = GVM_BITMAP_BYTES(n);
+	struct gvm_wb *w = wb_alloc(e, n);
+	uint8_t *data, pooled;
+	uint32_t nz = 0;
+
+	if (!w)
+		return -ENOMEM;
+	pooled = w->pooled;
+	memset(w, 0, sizeof(*w));
+	w->pooled = pooled;
+	w->payload = (uint8_t *)(w + 1);
+	memset(w->payload, 0, bm);
+	data = w->payload + bm;
+	for (uint32_t i = 0; i < n; i++) {
+		const void *src = (const void *)(rg->base + ((p + i) << GVM_PAGE_SHIFT));
+		/* Copy first, then test the copy: the guest may be writing. */
+		memcpy(data + (size_t)nz * GVM_PAGE_SIZE, src, GVM_PAGE_SIZE);
+		if (!gvm_page_is_zero(data + (size_t)nz * GVM_PAGE_SIZE)) {
+			gvm_bitmap_set(w->payload, i);
+			nz++;
+		}
+	}
+	w->kind = CTX_WB;
+	w->rg = rg;
+	w->region = rg->id;
+	w->page = p;
+	w->count = n;
+	w->nonzero = nz;
+	w->len = bm + (size_t)nz * GVM_PAGE_SIZE;
+	w->waiter = wt;
+	w->start_ns = gvm_now_ns();
+	pthread_mutex_lock(&wt->mu);
+	wt->pending++;
+	pthread_mutex_unlock(&wt->mu);
+	post_wb(e, w);
+	return 0;
+}
+
+static int waiter_wait(struct gvm_waiter *wt, uint64_t below)
+{
+	pthread_mutex_lock(&wt->mu);
+	while (wt->pending > below)
+		pthread_cond_wait(&wt->cv, &wt->mu);
+	pthread_mutex_unlock(&wt->mu);
+	return wt->err;
+}
+
+int gvm_engine_flush(struct gvm_engine *e)
+{
+	struct gvm_waiter wt = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
+	unsigned nreg = __atomic_load_n(&e->n_regions, __ATOMIC_ACQUIRE);
+	int r = 0;
+
+	for (unsigned ri = 0; ri < nreg && !r; ri++) {
+		struct gvm_region *rg = e->regions[ri];
+		uint64_t p = 0;
+		while (p < rg->npages && !r) {
+			uint64_t end = GVM_MIN((p / GVM_STRIPE_PAGES + 1) * GVM_STRIPE_PAGES, rg->npages);
+			uint64_t s;
+			if (!(pg_get(rg->pg, p) & PG_RESIDENT) || (pg_get(rg->pg, p) & PG_LOST)) {
+				p++;
+				continue;
+			}
+			for (s = p; s < end && (pg_get(rg->pg, s) & PG_RESIDENT) && !(pg_get(rg->pg, s) & PG_LOST); s++)
+				;
+			r = gvm_wb_submit(e, rg, p, (uint32_t)(s - p), &wt);
+			p = s;
+			/* Bound the memory queued: 256 stripes (32 MiB) in flight. */
+			if (!r)
+				r = waiter_wait(&wt, 256);
+		}
+	}
+	int w = waiter_wait(&wt, 0);
+	pthread_mutex_destroy(&wt.mu);
+	pthread_cond_destroy(&wt.cv);
+	if (r || w)
+		return r ? r : w;
+	/* A replica that failed and came back during the flush lacks what it
+	 * missed until the re-sync copies it: another process reading it then
+	 * would see old pages. Wait for the copies, up to the fault deadline
+	 * (a replica still down then is skipped by readers anyway). */
+	uint64_t end = gvm_now_ns() + (uint64_t)e->pool->deadline_ms * 1000000ull;
+	while (__atomic_load_n(&e->degraded, __ATOMIC_RELAXED) && gvm_now_ns() < end)
+		usleep(2000);
+	if (__atomic_load_n(&e->degraded, __ATOMIC_RELAXED))
+		pr_warn("flush: %llu stripes still have fewer copies than replicas (nodes down)",
+			(unsigned long long)__atomic_load_n(&e->degraded, __ATOMIC_RELAXED));
+	return 0;
+}
+
+void gvm_wb_fini(struct gvm_engine *e)
+{
+	while (e->wb_spare) {
+		struct gvm_wb *w = e->wb_spare;
+		e->wb_spare = w->next;
+		free(w);
+	}
+}
