@@ -63,57 +63,9 @@ static void uffd_wake(struct gvm_engine *e, uintptr_t addr, size_t len)
 		pr_perror("UFFDIO_WAKE %#lx", (unsigned long)addr);
 }
 
-/*
- * Install [dst, dst+len) from src (or zero pages when src is NULL). A page
- * that already exists stops the kernel's copy: resume after it. Returns 0,
- * or -errno when the range is gone (the owner unmapped it or is exiting).
- */
 static int uffd_fill(struct gvm_engine *e, uintptr_t dst, const uint8_t *src, size_t len, int protect)
 {
-	unsigned again = 0;
-
-	while (len) {
-		int64_t done;
-		int r, err;
-
-		if (src) {
-			struct uffdio_copy c = { .dst = dst, .src = (uintptr_t)src, .len = len,
-						 .mode = protect ? UFFDIO_COPY_MODE_WP : 0 };
-			r = ioctl(e->uffd, UFFDIO_COPY, &c);
-			done = c.copy;
-		} else {
-			struct uffdio_zeropage z = { .range = { .start = dst, .len = len } };
-			r = ioctl(e->uffd, UFFDIO_ZEROPAGE, &z);
-			done = z.zeropage;
-		}
-		if (r == 0)
-			return 0;
-		err = errno;
-		if (done > 0) {
-			dst += (size_t)done;
-			if (src)
-				src += done;
-			len -= (size_t)done;
-		}
-		if (err == EEXIST) {
-			/* Someone filled this page: wake its waiters and go on. */
-			uffd_wake(e, dst, GVM_PAGE_SIZE);
-			dst += GVM_PAGE_SIZE;
-			if (src)
-				src += GVM_PAGE_SIZE;
-			len -= GVM_PAGE_SIZE;
-			continue;
-		}
-		if (err == EAGAIN && ++again < 100000)
-			continue;
-		if (err == ENOENT || err == ESRCH)
-			return -err;
-		errno = err;
-		pr_perror("%s at %#lx (+%zu)", src ? "UFFDIO_COPY" : "UFFDIO_ZEROPAGE",
-			  (unsigned long)dst, len);
-		return -err;
-	}
-	return 0;
+	return gvm_uffd_fill(e->uffd, dst, src, len, protect);
 }
 
 /*
