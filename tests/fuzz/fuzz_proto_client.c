@@ -25,7 +25,7 @@
 #include "fuzz_common.h"
 #include "proto.h"
 
-/* Like install_payload() in engine.c: the packed index of page i, or -1. */
+/* Like install_payload() in src/lib/fault.c: the packed index of page i, or -1. */
 static long packed_index(const uint8_t *bm, unsigned i)
 {
 	long k = 0;
