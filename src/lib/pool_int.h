@@ -1,4 +1,4 @@
-/* The pool's insides: pool.c, node_client.c and the engine (engine.c, fault.c, writeback.c, resync.c). */
+/* The pool's insides: pool.c, node_client.c and the engine (through engine_int.h). */
 #ifndef GVM_POOL_INT_H
 #define GVM_POOL_INT_H
 
