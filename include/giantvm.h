@@ -122,6 +122,11 @@ struct gvm_stats {
 	unsigned nodes_connected;
 	unsigned nodes_down;
 	uint64_t wp_faults;           /* of faults: first writes to a clean page (dirty tracking) */
+	uint64_t prefetch_hits;       /* prefetched pages held back as probes and then touched ... */
+	uint64_t prefetch_misses;     /* ... and never touched: hits / (hits + misses) estimates the
+	                               * share of prefetched pages a guest uses */
+	uint32_t window_pages;        /* pages a fault off any run fetches now (adapts, 1..prefetch) */
+	uint64_t rmw_installs;        /* read faults installed writable: a write was expected next */
 };
 int gvm_engine_stats(struct gvm_engine *e, struct gvm_stats *st);
 /* Per-node figures as a JSON array into buf (nodes with traffic only). */

@@ -12,7 +12,12 @@
  *  6. with --local-mem B: a fresh region of SIZE under a budget of B bytes,
  *     written page by page with the pattern (the evictor writes back what
  *     does not fit), then read back and verified (fetches + clean drops):
- *     evict_write_GBps, evict_read_GBps and the engine's counters.
+ *     evict_write_GBps, evict_read_GBps and the engine's counters; then
+ *     random read-modify-writes of one 8-byte word per op (2 x pages ops),
+ *     uniform and hot/cold (90% of ops on 10% of the pages), each reported
+ *     as ops/s with the faults, pages fetched and bytes received per op,
+ *     the prefetch window it ended with and the prefetch hit rate; every
+ *     page is verified afterwards.
  * Every page read is verified against the pattern.
  *
  * Scale figures, for pools of many nodes (e.g. 10,000):
@@ -418,10 +423,87 @@ out:
 
 /* ------------------------------------------------------------ eviction */
 
+struct rmw_result {
+	double secs;
+	uint64_t ops;
+	struct gvm_stats d;    /* the engine's counters during the pass (window: at its end) */
+};
+
 struct evict_result {
 	double write_secs, read_secs;
 	struct gvm_stats st;
+	struct rmw_result uni, skew;
 };
+
+/* The word an RMW op on page p changes (the same each time, so one count per
+ * page says what the page must hold). */
+static unsigned rmw_word(uint64_t p)
+{
+	return (unsigned)((p * 7 + 1) % (PAGE / 8));
+}
+
+/* ops random read-modify-writes: uniform, or 90% of them on a fixed tenth
+ * of the pages (spread over the region). counts[p] += 1 per op on p. */
+static void rmw_pass(uint8_t *base, uint64_t npages, uint64_t ops, int skew, uint64_t seed, uint32_t *counts)
+{
+	uint64_t x = seed | 1, hot = npages / 10 ? npages / 10 : 1;
+
+	for (uint64_t i = 0; i < ops; i++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		uint64_t p = skew && (x & 1023) < 922 ? ((x >> 12) % hot) * 0x9e3779b1ull % npages
+						      : (x >> 12) % npages;
+		volatile uint64_t *w = (volatile uint64_t *)(base + p * PAGE) + rmw_word(p);
+		*w = *w + 1;
+		counts[p]++;
+	}
+}
+
+/* Every page is its pattern, its RMW word advanced by counts[p]. */
+static int verify_rmw(const uint8_t *base, uint64_t seed, uint64_t npages, const uint32_t *counts)
+{
+	uint64_t want[PAGE / 8];
+
+	for (uint64_t p = 0; p < npages; p++) {
+		pattern_page(seed, p, want);
+		want[rmw_word(p)] += counts[p];
+		if (memcmp(base + p * PAGE, want, PAGE)) {
+			fprintf(stderr, "giantvm bench: page %" PRIu64 " differs after the random RMW passes\n", p);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static void stats_delta(const struct gvm_stats *a, const struct gvm_stats *b, struct gvm_stats *d)
+{
+	*d = *b;
+	d->faults -= a->faults;
+	d->wp_faults -= a->wp_faults;
+	d->pages_fetched -= a->pages_fetched;
+	d->bytes_in -= a->bytes_in;
+	d->bytes_out -= a->bytes_out;
+	d->writebacks -= a->writebacks;
+	d->prefetch_hits -= a->prefetch_hits;
+	d->prefetch_misses -= a->prefetch_misses;
+	d->rmw_installs -= a->rmw_installs;
+}
+
+static void rmw_run(struct gvm_engine *e, uint8_t *base, uint64_t npages, int skew, uint64_t seed,
+		    uint32_t *counts, struct rmw_result *res)
+{
+	struct gvm_stats a, b;
+	uint64_t t0;
+
+	res->ops = 2 * npages;
+	gvm_engine_stats(e, &a);
+	t0 = gvm_time_ns();
+	rmw_pass(base, npages, res->ops, skew, seed, counts);
+	res->secs = (double)(gvm_time_ns() - t0) / 1e9;
+	gvm_engine_stats(e, &b);
+	stats_delta(&a, &b, &res->d);
+}
 
 static int evict_run(struct gvm_pool *pool, unsigned prefetch, uint64_t local_mem, uint64_t region,
 		     const uint8_t *key, uint64_t seed, uint64_t npages, struct evict_result *res)
@@ -443,8 +525,39 @@ static int evict_run(struct gvm_pool *pool, unsigned prefetch, uint64_t local_me
 	r = verify_range(base, seed, 0, npages);
 	res->read_secs = (double)(gvm_time_ns() - t0) / 1e9;
 	gvm_engine_stats(e, &res->st);
+	if (!r) {
+		uint32_t *counts = calloc(npages, sizeof(*counts));
+		if (!counts) {
+			r = -ENOMEM;
+		} else {
+			rmw_run(e, base, npages, 0, seed ^ 0x756e69ull, counts, &res->uni);
+			rmw_run(e, base, npages, 1, seed ^ 0x736b6577ull, counts, &res->skew);
+			r = verify_rmw(base, seed, npages, counts);
+			free(counts);
+		}
+	}
 	engine_region_close(e, base, len);
 	return r;
+}
+
+static void rmw_print(const char *name, const struct rmw_result *r, int json)
+{
+	double ops = (double)r->ops, hits = (double)r->d.prefetch_hits,
+	       probes = (double)(r->d.prefetch_hits + r->d.prefetch_misses);
+
+	if (json) {
+		printf("\"%s_ops_per_s\":%.0f,\"%s_faults_per_op\":%.3f,\"%s_pages_per_op\":%.3f,"
+		       "\"%s_bytes_in_per_fault_page\":%.3f,\"%s_window_pages\":%u,\"%s_prefetch_hit_rate\":%.3f,"
+		       "\"%s_rmw_installs\":%" PRIu64 ",\"%s_wp_faults\":%" PRIu64 ",",
+		       name, ops / r->secs, name, (double)r->d.faults / ops, name, (double)r->d.pages_fetched / ops,
+		       name, r->d.faults ? (double)r->d.bytes_in / PAGE / (double)(r->d.faults - r->d.wp_faults) : 0.0,
+		       name, r->d.window_pages, name, probes ? hits / probes : 0.0, name, r->d.rmw_installs,
+		       name, r->d.wp_faults);
+		return;
+	}
+	printf("  %-34s %10.0f ops/s  (%.2f faults, %.2f pages fetched per op; window %u, prefetch hits %.0f%%)\n",
+	       name, ops / r->secs, (double)r->d.faults / ops, (double)r->d.pages_fetched / ops, r->d.window_pages,
+	       probes ? 100.0 * hits / probes : 0.0);
 }
 
 static void usage(FILE *f)
@@ -465,7 +578,11 @@ static void usage(FILE *f)
 	      "engine had connections to after the sequential pass).\n"
 	      "With --local-mem B (less than SIZE), then: a fresh region of SIZE under a local\n"
 	      "budget of B is written page by page (evict_write_GBps: the evictor writes\n"
-	      "back what does not fit) and read back and verified (evict_read_GBps).\n", f);
+	      "back what does not fit) and read back and verified (evict_read_GBps); then\n"
+	      "2 x pages random read-modify-writes of one word per op, uniform\n"
+	      "(rmw_uniform_*) and 90% on a tenth of the pages (rmw_hotcold_*): ops/s,\n"
+	      "faults and pages fetched per op, bytes received per faulted page, the\n"
+	      "prefetch window at the end and the prefetch hit rate; all pages verified.\n", f);
 }
 
 int cmd_bench(int argc, char **argv)
@@ -613,6 +730,10 @@ int cmd_bench(int argc, char **argv)
 			       "\"evict_fault_p99_us\":%.1f,",
 			       o.local_mem, gb / ev.write_secs, gb / ev.read_secs, ev.st.writebacks,
 			       ev.st.clean_drops, (double)ev.st.fault_p99_ns / 1e3);
+		if (o.local_mem) {
+			rmw_print("rmw_uniform", &ev.uni, 1);
+			rmw_print("rmw_hotcold", &ev.skew, 1);
+		}
 		printf("\"verified\":true}\n");
 	} else {
 		printf("giantvm bench: %u node%s (%s), replicas %u, region %s, window %u pages\n",
@@ -638,6 +759,8 @@ int cmd_bench(int argc, char **argv)
 			printf("  %-34s %10" PRIu64 " / %" PRIu64 "\n", "write-backs / clean drops", ev.st.writebacks,
 			       ev.st.clean_drops);
 			printf("  %-34s %10.1f us\n", "evict_fault_p99_us", (double)ev.st.fault_p99_ns / 1e3);
+			rmw_print("rmw_uniform", &ev.uni, 0);
+			rmw_print("rmw_hotcold", &ev.skew, 0);
 		}
 		printf("  every page read was verified (%u random, %" PRIu64 " sequential)\n", o.samples, npages);
 	}

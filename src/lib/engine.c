@@ -186,6 +186,9 @@ int gvm_engine_open(struct gvm_engine **out, struct gvm_pool *pool, const struct
 		free(e);
 		return -EINVAL;
 	}
+	e->ctr.window = e->prefetch;
+	/* The policy before adaptive windows, kept to measure against. */
+	e->fixed_window = getenv("GIANTVM_FIXED_WINDOW") && *getenv("GIANTVM_FIXED_WINDOW") == '1';
 	e->readahead = !o || !o->readahead ? 8 : (o->readahead == -1u ? 0 : o->readahead);
 	e->lost_policy = o ? o->lost_policy : GVM_LOST_POISON;
 	e->on_fatal = o ? o->on_fatal : NULL;
@@ -345,6 +348,11 @@ int gvm_engine_attach_flags(struct gvm_engine *e, uint64_t region,
 	rg->npages = len >> GVM_PAGE_SHIFT;
 	rg->last_win = UINT64_MAX;
 	rg->held = UINT64_MAX;
+	rg->win = e->prefetch;
+	for (unsigned i = 0; i < GVM_PROBES; i++)
+		rg->probe[i].page = UINT64_MAX;
+	for (unsigned i = 0; i < GVM_READ_RING; i++)
+		rg->read_ring[i] = UINT64_MAX;
 	rg->fresh = !!(flags & GVM_ATTACH_FRESH);
 	rg->pg = calloc(rg->npages, 1);
 	rg->nstripes = (rg->npages + GVM_STRIPE_PAGES - 1) / GVM_STRIPE_PAGES;

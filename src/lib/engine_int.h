@@ -39,6 +39,7 @@ struct gvm_fetch {            /* one READ of a window, until installed */
 	uint8_t parked;
 	uint8_t room;         /* parked waiting for room under the budget */
 	uint8_t hold;         /* readahead marker window: hold its first page */
+	uint64_t probe_page;  /* a page to hold back as a probe (fault.c), or UINT64_MAX */
 	uint8_t writable;     /* install zero pages writable (COPY), not ZEROPAGE */
 	uint8_t write_fault;  /* fault_page waits on a write: install it dirty, unprotected */
 	uint32_t reserved;    /* pages counted against the budget while in flight */
@@ -83,6 +84,9 @@ struct gvm_engine_counters {
 	uint64_t faults, pages_fetched, zero_pages, readahead_pages, bytes_in, bytes_out;
 	uint64_t errors, lost_pages, resynced_stripes;
 	uint64_t local_zero_pages, wp_faults;
+	uint64_t probe_hits, probe_misses; /* held-back prefetched pages touched / never touched */
+	uint64_t rmw_installs;             /* read faults installed dirty (a write was expected) */
+	uint64_t window;                   /* pages the last non-sequential fault fetched */
 };
 
 struct gvm_engine {
@@ -99,6 +103,7 @@ struct gvm_engine {
 	char features_str[160];
 	unsigned prefetch;        /* pages per fault window */
 	unsigned readahead;       /* windows ahead on sequential runs */
+	int fixed_window;         /* $GIANTVM_FIXED_WINDOW: always `prefetch` pages, no probes, no RMW guess */
 	int lost_policy;
 	void (*on_fatal)(const char *why, void *arg);
 	void *fatal_arg;

@@ -161,7 +161,7 @@ static unsigned collect(struct gvm_evictor *ev, struct ev_state *ws, struct vict
 		scanned++;
 		s = pg_get(rg->pg, p);
 		if (!(s & PG_RESIDENT) || (s & (PG_INFLIGHT | PG_EVICTING | PG_DROPPING | PG_LOST)) ||
-		    p == rg->held)
+		    p == __atomic_load_n(&rg->held, __ATOMIC_ACQUIRE))
 			continue;
 		if (s & PG_REF) {
 			pg_clear(rg->pg, p, PG_REF);
@@ -191,7 +191,7 @@ static unsigned collect(struct gvm_evictor *ev, struct ev_state *ws, struct vict
 		struct victim *c = k < nd ? &ws->cand[k] : &ws->hot_cand[k - nd];
 		uint8_t s = pg_get(c->rg->pg, c->p);
 		if (!(s & PG_RESIDENT) || (s & (PG_INFLIGHT | PG_EVICTING | PG_DROPPING | PG_LOST | PG_REF)) ||
-		    c->p == c->rg->held || !claim(c->rg, c->p, s))
+		    c->p == __atomic_load_n(&c->rg->held, __ATOMIC_ACQUIRE) || !claim(c->rg, c->p, s))
 			continue;
 		v[n++] = (struct victim){ c->rg, c->p, (uint8_t)!!(s & PG_DIRTY), 0 };
 		if (n == EV_BATCH && k < nd && ws->cand_at[k] > last_cheap) {

@@ -17,11 +17,33 @@
  * way through the readahead is held back in a one-page buffer; touching it
  * faults, is served from the buffer at once, and extends the readahead.
  *
- * With a local memory budget, pages are installed write-protected and the
- * first write to each is a write-protect fault that marks it dirty for the
- * evictor; above the high watermark readahead stops, a random fault fetches
- * its page alone, and a fetch that would pass the budget waits for the
- * evictor to make room.
+ * Window size: a fault that does not continue a run fetches rg->win pages
+ * (the aligned window around it), and win adapts to what the guest does
+ * with them. A read of a resident page is invisible, so the engine learns
+ * by holding one prefetched page of each such window back in a buffer (a
+ * probe, GVM_PROBES per region) instead of installing it: if the guest
+ * touches it, the fault is served from the buffer at once and counts as a
+ * hit (win doubles); a probe still untouched when its slot is needed again
+ * is a miss (win halves, down to one page) and is simply forgotten: the
+ * page is clean, the pool has it. Linux's swap readahead grows and shrinks
+ * its window on readahead hits the same way. At one page there is nothing to
+ * probe, so every EXPLORE_EVERY-th such fault fetches two. Each fault that
+ * continues a run doubles win too (a run is locality), and fetches whole
+ * windows, with readahead as above once a second fault confirms the run.
+ *
+ * Writes after reads: with a local memory budget, pages are installed
+ * write-protected and the first write to each is a write-protect fault that
+ * marks it dirty for the evictor. A guest that reads a page and then writes
+ * it (read-modify-write: a database, a counter) would pay that second round
+ * trip on every fault, so the engine remembers recent read faults and, when
+ * most are followed by a write (rmw_score), installs the faulting page of a
+ * read fault dirty and writable at once; one read fault in RMW_PROBE_EVERY
+ * is still installed protected, to keep measuring. The price of a wrong
+ * guess is one write-back of a page that was not written; no write can be
+ * lost, since a page installed dirty is written back before any drop.
+ *
+ * Above the high watermark readahead stops, and a fetch that would pass the
+ * budget waits for the evictor to make room.
  */
 #define LOG_PREFIX "engine: "
 #include <errno.h>
@@ -37,6 +59,10 @@
 #include "uffd.h"
 
 #define UFFD_BATCH 32 /* fault messages read at once */
+#define EXPLORE_EVERY 8    /* at a window of 1, every 8th non-sequential fault tries 2 */
+#define RMW_PROBE_EVERY 4  /* while installing reads dirty, 1 in 4 stays protected (measured) */
+#define RMW_SCORE_MAX 16
+#define RMW_ON 8           /* rmw_score above this: read faults install dirty */
 
 /* Zero pages for UFFDIO_COPY: a zero page about to be written is cheaper to
  * install allocated (one copy) than as the shared zero page, whose first
@@ -168,9 +194,61 @@ static long packed_index(const uint8_t *bm, unsigned i)
  * faulted, e.g. a kernel clearing pages it reuses, would otherwise take a
  * write-protect fault (a round trip to this thread) on every page of the
  * window; the price is a write-back of any of them it then leaves alone. */
+static void win_grow(struct gvm_engine *e, struct gvm_region *rg)
+{
+	rg->win = GVM_MIN(rg->win * 2, e->prefetch);
+	__atomic_store_n(&e->ctr.window, rg->win, __ATOMIC_RELAXED);
+}
+
+static void win_shrink(struct gvm_engine *e, struct gvm_region *rg)
+{
+	rg->win = GVM_MAX(rg->win / 2, 1u);
+	__atomic_store_n(&e->ctr.window, rg->win, __ATOMIC_RELAXED);
+}
+
+/* Forget a probe nobody touched: a miss. The page was never installed and
+ * stays in the pool; it was left INFLIGHT while held, like the readahead
+ * marker, so nothing else fetched it meanwhile. */
+static void probe_retire(struct gvm_engine *e, struct gvm_region *rg, struct gvm_probe *pr)
+{
+	uint64_t p = pr->page;
+
+	pr->page = UINT64_MAX;
+	if (!(pg_get(rg->pg, p) & PG_RESIDENT))
+		pg_clear(rg->pg, p, PG_INFLIGHT | PG_WANTED);
+	CTR_ADD(e, probe_misses, 1);
+	win_shrink(e, rg);
+}
+
+/* Hold page probe (in this reply) back as a probe; returns it, or
+ * UINT64_MAX when it is not to be held. */
+static uint64_t probe_hold(struct gvm_engine *e, struct gvm_region *rg, uint64_t page0, unsigned count,
+			   const uint8_t *bm, const uint8_t *data, uint64_t probe)
+{
+	struct gvm_probe *pr;
+	long pi;
+
+	/* Only a page in flight (nothing else installs it, the evictor skips
+	 * it) that no thread waits for. */
+	if (probe < page0 || probe >= page0 + count ||
+	    (pg_get(rg->pg, probe) & (PG_INFLIGHT | PG_RESIDENT | PG_WANTED)) != PG_INFLIGHT)
+		return UINT64_MAX;
+	pr = &rg->probe[rg->probe_next];
+	rg->probe_next = (rg->probe_next + 1) % GVM_PROBES;
+	if (pr->page != UINT64_MAX)
+		probe_retire(e, rg, pr);
+	pi = packed_index(bm, (unsigned)(probe - page0));
+	pr->zero = pi < 0;
+	if (pi >= 0)
+		memcpy(pr->buf, data + ((size_t)pi << GVM_PAGE_SHIFT), GVM_PAGE_SIZE);
+	pr->page = probe;
+	pg_set(rg->pg, probe, PG_RESIDENT);
+	return probe;
+}
+
 static void install_payload(struct gvm_engine *e, struct gvm_region *rg, uint64_t page0,
 			    unsigned count, const uint8_t *payload, uint64_t fault_page,
-			    uint64_t hold_page, int writable, int write_fault)
+			    uint64_t hold_page, uint64_t probe_page, int writable, int write_fault)
 {
 	const uint8_t *bm = payload, *data = payload + GVM_BITMAP_BYTES(count);
 	int wr = writable ? IR_WRITABLE | IR_DIRTY : 0;
@@ -189,12 +267,14 @@ static void install_payload(struct gvm_engine *e, struct gvm_region *rg, uint64_
 		long hi = packed_index(bm, (unsigned)(hold_page - page0));
 		if (rg->held != UINT64_MAX && !(pg_get(rg->pg, rg->held) & PG_RESIDENT))
 			install_run(e, rg, rg->held, 1, rg->held_zero ? NULL : rg->held_buf, wr);
-		rg->held = hold_page;
 		rg->held_zero = hi < 0;
 		if (hi >= 0)
 			memcpy(rg->held_buf, data + ((size_t)hi << GVM_PAGE_SHIFT), GVM_PAGE_SIZE);
+		__atomic_store_n(&rg->held, hold_page, __ATOMIC_RELEASE);
 		pg_set(rg->pg, hold_page, PG_RESIDENT); /* keep install_run off it */
 	}
+	if (probe_page != fault_page)
+		probe_page = probe_hold(e, rg, page0, count, bm, data, probe_page);
 	while (i < count) {
 		int nz = gvm_bitmap_test(bm, i);
 		unsigned j = i;
@@ -207,6 +287,8 @@ static void install_payload(struct gvm_engine *e, struct gvm_region *rg, uint64_
 	}
 	if (hold_page >= page0 && hold_page < page0 + count && rg->held == hold_page)
 		pg_clear(rg->pg, hold_page, PG_RESIDENT);
+	if (probe_page != UINT64_MAX)
+		pg_clear(rg->pg, probe_page, PG_RESIDENT);
 }
 
 static struct gvm_fetch *fetch_alloc(struct gvm_engine *e)
@@ -398,7 +480,8 @@ static void fetch_go(struct gvm_engine *e, struct gvm_fetch *f, uint64_t now)
 /* Start fetching [page, page+count) unless every page is resident or in
  * flight. fault_page is the page a thread waits on (or UINT64_MAX). */
 static void fetch_start(struct gvm_engine *e, struct gvm_region *rg, uint64_t page, uint32_t count,
-			uint64_t fault_page, uint64_t now, int hold, int writable, int write_fault)
+			uint64_t fault_page, uint64_t now, int hold, uint64_t probe, int writable,
+			int write_fault)
 {
 	struct gvm_fetch *f;
 	uint32_t want = 0;
@@ -423,6 +506,7 @@ static void fetch_start(struct gvm_engine *e, struct gvm_region *rg, uint64_t pa
 	f->fault_ns = fault_page == UINT64_MAX ? 0 : now;
 	f->start_ns = now;
 	f->hold = hold;
+	f->probe_page = probe;
 	f->writable = writable;
 	f->write_fault = write_fault;
 	e->inflight++;
@@ -444,7 +528,7 @@ static void ra_extend(struct gvm_engine *e, struct gvm_region *rg, uint64_t w, u
 	for (uint64_t x = from; x <= to; x++) {
 		uint64_t p = x * e->prefetch;
 		fetch_start(e, rg, p, (uint32_t)GVM_MIN((uint64_t)e->prefetch, rg->npages - p),
-			    UINT64_MAX, now, x == hold_win, rg->write_bias > 8, 0);
+			    UINT64_MAX, now, x == hold_win, UINT64_MAX, rg->write_bias > 8, 0);
 	}
 	rg->ra_next = GVM_MAX(rg->ra_next, to + 1);
 }
@@ -497,6 +581,15 @@ static void on_wp_fault(struct gvm_engine *e, struct gvm_region *rg, uint64_t p,
 {
 	uint64_t end = p + 1;
 
+	for (unsigned i = 0; i < GVM_READ_RING; i++) {
+		if (rg->read_ring[i] == p) {
+			/* Written soon after its read fault installed it. */
+			rg->read_ring[i] = UINT64_MAX;
+			rg->rmw_score = GVM_MIN(rg->rmw_score + 2, RMW_SCORE_MAX);
+			break;
+		}
+	}
+
 	if (!mark_written(rg, p)) {
 		defer_fault(e, addr, 1);
 		return;
@@ -516,6 +609,23 @@ static void on_wp_fault(struct gvm_engine *e, struct gvm_region *rg, uint64_t p,
 					  .mode = 0 };
 	if (ioctl(e->uffd, UFFDIO_WRITEPROTECT, &wp) < 0 && errno != ENOENT)
 		pr_perror("UFFDIO_WRITEPROTECT (unprotect %#lx)", (unsigned long)wp.range.start);
+}
+
+/* A read fault on p, with write-protect tracking: should its page go in
+ * dirty and writable, because a write is expected right after? Every read
+ * fault that is installed protected is remembered, and the write-protect
+ * fault that follows it (on_wp_fault) raises rmw_score; each remembered one
+ * lowers it, so the score is high when most reads are followed by writes. */
+static int read_then_write(struct gvm_engine *e, struct gvm_region *rg, uint64_t p)
+{
+	if (rg->rmw_score > RMW_ON && ++rg->rmw_tick % RMW_PROBE_EVERY) {
+		CTR_ADD(e, rmw_installs, 1);
+		return 1;
+	}
+	rg->read_ring[rg->read_next] = p;
+	rg->read_next = (rg->read_next + 1) % GVM_READ_RING;
+	rg->rmw_score = GVM_MAX(rg->rmw_score - 1, 0);
+	return 0;
 }
 
 static void on_fault(struct gvm_engine *e, uintptr_t addr, int write, int wp, uint64_t now)
@@ -543,12 +653,24 @@ static void on_fault(struct gvm_engine *e, uintptr_t addr, int write, int wp, ui
 	rg->write_bias = write ? GVM_MIN(rg->write_bias + 1, 16) : GVM_MAX(rg->write_bias - 1, 0);
 	if (p == rg->held) {
 		/* The readahead marker: serve it now and keep the run going. */
-		rg->held = UINT64_MAX;
+		__atomic_store_n(&rg->held, UINT64_MAX, __ATOMIC_RELEASE);
 		install_run(e, rg, p, 1, rg->held_zero ? NULL : rg->held_buf,
 			    write ? IR_WRITABLE | IR_DIRTY : 0);
 		gvm_hist_add(e, gvm_now_ns() - now);
 		ra_extend(e, rg, w, now);
 		rg->last_win = w;
+		return;
+	}
+	for (unsigned i = 0; i < GVM_PROBES; i++) {
+		struct gvm_probe *pr = &rg->probe[i];
+		if (pr->page != p)
+			continue;
+		/* A probe touched: the window it came with paid. */
+		pr->page = UINT64_MAX;
+		install_run(e, rg, p, 1, pr->zero ? NULL : pr->buf, write ? IR_WRITABLE | IR_DIRTY : 0);
+		gvm_hist_add(e, gvm_now_ns() - now);
+		CTR_ADD(e, probe_hits, 1);
+		win_grow(e, rg);
 		return;
 	}
 	fl = pg_get(rg->pg, p);
@@ -566,22 +688,44 @@ static void on_fault(struct gvm_engine *e, uintptr_t addr, int write, int wp, ui
 			  GVM_PAGE_SIZE, e->wp);
 		return;
 	}
-	if (e->budget_pages && pg_resident(&e->pages) > e->high_pages &&
-	    !(rg->last_win != UINT64_MAX && (w == rg->last_win + 1 || w == rg->last_win))) {
-		/* Under memory pressure a window at a random place would evict as
-		 * much as it brings: fetch only the page asked for. A sequential
-		 * run keeps its window (its pages are about to be touched). */
+	int run = rg->last_win != UINT64_MAX &&
+		  (w == rg->last_win || (w > rg->last_win && w <= GVM_MAX(rg->ra_next, rg->last_win + 1)));
+	int dirty = write || (!write && e->wp && !e->fixed_window && read_then_write(e, rg, p));
+	if (e->fixed_window && !run && e->budget_pages && pg_resident(&e->pages) > e->high_pages) {
+		/* The fixed policy (GIANTVM_FIXED_WINDOW, for comparison): under
+		 * memory pressure a fault off any run fetches its page alone. */
 		rg->last_win = w;
-		fetch_start(e, rg, p, 1, p, now, 0, write, write);
+		fetch_start(e, rg, p, 1, p, now, 0, UINT64_MAX, write, write);
 		return;
 	}
-	fetch_start(e, rg, w * e->prefetch,
-		    (uint32_t)GVM_MIN((uint64_t)e->prefetch, rg->npages - w * e->prefetch), p, now, 0,
-		    write || rg->write_bias > 8, write);
-	if (rg->last_win != UINT64_MAX && w > rg->last_win && w <= GVM_MAX(rg->ra_next, rg->last_win + 1))
-		ra_extend(e, rg, w, now);
-	else
+	if (run || e->fixed_window) {
+		/* A run: whole windows, and readahead ahead of it. */
+		win_grow(e, rg);
+		fetch_start(e, rg, w * e->prefetch,
+			    (uint32_t)GVM_MIN((uint64_t)e->prefetch, rg->npages - w * e->prefetch), p, now, 0,
+			    UINT64_MAX, write || rg->write_bias > 8, dirty);
+		/* Readahead once the run is confirmed (two faults in a row): a
+		 * random fault that lands next to the previous one by chance
+		 * would otherwise fetch readahead windows nobody reads. */
+		if (run && w > rg->last_win && (rg->run_len >= 1 || e->fixed_window))
+			ra_extend(e, rg, w, now);
+		else if (!run)
+			rg->ra_next = w + 1;
+	} else {
+		unsigned win = rg->win;
+		if (win == 1 && e->prefetch > 1 && ++rg->explore >= EXPLORE_EVERY) {
+			rg->explore = 0;
+			win = 2;
+		}
+		uint64_t p0 = p & ~(uint64_t)(win - 1);
+		uint32_t n = (uint32_t)GVM_MIN((uint64_t)win, rg->npages - p0);
+		/* The probe: the page after the faulting one (before it at the
+		 * window's end), the one a guest with locality touches next. */
+		uint64_t probe = n < 2 ? UINT64_MAX : p + 1 < p0 + n ? p + 1 : p - 1;
+		fetch_start(e, rg, p0, n, p, now, 0, probe, write || rg->write_bias > 8, dirty);
 		rg->ra_next = w + 1;
+	}
+	rg->run_len = run ? rg->run_len + 1 : 0;
 	rg->last_win = w;
 }
 
@@ -631,7 +775,7 @@ void gvm_fault_on_reply(struct gvm_engine *e, struct gvm_conn *c, struct gvm_fet
 	c->pages_in += f->count;
 	CTR_ADD(e, bytes_in, h->len);
 	install_payload(e, f->rg, f->page, f->count, payload, f->fault_page,
-			f->hold ? f->page : UINT64_MAX, f->writable, f->write_fault);
+			f->hold ? f->page : UINT64_MAX, f->probe_page, f->writable, f->write_fault);
 	if (f->fault_ns)
 		gvm_hist_add(e, gvm_now_ns() - f->fault_ns);
 	else

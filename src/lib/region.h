@@ -19,6 +19,20 @@
 #define STRIPE_RESYNC   0x04  /* a re-sync copy is in flight */
 #define STRIPE_STALE    0x08  /* written back during that copy: the copy must not land */
 
+/* Prefetched pages held back per region, to learn whether windows pay. */
+#define GVM_PROBES 4
+/* Recent read faults remembered per region, to see writes follow reads. */
+#define GVM_READ_RING 8
+
+/* A probe page keeps PG_INFLIGHT while it is held (like the readahead
+ * marker), so the evictor, which skips pages in flight, never takes it, and
+ * no other fetch asks for it. Engine thread only. */
+struct gvm_probe {
+	uint64_t page;        /* held back, or UINT64_MAX */
+	int zero;             /* the page is all zero */
+	uint8_t buf[GVM_PAGE_SIZE];
+};
+
 struct gvm_region {
 	uint64_t id;          /* region id on the wire */
 	uint8_t *stripe;      /* per-stripe STRIPE_* flags */
@@ -36,6 +50,18 @@ struct gvm_region {
 	uint64_t held;        /* readahead marker page held back, or UINT64_MAX (evictor reads it racily: skips it) */
 	int held_zero;        /* the held page is all zero */
 	uint8_t held_buf[GVM_PAGE_SIZE];
+	/* Adaptive window (fault.c, "Window size"): */
+	unsigned win;         /* pages a non-sequential fault fetches, 1..prefetch (power of two) */
+	unsigned run_len;     /* faults in a row that continued a run */
+	unsigned explore;     /* non-sequential faults since a window of 1 last tried 2 */
+	unsigned probe_next;  /* the probe slot the next window takes */
+	struct gvm_probe probe[GVM_PROBES];
+	/* Read-modify-write (fault.c, "Writes after reads"): */
+	int rmw_score;        /* in [0, 16]: high when read faults are followed by writes */
+	unsigned rmw_tick;    /* read faults counted, to keep probing while installing dirty */
+	unsigned read_next;
+	uint64_t read_ring[GVM_READ_RING]; /* pages of recent protected read-fault installs */
 };
+
 
 #endif

@@ -331,6 +331,127 @@ static int policy(int use_move)
 	return 0;
 }
 
+/*
+ * The adaptive window: random reads of a region 4x the budget shrink the
+ * window of a fault off any run to one page (prefetched pages are not
+ * used: probes miss), with at most 2x the faulted pages received; a
+ * sequential pass grows it back to the full window.
+ */
+static int window_adapts(int use_move)
+{
+	struct gvm_pool *pool;
+	struct gvm_engine *e;
+	struct gvm_stats a, b, c;
+	uint8_t *m;
+	uint64_t seed, x, sum = 0;
+
+	if (open_written(&pool, &e, &m, use_move ? "win-move" : "win-dn", use_move, &seed, NULL))
+		return 1;
+	CHECK(gvm_random(&x, 8) == 0);
+	x |= 1;
+	gvm_engine_stats(e, &a);
+	CHECK_EQ(a.window_pages, 32);
+	for (unsigned i = 0; i < 6000; i++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		sum += *(volatile uint64_t *)(m + (x % PAGES) * 4096 + 8);
+	}
+	gvm_engine_stats(e, &b);
+	uint64_t faults = b.faults - a.faults - (b.wp_faults - a.wp_faults);
+	uint64_t pages_in = (b.bytes_in - a.bytes_in) / 4096;
+	printf("  random reads: window %u, probes %" PRIu64 " hit / %" PRIu64 " missed, %" PRIu64
+	       " faults, %" PRIu64 " pages received (sum %" PRIx64 ")\n", b.window_pages,
+	       b.prefetch_hits - a.prefetch_hits, b.prefetch_misses - a.prefetch_misses, faults, pages_in, sum);
+	CHECK_EQ(b.window_pages, 1);
+	CHECK(b.prefetch_misses - a.prefetch_misses > 4 * (b.prefetch_hits - a.prefetch_hits));
+	CHECK(faults > 1000 && pages_in <= 2 * faults);
+	/* A sequential pass over a quarter of the region: whole windows again. */
+	for (uint64_t p = 0; p < PAGES / 4; p++)
+		sum += *(volatile uint64_t *)(m + p * 4096 + 8);
+	gvm_engine_stats(e, &c);
+	printf("  sequential pass: window %u, readahead pages %" PRIu64 "\n", c.window_pages,
+	       c.readahead_pages - b.readahead_pages);
+	CHECK_EQ(c.window_pages, 32);
+	CHECK(c.readahead_pages > b.readahead_pages);
+	close_engine(pool, e, m);
+	return 0;
+}
+
+/* Read-modify-write from several threads over a region 4x the budget:
+ * read faults learn that writes follow and install pages writable and dirty
+ * at once (rmw_installs), and no increment is lost while pages are evicted,
+ * written back and fetched again. */
+struct rmw_ctx {
+	uint8_t *m;
+	uint32_t *count;   /* increments per page, this thread's pages only */
+	uint64_t seed;
+	int id;
+	unsigned ops;
+};
+
+static void *rmw_main(void *a)
+{
+	struct rmw_ctx *c = a;
+	uint64_t x = gvm_mix64(c->seed + (uint64_t)c->id) | 1;
+
+	for (unsigned i = 0; i < c->ops; i++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		uint64_t p = (x % (PAGES / THREADS)) * THREADS + (uint64_t)c->id;
+		volatile uint64_t *w = (volatile uint64_t *)(c->m + p * 4096) + 100;
+		*w = *w + 1;
+		c->count[p]++;
+	}
+	return NULL;
+}
+
+static int rmw_under_eviction(int use_move)
+{
+	struct gvm_pool *pool;
+	struct gvm_engine *e;
+	struct gvm_stats st;
+	uint8_t *m, want[4096];
+	uint64_t seed;
+	uint32_t *count = calloc(PAGES, sizeof(*count));
+	pthread_t th[THREADS];
+	struct rmw_ctx c[THREADS];
+
+	CHECK(count);
+	if (open_written(&pool, &e, &m, use_move ? "rmw-move" : "rmw-dn", use_move, &seed, NULL))
+		return 1;
+	for (int i = 0; i < THREADS; i++) {
+		c[i] = (struct rmw_ctx){ .m = m, .count = count, .seed = seed, .id = i, .ops = 6000 };
+		CHECK(pthread_create(&th[i], NULL, rmw_main, &c[i]) == 0);
+	}
+	for (int i = 0; i < THREADS; i++)
+		pthread_join(th[i], NULL);
+	gvm_engine_stats(e, &st);
+	printf("  rmw: %" PRIu64 " faults (%" PRIu64 " write-protect), %" PRIu64 " read faults installed "
+	       "dirty, %" PRIu64 " evictions, %" PRIu64 " write-backs\n", st.faults, st.wp_faults,
+	       st.rmw_installs, st.evictions, st.writebacks);
+	CHECK(st.rmw_installs > 1000 && st.evictions > 0 && st.writebacks > 0);
+	for (uint64_t p = 0; p < PAGES; p++) {
+		fill(want, seed, p, 1);
+		uint64_t v;
+		memcpy(&v, want + 800, 8);
+		v += count[p];
+		memcpy(want + 800, &v, 8);
+		if (memcmp(m + p * 4096, want, 4096)) {
+			fprintf(stderr, "  page %" PRIu64 " lost an increment (or more)\n", p);
+			return 1;
+		}
+	}
+	close_engine(pool, e, m);
+	free(count);
+	return 0;
+}
+
+static int test_window_move(void) { return window_adapts(1); }
+static int test_window_dontneed(void) { return window_adapts(0); }
+static int test_rmw_move(void) { return rmw_under_eviction(1); }
+static int test_rmw_dontneed(void) { return rmw_under_eviction(0); }
 static int test_random_writes_move(void) { return random_writes(1); }
 static int test_random_writes_dontneed(void) { return random_writes(0); }
 static int test_write_during_eviction_move(void) { return write_during_eviction(1); }
@@ -354,6 +475,10 @@ static const struct gvm_test tests[] = {
 	{ "policy_dontneed", test_policy_dontneed, WP },
 	{ "write_run_after_read_move", test_write_run_move, MOVE },
 	{ "write_run_after_read_dontneed", test_write_run_dontneed, WP },
+	{ "window_adapts_move", test_window_move, MOVE },
+	{ "window_adapts_dontneed", test_window_dontneed, WP },
+	{ "rmw_under_eviction_move", test_rmw_move, MOVE },
+	{ "rmw_under_eviction_dontneed", test_rmw_dontneed, WP },
 };
 
 int main(int argc, char **argv)
