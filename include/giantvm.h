@@ -127,6 +127,7 @@ struct gvm_stats {
 	                               * share of prefetched pages a guest uses */
 	uint32_t window_pages;        /* pages a fault off any run fetches now (adapts, 1..prefetch) */
 	uint64_t rmw_installs;        /* read faults installed writable: a write was expected next */
+	uint64_t room_waits;          /* faults that waited for the evictor to make room */
 };
 int gvm_engine_stats(struct gvm_engine *e, struct gvm_stats *st);
 /* Per-node figures as a JSON array into buf (nodes with traffic only). */

@@ -488,6 +488,8 @@ static void stats_delta(const struct gvm_stats *a, const struct gvm_stats *b, st
 	d->prefetch_hits -= a->prefetch_hits;
 	d->prefetch_misses -= a->prefetch_misses;
 	d->rmw_installs -= a->rmw_installs;
+	d->room_waits -= a->room_waits;
+	d->fault_p50_ns = b->fault_p50_ns; /* cumulative: the engine keeps one histogram */
 }
 
 static void rmw_run(struct gvm_engine *e, uint8_t *base, uint64_t npages, int skew, uint64_t seed,
@@ -548,11 +550,12 @@ static void rmw_print(const char *name, const struct rmw_result *r, int json)
 	if (json) {
 		printf("\"%s_ops_per_s\":%.0f,\"%s_faults_per_op\":%.3f,\"%s_pages_per_op\":%.3f,"
 		       "\"%s_bytes_in_per_fault_page\":%.3f,\"%s_window_pages\":%u,\"%s_prefetch_hit_rate\":%.3f,"
-		       "\"%s_rmw_installs\":%" PRIu64 ",\"%s_wp_faults\":%" PRIu64 ",",
+		       "\"%s_rmw_installs\":%" PRIu64 ",\"%s_wp_faults\":%" PRIu64 ",\"%s_room_waits\":%" PRIu64
+		       ",\"%s_writebacks\":%" PRIu64 ",",
 		       name, ops / r->secs, name, (double)r->d.faults / ops, name, (double)r->d.pages_fetched / ops,
 		       name, r->d.faults ? (double)r->d.bytes_in / PAGE / (double)(r->d.faults - r->d.wp_faults) : 0.0,
 		       name, r->d.window_pages, name, probes ? hits / probes : 0.0, name, r->d.rmw_installs,
-		       name, r->d.wp_faults);
+		       name, r->d.wp_faults, name, r->d.room_waits, name, r->d.writebacks);
 		return;
 	}
 	printf("  %-34s %10.0f ops/s  (%.2f faults, %.2f pages fetched per op; window %u, prefetch hits %.0f%%)\n",

@@ -86,6 +86,7 @@ struct gvm_engine_counters {
 	uint64_t local_zero_pages, wp_faults;
 	uint64_t probe_hits, probe_misses; /* held-back prefetched pages touched / never touched */
 	uint64_t rmw_installs;             /* read faults installed dirty (a write was expected) */
+	uint64_t room_waits;               /* faults whose fetch waited for the evictor to make room */
 	uint64_t window;                   /* pages the last non-sequential fault fetched */
 };
 

@@ -462,6 +462,8 @@ static void fetch_go(struct gvm_engine *e, struct gvm_fetch *f, uint64_t now)
 		}
 		gvm_evictor_kick(e->ev);
 		fetch_park(e, f, now, 500000ull);
+		if (!f->room && f->fault_ns)
+			CTR_ADD(e, room_waits, 1);
 		f->room = 1; /* retried at once when the evictor frees pages */
 		return;
 	}

@@ -59,6 +59,7 @@ int gvm_engine_stats(struct gvm_engine *e, struct gvm_stats *out)
 		.prefetch_misses = __atomic_load_n(&e->ctr.probe_misses, __ATOMIC_RELAXED),
 		.window_pages = (uint32_t)__atomic_load_n(&e->ctr.window, __ATOMIC_RELAXED),
 		.rmw_installs = __atomic_load_n(&e->ctr.rmw_installs, __ATOMIC_RELAXED),
+		.room_waits = __atomic_load_n(&e->ctr.room_waits, __ATOMIC_RELAXED),
 		.resident_pages = pg_resident(&e->pages),
 		.budget_pages = e->budget_pages,
 		.fault_p50_ns = hist_pct(e, 0.50),
