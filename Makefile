@@ -8,9 +8,9 @@ PREFIX   ?= /usr/local
 CFLAGS   ?= -O2 -g
 CFLAGS   += -std=gnu11 -Wall -Wextra -Werror -Wno-format-truncation -fPIC -pthread -D_GNU_SOURCE
 # The library, the memory server and the preload see the library's insides;
-# the CLI sees the public headers (include/) and its own (src/cli/) only.
+# the CLI sees the public headers (include/) and its own directory only.
 LIB_INC  := -Iinclude -Isrc/lib -Isrc/memserver
-CLI_INC  := -Iinclude -Isrc/cli
+CLI_INC  := -Iinclude
 LDLIBS   += -pthread -lcrypto
 # The compiler writes each object's and test binary's dependencies (every
 # header and every #included .c)
