@@ -15,7 +15,7 @@
 #                                   a swap file (fallocate, else dd) at
 #                                   priority 32767
 # The *_up / *_make functions print why and return 1 on failure.
-# shellcheck shell=bash disable=SC2015  # A && B || C is intended
+# shellcheck shell=bash disable=SC2015,SC2154  # A && B || C is intended; cg_mem, zram_size: the caller's
 
 zram_down() {
     if ((Z_SWAPON)); then
