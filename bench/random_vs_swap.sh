@@ -6,7 +6,7 @@
 #
 #   bench/random_vs_swap.sh [--json] [--runs N] [--workloads LIST] [--ways LIST]
 #                           [--local-mem MIB] [--cgroup-mem MIB|auto] [--mem MIB]
-#                           [--cgroup-floor MIB]
+#                           [--cgroup-floor MIB] [--oom-retries N]
 #                           [--ops K] [--seed S] [--redis-keys K]
 #                           [--redis-value BYTES] [--redis-ops Q]
 #                           [--swapfile PATH] [--zram-size SIZE]
@@ -58,7 +58,9 @@
 # default then local-mem + 192).  QEMU's peak RSS (VmHWM) and peak
 # RssAnon + RssShmem (both sampled every 0.5 s from /proc/PID/status) are
 # reported for every way, and the cgroup's limit and peak usage for zram
-# and disk.
+# and disk.  A swap boot the cgroup OOM-kills is reported
+# (oom_killed_at_mib) and retried with the limit 32 MiB higher, at most
+# --oom-retries times (default 3); after that the way has no numbers.
 #
 # Per way and workload (median of --runs interleaved rounds; peak RSS: max):
 #   wall_s (the whole QEMU / giantvm run process: boot + workload + power
@@ -90,7 +92,7 @@ cd "$ROOT" || exit 1
 SWAPLIB_NAME=random_vs_swap.sh
 
 json=0 runs=1 workloads=u2x,u4x,zipf ways=local,giantvm,zram,disk
-budget=128 cg_arg=auto cg_floor=192 mem='' ops=200000 seed=1 to=900
+budget=128 cg_arg=auto cg_floor=192 oom_retries=3 oom_step=32 mem='' ops=200000 seed=1 to=900
 rkeys='' rvalue=4000 rops=30000 swapfile=/var/tmp/gvm-random-swap.$$
 zram_size=2G servers=prealloc
 BUILD=${GVM_BUILD_DIR:-$ROOT/build}
@@ -103,6 +105,7 @@ while (($#)); do
     --local-mem) budget=${2:?}; budget=${budget%[mM]}; shift ;;
     --cgroup-mem) cg_arg=${2:?}; cg_arg=${cg_arg%[mM]}; shift ;;
     --cgroup-floor) cg_floor=${2:?}; cg_floor=${cg_floor%[mM]}; shift ;;
+    --oom-retries) oom_retries=${2:?}; shift ;;
     --mem) mem=${2:?}; shift ;;
     --ops) ops=${2:?}; shift ;;
     --seed) seed=${2:?}; shift ;;
@@ -127,6 +130,7 @@ for v in runs budget mem ops to rkeys rvalue rops; do
 done
 [[ $cg_arg == auto || $cg_arg =~ ^[0-9]+$ ]] || usage_die "--cgroup-mem wants MiB or auto, got '$cg_arg'"
 [[ $cg_floor =~ ^[0-9]+$ ]] || usage_die "--cgroup-floor wants MiB, got '$cg_floor'"
+[[ $oom_retries =~ ^[0-9]+$ ]] || usage_die "--oom-retries wants a count, got '$oom_retries'"
 [[ $seed =~ ^[0-9]+$ ]] || usage_die "--seed wants an integer, got '$seed'"
 [[ $servers == prealloc || $servers == lazy ]] || usage_die "--servers wants prealloc or lazy"
 IFS=, read -ra WL <<<"$workloads"
@@ -213,10 +217,12 @@ jnum() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" <<<"$2" | head -n1; }
 RAW=$TMP/raw.tsv
 : >"$RAW"
 OTHER_SWAP=''
-# one WORKLOAD WAY ROUND: boots once; appends a record to RAW; returns 1 on a
-# wrong result or a failed set-up.
+declare -A OOM_AT=() # "workload way" -> cgroup limits (MiB) at which QEMU was OOM-killed
+# one WORKLOAD WAY ROUND [EXTRA_MIB]: boots once; appends a record to RAW;
+# returns 1 on a wrong result or a failed set-up, 2 when the memory cgroup
+# OOM-killed QEMU (zram, disk; the cgroup limit had EXTRA_MIB added).
 one() {
-    local wl=$1 way=$2 round=$3 t0 rc args=() kargs=() prefix=() log=$TMP/boot.log res
+    local wl=$1 way=$2 round=$3 extra=${4:-0} t0 rc args=() kargs=() prefix=() log=$TMP/boot.log res
     local sw0 sw1 cgp='' st='' os
     case $wl in
     u2x | u4x) kargs=("gvm.rand=uniform" "gvm.ops=$ops" "gvm.seed=$seed" "gvm.expect=${EXPECT[$wl]}") ;;
@@ -238,6 +244,7 @@ one() {
                 CG_LIMIT=$cg_floor
             fi
         fi
+        CG_LIMIT=$((CG_LIMIT + extra))
         cg_mem=$((CG_LIMIT * 1048576))
         cg_up >"$TMP/why" 2>&1 || { echo "random_vs_swap.sh: cgroup: $(cat "$TMP/why")" >&2; return 1; }
         if [[ $way == zram ]]; then
@@ -276,12 +283,23 @@ one() {
     sw1=$(vmstat_swp)
     local hwm anon
     read -r hwm anon <"$TMP/hwm" 2>/dev/null || hwm=0 anon=0
+    local ooms=0
     if [[ $way == zram || $way == disk ]]; then
         cgp=$(cg_peak)
+        if [[ ${CG_KIND:-} == v2 ]]; then
+            ooms=$(awk '$1 == "oom_kill" { print $2 }' "$CG/memory.events" 2>/dev/null)
+        else
+            ooms=$(awk '$1 == "oom_kill" { print $2 }' "$CG/memory.oom_control" 2>/dev/null)
+        fi
         if [[ $way == zram ]]; then zram_down; else swapfile_off; fi
         cgroup_down
     fi
     res=$(tr -d '\r' <"$log" | grep -m1 '^GIANTVM-RESULT ' || true)
+    if ((${ooms:-0} > 0)) && [[ -z $res ]]; then
+        say "  $wl/$way: OOM-killed by the memory cgroup at limit $CG_LIMIT MiB after ${wall}s (peak RSS $((hwm >> 10)) MiB)"
+        OOM_AT["$wl $way"]+=${OOM_AT["$wl $way"]:+,}$CG_LIMIT
+        return 2
+    fi
     local okpat=' verify=ok '
     [[ $wl == redis ]] || okpat=" checksum=${EXPECT[$wl]} verify=ok "
     if ((rc != 0)) || [[ $res != *"$okpat"* ]]; then
@@ -351,7 +369,16 @@ for ((round = 1; round <= runs; round++)); do
     ((runs > 1)) && say "round $round of $runs"
     for wl in "${WL[@]}"; do
         for way in "${WAYS[@]}"; do
-            one "$wl" "$way" "$round" || exit 1
+            extra=0
+            while :; do
+                one "$wl" "$way" "$round" "$extra"
+                case $? in
+                0) break ;;
+                2) ((extra < oom_retries * oom_step)) || { say "  $wl/$way: given up after $oom_retries OOM retries"; break; }
+                   extra=$((extra + oom_step)) ;;
+                *) exit 1 ;;
+                esac
+            done
         done
     done
 done
@@ -401,8 +428,12 @@ while IFS=$'\t' read -r "${F_AGG[@]}"; do
         ow=$(local_wall "$wl" "$other")
         [[ $way == giantvm && -n $ow ]] && l+=$(awk -v a="$wall" -v b="$ow" -v o="$other" 'BEGIN { printf ", %.2fx %s", a / b, o }')
     done
+    [[ -n ${OOM_AT["$wl $way"]:-} ]] && l+=" (OOM-killed at ${OOM_AT["$wl $way"]} MiB first)"
     say "$l"
 done <"$AGG"
+for k in "${!OOM_AT[@]}"; do
+    grep -q "^${k/ /$'\t'}"$'\t' "$AGG" || say "  ${k/ / } OOM-killed at ${OOM_AT[$k]} MiB: no result"
+done
 if ((json)); then
     num() { [[ -n $1 ]] && echo "$1" || echo null; }
     {
@@ -424,9 +455,14 @@ if ((json)); then
                 ow=$(local_wall "$wl" "$other")
                 [[ -n $ow && $way != "$other" ]] && printf ',"over_%s":%s' "$other" "$(awk -v a="$wall" -v b="$ow" 'BEGIN { printf "%.3f", a / b }')"
             done
+            [[ -n ${OOM_AT["$wl $way"]:-} ]] && printf ',"oom_killed_at_mib":[%s]' "${OOM_AT["$wl $way"]}"
             printf '}'
             sep=,
         done <"$AGG"
+        for k in "${!OOM_AT[@]}"; do
+            grep -q "^${k/ /$'\t'}"$'\t' "$AGG" ||
+                printf '%s{"workload":"%s","way":"%s","oom_killed_at_mib":[%s]}' "$sep" "${k% *}" "${k#* }" "${OOM_AT[$k]}"
+        done
         printf '],"runs":['
         sep=''
         F_RAW=(wl way round wall ops_s ops_ms hwm anon cgl cgp pin pout f pf ra bi bo ev wb p50 p99)
