@@ -6,7 +6,7 @@
 #
 #   bench/random_vs_swap.sh [--json] [--runs N] [--workloads LIST] [--ways LIST]
 #                           [--local-mem MIB] [--cgroup-mem MIB|auto] [--mem MIB]
-#                           [--cgroup-floor MIB] [--oom-retries N]
+#                           [--cgroup-floor MIB] [--oom-retries N] [--thp]
 #                           [--ops K] [--seed S] [--redis-keys K]
 #                           [--redis-value BYTES] [--redis-ops Q]
 #                           [--swapfile PATH] [--zram-size SIZE]
@@ -39,6 +39,10 @@
 #   disk    the same cgroup, swap on a swap file on the root file system
 #           (--swapfile, default /var/tmp/gvm-random-swap.PID, sized --mem;
 #           fallocate, else dd) at priority 32767
+# QEMU runs with transparent huge pages off (prctl PR_SET_THP_DISABLE, by a
+# wrapper compiled at start) in every way: QEMU madvises guest RAM
+# MADV_HUGEPAGE, and in a v1 memory cgroup here 2 MiB pages made swap boots
+# get OOM-killed at random; --thp keeps the system's THP setting.
 # The zram device and the swap file are each swapped on only for their own
 # boot (never both); another active swap area is reported (other_swap in the
 # JSON), since it would take part.  Everything is set up by the script and
@@ -92,7 +96,7 @@ cd "$ROOT" || exit 1
 SWAPLIB_NAME=random_vs_swap.sh
 
 json=0 runs=1 workloads=u2x,u4x,zipf ways=local,giantvm,zram,disk
-budget=128 cg_arg=auto cg_floor=192 oom_retries=3 oom_step=32 mem='' ops=200000 seed=1 to=900
+thp=0 budget=128 cg_arg=auto cg_floor=192 oom_retries=3 oom_step=32 mem='' ops=200000 seed=1 to=900
 rkeys='' rvalue=4000 rops=30000 swapfile=/var/tmp/gvm-random-swap.$$
 zram_size=2G servers=prealloc
 BUILD=${GVM_BUILD_DIR:-$ROOT/build}
@@ -106,6 +110,7 @@ while (($#)); do
     --cgroup-mem) cg_arg=${2:?}; cg_arg=${cg_arg%[mM]}; shift ;;
     --cgroup-floor) cg_floor=${2:?}; cg_floor=${cg_floor%[mM]}; shift ;;
     --oom-retries) oom_retries=${2:?}; shift ;;
+    --thp) thp=1 ;;
     --mem) mem=${2:?}; shift ;;
     --ops) ops=${2:?}; shift ;;
     --seed) seed=${2:?}; shift ;;
@@ -182,6 +187,14 @@ done
 [[ -x $BUILD/giantvm && -r $BUILD/libgiantvm-preload.so ]] ||
     die "$BUILD/giantvm or libgiantvm-preload.so missing (run 'make -j2' first)"
 snapshot_build || die "cannot copy the build to $TMP/bin"
+NOTHP=$TMP/bin/nothp
+if ((!thp)); then
+    # prctl(PR_SET_THP_DISABLE) is inherited by QEMU across exec
+    printf '%s\n' '#include <stdio.h>' '#include <sys/prctl.h>' '#include <unistd.h>' \
+        'int main(int c, char **v) { if (c < 2 || prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)) { perror("nothp"); return 127; }' \
+        '    execvp(v[1], v + 1); perror("nothp: exec"); return 127; }' >"$TMP/nothp.c"
+    gcc -O2 -o "$NOTHP" "$TMP/nothp.c" 2>"$TMP/why" || die "cannot build the THP-off wrapper: $(cat "$TMP/why")"
+fi
 G=$TMP/bin/giantvm
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 git -C "$ROOT" diff --quiet HEAD 2>/dev/null || COMMIT+=-dirty
@@ -234,6 +247,7 @@ one() {
     mapfile -t args < <(gvm_guest_qemu_args "$mem" "$(wl_mib "$wl")" "${kargs[@]}")
     ((${#args[@]})) || { echo "random_vs_swap.sh: gvm_guest_qemu_args failed" >&2; return 1; }
     case $way in
+    local) ((thp)) || prefix=("$NOTHP") ;;
     zram | disk)
         CG_LIMIT=$cg_arg
         if [[ $cg_arg == auto ]]; then
@@ -259,10 +273,12 @@ one() {
         fi
         # shellcheck disable=SC2016  # $0 and "$@" are the wrapper shell's
         prefix=(sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$CG")
+        ((thp)) || prefix+=("$NOTHP")
         ;;
     giantvm)
         rm -f "$TMP/stats.json"
-        prefix=(env "GIANTVM_STATS_OUT=$TMP/stats.json" "$G" run --pool "$TMP/pool.conf"
+        ((thp)) || prefix=("$NOTHP")
+        prefix+=(env "GIANTVM_STATS_OUT=$TMP/stats.json" "$G" run --pool "$TMP/pool.conf"
             --local-mem "${budget}M" --vm-id "randbench-$$-$wl-$round" --)
         ;;
     esac
@@ -439,8 +455,8 @@ if ((json)); then
     {
         printf '{"commit":"%s","config":{"mem_mib":%s,"local_mem_mib":%s,"cgroup_mem":"%s","ops":%s,"seed":%s,"runs":%s,' \
             "$COMMIT" "$mem" "$budget" "$cg_arg" "$ops" "$seed" "$runs"
-        printf '"redis_keys":%s,"redis_value":%s,"redis_ops":%s,"servers":"%s","kernel":"%s","cgroup":"%s","zram_comp":"%s","page_cluster":%s,"other_swap":"%s"},"results":[' \
-            "$rkeys" "$rvalue" "$rops" "$servers" "$GVM_KERNEL_PKG" "${CG_KIND:-}" "${Z_COMP:-}" "$(cat /proc/sys/vm/page-cluster)" "$OTHER_SWAP"
+        printf '"redis_keys":%s,"redis_value":%s,"redis_ops":%s,"thp":%s,"servers":"%s","kernel":"%s","cgroup":"%s","zram_comp":"%s","page_cluster":%s,"other_swap":"%s"},"results":[' \
+            "$rkeys" "$rvalue" "$rops" "$( ((thp)) && echo true || echo false)" "$servers" "$GVM_KERNEL_PKG" "${CG_KIND:-}" "${Z_COMP:-}" "$(cat /proc/sys/vm/page-cluster)" "$OTHER_SWAP"
         sep=''
         while IFS=$'\t' read -r "${F_AGG[@]}"; do
             undash "${F_AGG[@]}"
