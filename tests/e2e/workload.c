@@ -24,9 +24,11 @@
  *       pattern one page at a time in a 4 KiB buffer (no large allocation).
  *
  *   workload --rand uniform|zipf [--mib N] [--ops K] [--seed S] [--expect HEX]
+ *                  [--lose-write J]
  *       Random read-modify-write of 8-byte words over N MiB (default 64 MiB,
  *       1000000 ops): a sequential fill, K timed ops, then a pass that checks
- *       every word (see "random" below).  Prints one line:
+ *       every word (see "random" below).  --lose-write J (self-test of the
+ *       FAIL path) drops op J's write.  Prints one line:
  *         GIANTVM-RESULT mode=rand dist=D mib=N ops=K seed=S checksum=<16 hex>
  *           verify=ok|FAIL [reason=..] fill_ms=.. ops_ms=.. verify_ms=..
  *           ops_per_s=<K / ops time> elapsed_ms=..
@@ -365,7 +367,7 @@ static int expect_rand(int dist, uint64_t mib, uint64_t ops, uint64_t seed, uint
 }
 
 static int run_rand(int dist, uint64_t mib, uint64_t ops, uint64_t seed, int have_expect,
-                    uint64_t expect)
+                    uint64_t expect, uint64_t lose)
 {
     uint64_t t0 = now_ms();
     size_t len = (size_t)mib << 20;
@@ -383,7 +385,9 @@ static int run_rand(int dist, uint64_t mib, uint64_t ops, uint64_t seed, int hav
     picker_init(&pk, dist, words, seed, RAND_SALT);
     for (uint64_t j = 0; j < ops; j++) {
         volatile uint64_t *x = &w[pick(&pk)];
-        *x += RMW_INC;
+        uint64_t v = *x + RMW_INC;
+        if (j != lose) /* --lose-write: self-test of the FAIL path */
+            *x = v;
     }
     uint64_t t2 = now_ms();
     uint64_t inv = rmw_inverse(), total = 0, sum = 0, buf[WORDS];
@@ -679,6 +683,7 @@ static int usage(void)
             "usage: workload [--mib N] [--seed S] [--threads T] [--passes P]\n"
             "       workload --expect MIB SEED\n"
             "       workload --rand uniform|zipf [--mib N] [--ops K] [--seed S] [--expect HEX]\n"
+            "                [--lose-write J]\n"
             "       workload --expect-rand uniform|zipf MIB OPS SEED\n"
             "       workload --redis SOCKET [--dist uniform|zipf] [--keys K] [--value D]\n"
             "                [--ops Q] [--depth P] [--seed S]\n");
@@ -706,7 +711,7 @@ int main(int argc, char **argv)
     if (argc >= 3 && (!strcmp(argv[1], "--rand") || !strcmp(argv[1], "--redis"))) {
         int redis = !strcmp(argv[1], "--redis"), d = redis ? DIST_UNIFORM : parse_dist(argv[2]);
         uint64_t ops = redis ? 100000 : 1000000, expect = 0, keys = 100000, vsize = 1000;
-        uint64_t depth = 16;
+        uint64_t depth = 16, lose = UINT64_MAX;
         int have_expect = 0;
         if (d < 0)
             return usage();
@@ -716,6 +721,7 @@ int main(int argc, char **argv)
             else if (!strcmp(argv[i], "--seed")) dst = &seed;
             else if (!strcmp(argv[i], "--ops")) dst = &ops;
             else if (!strcmp(argv[i], "--expect") && !redis) dst = &expect, have_expect = 1;
+            else if (!strcmp(argv[i], "--lose-write") && !redis) dst = &lose;
             else if (!strcmp(argv[i], "--keys") && redis) dst = &keys;
             else if (!strcmp(argv[i], "--value") && redis) dst = &vsize;
             else if (!strcmp(argv[i], "--depth") && redis) dst = &depth;
@@ -740,7 +746,7 @@ int main(int argc, char **argv)
             return keys && vsize && vsize <= (1u << 20) && depth && depth <= 4096
                        ? run_redis(argv[2], d, keys, vsize, ops, seed, depth) : usage();
         return mib && mib <= (1u << 20) && ops < (1ULL << 32)
-                   ? run_rand(d, mib, ops, seed, have_expect, expect) : usage();
+                   ? run_rand(d, mib, ops, seed, have_expect, expect, lose) : usage();
     }
     if (argc >= 2 && strcmp(argv[1], "--expect") == 0) {
         if (argc != 4 || parse_u64(argv[2], &mib) || parse_u64(argv[3], &seed))
