@@ -468,8 +468,10 @@ gvm_guest_prepare_redis() {
         _gvm_log "apt-get install -y redis-tools"
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-tools >&2 ||
             { _gvm_err "apt-get install redis-tools failed"; return 1; }
-        srv=$(command -v redis-check-rdb) && cli=$(command -v redis-cli) ||
-            { _gvm_err "redis-check-rdb / redis-cli not found after installing redis-tools"; return 1; }
+        if ! srv=$(command -v redis-check-rdb) || ! cli=$(command -v redis-cli); then
+            _gvm_err "redis-check-rdb / redis-cli not found after installing redis-tools"
+            return 1
+        fi
     fi
     local libs h out layer stage l rc=0
     # redis-check-rdb is the server binary (it dispatches on argv[0])
