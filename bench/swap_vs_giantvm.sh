@@ -50,6 +50,9 @@ cd "$ROOT" || exit 1
 . "$ROOT/tests/e2e/guest.sh"
 # shellcheck source=../tests/e2e/harness.sh
 . "$ROOT/tests/e2e/harness.sh" # stop_servers, stop_run
+# shellcheck source=swap_lib.sh
+. "$ROOT/bench/swap_lib.sh" # cg_up, zram_up, zram_down, cgroup_down
+SWAPLIB_NAME=swap_vs_giantvm.sh
 
 json=0 mem=1024 mib=512 seed=1 passes=1 runs=1 to=900
 local_mem=128M cg_mem=384M zram_size=2G servers=prealloc
@@ -89,32 +92,8 @@ for b in mkswap swapon swapoff; do
 done
 
 TMP=$(mktemp -d /tmp/gvm-swapbench.XXXXXX) || die "mktemp failed"
-SERVER_PIDS=() RUN_PID='' CG='' ZDEV='' ZN='' Z_HOTADDED=0 Z_SWAPON=0
+SERVER_PIDS=() RUN_PID='' CG='' ZDEV='' ZN='' Z_HOTADDED=0 Z_SWAPON=0 SWAPFILE='' SF_SWAPON=0
 
-zram_down() {
-    if ((Z_SWAPON)); then
-        swapoff "$ZDEV" 2>/dev/null || echo "swap_vs_giantvm.sh: WARNING: swapoff $ZDEV failed" >&2
-        Z_SWAPON=0
-    fi
-    if [[ -n $ZN ]]; then
-        echo 1 >"/sys/block/zram$ZN/reset" 2>/dev/null
-        if ((Z_HOTADDED)); then
-            echo "$ZN" >/sys/class/zram-control/hot_remove 2>/dev/null ||
-                echo "swap_vs_giantvm.sh: WARNING: cannot hot_remove zram$ZN" >&2
-        fi
-    fi
-    ZN='' ZDEV='' Z_HOTADDED=0
-}
-cgroup_down() {
-    [[ -n $CG && -d $CG ]] || { CG=''; return 0; }
-    local t
-    for ((t = 0; t < 50; t++)); do
-        rmdir "$CG" 2>/dev/null && break
-        sleep 0.1
-    done
-    [[ -d $CG ]] && echo "swap_vs_giantvm.sh: WARNING: cannot remove $CG" >&2
-    CG=''
-}
 cleanup() {
     stop_run
     stop_servers
@@ -136,96 +115,6 @@ mkdir -p "$TMP/bin" && cp "$BUILD/giantvm" "$BUILD/libgiantvm-preload.so" "$TMP/
     die "cannot copy the build to $TMP/bin"
 G=$TMP/bin/giantvm
 "$G" --help >/dev/null 2>&1 || die "$G does not run"
-
-# ---------------------------------------------------------------- cgroup / zram
-# cg_find: sets CG_KIND (v2|v1) and CG_ROOT, the hierarchy with a memory
-# controller: a cgroup2 mount listing "memory", else a v1 "memory" mount.
-cg_find() {
-    local mnt fs opts rest
-    CG_KIND='' CG_ROOT=''
-    while read -r _ mnt fs opts rest; do
-        if [[ $fs == cgroup2 ]] && grep -qw memory "$mnt/cgroup.controllers" 2>/dev/null; then
-            CG_KIND=v2 CG_ROOT=$mnt
-            return 0
-        fi
-    done </proc/mounts
-    while read -r _ mnt fs opts rest; do
-        if [[ $fs == cgroup && ,$opts, == *,memory,* ]]; then
-            CG_KIND=v1 CG_ROOT=$mnt
-            return 0
-        fi
-    done </proc/mounts
-    return 1
-}
-
-# cg_up: creates CG with the memory limit; prints why and returns 1 on failure.
-cg_up() {
-    cg_find || { echo "no cgroup hierarchy with the memory controller (checked /proc/mounts)"; return 1; }
-    CG=$CG_ROOT/gvmbench-$$
-    if [[ $CG_KIND == v2 ]]; then
-        if ! grep -qw memory "$CG_ROOT/cgroup.subtree_control" 2>/dev/null; then
-            echo +memory >"$CG_ROOT/cgroup.subtree_control" 2>/dev/null ||
-                { echo "cannot enable +memory in $CG_ROOT/cgroup.subtree_control"; CG=''; return 1; }
-        fi
-        mkdir "$CG" 2>/dev/null || { echo "mkdir $CG failed"; CG=''; return 1; }
-        echo "$cg_mem" >"$CG/memory.max" 2>/dev/null || { echo "cannot write memory.max=$cg_mem in $CG"; return 1; }
-        if [[ -e $CG/memory.swap.max ]]; then
-            echo max >"$CG/memory.swap.max" || { echo "cannot write memory.swap.max=max in $CG"; return 1; }
-        fi
-        CG_DESC="cgroup v2 $CG memory.max=$(cat "$CG/memory.max") swap.max=$(cat "$CG/memory.swap.max" 2>/dev/null || echo n/a)"
-    else
-        mkdir "$CG" 2>/dev/null || { echo "mkdir $CG failed"; CG=''; return 1; }
-        echo "$cg_mem" >"$CG/memory.limit_in_bytes" 2>/dev/null ||
-            { echo "cannot write memory.limit_in_bytes=$cg_mem in $CG"; return 1; }
-        if [[ -e $CG/memory.memsw.limit_in_bytes ]]; then
-            echo -1 >"$CG/memory.memsw.limit_in_bytes" 2>/dev/null ||
-                { echo "cannot write memory.memsw.limit_in_bytes=-1 in $CG"; return 1; }
-        fi
-        CG_DESC="cgroup v1 (no v2 memory controller here) $CG memory.limit_in_bytes=$(cat "$CG/memory.limit_in_bytes")"
-        [[ -e $CG/memory.swappiness ]] && CG_DESC+=" swappiness=$(cat "$CG/memory.swappiness")"
-    fi
-    return 0
-}
-
-# zram_up: a zram swap device; prints why and returns 1 on failure.
-zram_up() {
-    local n a algs
-    if [[ ! -e /sys/class/zram-control/hot_add ]]; then
-        if command -v modprobe >/dev/null; then
-            modprobe zram num_devices=1 2>&1 || { echo "modprobe zram failed"; return 1; }
-        elif [[ ! -e /sys/block/zram0 ]]; then
-            echo "no zram: /sys/class/zram-control missing and no modprobe to load the module"
-            return 1
-        fi
-    fi
-    if [[ -e /sys/class/zram-control/hot_add ]]; then
-        n=$(cat /sys/class/zram-control/hot_add 2>/dev/null) || { echo "zram hot_add failed"; return 1; }
-        Z_HOTADDED=1
-    else
-        # module just loaded with one device: take zram0 only if unused
-        [[ $(cat /sys/block/zram0/disksize 2>/dev/null) == 0 ]] || { echo "zram0 is in use and no hot_add"; return 1; }
-        n=0
-    fi
-    ZN=$n ZDEV=/dev/zram$n
-    for ((a = 0; a < 50; a++)); do
-        [[ -b $ZDEV ]] && break
-        sleep 0.1
-    done
-    [[ -b $ZDEV ]] || { echo "$ZDEV did not appear"; return 1; }
-    algs=$(cat "/sys/block/zram$n/comp_algorithm")
-    Z_COMP=''
-    for a in lz4 zstd; do
-        if [[ " ${algs//[\[\]]/ } " == *" $a "* ]]; then
-            echo "$a" >"/sys/block/zram$n/comp_algorithm" 2>/dev/null && { Z_COMP=$a; break; }
-        fi
-    done
-    [[ -n $Z_COMP ]] || Z_COMP=$(sed -n 's/.*\[\([^]]*\)\].*/\1/p' "/sys/block/zram$n/comp_algorithm")
-    echo "$zram_size" >"/sys/block/zram$n/disksize" 2>/dev/null || { echo "cannot set disksize=$zram_size on $ZDEV"; return 1; }
-    mkswap "$ZDEV" >/dev/null 2>&1 || { echo "mkswap $ZDEV failed"; return 1; }
-    swapon -p 32767 "$ZDEV" 2>&1 || { echo "swapon $ZDEV failed"; return 1; }
-    Z_SWAPON=1
-    return 0
-}
 
 # ---------------------------------------------------------------- runs
 log=$TMP/boot.log
