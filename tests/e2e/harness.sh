@@ -167,3 +167,20 @@ trap_cleanup() {
     trap 'cleanup; trap - INT; kill -INT $$' INT
     trap 'cleanup; trap - TERM; kill -TERM $$' TERM
 }
+
+# mirror_host_kvm DIR: a sysroot for $GIANTVM_SYSROOT that mirrors this host's
+# KVM (DIR/dev/kvm -> /dev/kvm, DIR/sys/module/kvm_* for those loaded), and in
+# host_kvm what detection must conclude, computed here independently:
+# none (no /dev/kvm that opens), usable (kvm_intel/kvm_amd, no kvm_pvm), doubtful.
+mirror_host_kvm() {
+    local m
+    mkdir -p "$1/dev" "$1/sys/module"
+    [[ -e /dev/kvm ]] && ln -sf /dev/kvm "$1/dev/kvm"
+    for m in kvm_pvm kvm_intel kvm_amd; do [[ -e /sys/module/$m ]] && mkdir -p "$1/sys/module/$m"; done
+    host_kvm=none
+    if [[ -e /dev/kvm ]] && (exec 3<>/dev/kvm) 2>/dev/null; then
+        host_kvm=doubtful
+        [[ ! -e /sys/module/kvm_pvm && (-e /sys/module/kvm_intel || -e /sys/module/kvm_amd) ]] && host_kvm=usable
+    fi
+    return 0
+}

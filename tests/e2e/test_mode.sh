@@ -52,14 +52,7 @@ mkdir -p "$SR_MOD/sys/module/giantvm_kvm" "$SR_DEV/dev" "$SR_NONE"
 # KVM modules loaded. What detection must conclude, computed independently:
 # KVM only with kvm_intel/kvm_amd and without kvm_pvm, /dev/kvm opening.
 SR_HOST=$TMP/root-host
-mkdir -p "$SR_HOST/dev" "$SR_HOST/sys/module"
-[[ -e /dev/kvm ]] && ln -s /dev/kvm "$SR_HOST/dev/kvm"
-for m in kvm_pvm kvm_intel kvm_amd; do [[ -e /sys/module/$m ]] && mkdir -p "$SR_HOST/sys/module/$m"; done
-host_kvm=none
-if [[ -e /dev/kvm ]] && (exec 3<>/dev/kvm) 2>/dev/null; then
-    host_kvm=doubtful
-    [[ ! -e /sys/module/kvm_pvm && (-e /sys/module/kvm_intel || -e /sys/module/kvm_amd) ]] && host_kvm=usable
-fi
+mirror_host_kvm "$SR_HOST"
 note "this host's KVM: $host_kvm"
 
 # Three kinds of host, faked (a regular file stands for a /dev/kvm that answers):

@@ -52,14 +52,8 @@ mapfile -t GUEST < <(gvm_guest_qemu_args 256 16 gvm.seed=2)
 # UFFD mode whatever this machine has loaded; embedded pool: fresh cwd, no $GIANTVM_POOL.
 # The sysroot mirrors this host's KVM (the device and the KVM modules), not
 # the GiantVM module.
-mkdir -p "$TMP/sysroot/dev" "$TMP/sysroot/sys/module" "$TMP/cwd"
-[[ -e /dev/kvm ]] && ln -s /dev/kvm "$TMP/sysroot/dev/kvm"
-for m in kvm_pvm kvm_intel kvm_amd; do [[ -e /sys/module/$m ]] && mkdir -p "$TMP/sysroot/sys/module/$m"; done
-host_kvm=none
-if [[ -e /dev/kvm ]] && (exec 3<>/dev/kvm) 2>/dev/null; then
-    host_kvm=doubtful
-    [[ ! -e /sys/module/kvm_pvm && (-e /sys/module/kvm_intel || -e /sys/module/kvm_amd) ]] && host_kvm=usable
-fi
+mkdir -p "$TMP/cwd"
+mirror_host_kvm "$TMP/sysroot"
 note "this host's KVM: $host_kvm"
 export GIANTVM_SYSROOT=$TMP/sysroot
 unset GIANTVM_POOL GIANTVM_QEMU
