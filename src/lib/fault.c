@@ -60,7 +60,7 @@
 
 #define UFFD_BATCH 32 /* fault messages read at once */
 #define EXPLORE_EVERY 8    /* at a window of 1, every 8th non-sequential fault tries 2 */
-#define RMW_PROBE_EVERY 4  /* while installing reads dirty, 1 in 4 stays protected (measured) */
+#define RMW_PROBE_EVERY 16 /* while installing reads dirty, 1 in 16 stays protected (measured) */
 #define RMW_SCORE_MAX 16
 #define RMW_ON 8           /* rmw_score above this: read faults install dirty */
 
