@@ -123,7 +123,7 @@ struct gvm_engine {
 	struct gvm_fetch *free_fetch;
 	struct gvm_fetch *parked; /* fetches waiting for a replica to come back, or for room */
 	uint64_t inflight;        /* fetches outstanding */
-	uint64_t reserved;        /* pages of fetches in flight */
+	uint64_t reserved;        /* pages of fetches in flight, and pages held back (readahead marker, probes) */
 	uint64_t *deferred;       /* fault addresses waiting for a drop to finish (bit 0: write) */
 	size_t n_deferred, cap_deferred;
 

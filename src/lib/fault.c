@@ -214,6 +214,7 @@ static void probe_retire(struct gvm_engine *e, struct gvm_region *rg, struct gvm
 	uint64_t p = pr->page;
 
 	pr->page = UINT64_MAX;
+	e->reserved--;
 	if (!(pg_get(rg->pg, p) & PG_RESIDENT))
 		pg_clear(rg->pg, p, PG_INFLIGHT | PG_WANTED);
 	CTR_ADD(e, probe_misses, 1);
@@ -237,6 +238,7 @@ static uint64_t probe_hold(struct gvm_engine *e, struct gvm_region *rg, uint64_t
 	rg->probe_next = (rg->probe_next + 1) % GVM_PROBES;
 	if (pr->page != UINT64_MAX)
 		probe_retire(e, rg, pr);
+	e->reserved++; /* promised room until it is touched or forgotten */
 	pi = packed_index(bm, (unsigned)(probe - page0));
 	pr->zero = pi < 0;
 	if (pi >= 0)
@@ -267,6 +269,8 @@ static void install_payload(struct gvm_engine *e, struct gvm_region *rg, uint64_
 		long hi = packed_index(bm, (unsigned)(hold_page - page0));
 		if (rg->held != UINT64_MAX && !(pg_get(rg->pg, rg->held) & PG_RESIDENT))
 			install_run(e, rg, rg->held, 1, rg->held_zero ? NULL : rg->held_buf, wr);
+		if (rg->held == UINT64_MAX)
+			e->reserved++; /* a held page is promised room, like a page in flight */
 		rg->held_zero = hi < 0;
 		if (hi >= 0)
 			memcpy(rg->held_buf, data + ((size_t)hi << GVM_PAGE_SHIFT), GVM_PAGE_SIZE);
@@ -656,6 +660,7 @@ static void on_fault(struct gvm_engine *e, uintptr_t addr, int write, int wp, ui
 	if (p == rg->held) {
 		/* The readahead marker: serve it now and keep the run going. */
 		__atomic_store_n(&rg->held, UINT64_MAX, __ATOMIC_RELEASE);
+		e->reserved--;
 		install_run(e, rg, p, 1, rg->held_zero ? NULL : rg->held_buf,
 			    write ? IR_WRITABLE | IR_DIRTY : 0);
 		gvm_hist_add(e, gvm_now_ns() - now);
@@ -669,6 +674,7 @@ static void on_fault(struct gvm_engine *e, uintptr_t addr, int write, int wp, ui
 			continue;
 		/* A probe touched: the window it came with paid. */
 		pr->page = UINT64_MAX;
+		e->reserved--;
 		install_run(e, rg, p, 1, pr->zero ? NULL : pr->buf, write ? IR_WRITABLE | IR_DIRTY : 0);
 		gvm_hist_add(e, gvm_now_ns() - now);
 		CTR_ADD(e, probe_hits, 1);
