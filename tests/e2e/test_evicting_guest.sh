@@ -86,15 +86,18 @@ REPO=$(cd "$HERE/../.." && pwd)
 # guest: -m MiB; workload: "MIB SEED PASSES"; local: --local-mem; timeout: s;
 # run: VAR=VAL words go to giantvm run's environment, the rest are its options;
 # cut: "-" | "NODES @wb|@start [heal=S]" (NODES: comma-separated indexes).
+# Where the rows came from: pool = test_run_pool.sh, local_mem =
+# test_run_local_mem.sh, cut cut_heal down down_at_start down_nopoison =
+# test_netcut.sh cases 1a 1b 2a 2c 2b (in that order, as there).
 EG_TABLE='
-# name        | servers        | guest | workload | local | timeout | run                                                               | cut              | checks
-pool          | netns 3 +token | 512   | 256 7 1  | 160M  | 600     |                                                                   | -                | token_file needs_token wrong_token result banner pool_line ram_line engine_line per_node evicted budget no_errors alive plain
-local_mem     | loopback 2     | 1024  | 512 5 1  | 128M  | 900     |                                                                   | -                | result stat_live evicted budget no_errors alive plain memory
-cut           | netns 3 +token | 512   | 320 9 3  | 96M   | 180     | --replicas 2 --timeout-ms 500 --deadline-ms 20000                 | 2 @wb            | result noticed no_lost evicted budget
-cut_heal      | netns 3 +token | 512   | 320 9 3  | 96M   | 180     | --replicas 2 --timeout-ms 500 --deadline-ms 20000                 | 2 @wb heal=5     | result resync evicted budget
-down          | netns 2 +token | 512   | 320 9 3  | 96M   | 120     | --replicas 2 --timeout-ms 300 --deadline-ms 3000                  | 1,2 @wb          | gave_up sigbus_if_poison
-down_at_start | netns 2 +token | 512   | 320 9 3  | 96M   | 120     | GIANTVM_UFFD_DISABLE=POISON --replicas 2 --timeout-ms 300 --deadline-ms 3000 | 1,2 @start | gave_up exit75
-down_nopoison | netns 2 +token | 512   | 320 9 3  | 96M   | 120     | GIANTVM_UFFD_DISABLE=POISON --replicas 2 --timeout-ms 300 --deadline-ms 3000 | 1,2 @wb    | gave_up exit75 vm_stopped
+# name        | servers        | guest | workload | local | timeout | run                                                                          | cut          | checks
+pool          | netns 3 +token | 512   | 256 7 1  | 160M  | 600     |                                                                              | -            | token_file needs_token wrong_token result banner pool_line ram_line engine_line per_node evicted budget no_errors alive plain
+local_mem     | loopback 2     | 1024  | 512 5 1  | 128M  | 900     |                                                                              | -            | result stat_live evicted budget no_errors alive plain memory
+cut           | netns 3 +token | 512   | 320 9 3  | 96M   | 180     | --replicas 2 --timeout-ms 500 --deadline-ms 20000                            | 2 @wb        | result noticed no_lost evicted budget
+cut_heal      | netns 3 +token | 512   | 320 9 3  | 96M   | 180     | --replicas 2 --timeout-ms 500 --deadline-ms 20000                            | 2 @wb heal=5 | result resync evicted budget
+down          | netns 2 +token | 512   | 320 9 3  | 96M   | 120     | --replicas 2 --timeout-ms 300 --deadline-ms 3000                             | 1,2 @wb      | gave_up sigbus_if_poison
+down_at_start | netns 2 +token | 512   | 320 9 3  | 96M   | 120     | GIANTVM_UFFD_DISABLE=POISON --replicas 2 --timeout-ms 300 --deadline-ms 3000 | 1,2 @start   | gave_up exit75
+down_nopoison | netns 2 +token | 512   | 320 9 3  | 96M   | 120     | GIANTVM_UFFD_DISABLE=POISON --replicas 2 --timeout-ms 300 --deadline-ms 3000 | 1,2 @wb      | gave_up exit75 vm_stopped
 '
 PRE_CHECKS=" token_file needs_token wrong_token "
 
