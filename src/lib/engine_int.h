@@ -133,6 +133,8 @@ struct gvm_engine {
 	struct gvm_wb *wb_spare;  /* stripe-sized write-back buffers for reuse */
 	unsigned n_wb_spare;
 	struct gvm_wb *parked_wb; /* write-backs no replica could take yet (engine thread) */
+	struct gvm_wb *wbq_head, *wbq_tail; /* write-backs waiting for the send window (engine thread) */
+	uint64_t wb_inflight;     /* write-back bytes sent to nodes and not answered yet (engine thread) */
 
 	/* resync.c (engine thread; `degraded` is read by flush and stats) */
 	uint8_t *suspect;         /* per node: came back after failing, may have lost pages */
