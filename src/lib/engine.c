@@ -428,6 +428,7 @@ void gvm_engine_close(struct gvm_engine *e)
 			pr_perror("write(eventfd)");
 		pthread_join(e->thread, NULL);
 	}
+	gvm_evictor_free(e->ev); /* only now: the engine thread kicked it until it ended */
 	for (unsigned i = 0; i < e->n_regions; i++) {
 		struct gvm_region *rg = e->regions[i];
 		struct uffdio_range r = { rg->base, rg->len };

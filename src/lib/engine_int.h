@@ -48,6 +48,8 @@ struct gvm_fetch {            /* one READ of a window, until installed */
 	uint64_t start_ns;    /* first attempt, for the deadline */
 	uint64_t retry_ns;    /* parked until */
 	struct gvm_fetch *next;
+	struct gvm_fetch *all_next; /* every fetch ever allocated (e->all_fetches), for the close:
+	                             * one in flight then is owned by no list */
 };
 
 struct gvm_wb {               /* one WRITE of a run of pages to every replica */
@@ -121,6 +123,7 @@ struct gvm_engine {
 
 	/* fault.c (engine thread only) */
 	struct gvm_fetch *free_fetch;
+	struct gvm_fetch *all_fetches; /* see gvm_fetch.all_next */
 	struct gvm_fetch *parked; /* fetches waiting for a replica to come back, or for room */
 	uint64_t inflight;        /* fetches outstanding */
 	uint64_t reserved;        /* pages of fetches in flight, and pages held back (readahead marker, probes) */

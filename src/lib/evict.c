@@ -476,6 +476,12 @@ void gvm_evictor_stop(struct gvm_evictor *ev)
 	pthread_cond_signal(&ev->cv);
 	pthread_mutex_unlock(&ev->mu);
 	pthread_join(ev->thread, NULL);
+}
+
+void gvm_evictor_free(struct gvm_evictor *ev)
+{
+	if (!ev)
+		return;
 	if (ev->move_scratch)
 		munmap(ev->move_scratch, (size_t)EV_BATCH << GVM_PAGE_SHIFT);
 	pthread_mutex_destroy(&ev->mu);

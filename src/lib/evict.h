@@ -53,8 +53,11 @@ struct gvm_evictor;
 
 /* Start the evictor thread. 0 or -errno. */
 int gvm_evictor_start(struct gvm_evictor **out, const struct gvm_evict_params *p);
-/* Stop it and wait for its write-backs (the engine must still run). NULL is fine. */
+/* Stop it and wait for its write-backs (the engine must still run). NULL is fine.
+ * The engine thread may still kick it until that thread has ended. */
 void gvm_evictor_stop(struct gvm_evictor *ev);
+/* Free a stopped evictor, once nothing can kick it. NULL is fine. */
+void gvm_evictor_free(struct gvm_evictor *ev);
 /* Resident pages passed the high watermark (engine thread, on every such
  * install: cheap when the evictor is already busy). */
 void gvm_evictor_kick(struct gvm_evictor *ev);

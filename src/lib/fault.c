@@ -300,10 +300,16 @@ static struct gvm_fetch *fetch_alloc(struct gvm_engine *e)
 	struct gvm_fetch *f = e->free_fetch;
 
 	if (f) {
+		struct gvm_fetch *all = f->all_next;
 		e->free_fetch = f->next;
 		memset(f, 0, sizeof(*f));
+		f->all_next = all;
 	} else {
 		f = calloc(1, sizeof(*f));
+		if (f) {
+			f->all_next = e->all_fetches;
+			e->all_fetches = f;
+		}
 	}
 	if (f)
 		f->kind = CTX_FETCH;
@@ -837,15 +843,13 @@ void gvm_fault_resume(struct gvm_engine *e)
 
 void gvm_fault_fini(struct gvm_engine *e)
 {
-	while (e->free_fetch) {
-		struct gvm_fetch *f = e->free_fetch;
-		e->free_fetch = f->next;
+	/* Free, parked and in flight alike (the transport drops its requests at
+	 * close without calling back). */
+	while (e->all_fetches) {
+		struct gvm_fetch *f = e->all_fetches;
+		e->all_fetches = f->all_next;
 		free(f);
 	}
-	while (e->parked) {
-		struct gvm_fetch *f = e->parked;
-		e->parked = f->next;
-		free(f);
-	}
+	e->free_fetch = e->parked = NULL;
 	free(e->deferred);
 }
