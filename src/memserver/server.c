@@ -64,6 +64,7 @@
 #define FD_RESERVE        64             /* descriptors kept for the server itself */
 #define LOG_BURST         10             /* rate-limited warnings: this many per second */
 #define SMALL_REPLY       GVM_HDR_SIZE   /* replies allowed over the budget (see DESIGN) */
+#define PEER_BUDGET_SHARE 4              /* one address may hold 1/4 of the buffer budget */
 
 #define DEF_MAX_CONN_REGIONS 1024u
 #define DEF_BUFFER_BUDGET    (256ull << 20)
@@ -108,10 +109,12 @@ struct fifo {
 	struct conn *head, *tail;
 };
 
-/* Connections per peer address: open addressing, backward-shift deletion. */
+/* What the connections from one address hold. Kept in an open-addressing
+ * table of pointers (backward-shift deletion); freed with its last connection. */
 struct peer {
 	uint8_t addr[16];    /* IPv4 as ::ffff:a.b.c.d */
-	uint32_t conns;      /* 0 = free entry */
+	uint32_t conns;
+	uint64_t buffered;   /* bytes of its connections' input and output buffers */
 };
 
 struct conn {
@@ -139,7 +142,7 @@ struct conn {
 	struct conn *prev, *next;   /* all connections */
 	struct link ulink;   /* on s->unauthed while !authed */
 	struct link slink;   /* on s->starved while starved */
-	uint8_t peer[16];
+	struct peer *peer;   /* its address's share of connections and buffers */
 	uint8_t nonce[GVM_NONCE_SIZE];
 	char addr[ADDR_LEN];
 };
@@ -171,10 +174,12 @@ struct gvm_memserver {
 	uint64_t n_clients, reads, writes, bytes_in, bytes_out;
 	uint64_t n_unauthed;       /* clients that have not completed HELLO */
 	uint64_t buffered;         /* bytes of all input, output and spare buffers */
-	struct peer *peers;
+	struct peer **peers;
 	size_t peers_cap, peers_n;
+	int released;              /* buffers shrank since starved clients were last looked at */
 	/* limits */
 	uint64_t budget;
+	uint64_t peer_budget;      /* one address's share of the budget */
 	uint32_t max_conn_regions;
 	uint64_t max_clients, max_unauthed;
 	uint32_t max_peer_conns;
@@ -273,8 +278,8 @@ static struct peer *peer_find(struct gvm_memserver *s, const uint8_t addr[16])
 	size_t mask = s->peers_cap - 1, i = peer_home(s, addr, s->peers_cap);
 
 	for (;;) {
-		struct peer *p = &s->peers[i];
-		if (!p->conns)
+		struct peer *p = s->peers[i];
+		if (!p)
 			return NULL;
 		if (!memcmp(p->addr, addr, 16))
 			return p;
@@ -285,7 +290,7 @@ static struct peer *peer_find(struct gvm_memserver *s, const uint8_t addr[16])
 static int peer_grow(struct gvm_memserver *s)
 {
 	size_t cap = s->peers_cap * 2;
-	struct peer *t, *old = s->peers;
+	struct peer **t, **old = s->peers;
 
 	if ((s->peers_n + 1) * 2 <= s->peers_cap)
 		return 0;
@@ -293,10 +298,10 @@ static int peer_grow(struct gvm_memserver *s)
 	if (!t)
 		return -ENOMEM;
 	for (size_t i = 0; i < s->peers_cap; i++) {
-		if (!old[i].conns)
+		if (!old[i])
 			continue;
-		size_t j = peer_home(s, old[i].addr, cap);
-		while (t[j].conns)
+		size_t j = peer_home(s, old[i]->addr, cap);
+		while (t[j])
 			j = (j + 1) & (cap - 1);
 		t[j] = old[i];
 	}
@@ -306,48 +311,56 @@ static int peer_grow(struct gvm_memserver *s)
 	return 0;
 }
 
-/* Count one more connection from addr: 0, or -EMFILE over the per-peer cap. */
-static int peer_add(struct gvm_memserver *s, const uint8_t addr[16])
+/* One more connection from addr: its peer, or NULL with *err = -EMFILE over
+ * the per-address cap (or -ENOMEM). */
+static struct peer *peer_get(struct gvm_memserver *s, const uint8_t addr[16], int *err)
 {
 	struct peer *p = peer_find(s, addr);
 
 	if (p) {
-		if (p->conns >= s->max_peer_conns)
-			return -EMFILE;
+		if (p->conns >= s->max_peer_conns) {
+			*err = -EMFILE;
+			return NULL;
+		}
 		p->conns++;
-		return 0;
+		return p;
 	}
-	if (peer_grow(s) < 0)
-		return -ENOMEM;
+	*err = -ENOMEM;
+	if (peer_grow(s) < 0 || !(p = calloc(1, sizeof(*p))))
+		return NULL;
+	memcpy(p->addr, addr, 16);
+	p->conns = 1;
 	size_t mask = s->peers_cap - 1, i = peer_home(s, addr, s->peers_cap);
-	while (s->peers[i].conns)
+	while (s->peers[i])
 		i = (i + 1) & mask;
-	memcpy(s->peers[i].addr, addr, 16);
-	s->peers[i].conns = 1;
+	s->peers[i] = p;
 	s->peers_n++;
-	return 0;
+	return p;
 }
 
-static void peer_del(struct gvm_memserver *s, const uint8_t addr[16])
+static void peer_put(struct gvm_memserver *s, struct peer *p)
 {
-	struct peer *p = peer_find(s, addr);
 	size_t mask = s->peers_cap - 1, i, j;
 
 	if (!p || --p->conns)
 		return;
-	i = j = (size_t)(p - s->peers);
+	i = peer_home(s, p->addr, s->peers_cap);
+	while (s->peers[i] != p)
+		i = (i + 1) & mask;
+	j = i;
 	for (;;) {
 		j = (j + 1) & mask;
-		if (!s->peers[j].conns)
+		if (!s->peers[j])
 			break;
-		size_t k = peer_home(s, s->peers[j].addr, s->peers_cap);
+		size_t k = peer_home(s, s->peers[j]->addr, s->peers_cap);
 		if (i <= j ? (i < k && k <= j) : (i < k || k <= j))
 			continue;
 		s->peers[i] = s->peers[j];
 		i = j;
 	}
-	s->peers[i].conns = 0;
+	s->peers[i] = NULL;
 	s->peers_n--;
+	free(p);
 }
 
 static void peer_key(const struct sockaddr *sa, uint8_t out[16])
@@ -369,8 +382,8 @@ static void peer_key(const struct sockaddr *sa, uint8_t out[16])
  * or changes hands: a tenant's pages must not outlive their FREE in a
  * buffer another client's reply is built in (or in a core, or in the heap).
  */
-static int buf_resize(struct gvm_memserver *s, uint8_t **buf, size_t *cap, size_t want,
-		      size_t keep)
+static int buf_resize(struct gvm_memserver *s, struct conn *c, uint8_t **buf, size_t *cap,
+		      size_t want, size_t keep)
 {
 	uint8_t *p = NULL;
 
@@ -386,14 +399,19 @@ static int buf_resize(struct gvm_memserver *s, uint8_t **buf, size_t *cap, size_
 		free(*buf);
 	}
 	s->buffered = s->buffered - *cap + want;
+	c->peer->buffered = c->peer->buffered - *cap + want;
+	if (want < *cap)
+		s->released = 1;
 	*buf = p;
 	*cap = want;
 	return 0;
 }
 
-static int over_budget(const struct gvm_memserver *s)
+/* Over the budget, or this client's address over its share of it: one
+ * address (however many connections it opens) cannot take it all. */
+static int over_budget(const struct gvm_memserver *s, const struct conn *c)
 {
-	return s->buffered >= s->budget;
+	return s->buffered >= s->budget || c->peer->buffered >= s->peer_budget;
 }
 
 static size_t out_pending(const struct conn *c)
@@ -411,13 +429,15 @@ static void out_release(struct conn *c)
 	if (sp->n < OUT_SPARES && c->out_cap <= OUT_SPARE_MAX) {
 		/* Still counted in s->buffered while it is a spare. */
 		OPENSSL_cleanse(c->out, c->out_hw);
+		c->peer->buffered -= c->out_cap;
+		s->released = 1;
 		sp->buf[sp->n] = c->out;
 		sp->cap[sp->n] = c->out_cap;
 		sp->n++;
 		c->out = NULL;
 		c->out_cap = 0;
 	} else {
-		buf_resize(s, &c->out, &c->out_cap, 0, 0);
+		buf_resize(s, c, &c->out, &c->out_cap, 0, 0);
 	}
 	c->out_off = c->out_len = c->out_hw = 0;
 }
@@ -434,6 +454,7 @@ static uint8_t *out_reserve(struct conn *c, size_t n)
 		c->out = s->spares.buf[s->spares.n];
 		c->out_cap = s->spares.cap[s->spares.n];
 		c->out_hw = 0;
+		c->peer->buffered += c->out_cap;
 	}
 	if (c->out_cap - c->out_len < n && c->out_off) {
 		memmove(c->out, c->out + c->out_off, out_pending(c));
@@ -442,7 +463,7 @@ static uint8_t *out_reserve(struct conn *c, size_t n)
 	}
 	if (c->out_cap - c->out_len < n) {
 		size_t cap = GVM_MAX(GVM_MAX(c->out_cap * 2, c->out_len + n), (size_t)1024);
-		if (buf_resize(s, &c->out, &c->out_cap, cap, c->out_len) < 0)
+		if (buf_resize(s, c, &c->out, &c->out_cap, cap, c->out_len) < 0)
 			return NULL;
 		c->out_hw = c->out_len;
 	}
@@ -741,7 +762,7 @@ static ssize_t conn_parse(struct gvm_memserver *s, struct conn *c, const uint8_t
 			break;
 		/* Over the budget, only header-sized replies, and only with nothing
 		 * else pending: whoever waits holds nothing that grows. */
-		if (over_budget(s) && (reply_size(&h) > SMALL_REPLY || out_pending(c))) {
+		if (over_budget(s, c) && (reply_size(&h) > SMALL_REPLY || out_pending(c))) {
 			if (out_pending(c))
 				c->paused = 1;  /* its own output draining wakes it */
 			else
@@ -767,12 +788,12 @@ static int conn_keep_input(struct conn *c, const uint8_t *src, size_t rest)
 
 	if (!rest) {
 		c->in_len = 0;
-		return buf_resize(s, &c->in, &c->in_cap, 0, 0);
+		return buf_resize(s, c, &c->in, &c->in_cap, 0, 0);
 	}
 	if (!c->in_len)
 		c->in_since_ns = gvm_now_ns();
 	if (c->in_cap < rest || c->in_cap > rest + 4096) {
-		if (buf_resize(s, &c->in, &c->in_cap, rest, 0) < 0)
+		if (buf_resize(s, c, &c->in, &c->in_cap, rest, 0) < 0)
 			return -ENOMEM;
 	}
 	memcpy(c->in, src, rest);
@@ -796,7 +817,7 @@ static void conn_consume_input(struct conn *c, size_t used)
 	c->in_len = rest;
 	c->in_since_ns = gvm_now_ns();
 	if (c->in_cap > rest + 4096)  /* a failed shrink leaves the bigger buffer, which is fine */
-		(void)buf_resize(c->srv, &c->in, &c->in_cap, rest, rest);
+		(void)buf_resize(c->srv, c, &c->in, &c->in_cap, rest, rest);
 }
 
 static int conn_recv_error(struct conn *c)
@@ -816,7 +837,7 @@ static int conn_read(struct gvm_memserver *s, struct conn *c)
 		ssize_t n;
 
 		/* Over the budget nothing more is taken in: wait for buffers to drain. */
-		if (over_budget(s)) {
+		if (over_budget(s, c)) {
 			conn_starve(s, c);
 			return 0;
 		}
@@ -824,7 +845,7 @@ static int conn_read(struct gvm_memserver *s, struct conn *c)
 			/* A large frame is received in its own buffer, grown as bytes arrive. */
 			if (c->in_cap < need) {
 				size_t cap = GVM_MIN(need, GVM_MAX(c->in_cap * 2, c->in_len + RBUF_SIZE));
-				if (buf_resize(s, &c->in, &c->in_cap, cap, c->in_len) < 0)
+				if (buf_resize(s, c, &c->in, &c->in_cap, cap, c->in_len) < 0)
 					return conn_reject(c, "out of memory for a large frame");
 			}
 			size_t want = GVM_MIN(c->in_cap, need) - c->in_len;
@@ -991,10 +1012,11 @@ static void conn_close_as(struct gvm_memserver *s, struct conn *c, int later)
 	unauthed_del(s, c);
 	if (c->starved)
 		fifo_del(&s->starved, c, &c->slink, SLINK);
-	peer_del(s, c->peer);
 	pr_debug("client %s: disconnected", c->addr);
-	buf_resize(s, &c->in, &c->in_cap, 0, 0);
+	buf_resize(s, c, &c->in, &c->in_cap, 0, 0);
 	out_release(c);
+	peer_put(s, c->peer);
+	c->peer = NULL;
 	if (later) {
 		c->kind = SRC_ZOMBIE;
 		c->next = s->zombies;
@@ -1033,17 +1055,27 @@ static void conn_event(struct gvm_memserver *s, struct conn *c, uint32_t ev)
 }
 
 /*
- * Buffers drained below the budget: let the starved clients run again, oldest
- * first, for as long as the budget lasts. Runs once per loop iteration.
+ * Buffers drained: let the starved clients that now fit run again, oldest
+ * first. Looks at a bounded number per loop iteration; one whose address is
+ * still over its share stays queued without holding up the others.
  */
 static void wake_starved(struct gvm_memserver *s)
 {
-	unsigned n = 0;
+	unsigned looked = 0, woken = 0;
+	struct conn *c, *next;
 
-	while (s->starved.head && !over_budget(s) && n++ < MAX_EVENTS) {
-		struct conn *c = s->starved.head;
+	if (!s->released)
+		return;
+	s->released = 0;
+	for (c = s->starved.head; c && s->buffered < s->budget && looked < 4096 && woken < MAX_EVENTS;
+	     c = next) {
 		int r = 0;
 
+		next = c->slink.next;
+		looked++;
+		if (over_budget(s, c))
+			continue;
+		woken++;
 		fifo_del(&s->starved, c, &c->slink, SLINK);
 		c->starved = 0;
 		if (c->in_len) {
@@ -1058,9 +1090,14 @@ static void wake_starved(struct gvm_memserver *s)
 		}
 		if (r == 0)
 			r = conn_pump(s, c);
-		if (r < 0)
+		if (r < 0) {
+			/* next may have been starved again meanwhile: still on the list, fine. */
 			conn_close(s, c);
+		}
 	}
+	/* Not all looked at: come back on the next iteration. */
+	if (c && s->buffered < s->budget)
+		s->released = 1;
 }
 
 /* Refuse or evict: logged at most LOG_BURST times a second. */
@@ -1099,8 +1136,8 @@ static void conn_new(struct gvm_memserver *s, int fd, const struct sockaddr *sa)
 		close(fd);
 		return;
 	}
-	r = peer_add(s, peer);
-	if (r < 0) {
+	struct peer *pp = peer_get(s, peer, &r);
+	if (!pp) {
 		limit_warn(s, addr, r == -EMFILE ? "refused: --max-peer-conns reached for this address"
 						: "refused: out of memory");
 		close(fd);
@@ -1109,14 +1146,14 @@ static void conn_new(struct gvm_memserver *s, int fd, const struct sockaddr *sa)
 	c = calloc(1, sizeof(*c));
 	if (!c) {
 		pr_warn("out of memory for a new client");
-		peer_del(s, peer);
+		peer_put(s, pp);
 		close(fd);
 		return;
 	}
 	c->kind = SRC_CONN;
 	c->srv = s;
 	c->fd = fd;
-	memcpy(c->peer, peer, sizeof(peer));
+	c->peer = pp;
 	memcpy(c->addr, addr, sizeof(addr));
 	if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0)
 		pr_debug("client %s: TCP_NODELAY: %s", c->addr, strerror(errno));
@@ -1163,8 +1200,8 @@ static void conn_new(struct gvm_memserver *s, int fd, const struct sockaddr *sa)
 
 out_free:
 	close(fd);
-	peer_del(s, peer);
 	out_release(c);
+	peer_put(s, pp);
 	free(c);
 }
 
@@ -1351,6 +1388,7 @@ int gvm_memserver_open(struct gvm_memserver **out, const struct gvm_memserver_op
 	s->io_timeout_ns = (uint64_t)(opts->io_timeout_ms > 0 ? opts->io_timeout_ms : DEF_IO_TIMEOUT_MS) * 1000000ull;
 	s->keepalive_s = opts->keepalive_s < 0 ? 0 : opts->keepalive_s ? opts->keepalive_s : DEF_KEEPALIVE_S;
 	s->budget = opts->buffer_budget ? opts->buffer_budget : DEF_BUFFER_BUDGET;
+	s->peer_budget = s->budget / PEER_BUDGET_SHARE;
 	s->max_conn_regions = opts->max_conn_regions ? opts->max_conn_regions : DEF_MAX_CONN_REGIONS;
 	s->max_peer_conns = opts->max_peer_conns ? opts->max_peer_conns : DEF_MAX_PEER_CONNS;
 	s->peers_cap = 64;
@@ -1520,7 +1558,7 @@ int gvm_memserver_run(struct gvm_memserver *s)
 	for (;;) {
 		/* With clients around, wake up to time them out. */
 		int wait_ms = s->conns ? (int)(sweep_period(s) / 1000000ull) : -1;
-		int n = epoll_wait(s->epfd, ev, MAX_EVENTS, s->starved.head && !over_budget(s) ? 0 : wait_ms);
+		int n = epoll_wait(s->epfd, ev, MAX_EVENTS, s->starved.head && s->released ? 0 : wait_ms);
 		int stop = 0;
 
 		if (n < 0) {
@@ -1600,6 +1638,6 @@ void gvm_memserver_close(struct gvm_memserver *s)
 		OPENSSL_cleanse(s->spares.buf[s->spares.n], s->spares.cap[s->spares.n]);
 		free(s->spares.buf[s->spares.n]);
 	}
-	free(s->peers);
+	free(s->peers);  /* every peer went with its last connection */
 	free(s);
 }
