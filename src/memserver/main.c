@@ -42,6 +42,9 @@ static const char usage_text[] =
 	"                       (default 10)\n"
 	"  --admin-token-file FILE  a second secret: a client proving it sees the node-wide\n"
 	"                       STAT (others see only their own connection and regions)\n"
+	"  --insecure           allow a non-loopback --listen without --token-file\n"
+	"  --port-file FILE     after listening, write each listener's port (one per line)\n"
+	"  --help               show this help\n"
 	"\n"
 	"Limits (each bounds what clients can make the server hold; see docs/MEMSERVER.md):\n"
 	"  --max-regions N      regions holding pages (default 1048576)\n"
@@ -59,10 +62,7 @@ static const char usage_text[] =
 	"  --keepalive SEC      TCP keepalive after SEC idle seconds; 0 = off (default 60)\n"
 	"\n"
 	"The server holds tenants' pages: it makes itself non-dumpable (no core dumps,\n"
-	"no ptrace by other processes of the same user) at start.\n"
-	"  --insecure           allow a non-loopback --listen without --token-file\n"
-	"  --port-file FILE     after listening, write each listener's port (one per line)\n"
-	"  --help               show this help\n";
+	"no ptrace by other processes of the same user) at start.\n";
 
 static struct gvm_memserver *volatile g_server;
 

@@ -114,6 +114,7 @@ struct fifo {
 struct peer {
 	uint8_t addr[16];    /* IPv4 as ::ffff:a.b.c.d */
 	uint32_t conns;
+	uint32_t unauthed;   /* of those, before HELLO */
 	uint64_t buffered;   /* bytes of its connections' input and output buffers */
 };
 
@@ -130,6 +131,7 @@ struct conn {
 	uint64_t last_req_ns;  /* last request handled (idle timeout) */
 	uint64_t in_since_ns;  /* c->in became non-empty (half-sent frame timeout) */
 	uint64_t out_since_ns; /* output pending and no send progress since */
+	uint64_t starved_ns;   /* starved since */
 	uint8_t *in;         /* unparsed input: an unfinished frame, or frames held back */
 	size_t in_len, in_cap;
 	uint8_t *out;        /* unsent output, from out_off to out_len */
@@ -567,6 +569,7 @@ static void unauthed_del(struct gvm_memserver *s, struct conn *c)
 		return;
 	fifo_del(&s->unauthed, c, &c->ulink, ULINK);
 	s->n_unauthed--;
+	c->peer->unauthed--;
 }
 
 static int handle_hello(struct gvm_memserver *s, struct conn *c, const struct gvm_hdr *h,
@@ -730,6 +733,7 @@ static void conn_starve(struct gvm_memserver *s, struct conn *c)
 	if (c->starved)
 		return;
 	c->starved = 1;
+	c->starved_ns = gvm_now_ns();
 	fifo_push(&s->starved, c, &c->slink, SLINK);
 }
 
@@ -1108,6 +1112,32 @@ static void limit_warn(struct gvm_memserver *s, const char *addr, const char *wh
 		pr_warn("client %s: %s", addr, what);
 }
 
+/*
+ * All slots for unauthenticated clients are taken: evict one, or refuse the
+ * newcomer. The victim is, among the oldest few, one from the address with
+ * the most connections waiting for HELLO (the oldest of those): a flood
+ * from a few addresses then only displaces itself, and an honest client
+ * (one connection, a handshake of a round trip) is displaced only by an
+ * attacker with more addresses than there are slots. A newcomer from an
+ * address that already holds more waiting connections than the victim's
+ * is refused instead. Returns 0 when a slot was freed, -EAGAIN to refuse.
+ */
+#define EVICT_SCAN 64
+static int unauthed_make_room(struct gvm_memserver *s, const uint8_t addr[16])
+{
+	struct peer *mine = peer_find(s, addr);
+	struct conn *victim = NULL, *c = s->unauthed.head;
+
+	for (unsigned i = 0; c && i < EVICT_SCAN; i++, c = c->ulink.next)
+		if (!victim || c->peer->unauthed > victim->peer->unauthed)
+			victim = c;
+	if (!victim || (mine && mine->unauthed >= victim->peer->unauthed))
+		return -EAGAIN;
+	limit_warn(s, victim->addr, "evicted before HELLO: too many unauthenticated clients");
+	conn_close_as(s, victim, 1);
+	return 0;
+}
+
 static void conn_new(struct gvm_memserver *s, int fd, const struct sockaddr *sa)
 {
 	struct gvm_greeting g = { .version = GVM_PROTO_VERSION, .flags = s->token ? GVM_GREET_AUTH : 0 };
@@ -1124,12 +1154,12 @@ static void conn_new(struct gvm_memserver *s, int fd, const struct sockaddr *sa)
 
 	format_addr(sa, addr, sizeof(addr));
 	peer_key(sa, peer);
-	/* Before HELLO the oldest stranger gives way to the newest: flooding
-	 * the slots then only delays honest clients by one handshake. */
 	if (s->n_unauthed >= s->max_unauthed || (s->n_clients >= s->max_clients && s->n_unauthed)) {
-		struct conn *old = s->unauthed.head;
-		limit_warn(s, old->addr, "evicted before HELLO: too many unauthenticated clients");
-		conn_close_as(s, old, 1);
+		if (unauthed_make_room(s, peer) < 0) {
+			limit_warn(s, addr, "refused: too many unauthenticated clients from this address");
+			close(fd);
+			return;
+		}
 	}
 	if (s->n_clients >= s->max_clients) {
 		limit_warn(s, addr, "refused: --max-clients reached");
@@ -1192,6 +1222,7 @@ static void conn_new(struct gvm_memserver *s, int fd, const struct sockaddr *sa)
 	s->n_clients++;
 	s->n_unauthed++;
 	fifo_push(&s->unauthed, c, &c->ulink, ULINK);
+	c->peer->unauthed++;
 	c->born_ns = c->last_req_ns = c->out_since_ns = gvm_now_ns();
 	pr_debug("client %s: connected", c->addr);
 	if (conn_pump(s, c) < 0)
@@ -1541,6 +1572,11 @@ static void sweep(struct gvm_memserver *s)
 			why = "replies not read within the I/O timeout";
 		else if (c->in_len && !c->paused && !c->starved && now - c->in_since_ns >= s->io_timeout_ns)
 			why = "frame left unfinished for the I/O timeout";
+		else if (c->starved && c->peer->buffered >= s->peer_budget &&
+			 now - c->starved_ns >= s->io_timeout_ns)
+			/* Held back because its own address's connections hold their
+			 * whole share: waiting would only keep more memory pinned. */
+			why = "its address held its share of the buffer budget for the I/O timeout";
 		else if (c->authed && s->idle_timeout_ns && !out_pending(c) && !c->in_len &&
 			 now - c->last_req_ns >= s->idle_timeout_ns)
 			why = "idle";
