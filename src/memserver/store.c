@@ -79,6 +79,7 @@ struct gvm_store {
 	uint32_t *free_fr;    /* stack of free frames; room for every frame ever made */
 	size_t n_free_fr, cap_free_fr;
 	int prealloc;         /* arenas populated at open, huge pages, never discarded */
+	uint32_t *batch;      /* FREE: frames gathered across chunks, sorted, released in runs */
 
 	/* Backing mode (fd >= 0) */
 	int fd;
@@ -426,10 +427,30 @@ static void frames_release(struct gvm_store *st, const uint32_t *fr, size_t n)
 			memset(p, 0, len);
 		else if (madvise(p, len, MADV_DONTNEED) < 0)
 			pr_debug("madvise(DONTNEED): %s", strerror(errno));
-		for (size_t k = i; k < j; k++)
+		/* Pushed backwards, so the run is handed out again in address
+		 * order and its next release is one madvise as well. */
+		for (size_t k = j; k-- > i;)
 			st->free_fr[st->n_free_fr++] = fr[k];
 		i = j;
 	}
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+#define FREE_BATCH 8192u
+
+/* Release the gathered frames in address order: neighbours from different
+ * chunks (sparse data) go back with one madvise. */
+static void batch_flush(struct gvm_store *st, size_t *n)
+{
+	qsort(st->batch, *n, sizeof(uint32_t), cmp_u32);
+	frames_release(st, st->batch, *n);
+	*n = 0;
 }
 
 /* Capacity of a chunk's frame array for n stored pages (0 = none). */
@@ -986,6 +1007,7 @@ void gvm_store_close(struct gvm_store *st)
 			pr_warn("munmap: %s", strerror(errno));
 	free(st->arenas);
 	free(st->free_fr);
+	free(st->batch);
 	free(st->free_slots);
 	free(st->rtab);
 	free(st->path);
@@ -1352,10 +1374,13 @@ int gvm_store_list(struct gvm_store *st, uint64_t region, const uint8_t key[GVM_
 int gvm_store_free(struct gvm_store *st, uint64_t region, const uint8_t key[GVM_KEY_SIZE])
 {
 	struct region *rg = region_find(st, region, key);
+	size_t nb = 0;
 	int r = 0;
 
 	if (!rg)
 		return 0;
+	if (st->fd < 0 && !st->batch)
+		st->batch = malloc(FREE_BATCH * sizeof(uint32_t));  /* without it: chunk by chunk */
 	for (size_t i = 0; i < rg->tab_cap && rg->tab_n;) {
 		struct chunk *c = &rg->tab[i];
 		unsigned n;
@@ -1370,6 +1395,12 @@ int gvm_store_free(struct gvm_store *st, uint64_t region, const uint8_t key[GVM_
 			if ((r = slot_clear(st, c->u.slot)) < 0)
 				break;
 			slot_release(st, c->u.slot);
+		} else if (st->batch) {
+			if (nb + n > FREE_BATCH)
+				batch_flush(st, &nb);
+			memcpy(st->batch + nb, c->u.fr, n * sizeof(uint32_t));
+			nb += n;
+			free(c->u.fr);
 		} else {
 			frames_release(st, c->u.fr, n);
 			free(c->u.fr);
@@ -1381,6 +1412,8 @@ int gvm_store_free(struct gvm_store *st, uint64_t region, const uint8_t key[GVM_
 		 * Every slot before i is empty by now, so nothing wraps past it. */
 		chunk_delete(rg, c);
 	}
+	if (nb)
+		batch_flush(st, &nb);
 	if (r < 0)
 		return r;
 	region_remove(st, rg);
