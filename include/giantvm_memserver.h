@@ -29,6 +29,8 @@ struct gvm_memserver_opts {
 	int hello_timeout_ms;     /* close a client that has not said HELLO by then; 0 = 10 s */
 	/* Limits (docs/MEMSERVER.md "Limits"); 0 = the default shown. */
 	uint64_t max_regions;     /* regions holding pages; 0 = 1048576 */
+	uint64_t max_peer_regions;  /* of those, created from one address; 0 = max_regions / 4 */
+	uint64_t max_peer_capacity; /* bytes in regions created from one address; 0 = no quota */
 	unsigned max_conn_regions;/* regions OPEN on one connection; 0 = 1024 */
 	uint64_t buffer_budget;   /* buffered input + output bytes over all clients; 0 = 256 MiB */
 	unsigned max_clients;     /* connections; 0 = open-file limit - 64 */

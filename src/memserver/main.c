@@ -48,6 +48,10 @@ static const char usage_text[] =
 	"\n"
 	"Limits (each bounds what clients can make the server hold; see docs/MEMSERVER.md):\n"
 	"  --max-regions N      regions holding pages (default 1048576)\n"
+	"  --max-peer-regions N of those, created from one IP address (default 1/4 of\n"
+	"                       --max-regions)\n"
+	"  --max-peer-capacity SIZE  page bytes in regions created from one IP address\n"
+	"                       (default: no quota beyond --capacity)\n"
 	"  --max-conn-regions N regions one connection may OPEN (default 1024)\n"
 	"  --buffer-budget SIZE input and output buffered for all clients together; over it\n"
 	"                       clients are not read until buffers drain (default 256M)\n"
@@ -174,6 +178,8 @@ int gvm_memserver_main(int argc, char **argv)
 		{ "port-file", required_argument, NULL, 'p' },
 		{ "admin-token-file", required_argument, NULL, 'A' },
 		{ "max-regions", required_argument, NULL, 'R' },
+		{ "max-peer-regions", required_argument, NULL, 'G' },
+		{ "max-peer-capacity", required_argument, NULL, 'Q' },
 		{ "max-conn-regions", required_argument, NULL, 'r' },
 		{ "buffer-budget", required_argument, NULL, 'B' },
 		{ "max-clients", required_argument, NULL, 'C' },
@@ -225,13 +231,17 @@ int gvm_memserver_main(int argc, char **argv)
 		case 'A':
 			o.admin_token_file = optarg;
 			break;
-		case 'R': case 'r': case 'C': case 'U': case 'E': {
+		case 'Q':
+			if (gvm_parse_size(optarg, &o.max_peer_capacity) < 0 || o.max_peer_capacity < 4096)
+				return usage_error("--max-peer-capacity: '%s' is not a size of at least 4K", optarg);
+			break;
+		case 'R': case 'r': case 'C': case 'U': case 'E': case 'G': {
 			uint64_t v;
 			if (gvm_parse_u64(optarg, 1, 1ull << 30, &v) < 0)
 				return usage_error("--%s: '%s' is not a number from 1 to 2^30",
 						   ch == 'R' ? "max-regions" : ch == 'r' ? "max-conn-regions" :
 						   ch == 'C' ? "max-clients" : ch == 'U' ? "max-unauthed" :
-						   "max-peer-conns", optarg);
+						   ch == 'G' ? "max-peer-regions" : "max-peer-conns", optarg);
 			if (ch == 'R')
 				o.max_regions = v;
 			else if (ch == 'r')
@@ -240,6 +250,8 @@ int gvm_memserver_main(int argc, char **argv)
 				o.max_clients = (unsigned)v;
 			else if (ch == 'U')
 				o.max_unauthed = (unsigned)v;
+			else if (ch == 'G')
+				o.max_peer_regions = v;
 			else
 				o.max_peer_conns = (unsigned)v;
 			break;

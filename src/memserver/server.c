@@ -115,6 +115,7 @@ struct peer {
 	uint8_t addr[16];    /* IPv4 as ::ffff:a.b.c.d */
 	uint32_t conns;
 	uint32_t unauthed;   /* of those, before HELLO */
+	uint64_t owner;      /* its id for the store's quotas (non-zero) */
 	uint64_t buffered;   /* bytes of its connections' input and output buffers */
 };
 
@@ -332,6 +333,7 @@ static struct peer *peer_get(struct gvm_memserver *s, const uint8_t addr[16], in
 		return NULL;
 	memcpy(p->addr, addr, 16);
 	p->conns = 1;
+	p->owner = gvm_hash_bytes(addr, 16, 0x70656572ull) | 1;
 	size_t mask = s->peers_cap - 1, i = peer_home(s, addr, s->peers_cap);
 	while (s->peers[i])
 		i = (i + 1) & mask;
@@ -695,6 +697,8 @@ static int conn_handle(struct gvm_memserver *s, struct conn *c, const struct gvm
 		return 0;
 	}
 	case GVM_OP_WRITE:
+		/* A region this creates counts against the client's address's quotas. */
+		gvm_store_set_owner(s->store, c->peer->owner);
 		status = gvm_store_write(s->store, h->region, rg->key, h->page, h->count, payload, h->len);
 		return reply_status(c, h, status);
 	case GVM_OP_STAT:
@@ -1386,7 +1390,8 @@ out_free:
 int gvm_memserver_open(struct gvm_memserver **out, const struct gvm_memserver_opts *opts)
 {
 	struct gvm_store_opts so = { .backing = opts->backing, .fsync_mode = opts->fsync_mode,
-				     .prealloc = opts->prealloc, .max_regions = opts->max_regions };
+				     .prealloc = opts->prealloc, .max_regions = opts->max_regions,
+				     .max_owner_pages = opts->max_peer_capacity / GVM_PAGE_SIZE };
 	struct epoll_event ev = { .events = EPOLLIN };
 	struct gvm_memserver *s;
 	unsigned n_listen = opts->n_listen ? opts->n_listen : 1;
@@ -1404,6 +1409,13 @@ int gvm_memserver_open(struct gvm_memserver **out, const struct gvm_memserver_op
 		return -EINVAL;
 	}
 	so.capacity_pages = opts->capacity / GVM_PAGE_SIZE;
+	/* One address (a tenant, or many behind one host) cannot take every region. */
+	so.max_owner_regions = opts->max_peer_regions ? opts->max_peer_regions :
+			       GVM_MAX((opts->max_regions ? opts->max_regions : GVM_STORE_MAX_REGIONS) / 4, 1ull);
+	if (opts->max_peer_capacity && !so.max_owner_pages) {
+		pr_err("per-address capacity %" PRIu64 " is smaller than one page", opts->max_peer_capacity);
+		return -EINVAL;
+	}
 	if (opts->capacity && !so.capacity_pages) {
 		pr_err("capacity %" PRIu64 " is smaller than one page", opts->capacity);
 		return -EINVAL;

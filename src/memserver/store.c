@@ -52,7 +52,16 @@ struct chunk {
  * table can never fill with bindings nobody uses. Two keys for one id are
  * two regions: no tenant can see, block or probe another's.
  */
+/* Who created regions (the server passes the client's address): quotas of
+ * regions and pages per owner. 0 = nobody in particular, no quotas. */
+struct owner {
+	uint64_t id;
+	uint64_t regions;   /* regions it created that still exist; 0 = record freed */
+	uint64_t pages;     /* pages those regions hold */
+};
+
 struct region {
+	struct owner *owner;
 	uint64_t id;
 	uint64_t home;      /* hash of (id, key): rtab position and chunk hash seed */
 	uint64_t pages;     /* stored pages */
@@ -71,6 +80,10 @@ struct gvm_store {
 
 	struct region **rtab; /* power-of-two sized, linear probing, load <= 1/2 */
 	size_t rtab_cap, rtab_n;
+	struct owner **otab;  /* same, by owner id */
+	size_t otab_cap, otab_n;
+	uint64_t cur_owner;   /* gvm_store_set_owner() */
+	uint64_t max_owner_regions, max_owner_pages;  /* 0 = no quota */
 
 	/* RAM mode */
 	uint8_t **arenas;
@@ -214,6 +227,75 @@ static void chunk_delete(struct region *rg, struct chunk *c)
 	rg->tab_n--;
 }
 
+/* ---------------------------------------------------------------- owners */
+
+static size_t owner_home(const struct gvm_store *st, uint64_t id, size_t cap)
+{
+	return (size_t)gvm_mix64(id ^ st->seed ^ 0x6f776e6572ull) & (cap - 1);
+}
+
+/* The owner's record, created if needed (with no regions yet). NULL: -ENOMEM. */
+static struct owner *owner_get(struct gvm_store *st, uint64_t id)
+{
+	size_t mask = st->otab_cap - 1, i = owner_home(st, id, st->otab_cap);
+	struct owner *o;
+
+	for (; st->otab[i]; i = (i + 1) & mask)
+		if (st->otab[i]->id == id)
+			return st->otab[i];
+	if ((st->otab_n + 1) * 2 > st->otab_cap) {
+		size_t cap = st->otab_cap * 2;
+		struct owner **t = calloc(cap, sizeof(*t));
+		if (!t)
+			return NULL;
+		for (size_t j = 0; j < st->otab_cap; j++) {
+			if (!st->otab[j])
+				continue;
+			size_t k = owner_home(st, st->otab[j]->id, cap);
+			while (t[k])
+				k = (k + 1) & (cap - 1);
+			t[k] = st->otab[j];
+		}
+		free(st->otab);
+		st->otab = t;
+		st->otab_cap = cap;
+		mask = cap - 1;
+		for (i = owner_home(st, id, cap); st->otab[i]; i = (i + 1) & mask)
+			;
+	}
+	if (!(o = calloc(1, sizeof(*o))))
+		return NULL;
+	o->id = id;
+	st->otab[i] = o;
+	st->otab_n++;
+	return o;
+}
+
+/* Free the record of an owner with no regions left. */
+static void owner_put(struct gvm_store *st, struct owner *o)
+{
+	size_t mask = st->otab_cap - 1, i, j;
+
+	if (!o || o->regions)
+		return;
+	for (i = owner_home(st, o->id, st->otab_cap); st->otab[i] != o; i = (i + 1) & mask)
+		;
+	j = i;
+	for (;;) {
+		j = (j + 1) & mask;
+		if (!st->otab[j])
+			break;
+		size_t k = owner_home(st, st->otab[j]->id, st->otab_cap);
+		if (i <= j ? (i < k && k <= j) : (i < k || k <= j))
+			continue;
+		st->otab[i] = st->otab[j];
+		i = j;
+	}
+	st->otab[i] = NULL;
+	st->otab_n--;
+	free(o);
+}
+
 /* ---------------------------------------------------------------- region table */
 
 static uint64_t region_hash(const struct gvm_store *st, uint64_t id, const uint8_t key[GVM_KEY_SIZE])
@@ -263,8 +345,9 @@ static int region_reserve(struct gvm_store *st)
 	return 0;
 }
 
-/* A new, empty region not yet in the table. */
-static struct region *region_alloc(struct gvm_store *st, uint64_t id, const uint8_t key[GVM_KEY_SIZE])
+/* A new, empty region not yet in the table (nor counted for its owner). */
+static struct region *region_alloc(struct gvm_store *st, uint64_t id, const uint8_t key[GVM_KEY_SIZE],
+				   struct owner *owner)
 {
 	struct region *r = calloc(1, sizeof(*r));
 
@@ -276,6 +359,7 @@ static struct region *region_alloc(struct gvm_store *st, uint64_t id, const uint
 		return NULL;
 	}
 	r->tab_cap = MIN_CHUNK_TAB;
+	r->owner = owner;
 	r->id = id;
 	r->home = region_hash(st, id, key);
 	memcpy(r->key, key, GVM_KEY_SIZE);
@@ -300,6 +384,7 @@ static void region_insert(struct gvm_store *st, struct region *r)
 		i = (i + 1) & mask;
 	st->rtab[i] = r;
 	st->rtab_n++;
+	r->owner->regions++;
 }
 
 /* Take an empty region out of the table and free it (its chunks are gone). */
@@ -322,6 +407,8 @@ static void region_remove(struct gvm_store *st, struct region *r)
 	}
 	st->rtab[i] = NULL;
 	st->rtab_n--;
+	r->owner->regions--;
+	owner_put(st, r->owner);
 	region_destroy(r);
 }
 
@@ -711,7 +798,9 @@ static int load_chunk(struct gvm_store *st, uint64_t slot, uint64_t id, const ui
 	int r;
 
 	if (!rg) {
-		if ((r = region_reserve(st)) < 0 || !(rg = region_alloc(st, id, key)))
+		/* Owners are not on disk: regions found there belong to nobody. */
+		struct owner *o = owner_get(st, 0);
+		if (!o || (r = region_reserve(st)) < 0 || !(rg = region_alloc(st, id, key, o)))
 			ERR(-ENOMEM, "%s: out of memory", st->path);
 		region_insert(st, rg);
 	}
@@ -724,6 +813,7 @@ static int load_chunk(struct gvm_store *st, uint64_t slot, uint64_t id, const ui
 	c->bitmap = bitmap;
 	c->u.slot = slot;
 	rg->pages += (uint64_t)__builtin_popcountll(bitmap);
+	rg->owner->pages += (uint64_t)__builtin_popcountll(bitmap);
 	st->pages_stored += (uint64_t)__builtin_popcountll(bitmap);
 	st->chunks++;
 	return 0;
@@ -940,6 +1030,9 @@ int gvm_store_open(struct gvm_store **out, const struct gvm_store_opts *o, char 
 	st->fsync_mode = o->fsync_mode;
 	st->punch_ok = 1;
 	st->rtab_cap = 16;
+	st->otab_cap = 16;
+	st->max_owner_regions = o->max_owner_regions;
+	st->max_owner_pages = o->max_owner_pages;
 	/* Small capacities get small arenas (whole 2 MiB huge pages), so
 	 * --prealloc populates about the capacity and no more. */
 	st->arena_pages = ARENA_PAGES_MAX;
@@ -950,7 +1043,8 @@ int gvm_store_open(struct gvm_store **out, const struct gvm_store_opts *o, char 
 		goto out_free;
 	}
 	st->rtab = calloc(st->rtab_cap, sizeof(*st->rtab));
-	if (!st->rtab) {
+	st->otab = calloc(st->otab_cap, sizeof(*st->otab));
+	if (!st->rtab || !st->otab) {
 		snprintf(err, errlen, "out of memory");
 		r = -ENOMEM;
 		goto out_free;
@@ -1010,6 +1104,9 @@ void gvm_store_close(struct gvm_store *st)
 	free(st->batch);
 	free(st->free_slots);
 	free(st->rtab);
+	for (size_t i = 0; st->otab && i < st->otab_cap; i++)
+		free(st->otab[i]);
+	free(st->otab);
 	free(st->path);
 	free(st);
 }
@@ -1179,15 +1276,27 @@ int gvm_store_write(struct gvm_store *st, uint64_t region, const uint8_t key[GVM
 	if (delta > 0 && st->capacity_pages &&
 	    st->pages_stored + (uint64_t)delta > st->capacity_pages)
 		return -ENOSPC;
+	/* Quotas count against whoever created the region, whoever writes now. */
+	if (rg && delta > 0 && rg->owner->id && st->max_owner_pages &&
+	    rg->owner->pages + (uint64_t)delta > st->max_owner_pages)
+		return -ENOSPC;
 
 	/* Everything that can fail for lack of memory (or regions) happens before any change. */
 	if (!rg) {
+		struct owner *o;
 		if (st->rtab_n >= st->max_regions)
 			return -ENOSPC;
-		if ((r = region_reserve(st)) < 0)
-			return r;
-		if (!(rg = region_alloc(st, region, key)))
+		if (!(o = owner_get(st, st->cur_owner)))
 			return -ENOMEM;
+		if (o->id && ((st->max_owner_regions && o->regions >= st->max_owner_regions) ||
+			      (st->max_owner_pages && o->pages + (uint64_t)delta > st->max_owner_pages))) {
+			owner_put(st, o);
+			return -ENOSPC;
+		}
+		if ((r = region_reserve(st)) < 0 || !(rg = region_alloc(st, region, key, o))) {
+			owner_put(st, o);
+			return r < 0 ? r : -ENOMEM;
+		}
 		created = 1;
 	}
 	if ((r = chunk_reserve(rg, n_plan)) < 0)
@@ -1278,6 +1387,8 @@ int gvm_store_write(struct gvm_store *st, uint64_t region, const uint8_t key[GVM
 			st->chunks--;
 		}
 		rg->pages = rg->pages + (uint64_t)__builtin_popcountll(nb) - (uint64_t)__builtin_popcountll(w->old);
+		rg->owner->pages = rg->owner->pages + (uint64_t)__builtin_popcountll(nb)
+				   - (uint64_t)__builtin_popcountll(w->old);
 		st->pages_stored = st->pages_stored + (uint64_t)__builtin_popcountll(nb)
 				   - (uint64_t)__builtin_popcountll(w->old);
 	}
@@ -1287,9 +1398,11 @@ int gvm_store_write(struct gvm_store *st, uint64_t region, const uint8_t key[GVM
 	return r;
 
 out_created:
-	if (created)
+	if (created) {
+		struct owner *o = rg->owner;
 		region_destroy(rg);
-	else
+		owner_put(st, o);
+	} else
 		chunk_maybe_shrink(rg);
 	return r;
 }
@@ -1406,6 +1519,7 @@ int gvm_store_free(struct gvm_store *st, uint64_t region, const uint8_t key[GVM_
 			free(c->u.fr);
 		}
 		rg->pages -= n;
+		rg->owner->pages -= n;
 		st->pages_stored -= n;
 		st->chunks--;
 		/* Deletion may shift a later entry into slot i: look at it again.
@@ -1420,6 +1534,11 @@ int gvm_store_free(struct gvm_store *st, uint64_t region, const uint8_t key[GVM_
 	if (st->fd >= 0 && st->fsync_mode == GVM_FSYNC_ALWAYS)
 		r = store_sync(st);
 	return r;
+}
+
+void gvm_store_set_owner(struct gvm_store *st, uint64_t owner)
+{
+	st->cur_owner = owner;
 }
 
 uint64_t gvm_store_region_pages(struct gvm_store *st, uint64_t region, const uint8_t key[GVM_KEY_SIZE])

@@ -42,6 +42,8 @@ struct gvm_store_opts {
 	int fsync_mode;           /* enum gvm_fsync_mode (memserver.h) */
 	int prealloc;             /* RAM only, needs capacity_pages: populate it all at open */
 	uint64_t max_regions;     /* regions holding pages; 0 = GVM_STORE_MAX_REGIONS */
+	uint64_t max_owner_regions; /* regions one owner may have created; 0 = no quota */
+	uint64_t max_owner_pages;   /* pages in the regions one owner created; 0 = no quota */
 };
 
 struct gvm_store_stats {
@@ -86,6 +88,14 @@ int gvm_store_list(struct gvm_store *st, uint64_t region, const uint8_t key[GVM_
 /* Forget every page of a region, which then no longer exists; time is
  * proportional to what it held. 0 or -errno from the backing file. */
 int gvm_store_free(struct gvm_store *st, uint64_t region, const uint8_t key[GVM_KEY_SIZE]);
+
+/*
+ * Who the following WRITEs are for (the server: the client's address). A
+ * region belongs to the owner that created it: the owner quotas count its
+ * regions and their pages, whoever writes them later. Owner 0 (the default,
+ * and every region loaded from a backing file) has no quotas.
+ */
+void gvm_store_set_owner(struct gvm_store *st, uint64_t owner);
 
 /* Pages a region holds (0 if it does not exist). */
 uint64_t gvm_store_region_pages(struct gvm_store *st, uint64_t region, const uint8_t key[GVM_KEY_SIZE]);

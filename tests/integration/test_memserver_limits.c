@@ -119,6 +119,8 @@ static void child_opts(char *spec, struct gvm_memserver_opts *o)
 		if (!strcmp(k, "capacity")) o->capacity = n;
 		else if (!strcmp(k, "prealloc")) o->prealloc = (int)n;
 		else if (!strcmp(k, "max_regions")) o->max_regions = n;
+		else if (!strcmp(k, "max_peer_regions")) o->max_peer_regions = n;
+		else if (!strcmp(k, "max_peer_capacity")) o->max_peer_capacity = n;
 		else if (!strcmp(k, "max_conn_regions")) o->max_conn_regions = (unsigned)n;
 		else if (!strcmp(k, "budget")) o->buffer_budget = n;
 		else if (!strcmp(k, "max_clients")) o->max_clients = (unsigned)n;
@@ -523,7 +525,7 @@ static int test_open_flood(void)
 	int fd, ok = 0, nospc = 0;
 
 	CHECK(f);
-	CHECK_EQ(child_start(&ch, "max_conn_regions=64,max_regions=100", NULL), 0);
+	CHECK_EQ(child_start(&ch, "max_conn_regions=64,max_regions=100,max_peer_regions=1000", NULL), 0);
 	long rss0 = rss_kib(ch.pid);
 	fd = raw_session("127.0.0.2", ch.port, NULL);
 	CHECK(fd >= 0);
@@ -568,6 +570,77 @@ static int test_open_flood(void)
 	gvm_client_close(&c);
 	CHECK_EQ(child_stop(&ch), 0);
 	free(f);
+	return 0;
+}
+
+/*
+ * One address creating regions and storing pages as fast as it can stops at
+ * its quotas (--max-peer-regions, --max-peer-capacity), short of the node's
+ * limits: a tenant on another address still creates regions and writes.
+ */
+static int test_region_quotas(void)
+{
+	struct gvm_client t;
+	struct child ch;
+	uint8_t page[PG];
+	char opts[160];
+	int made = 0;
+
+	memset(page, 0x5d, sizeof(page));
+	snprintf(opts, sizeof(opts), "max_regions=100,max_peer_regions=40,max_peer_capacity=%u",
+		 64 * PG);
+	CHECK_EQ(child_start(&ch, opts, NULL), 0);
+	/* The attacker, from its own address: a region of one page per OPEN. */
+	int afd = raw_session("127.0.0.2", ch.port, NULL);
+	CHECK(afd >= 0);
+	for (uint64_t r = 1; r <= 60; r++) {
+		uint8_t f[GVM_HDR_SIZE + 8 + PG];
+		struct gvm_hdr h;
+		CHECK_EQ(raw_open(afd, r, key_b), 0);
+		mk_hdr(f, GVM_OP_WRITE, r, r, 0, 1, 8 + PG);
+		memset(f + GVM_HDR_SIZE, 0, 8);
+		f[GVM_HDR_SIZE] = 1;
+		memcpy(f + GVM_HDR_SIZE + 8, page, PG);
+		CHECK_EQ(send_all(afd, f, sizeof(f)), 0);
+		CHECK_EQ(raw_reply(afd, &h, NULL, 0), 0);
+		CHECK(h.status == 0 || h.status == -ENOSPC);
+		made += h.status == 0;
+	}
+	/* 40 regions, 40 pages: 24 more pages fit in its regions, then -ENOSPC. */
+	int pages_ok = 0;
+	for (uint64_t p = 1; p <= 40; p++) {
+		uint8_t f[GVM_HDR_SIZE + 8 + PG];
+		struct gvm_hdr h;
+		mk_hdr(f, GVM_OP_WRITE, 100 + p, 1, p, 1, 8 + PG);
+		memset(f + GVM_HDR_SIZE, 0, 8);
+		f[GVM_HDR_SIZE] = 1;
+		memcpy(f + GVM_HDR_SIZE + 8, page, PG);
+		CHECK_EQ(send_all(afd, f, sizeof(f)), 0);
+		CHECK_EQ(raw_reply(afd, &h, NULL, 0), 0);
+		pages_ok += h.status == 0;
+	}
+	fprintf(stderr, "  one address: %d of 60 regions created, %d more pages stored (quotas 40 "
+		"regions, 64 pages)\n", made, pages_ok);
+	CHECK_EQ(made, 40);
+	CHECK_EQ(pages_ok, 24);
+	/* The tenant on 127.0.0.1 is not affected. */
+	CHECK_EQ(gvm_client_connect(&t, ch.addr, NULL, 0, TIMEOUT_MS), 0);
+	for (uint64_t r = 1; r <= 30; r++) {
+		CHECK_EQ(gvm_client_open(&t, 1000 + r, key_a), 0);
+		CHECK_EQ(gvm_client_write(&t, 1000 + r, 0, 1, page), 0);
+	}
+	CHECK_EQ(node_stat(ch.addr, 2), 70);
+	/* A FREE gives the attacker's address its quota back. */
+	uint8_t f[GVM_HDR_SIZE];
+	struct gvm_hdr h;
+	mk_hdr(f, GVM_OP_FREE, 9, 1, 0, 0, 0);
+	CHECK_EQ(send_all(afd, f, sizeof(f)), 0);
+	CHECK_EQ(raw_reply(afd, &h, NULL, 0), 0);
+	CHECK_EQ(h.status, 0);
+	CHECK_EQ(node_stat(ch.addr, 0), 30 + 39);
+	close(afd);
+	gvm_client_close(&t);
+	CHECK_EQ(child_stop(&ch), 0);
 	return 0;
 }
 
@@ -1186,7 +1259,8 @@ static int test_cli_core_and_flags(void)
 	CHECK_EQ(waitpid(pid, &status, 0), pid);
 	static const char *const flags[] = { "--max-regions", "--max-conn-regions", "--buffer-budget",
 		"--max-clients", "--max-unauthed", "--max-peer-conns", "--idle-timeout", "--io-timeout",
-		"--keepalive", "--hello-timeout", "--admin-token-file", "--capacity" };
+		"--keepalive", "--hello-timeout", "--admin-token-file", "--capacity",
+		"--max-peer-regions", "--max-peer-capacity" };
 	for (unsigned i = 0; i < GVM_ARRAY_SIZE(flags); i++)
 		CHECK(strstr(help, flags[i]) != NULL);
 	return 0;
@@ -1203,6 +1277,7 @@ static int test_cleanup(void)
 
 static const struct gvm_test tests[] = {
 	{ "open_flood", test_open_flood },
+	{ "region_quotas", test_region_quotas },
 	{ "run_cycles", test_run_cycles },
 	{ "sparse_rss", test_sparse_rss },
 	{ "sparse_rss_prealloc", test_sparse_rss_prealloc },

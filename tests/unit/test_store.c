@@ -310,6 +310,38 @@ static int test_keys(void)
 	return 0;
 }
 
+/* Quotas per owner: regions created and pages in them, whoever writes later. */
+static int test_owner_quotas(void)
+{
+	struct gvm_store_opts o = { .max_owner_regions = 3, .max_owner_pages = 5 };
+	uint8_t *p = make_pages(4, 0, NULL);
+	struct gvm_store *st;
+	char err[256];
+
+	CHECK(p);
+	CHECK_EQ(gvm_store_open(&st, &o, err, sizeof(err)), 0);
+	gvm_store_set_owner(st, 7);
+	for (uint64_t r = 1; r <= 3; r++)
+		CHECK_EQ(put(st, r, 0, 1, p), 0);
+	CHECK_EQ(put(st, 4, 0, 1, p), -ENOSPC);           /* a fourth region */
+	CHECK_EQ(put(st, 1, 1, 2, p), 0);                 /* 5 pages */
+	CHECK_EQ(put(st, 2, 1, 1, p), -ENOSPC);           /* a sixth page */
+	gvm_store_set_owner(st, 8);                       /* another owner writing owner 7's region */
+	CHECK_EQ(put(st, 2, 1, 1, p), -ENOSPC);
+	CHECK_EQ(put(st, 4, 0, 4, p), 0);                 /* its own region, its own quota */
+	gvm_store_set_owner(st, 0);                       /* nobody: no quota */
+	CHECK_EQ(put(st, 5, 0, 4, p), 0);
+	CHECK_EQ(put(st, 6, 0, 4, p), 0);
+	gvm_store_set_owner(st, 7);
+	CHECK_EQ(gvm_store_free(st, 3, key_a), 0);        /* gives a region and a page back */
+	CHECK_EQ(put(st, 9, 0, 1, p), 0);
+	CHECK_EQ(put(st, 10, 0, 1, p), -ENOSPC);
+	CHECK_EQ(regions(st), 6);
+	gvm_store_close(st);
+	free(p);
+	return 0;
+}
+
 static int test_free(void)
 {
 	struct gvm_store *st = ram_store(0);
@@ -772,6 +804,7 @@ static const struct gvm_test tests[] = {
 	{ "zero_pages_removed", test_zero_pages_removed },
 	{ "capacity", test_capacity },
 	{ "keys", test_keys },
+	{ "owner_quotas", test_owner_quotas },
 	{ "free", test_free },
 	{ "prealloc_reuse", test_prealloc_reuse },
 	{ "list", test_list },
