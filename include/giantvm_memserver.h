@@ -27,6 +27,19 @@ struct gvm_memserver_opts {
 	int fsync_mode;           /* enum gvm_fsync_mode */
 	int prealloc;             /* populate `capacity` of RAM at open (RAM store only) */
 	int hello_timeout_ms;     /* close a client that has not said HELLO by then; 0 = 10 s */
+	/* Limits (docs/MEMSERVER.md "Limits"); 0 = the default shown. */
+	uint64_t max_regions;     /* regions holding pages; 0 = 1048576 */
+	uint64_t max_peer_regions;  /* of those, created from one address; 0 = max_regions / 4 */
+	uint64_t max_peer_capacity; /* bytes in regions created from one address; 0 = no quota */
+	unsigned max_conn_regions;/* regions OPEN on one connection; 0 = 1024 */
+	uint64_t buffer_budget;   /* buffered input + output bytes over all clients; 0 = 256 MiB */
+	unsigned max_clients;     /* connections; 0 = open-file limit - 64 */
+	unsigned max_unauthed;    /* connections before HELLO; 0 = 1024 (at most max_clients / 2) */
+	unsigned max_peer_conns;  /* connections from one peer address; 0 = 256 */
+	int idle_timeout_ms;      /* close a client with no request for this long; 0 = 600 s, < 0 = never */
+	int io_timeout_ms;        /* close a client stuck mid-frame or not reading its replies; 0 = 30 s */
+	int keepalive_s;          /* TCP keepalive idle seconds; 0 = 60, < 0 = off */
+	const char *admin_token_file; /* HELLO proving this token gets the node-wide STAT */
 };
 
 struct gvm_memserver;

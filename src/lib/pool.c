@@ -157,7 +157,10 @@ int gvm_pool_free_regions(struct gvm_pool *p, const uint64_t *regions, unsigned 
 {
 	int answered = 0;
 
-	/* A VM's stripes can be on any node; 4096 bounds the time a huge pool takes. */
+	/* A VM's stripes can be on any node; 4096 bounds the time a huge pool takes.
+	 * OPEN binds nothing on a server (a region is named by (id, key) and
+	 * exists only while it holds pages), so OPEN + FREE on a node that never
+	 * held the region leaves nothing behind, and FREE on one that did ends it. */
 	for (uint32_t node = 0; node < p->cfg.n_nodes && node < 4096; node++) {
 		struct gvm_client c;
 		if (gvm_client_connect(&c, gvm_node_name(&p->cfg, node), p->token, p->token_len, timeout_ms))

@@ -14,6 +14,8 @@
 #include <string.h>
 #include <unistd.h>
 #include <fcntl.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 
 #include "log.h"
 #include "giantvm_memserver.h"
@@ -38,9 +40,33 @@ static const char usage_text[] =
 	"  --token-file FILE    shared secret (16..4096 bytes, mode 600); clients must prove it\n"
 	"  --hello-timeout SEC  close a client that has not completed HELLO within SEC seconds\n"
 	"                       (default 10)\n"
+	"  --admin-token-file FILE  a second secret: a client proving it sees the node-wide\n"
+	"                       STAT (others see only their own connection and regions)\n"
 	"  --insecure           allow a non-loopback --listen without --token-file\n"
 	"  --port-file FILE     after listening, write each listener's port (one per line)\n"
-	"  --help               show this help\n";
+	"  --help               show this help\n"
+	"\n"
+	"Limits (each bounds what clients can make the server hold; see docs/MEMSERVER.md):\n"
+	"  --max-regions N      regions holding pages (default 1048576)\n"
+	"  --max-peer-regions N of those, created from one IP address (default 1/4 of\n"
+	"                       --max-regions)\n"
+	"  --max-peer-capacity SIZE  page bytes in regions created from one IP address\n"
+	"                       (default: no quota beyond --capacity)\n"
+	"  --max-conn-regions N regions one connection may OPEN (default 1024)\n"
+	"  --buffer-budget SIZE input and output buffered for all clients together; over it\n"
+	"                       clients are not read until buffers drain (default 256M)\n"
+	"  --max-clients N      connections (default: open-file limit - 64)\n"
+	"  --max-unauthed N     connections before HELLO; a new one evicts the oldest\n"
+	"                       (default 1024, at most half of --max-clients)\n"
+	"  --max-peer-conns N   connections from one IP address (default 256)\n"
+	"  --idle-timeout SEC   close a client with no request for SEC seconds; 0 = never\n"
+	"                       (default 600)\n"
+	"  --io-timeout SEC     close a client that leaves a frame half-sent or its replies\n"
+	"                       unread for SEC seconds (default 30)\n"
+	"  --keepalive SEC      TCP keepalive after SEC idle seconds; 0 = off (default 60)\n"
+	"\n"
+	"The server holds tenants' pages: it makes itself non-dumpable (no core dumps,\n"
+	"no ptrace by other processes of the same user) at start.\n";
 
 static struct gvm_memserver *volatile g_server;
 
@@ -123,6 +149,21 @@ out_unlink:
 	return -EIO;
 }
 
+static int disable_core_dumps(void)
+{
+	struct rlimit rl = { 0, 0 };
+
+	if (setrlimit(RLIMIT_CORE, &rl) < 0) {
+		pr_perror("setrlimit(RLIMIT_CORE)");
+		return -errno;
+	}
+	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) {
+		pr_perror("prctl(PR_SET_DUMPABLE)");
+		return -errno;
+	}
+	return 0;
+}
+
 int gvm_memserver_main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
@@ -135,6 +176,18 @@ int gvm_memserver_main(int argc, char **argv)
 		{ "insecure", no_argument, NULL, 'i' },
 		{ "fsync", required_argument, NULL, 'f' },
 		{ "port-file", required_argument, NULL, 'p' },
+		{ "admin-token-file", required_argument, NULL, 'A' },
+		{ "max-regions", required_argument, NULL, 'R' },
+		{ "max-peer-regions", required_argument, NULL, 'G' },
+		{ "max-peer-capacity", required_argument, NULL, 'Q' },
+		{ "max-conn-regions", required_argument, NULL, 'r' },
+		{ "buffer-budget", required_argument, NULL, 'B' },
+		{ "max-clients", required_argument, NULL, 'C' },
+		{ "max-unauthed", required_argument, NULL, 'U' },
+		{ "max-peer-conns", required_argument, NULL, 'E' },
+		{ "idle-timeout", required_argument, NULL, 'I' },
+		{ "io-timeout", required_argument, NULL, 'O' },
+		{ "keepalive", required_argument, NULL, 'K' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -175,6 +228,52 @@ int gvm_memserver_main(int argc, char **argv)
 		case 't':
 			o.token_file = optarg;
 			break;
+		case 'A':
+			o.admin_token_file = optarg;
+			break;
+		case 'Q':
+			if (gvm_parse_size(optarg, &o.max_peer_capacity) < 0 || o.max_peer_capacity < 4096)
+				return usage_error("--max-peer-capacity: '%s' is not a size of at least 4K", optarg);
+			break;
+		case 'R': case 'r': case 'C': case 'U': case 'E': case 'G': {
+			uint64_t v;
+			if (gvm_parse_u64(optarg, 1, 1ull << 30, &v) < 0)
+				return usage_error("--%s: '%s' is not a number from 1 to 2^30",
+						   ch == 'R' ? "max-regions" : ch == 'r' ? "max-conn-regions" :
+						   ch == 'C' ? "max-clients" : ch == 'U' ? "max-unauthed" :
+						   ch == 'G' ? "max-peer-regions" : "max-peer-conns", optarg);
+			if (ch == 'R')
+				o.max_regions = v;
+			else if (ch == 'r')
+				o.max_conn_regions = (unsigned)v;
+			else if (ch == 'C')
+				o.max_clients = (unsigned)v;
+			else if (ch == 'U')
+				o.max_unauthed = (unsigned)v;
+			else if (ch == 'G')
+				o.max_peer_regions = v;
+			else
+				o.max_peer_conns = (unsigned)v;
+			break;
+		}
+		case 'B':
+			if (gvm_parse_size(optarg, &o.buffer_budget) < 0 || o.buffer_budget < (1u << 20))
+				return usage_error("--buffer-budget: '%s' is not a size of at least 1M", optarg);
+			break;
+		case 'I': case 'O': case 'K': {
+			uint64_t sec;
+			if (gvm_parse_u64(optarg, ch == 'O' ? 1 : 0, 86400, &sec) < 0)
+				return usage_error("%s: '%s' is not a number of seconds from %d to 86400",
+						   ch == 'I' ? "--idle-timeout" : ch == 'O' ? "--io-timeout" : "--keepalive",
+						   optarg, ch == 'O' ? 1 : 0);
+			if (ch == 'I')
+				o.idle_timeout_ms = sec ? (int)sec * 1000 : -1;
+			else if (ch == 'O')
+				o.io_timeout_ms = (int)sec * 1000;
+			else
+				o.keepalive_s = sec ? (int)sec : -1;
+			break;
+		}
 		case 'i':
 			o.insecure = 1;
 			break;
@@ -205,6 +304,10 @@ int gvm_memserver_main(int argc, char **argv)
 	if (o.prealloc && o.backing)
 		return usage_error("--prealloc is for the RAM store; the --backing file's pages live in the page cache");
 
+	/* Guest pages must not end up in a core file, nor be readable through
+	 * ptrace or /proc/PID/mem by other processes of the user. */
+	if (disable_core_dumps() < 0)
+		return 1;
 	r = gvm_memserver_open(&s, &o);
 	if (r < 0)
 		return 1;

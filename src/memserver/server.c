@@ -4,6 +4,26 @@
  * place; a connection keeps only the bytes of an unfinished frame, so an idle
  * client costs one small struct. Replies queue in a per-connection output
  * buffer that exists only while it holds unsent bytes.
+ *
+ * DESIGN: the server serves tenants it does not trust, so everything a
+ * client can make it hold is bounded and accounted (docs/MEMSERVER.md
+ * "Limits"):
+ *  - buffers: every input and output buffer counts against one budget; over
+ *    it, a connection is not read (it waits on a FIFO, woken as buffers
+ *    drain) and no new reply bigger than a header is produced; a client that
+ *    leaves replies unread or a frame half-sent for the I/O timeout is
+ *    closed, which is what bounds how long the others wait;
+ *  - descriptors: a total cap, a cap per peer address, at most max_unauthed
+ *    connections before HELLO (a new one evicts the oldest: an attacker
+ *    cannot hold the slots honest clients need for their few milliseconds of
+ *    handshake), idle and keepalive timeouts;
+ *  - regions: OPEN binds nothing in the store (a region is named by its id
+ *    and key and exists only while it holds pages); a connection may OPEN at
+ *    most max_conn_regions;
+ *  - information: a tenant's STAT counts its own connection and regions;
+ *    only a client proving the admin token sees the node; freed bytes are
+ *    scrubbed from every buffer before it is reused or freed.
+ * One thread: nothing here is shared except gvm_memserver_stop()'s eventfd.
  */
 #define LOG_PREFIX "memserver: "
 
@@ -38,13 +58,24 @@
 #define MAX_EVENTS        256
 #define READS_PER_EVENT   4              /* then let other clients run */
 #define ACCEPTS_PER_EVENT 128
-#define MAX_CONN_REGIONS  4096
 #define LISTEN_BACKLOG    4096
 #define ADDR_LEN          56             /* "[v6 address]:65535" */
 #define DEFAULT_LISTEN    "127.0.0.1:9999"
+#define FD_RESERVE        64             /* descriptors kept for the server itself */
+#define LOG_BURST         10             /* rate-limited warnings: this many per second */
+#define SMALL_REPLY       GVM_HDR_SIZE   /* replies allowed over the budget (see DESIGN) */
+#define PEER_BUDGET_SHARE 4              /* one address may hold 1/4 of the buffer budget */
+
+#define DEF_MAX_CONN_REGIONS 1024u
+#define DEF_BUFFER_BUDGET    (256ull << 20)
+#define DEF_MAX_UNAUTHED     1024u
+#define DEF_MAX_PEER_CONNS   256u
+#define DEF_IDLE_TIMEOUT_MS  600000
+#define DEF_IO_TIMEOUT_MS    30000
+#define DEF_KEEPALIVE_S      60
 
 /* Every epoll data pointer points at one of these tags first. */
-enum src_kind { SRC_LISTENER = 1, SRC_CONN, SRC_STOP };
+enum src_kind { SRC_LISTENER = 1, SRC_CONN, SRC_STOP, SRC_ZOMBIE /* closed, freed after the batch */ };
 
 struct listener {
 	int kind;
@@ -64,24 +95,65 @@ struct out_spares {
 	unsigned n;
 };
 
+/* A region this connection has OPENed: its id and the key that names it. */
+struct conn_region {
+	uint64_t id;
+	uint8_t key[GVM_KEY_SIZE];
+};
+
+/* Intrusive doubly linked list (the unauthenticated FIFO, the starved FIFO). */
+struct link {
+	struct conn *prev, *next;
+};
+struct fifo {
+	struct conn *head, *tail;
+};
+
+/* What the connections from one address hold. Kept in an open-addressing
+ * table of pointers (backward-shift deletion); freed with its last connection. */
+struct peer {
+	uint8_t addr[16];    /* IPv4 as ::ffff:a.b.c.d */
+	uint32_t conns;
+	uint32_t unauthed;   /* of those, before HELLO */
+	uint64_t owner;      /* its id for the store's quotas (non-zero) */
+	uint64_t buffered;   /* bytes of its connections' input and output buffers */
+};
+
 struct conn {
 	int kind;
 	int fd;
 	uint32_t events;     /* currently registered with epoll */
 	uint8_t authed;
-	uint64_t born_ns;    /* accepted at (for the HELLO timeout) */
+	uint8_t admin;       /* proved the admin token: node-wide STAT */
 	uint8_t closing;     /* no more input; close once output is sent */
 	uint8_t paused;      /* too much unsent output: input held back */
+	uint8_t starved;     /* over the buffer budget: on s->starved, not read */
+	uint64_t born_ns;    /* accepted at (for the HELLO timeout) */
+	uint64_t last_req_ns;  /* last request handled (idle timeout) */
+	uint64_t in_since_ns;  /* c->in became non-empty (half-sent frame timeout) */
+	uint64_t out_since_ns; /* output pending and no send progress since */
+	uint64_t starved_ns;   /* starved since */
 	uint8_t *in;         /* unparsed input: an unfinished frame, or frames held back */
 	size_t in_len, in_cap;
 	uint8_t *out;        /* unsent output, from out_off to out_len */
 	size_t out_off, out_len, out_cap;
-	uint64_t *regions;   /* OPENed regions, sorted */
+	size_t out_hw;       /* highest out_len since the buffer was taken: bytes to scrub */
+	struct conn_region *regions; /* OPENed regions, sorted by id */
 	uint32_t n_regions, cap_regions;
-	struct out_spares *spares; /* the server's */
-	struct conn *prev, *next;
+	uint64_t reads, writes, bytes_in, bytes_out; /* this connection's, for its STAT */
+	struct gvm_memserver *srv;
+	struct conn *prev, *next;   /* all connections */
+	struct link ulink;   /* on s->unauthed while !authed */
+	struct link slink;   /* on s->starved while starved */
+	struct peer *peer;   /* its address's share of connections and buffers */
 	uint8_t nonce[GVM_NONCE_SIZE];
 	char addr[ADDR_LEN];
+};
+
+struct ratelimit {
+	uint64_t window_ns;  /* start of the current one-second window */
+	unsigned n;          /* lines logged in it */
+	uint64_t dropped;    /* lines not logged since the last report */
 };
 
 struct gvm_memserver {
@@ -94,14 +166,32 @@ struct gvm_memserver {
 	struct gvm_store *store;
 	uint8_t *token;
 	size_t token_len;
+	uint8_t *admin_token;
+	size_t admin_token_len;
 	uint8_t *rbuf;
 	struct out_spares spares;
 	struct conn *conns;
+	struct conn *zombies;      /* closed during an event batch that may still name them */
+	struct fifo unauthed;      /* clients before HELLO, oldest first */
+	struct fifo starved;       /* clients waiting for buffer budget, oldest first */
 	uint64_t n_clients, reads, writes, bytes_in, bytes_out;
 	uint64_t n_unauthed;       /* clients that have not completed HELLO */
-	uint64_t hello_timeout_ns;
-	uint64_t next_sweep_ns;    /* next look for clients past the HELLO timeout */
+	uint64_t buffered;         /* bytes of all input, output and spare buffers */
+	struct peer **peers;
+	size_t peers_cap, peers_n;
+	int released;              /* buffers shrank since starved clients were last looked at */
+	/* limits */
+	uint64_t budget;
+	uint64_t peer_budget;      /* one address's share of the budget */
+	uint32_t max_conn_regions;
+	uint64_t max_clients, max_unauthed;
+	uint32_t max_peer_conns;
+	uint64_t hello_timeout_ns, idle_timeout_ns, io_timeout_ns;
+	int keepalive_s;
+	uint64_t next_sweep_ns;    /* next look for clients past a timeout */
 	uint64_t last_accept_warn_ns;
+	struct ratelimit rl_hello, rl_refuse;
+	uint64_t refused;          /* connections refused or evicted by a limit */
 };
 
 static uint32_t le32(const uint8_t *p)
@@ -128,37 +218,247 @@ static void format_addr(const struct sockaddr *sa, char *buf, size_t len)
 	}
 }
 
-/* ---------------------------------------------------------------- connections */
+/* 1 if a line may be logged now. A flood (failed HELLOs from 10,000
+ * connections) costs LOG_BURST lines a second and one summary. */
+static int ratelimit_ok(struct ratelimit *rl, const char *what)
+{
+	uint64_t now = gvm_now_ns();
+
+	if (now - rl->window_ns >= 1000000000ull) {
+		if (rl->dropped)
+			pr_warn("%" PRIu64 " more %s not logged", rl->dropped, what);
+		rl->window_ns = now;
+		rl->n = 0;
+		rl->dropped = 0;
+	}
+	if (rl->n < LOG_BURST) {
+		rl->n++;
+		return 1;
+	}
+	rl->dropped++;
+	return 0;
+}
+
+/* ---------------------------------------------------------------- lists */
+
+static void fifo_push(struct fifo *f, struct conn *c, struct link *l, size_t off)
+{
+	l->next = NULL;
+	l->prev = f->tail;
+	if (f->tail)
+		((struct link *)((char *)f->tail + off))->next = c;
+	else
+		f->head = c;
+	f->tail = c;
+}
+
+static void fifo_del(struct fifo *f, struct conn *c, struct link *l, size_t off)
+{
+	if (l->prev)
+		((struct link *)((char *)l->prev + off))->next = l->next;
+	else
+		f->head = l->next;
+	if (l->next)
+		((struct link *)((char *)l->next + off))->prev = l->prev;
+	else
+		f->tail = l->prev;
+	l->prev = l->next = NULL;
+	(void)c;
+}
+
+#define ULINK offsetof(struct conn, ulink)
+#define SLINK offsetof(struct conn, slink)
+
+/* ---------------------------------------------------------------- peers */
+
+static size_t peer_home(const struct gvm_memserver *s, const uint8_t addr[16], size_t cap)
+{
+	return (size_t)gvm_hash_bytes(addr, 16, (uint64_t)(uintptr_t)s) & (cap - 1);
+}
+
+static struct peer *peer_find(struct gvm_memserver *s, const uint8_t addr[16])
+{
+	size_t mask = s->peers_cap - 1, i = peer_home(s, addr, s->peers_cap);
+
+	for (;;) {
+		struct peer *p = s->peers[i];
+		if (!p)
+			return NULL;
+		if (!memcmp(p->addr, addr, 16))
+			return p;
+		i = (i + 1) & mask;
+	}
+}
+
+static int peer_grow(struct gvm_memserver *s)
+{
+	size_t cap = s->peers_cap * 2;
+	struct peer **t, **old = s->peers;
+
+	if ((s->peers_n + 1) * 2 <= s->peers_cap)
+		return 0;
+	t = calloc(cap, sizeof(*t));
+	if (!t)
+		return -ENOMEM;
+	for (size_t i = 0; i < s->peers_cap; i++) {
+		if (!old[i])
+			continue;
+		size_t j = peer_home(s, old[i]->addr, cap);
+		while (t[j])
+			j = (j + 1) & (cap - 1);
+		t[j] = old[i];
+	}
+	free(old);
+	s->peers = t;
+	s->peers_cap = cap;
+	return 0;
+}
+
+/* One more connection from addr: its peer, or NULL with *err = -EMFILE over
+ * the per-address cap (or -ENOMEM). */
+static struct peer *peer_get(struct gvm_memserver *s, const uint8_t addr[16], int *err)
+{
+	struct peer *p = peer_find(s, addr);
+
+	if (p) {
+		if (p->conns >= s->max_peer_conns) {
+			*err = -EMFILE;
+			return NULL;
+		}
+		p->conns++;
+		return p;
+	}
+	*err = -ENOMEM;
+	if (peer_grow(s) < 0 || !(p = calloc(1, sizeof(*p))))
+		return NULL;
+	memcpy(p->addr, addr, 16);
+	p->conns = 1;
+	p->owner = gvm_hash_bytes(addr, 16, 0x70656572ull) | 1;
+	size_t mask = s->peers_cap - 1, i = peer_home(s, addr, s->peers_cap);
+	while (s->peers[i])
+		i = (i + 1) & mask;
+	s->peers[i] = p;
+	s->peers_n++;
+	return p;
+}
+
+static void peer_put(struct gvm_memserver *s, struct peer *p)
+{
+	size_t mask = s->peers_cap - 1, i, j;
+
+	if (!p || --p->conns)
+		return;
+	i = peer_home(s, p->addr, s->peers_cap);
+	while (s->peers[i] != p)
+		i = (i + 1) & mask;
+	j = i;
+	for (;;) {
+		j = (j + 1) & mask;
+		if (!s->peers[j])
+			break;
+		size_t k = peer_home(s, s->peers[j]->addr, s->peers_cap);
+		if (i <= j ? (i < k && k <= j) : (i < k || k <= j))
+			continue;
+		s->peers[i] = s->peers[j];
+		i = j;
+	}
+	s->peers[i] = NULL;
+	s->peers_n--;
+	free(p);
+}
+
+static void peer_key(const struct sockaddr *sa, uint8_t out[16])
+{
+	memset(out, 0, 16);
+	if (sa->sa_family == AF_INET) {
+		out[10] = out[11] = 0xff;
+		memcpy(out + 12, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, 4);
+	} else if (sa->sa_family == AF_INET6) {
+		memcpy(out, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, 16);
+	}
+}
+
+/* ---------------------------------------------------------------- buffers */
+
+/*
+ * Every buffer a client makes the server hold goes through here, so
+ * s->buffered is exact. Contents are scrubbed before memory is given back
+ * or changes hands: a tenant's pages must not outlive their FREE in a
+ * buffer another client's reply is built in (or in a core, or in the heap).
+ */
+static int buf_resize(struct gvm_memserver *s, struct conn *c, uint8_t **buf, size_t *cap,
+		      size_t want, size_t keep)
+{
+	uint8_t *p = NULL;
+
+	if (want) {
+		p = malloc(want);
+		if (!p)
+			return -ENOMEM;
+		if (keep)
+			memcpy(p, *buf, keep);
+	}
+	if (*buf) {
+		OPENSSL_cleanse(*buf, *cap);
+		free(*buf);
+	}
+	s->buffered = s->buffered - *cap + want;
+	c->peer->buffered = c->peer->buffered - *cap + want;
+	if (want < *cap)
+		s->released = 1;
+	*buf = p;
+	*cap = want;
+	return 0;
+}
+
+/* Over the budget, or this client's address over its share of it: one
+ * address (however many connections it opens) cannot take it all. */
+static int over_budget(const struct gvm_memserver *s, const struct conn *c)
+{
+	return s->buffered >= s->budget || c->peer->buffered >= s->peer_budget;
+}
 
 static size_t out_pending(const struct conn *c)
 {
 	return c->out_len - c->out_off;
 }
 
-/* Room for n more output bytes at c->out + c->out_len, or NULL. */
 static void out_release(struct conn *c)
 {
-	struct out_spares *sp = c->spares;
+	struct gvm_memserver *s = c->srv;
+	struct out_spares *sp = &s->spares;
 
-	if (c->out && sp && sp->n < OUT_SPARES && c->out_cap <= OUT_SPARE_MAX) {
+	if (!c->out)
+		return;
+	if (sp->n < OUT_SPARES && c->out_cap <= OUT_SPARE_MAX) {
+		/* Still counted in s->buffered while it is a spare. */
+		OPENSSL_cleanse(c->out, c->out_hw);
+		c->peer->buffered -= c->out_cap;
+		s->released = 1;
 		sp->buf[sp->n] = c->out;
 		sp->cap[sp->n] = c->out_cap;
 		sp->n++;
+		c->out = NULL;
+		c->out_cap = 0;
 	} else {
-		free(c->out);
+		buf_resize(s, c, &c->out, &c->out_cap, 0, 0);
 	}
-	c->out = NULL;
-	c->out_off = c->out_len = c->out_cap = 0;
+	c->out_off = c->out_len = c->out_hw = 0;
 }
 
+/* Room for n more output bytes at c->out + c->out_len, or NULL. */
 static uint8_t *out_reserve(struct conn *c, size_t n)
 {
+	struct gvm_memserver *s = c->srv;
+
 	if (c->out_off == c->out_len)
 		c->out_off = c->out_len = 0;
-	if (!c->out && c->spares && c->spares->n) {
-		c->spares->n--;
-		c->out = c->spares->buf[c->spares->n];
-		c->out_cap = c->spares->cap[c->spares->n];
+	if (!c->out && s->spares.n) {
+		s->spares.n--;
+		c->out = s->spares.buf[s->spares.n];
+		c->out_cap = s->spares.cap[s->spares.n];
+		c->out_hw = 0;
+		c->peer->buffered += c->out_cap;
 	}
 	if (c->out_cap - c->out_len < n && c->out_off) {
 		memmove(c->out, c->out + c->out_off, out_pending(c));
@@ -167,11 +467,9 @@ static uint8_t *out_reserve(struct conn *c, size_t n)
 	}
 	if (c->out_cap - c->out_len < n) {
 		size_t cap = GVM_MAX(GVM_MAX(c->out_cap * 2, c->out_len + n), (size_t)1024);
-		uint8_t *p = realloc(c->out, cap);
-		if (!p)
+		if (buf_resize(s, c, &c->out, &c->out_cap, cap, c->out_len) < 0)
 			return NULL;
-		c->out = p;
-		c->out_cap = cap;
+		c->out_hw = c->out_len;
 	}
 	return c->out + c->out_len;
 }
@@ -185,8 +483,11 @@ static void reply_commit(struct conn *c, const struct gvm_hdr *req, int status, 
 		.page = req->page, .count = req->count, .status = status, .len = (uint32_t)len,
 	};
 
+	if (!out_pending(c))
+		c->out_since_ns = gvm_now_ns();
 	gvm_hdr_encode(&h, c->out + c->out_len);
 	c->out_len += GVM_HDR_SIZE + len;
+	c->out_hw = GVM_MAX(c->out_hw, c->out_len);
 }
 
 static int reply_status(struct conn *c, const struct gvm_hdr *req, int status)
@@ -205,79 +506,153 @@ static int conn_reject(struct conn *c, const char *why)
 	return -EPROTO;
 }
 
-static int conn_has_region(const struct conn *c, uint64_t region, uint32_t *pos)
+/* ---------------------------------------------------------------- regions */
+
+static struct conn_region *conn_region(const struct conn *c, uint64_t id, uint32_t *pos)
 {
 	uint32_t lo = 0, hi = c->n_regions;
 
 	while (lo < hi) {
 		uint32_t mid = lo + (hi - lo) / 2;
-		if (c->regions[mid] < region)
+		if (c->regions[mid].id < id)
 			lo = mid + 1;
 		else
 			hi = mid;
 	}
 	if (pos)
 		*pos = lo;
-	return lo < c->n_regions && c->regions[lo] == region;
+	return lo < c->n_regions && c->regions[lo].id == id ? &c->regions[lo] : NULL;
 }
 
-static int conn_add_region(struct conn *c, uint64_t region)
+/*
+ * OPEN binds nothing in the store: it names (id, key) for this connection's
+ * later requests. The limit is checked first, so a refused OPEN changes
+ * nothing. A second OPEN of an id with another key switches this connection
+ * to that region.
+ */
+static int conn_add_region(struct gvm_memserver *s, struct conn *c, uint64_t id, const uint8_t *key)
 {
+	struct conn_region *r = conn_region(c, id, NULL);
 	uint32_t pos;
 
-	if (conn_has_region(c, region, &pos))
+	if (r) {
+		memcpy(r->key, key, GVM_KEY_SIZE);
 		return 0;
-	if (c->n_regions >= MAX_CONN_REGIONS)
+	}
+	if (c->n_regions >= s->max_conn_regions)
 		return -ENOSPC;
+	conn_region(c, id, &pos);
 	if (c->n_regions == c->cap_regions) {
-		uint32_t cap = c->cap_regions ? c->cap_regions * 2 : 2;
-		uint64_t *r = realloc(c->regions, cap * sizeof(*r));
-		if (!r)
+		uint32_t cap = c->cap_regions ? GVM_MIN(c->cap_regions * 2, s->max_conn_regions) : 2;
+		struct conn_region *n = malloc(cap * sizeof(*n));
+		if (!n)
 			return -ENOMEM;
-		c->regions = r;
+		if (c->n_regions)
+			memcpy(n, c->regions, c->n_regions * sizeof(*n));
+		if (c->regions) {
+			OPENSSL_cleanse(c->regions, c->cap_regions * sizeof(*n));
+			free(c->regions);
+		}
+		c->regions = n;
 		c->cap_regions = cap;
 	}
-	memmove(c->regions + pos + 1, c->regions + pos, (c->n_regions - pos) * sizeof(uint64_t));
-	c->regions[pos] = region;
+	memmove(c->regions + pos + 1, c->regions + pos, (c->n_regions - pos) * sizeof(*c->regions));
+	c->regions[pos].id = id;
+	memcpy(c->regions[pos].key, key, GVM_KEY_SIZE);
 	c->n_regions++;
 	return 0;
+}
+
+/* ---------------------------------------------------------------- requests */
+
+static void unauthed_del(struct gvm_memserver *s, struct conn *c)
+{
+	if (c->authed)
+		return;
+	fifo_del(&s->unauthed, c, &c->ulink, ULINK);
+	s->n_unauthed--;
+	c->peer->unauthed--;
 }
 
 static int handle_hello(struct gvm_memserver *s, struct conn *c, const struct gvm_hdr *h,
 			const uint8_t *payload)
 {
 	struct gvm_hello hello;
-	int status = 0, r;
+	const char *fail = NULL;
+	int status = 0, admin = 0, r;
 
 	if (c->authed)
 		return reply_status(c, h, -EALREADY);
 	gvm_hello_decode(payload, &hello);
 	if (hello.version != GVM_PROTO_VERSION) {
 		status = -EPROTONOSUPPORT;
-		pr_warn("client %s: HELLO with protocol version %u, closing", c->addr, hello.version);
-	} else if (s->token) {
+		fail = "HELLO with another protocol version";
+	} else if (s->token || s->admin_token) {
 		uint8_t mac[GVM_MAC_SIZE];
 
 		if (!(hello.flags & GVM_HELLO_MAC)) {
-			status = -EACCES;
-			pr_warn("client %s: HELLO without a MAC, closing", c->addr);
+			if (s->token) {
+				status = -EACCES;
+				fail = "HELLO without a MAC";
+			}
+		} else if (s->admin_token &&
+			   gvm_auth_mac(s->admin_token, s->admin_token_len, c->nonce, mac) == 0 &&
+			   gvm_auth_equal(mac, hello.mac, GVM_MAC_SIZE)) {
+			admin = 1;
+		} else if (!s->token) {
+			/* A MAC nobody asked for: not the admin's, so an ordinary client. */
 		} else if (gvm_auth_mac(s->token, s->token_len, c->nonce, mac) < 0) {
 			status = -EIO;
-			pr_err("client %s: computing the HMAC failed, closing", c->addr);
+			fail = "computing the HMAC failed";
 		} else if (!gvm_auth_equal(mac, hello.mac, GVM_MAC_SIZE)) {
 			status = -EACCES;
-			pr_warn("client %s: HELLO with a wrong MAC, closing", c->addr);
+			fail = "HELLO with a wrong MAC";
 		}
 		OPENSSL_cleanse(mac, sizeof(mac));
 	}
+	if (fail && ratelimit_ok(&s->rl_hello, "failed HELLOs"))
+		pr_warn("client %s: %s, closing", c->addr, fail);
 	if ((r = reply_status(c, h, status)) < 0)
 		return r;
 	if (status) {
 		c->closing = 1;
 	} else {
+		unauthed_del(s, c);
 		c->authed = 1;
-		s->n_unauthed--;
+		c->admin = (uint8_t)admin;
 	}
+	return 0;
+}
+
+/* STAT: the node for the admin, this connection and its regions for a tenant. */
+static int handle_stat(struct gvm_memserver *s, struct conn *c, const struct gvm_hdr *h)
+{
+	struct gvm_store_stats ss;
+	struct gvm_stat st;
+	uint8_t *p = out_reserve(c, GVM_HDR_SIZE + GVM_STAT_SIZE);
+
+	if (!p)
+		return reply_status(c, h, -ENOMEM);
+	gvm_store_get_stats(s->store, &ss);
+	if (c->admin) {
+		st = (struct gvm_stat){
+			.pages_stored = ss.pages_stored, .capacity_pages = ss.capacity_pages,
+			.regions = ss.regions, .clients = s->n_clients, .reads = s->reads,
+			.writes = s->writes, .bytes_out = s->bytes_out, .bytes_in = s->bytes_in,
+		};
+	} else {
+		st = (struct gvm_stat){
+			.capacity_pages = ss.capacity_pages, .clients = 1, .reads = c->reads,
+			.writes = c->writes, .bytes_out = c->bytes_out, .bytes_in = c->bytes_in,
+		};
+		for (uint32_t i = 0; i < c->n_regions; i++) {
+			uint64_t n = gvm_store_region_pages(s->store, c->regions[i].id, c->regions[i].key);
+			st.pages_stored += n;
+			st.regions += n != 0;
+		}
+	}
+	gvm_stat_encode(&st, p + GVM_HDR_SIZE);
+	reply_commit(c, h, 0, GVM_STAT_SIZE);
 	return 0;
 }
 
@@ -285,68 +660,56 @@ static int handle_hello(struct gvm_memserver *s, struct conn *c, const struct gv
 static int conn_handle(struct gvm_memserver *s, struct conn *c, const struct gvm_hdr *h,
 		       const uint8_t *payload)
 {
+	struct conn_region *rg = NULL;
 	const char *why;
 	uint8_t *p;
 	int status;
 
+	c->last_req_ns = gvm_now_ns();
+	if (h->op == GVM_OP_READ || h->op == GVM_OP_WRITE || h->op == GVM_OP_FREE ||
+	    h->op == GVM_OP_LIST) {
+		if (h->op == GVM_OP_WRITE && gvm_pages_check(payload, h->len, h->count, &why) < 0)
+			return conn_reject(c, why); /* malformed payloads are framing errors */
+		if (h->op == GVM_OP_READ) {
+			s->reads++;
+			c->reads++;
+		} else if (h->op == GVM_OP_WRITE) {
+			s->writes++;
+			c->writes++;
+		}
+		rg = conn_region(c, h->region, NULL);
+		if (!rg)
+			return reply_status(c, h, -EACCES);
+	}
 	switch (h->op) {
 	case GVM_OP_HELLO:
 		return handle_hello(s, c, h, payload);
 	case GVM_OP_OPEN:
-		status = gvm_store_bind_key(s->store, h->region, payload);
-		if (!status)
-			status = conn_add_region(c, h->region);
-		return reply_status(c, h, status);
+		return reply_status(c, h, conn_add_region(s, c, h->region, payload));
 	case GVM_OP_READ: {
-		s->reads++;
-		if (!conn_has_region(c, h->region, NULL))
-			return reply_status(c, h, -EACCES);
 		p = out_reserve(c, GVM_HDR_SIZE + gvm_pages_len(h->count, h->count));
 		if (!p)
 			return reply_status(c, h, -ENOMEM);
-		ssize_t n = gvm_store_read(s->store, h->region, h->page, h->count, p + GVM_HDR_SIZE);
+		ssize_t n = gvm_store_read(s->store, h->region, rg->key, h->page, h->count, p + GVM_HDR_SIZE);
 		if (n < 0)
 			return reply_status(c, h, (int)n);
 		reply_commit(c, h, 0, (size_t)n);
 		return 0;
 	}
 	case GVM_OP_WRITE:
-		/* Malformed page payloads are framing errors: nothing is stored. */
-		if (gvm_pages_check(payload, h->len, h->count, &why) < 0)
-			return conn_reject(c, why);
-		s->writes++;
-		if (!conn_has_region(c, h->region, NULL))
-			return reply_status(c, h, -EACCES);
-		status = gvm_store_write(s->store, h->region, h->page, h->count, payload, h->len);
+		/* A region this creates counts against the client's address's quotas. */
+		gvm_store_set_owner(s->store, c->peer->owner);
+		status = gvm_store_write(s->store, h->region, rg->key, h->page, h->count, payload, h->len);
 		return reply_status(c, h, status);
-	case GVM_OP_STAT: {
-		struct gvm_store_stats ss;
-		struct gvm_stat st;
-
-		p = out_reserve(c, GVM_HDR_SIZE + GVM_STAT_SIZE);
-		if (!p)
-			return reply_status(c, h, -ENOMEM);
-		gvm_store_get_stats(s->store, &ss);
-		st = (struct gvm_stat){
-			.pages_stored = ss.pages_stored, .capacity_pages = ss.capacity_pages,
-			.regions = ss.regions, .clients = s->n_clients, .reads = s->reads,
-			.writes = s->writes, .bytes_out = s->bytes_out, .bytes_in = s->bytes_in,
-		};
-		gvm_stat_encode(&st, p + GVM_HDR_SIZE);
-		reply_commit(c, h, 0, GVM_STAT_SIZE);
-		return 0;
-	}
+	case GVM_OP_STAT:
+		return handle_stat(s, c, h);
 	case GVM_OP_FREE:
-		if (!conn_has_region(c, h->region, NULL))
-			return reply_status(c, h, -EACCES);
-		return reply_status(c, h, gvm_store_free(s->store, h->region));
+		return reply_status(c, h, gvm_store_free(s->store, h->region, rg->key));
 	case GVM_OP_LIST:
-		if (!conn_has_region(c, h->region, NULL))
-			return reply_status(c, h, -EACCES);
 		p = out_reserve(c, GVM_HDR_SIZE + GVM_BITMAP_BYTES(h->count));
 		if (!p)
 			return reply_status(c, h, -ENOMEM);
-		status = gvm_store_list(s->store, h->region, h->page, h->count, p + GVM_HDR_SIZE);
+		status = gvm_store_list(s->store, h->region, rg->key, h->page, h->count, p + GVM_HDR_SIZE);
 		if (status < 0)
 			return reply_status(c, h, status);
 		reply_commit(c, h, 0, GVM_BITMAP_BYTES(h->count));
@@ -358,6 +721,26 @@ static int conn_handle(struct gvm_memserver *s, struct conn *c, const struct gvm
 	}
 }
 
+/* Bytes of the reply a request makes (an upper bound). */
+static size_t reply_size(const struct gvm_hdr *h)
+{
+	switch (h->op) {
+	case GVM_OP_READ: return GVM_HDR_SIZE + gvm_pages_len(h->count, h->count);
+	case GVM_OP_LIST: return GVM_HDR_SIZE + GVM_BITMAP_BYTES(h->count);
+	case GVM_OP_STAT: return GVM_HDR_SIZE + GVM_STAT_SIZE;
+	default: return GVM_HDR_SIZE;
+	}
+}
+
+static void conn_starve(struct gvm_memserver *s, struct conn *c)
+{
+	if (c->starved)
+		return;
+	c->starved = 1;
+	c->starved_ns = gvm_now_ns();
+	fifo_push(&s->starved, c, &c->slink, SLINK);
+}
+
 /*
  * Handle every complete frame at the start of buf. Returns the bytes consumed
  * (the rest is an unfinished frame, or frames held back by backpressure), or
@@ -367,7 +750,7 @@ static ssize_t conn_parse(struct gvm_memserver *s, struct conn *c, const uint8_t
 {
 	size_t off = 0;
 
-	while (!c->closing && !c->paused && len - off >= GVM_HDR_SIZE) {
+	while (!c->closing && !c->paused && !c->starved && len - off >= GVM_HDR_SIZE) {
 		struct gvm_hdr h;
 		const char *why;
 
@@ -375,7 +758,8 @@ static ssize_t conn_parse(struct gvm_memserver *s, struct conn *c, const uint8_t
 		if (gvm_hdr_decode(buf + off, 0, &h, &why) < 0)
 			return conn_reject(c, why);
 		if (!c->authed && h.op != GVM_OP_HELLO) {
-			pr_warn("client %s: %s before HELLO, closing", c->addr, gvm_op_name(h.op));
+			if (ratelimit_ok(&s->rl_hello, "failed HELLOs"))
+				pr_warn("client %s: %s before HELLO, closing", c->addr, gvm_op_name(h.op));
 			int r = reply_status(c, &h, -EACCES);
 			if (r < 0)
 				return r;
@@ -384,11 +768,21 @@ static ssize_t conn_parse(struct gvm_memserver *s, struct conn *c, const uint8_t
 		}
 		if (len - off - GVM_HDR_SIZE < h.len)
 			break;
+		/* Over the budget, only header-sized replies, and only with nothing
+		 * else pending: whoever waits holds nothing that grows. */
+		if (over_budget(s, c) && (reply_size(&h) > SMALL_REPLY || out_pending(c))) {
+			if (out_pending(c))
+				c->paused = 1;  /* its own output draining wakes it */
+			else
+				conn_starve(s, c);
+			break;
+		}
 		int r = conn_handle(s, c, &h, buf + off + GVM_HDR_SIZE);
 		if (r < 0)
 			return r;
 		off += GVM_HDR_SIZE + h.len;
 		s->bytes_in += GVM_HDR_SIZE + h.len;
+		c->bytes_in += GVM_HDR_SIZE + h.len;
 		if (out_pending(c) > OUT_HIGH)
 			c->paused = 1;
 	}
@@ -398,18 +792,17 @@ static ssize_t conn_parse(struct gvm_memserver *s, struct conn *c, const uint8_t
 /* Keep `rest` bytes from src (outside c->in) as the connection's unparsed input. */
 static int conn_keep_input(struct conn *c, const uint8_t *src, size_t rest)
 {
+	struct gvm_memserver *s = c->srv;
+
 	if (!rest) {
-		free(c->in);
-		c->in = NULL;
-		c->in_len = c->in_cap = 0;
-		return 0;
+		c->in_len = 0;
+		return buf_resize(s, c, &c->in, &c->in_cap, 0, 0);
 	}
+	if (!c->in_len)
+		c->in_since_ns = gvm_now_ns();
 	if (c->in_cap < rest || c->in_cap > rest + 4096) {
-		uint8_t *p = realloc(c->in, rest);
-		if (!p)
+		if (buf_resize(s, c, &c->in, &c->in_cap, rest, 0) < 0)
 			return -ENOMEM;
-		c->in = p;
-		c->in_cap = rest;
 	}
 	memcpy(c->in, src, rest);
 	c->in_len = rest;
@@ -421,19 +814,18 @@ static void conn_consume_input(struct conn *c, size_t used)
 {
 	size_t rest = c->in_len - used;
 
+	if (!used)
+		return;
 	if (!rest) {
 		conn_keep_input(c, NULL, 0);
 		return;
 	}
 	memmove(c->in, c->in + used, rest);
+	OPENSSL_cleanse(c->in + rest, c->in_len - rest);
 	c->in_len = rest;
-	if (c->in_cap > rest + 4096) {
-		uint8_t *p = realloc(c->in, rest);
-		if (p) {  /* a failed shrink leaves the bigger buffer, which is fine */
-			c->in = p;
-			c->in_cap = rest;
-		}
-	}
+	c->in_since_ns = gvm_now_ns();
+	if (c->in_cap > rest + 4096)  /* a failed shrink leaves the bigger buffer, which is fine */
+		(void)buf_resize(c->srv, c, &c->in, &c->in_cap, rest, rest);
 }
 
 static int conn_recv_error(struct conn *c)
@@ -448,19 +840,21 @@ static int conn_recv_error(struct conn *c)
 /* Read and handle input. Returns 0, or -errno to close the connection now. */
 static int conn_read(struct gvm_memserver *s, struct conn *c)
 {
-	for (int iter = 0; iter < READS_PER_EVENT && !c->closing && !c->paused; iter++) {
+	for (int iter = 0; iter < READS_PER_EVENT && !c->closing && !c->paused && !c->starved; iter++) {
 		size_t need = c->in_len >= GVM_HDR_SIZE ? GVM_HDR_SIZE + le32(c->in + 40) : 0;
 		ssize_t n;
 
+		/* Over the budget nothing more is taken in: wait for buffers to drain. */
+		if (over_budget(s, c)) {
+			conn_starve(s, c);
+			return 0;
+		}
 		if (need > RBUF_SIZE) {
 			/* A large frame is received in its own buffer, grown as bytes arrive. */
 			if (c->in_cap < need) {
 				size_t cap = GVM_MIN(need, GVM_MAX(c->in_cap * 2, c->in_len + RBUF_SIZE));
-				uint8_t *p = realloc(c->in, cap);
-				if (!p)
+				if (buf_resize(s, c, &c->in, &c->in_cap, cap, c->in_len) < 0)
 					return conn_reject(c, "out of memory for a large frame");
-				c->in = p;
-				c->in_cap = cap;
 			}
 			size_t want = GVM_MIN(c->in_cap, need) - c->in_len;
 			n = recv(c->fd, c->in + c->in_len, want, 0);
@@ -482,7 +876,8 @@ static int conn_read(struct gvm_memserver *s, struct conn *c)
 				ssize_t used = conn_parse(s, c, c->in, c->in_len);
 				if (used < 0)
 					return (int)used;
-				conn_keep_input(c, NULL, 0);
+				/* A large frame held back (over the budget) stays whole in c->in. */
+				conn_consume_input(c, (size_t)used);
 			}
 			if ((size_t)n < want)
 				return 0;
@@ -494,6 +889,7 @@ static int conn_read(struct gvm_memserver *s, struct conn *c)
 			memcpy(s->rbuf, c->in, have);
 		n = recv(c->fd, s->rbuf + have, RBUF_SIZE - have, 0);
 		if (n < 0) {
+			OPENSSL_cleanse(s->rbuf, have);
 			if (errno == EINTR)
 				continue;
 			if (errno == EAGAIN || errno == EWOULDBLOCK)
@@ -502,6 +898,7 @@ static int conn_read(struct gvm_memserver *s, struct conn *c)
 		}
 		if (n == 0) {
 			/* Peer is done sending: answer what came in full, drop any partial frame. */
+			OPENSSL_cleanse(s->rbuf, have);
 			if (have)
 				pr_debug("client %s: closed inside a frame", c->addr);
 			conn_keep_input(c, NULL, 0);
@@ -510,16 +907,17 @@ static int conn_read(struct gvm_memserver *s, struct conn *c)
 		}
 		size_t total = have + (size_t)n;
 		ssize_t used = conn_parse(s, c, s->rbuf, total);
+		int r = 0;
 		if (used < 0)
-			return (int)used;
-		if (c->closing) {
+			r = (int)used;
+		else if (c->closing)
 			conn_keep_input(c, NULL, 0);
-			return 0;
-		}
-		if (conn_keep_input(c, s->rbuf + used, total - (size_t)used) < 0)
-			return conn_reject(c, "out of memory for input");
-		if ((size_t)n < RBUF_SIZE - have)
-			return 0;
+		else if (conn_keep_input(c, s->rbuf + used, total - (size_t)used) < 0)
+			r = conn_reject(c, "out of memory for input");
+		/* The loop-wide buffer held this client's pages: scrub them. */
+		OPENSSL_cleanse(s->rbuf, total);
+		if (r < 0 || c->closing || (size_t)n < RBUF_SIZE - have)
+			return r;
 	}
 	return 0;
 }
@@ -539,7 +937,9 @@ static int conn_flush(struct gvm_memserver *s, struct conn *c)
 			return r;
 		}
 		c->out_off += (size_t)n;
+		c->out_since_ns = gvm_now_ns();
 		s->bytes_out += (uint64_t)n;
+		c->bytes_out += (uint64_t)n;
 	}
 	if (!out_pending(c)) {
 		/* Idle connections hold no output buffer (it goes to the spares). */
@@ -550,7 +950,8 @@ static int conn_flush(struct gvm_memserver *s, struct conn *c)
 
 static int conn_set_events(struct gvm_memserver *s, struct conn *c)
 {
-	uint32_t want = (c->paused || c->closing ? 0 : EPOLLIN) | (out_pending(c) ? EPOLLOUT : 0);
+	uint32_t want = (c->paused || c->closing || c->starved ? 0 : EPOLLIN) |
+			(out_pending(c) ? EPOLLOUT : 0);
 	struct epoll_event ev = { .events = want, .data.ptr = c };
 
 	if (want == c->events)
@@ -571,10 +972,14 @@ static int conn_pump(struct gvm_memserver *s, struct conn *c)
 		int r = conn_flush(s, c);
 		if (r < 0)
 			return r;
-		if (!c->paused || c->closing || out_pending(c) > OUT_LOW)
+		if (!c->paused || c->starved || c->closing || out_pending(c) > OUT_LOW)
 			break;
 		c->paused = 0;
 		if (!c->in_len)
+			break;
+		/* A large frame still arriving is not parsed until it is whole. */
+		if (c->in_len >= GVM_HDR_SIZE && c->in_len < GVM_HDR_SIZE + (size_t)le32(c->in + 40) &&
+		    GVM_HDR_SIZE + (size_t)le32(c->in + 40) > RBUF_SIZE)
 			break;
 		ssize_t used = conn_parse(s, c, c->in, c->in_len);
 		if (used < 0)
@@ -587,7 +992,18 @@ static int conn_pump(struct gvm_memserver *s, struct conn *c)
 	return conn_set_events(s, c);
 }
 
-static void conn_close(struct gvm_memserver *s, struct conn *c)
+static void conn_free(struct conn *c)
+{
+	if (c->regions) {
+		OPENSSL_cleanse(c->regions, c->cap_regions * sizeof(*c->regions));
+		free(c->regions);
+	}
+	free(c);
+}
+
+/* later: the connection may still be named by events of the current batch
+ * (evicted by another's accept): free it only after the batch. */
+static void conn_close_as(struct gvm_memserver *s, struct conn *c, int later)
 {
 	/* Explicit: a forked child holding a copy of the fd would keep it registered. */
 	if (epoll_ctl(s->epfd, EPOLL_CTL_DEL, c->fd, NULL) < 0)
@@ -601,13 +1017,35 @@ static void conn_close(struct gvm_memserver *s, struct conn *c)
 	if (c->next)
 		c->next->prev = c->prev;
 	s->n_clients--;
-	if (!c->authed)
-		s->n_unauthed--;
+	unauthed_del(s, c);
+	if (c->starved)
+		fifo_del(&s->starved, c, &c->slink, SLINK);
 	pr_debug("client %s: disconnected", c->addr);
-	free(c->in);
+	buf_resize(s, c, &c->in, &c->in_cap, 0, 0);
 	out_release(c);
-	free(c->regions);
-	free(c);
+	peer_put(s, c->peer);
+	c->peer = NULL;
+	if (later) {
+		c->kind = SRC_ZOMBIE;
+		c->next = s->zombies;
+		s->zombies = c;
+	} else {
+		conn_free(c);
+	}
+}
+
+static void conn_close(struct gvm_memserver *s, struct conn *c)
+{
+	conn_close_as(s, c, 0);
+}
+
+static void free_zombies(struct gvm_memserver *s)
+{
+	while (s->zombies) {
+		struct conn *c = s->zombies;
+		s->zombies = c->next;
+		conn_free(c);
+	}
 }
 
 static void conn_event(struct gvm_memserver *s, struct conn *c, uint32_t ev)
@@ -616,12 +1054,92 @@ static void conn_event(struct gvm_memserver *s, struct conn *c, uint32_t ev)
 
 	if (ev & EPOLLERR)
 		r = -ECONNRESET;
-	else if ((ev & (EPOLLIN | EPOLLHUP)) && !c->paused && !c->closing)
+	else if ((ev & (EPOLLIN | EPOLLHUP)) && !c->paused && !c->closing && !c->starved)
 		r = conn_read(s, c);
 	if (r == 0)
 		r = conn_pump(s, c);
 	if (r < 0)
 		conn_close(s, c);
+}
+
+/*
+ * Buffers drained: let the starved clients that now fit run again, oldest
+ * first. Looks at a bounded number per loop iteration; one whose address is
+ * still over its share stays queued without holding up the others.
+ */
+static void wake_starved(struct gvm_memserver *s)
+{
+	unsigned looked = 0, woken = 0;
+	struct conn *c, *next;
+
+	if (!s->released)
+		return;
+	s->released = 0;
+	for (c = s->starved.head; c && s->buffered < s->budget && looked < 4096 && woken < MAX_EVENTS;
+	     c = next) {
+		int r = 0;
+
+		next = c->slink.next;
+		looked++;
+		if (over_budget(s, c))
+			continue;
+		woken++;
+		fifo_del(&s->starved, c, &c->slink, SLINK);
+		c->starved = 0;
+		if (c->in_len) {
+			size_t need = c->in_len >= GVM_HDR_SIZE ? GVM_HDR_SIZE + le32(c->in + 40) : 0;
+			if (need <= RBUF_SIZE || c->in_len >= need) {
+				ssize_t used = conn_parse(s, c, c->in, c->in_len);
+				if (used < 0)
+					r = (int)used;
+				else
+					conn_consume_input(c, (size_t)used);
+			}
+		}
+		if (r == 0)
+			r = conn_pump(s, c);
+		if (r < 0) {
+			/* next may have been starved again meanwhile: still on the list, fine. */
+			conn_close(s, c);
+		}
+	}
+	/* Not all looked at: come back on the next iteration. */
+	if (c && s->buffered < s->budget)
+		s->released = 1;
+}
+
+/* Refuse or evict: logged at most LOG_BURST times a second. */
+static void limit_warn(struct gvm_memserver *s, const char *addr, const char *what)
+{
+	s->refused++;
+	if (ratelimit_ok(&s->rl_refuse, "connections refused by a limit"))
+		pr_warn("client %s: %s", addr, what);
+}
+
+/*
+ * All slots for unauthenticated clients are taken: evict one, or refuse the
+ * newcomer. The victim is, among the oldest few, one from the address with
+ * the most connections waiting for HELLO (the oldest of those): a flood
+ * from a few addresses then only displaces itself, and an honest client
+ * (one connection, a handshake of a round trip) is displaced only by an
+ * attacker with more addresses than there are slots. A newcomer from an
+ * address that already holds more waiting connections than the victim's
+ * is refused instead. Returns 0 when a slot was freed, -EAGAIN to refuse.
+ */
+#define EVICT_SCAN 64
+static int unauthed_make_room(struct gvm_memserver *s, const uint8_t addr[16])
+{
+	struct peer *mine = peer_find(s, addr);
+	struct conn *victim = NULL, *c = s->unauthed.head;
+
+	for (unsigned i = 0; c && i < EVICT_SCAN; i++, c = c->ulink.next)
+		if (!victim || c->peer->unauthed > victim->peer->unauthed)
+			victim = c;
+	if (!victim || (mine && mine->unauthed >= victim->peer->unauthed))
+		return -EAGAIN;
+	limit_warn(s, victim->addr, "evicted before HELLO: too many unauthenticated clients");
+	conn_close_as(s, victim, 1);
+	return 0;
 }
 
 static void conn_new(struct gvm_memserver *s, int fd, const struct sockaddr *sa)
@@ -632,21 +1150,57 @@ static void conn_new(struct gvm_memserver *s, int fd, const struct sockaddr *sa)
 		.len = GVM_GREETING_SIZE,
 	};
 	struct epoll_event ev = { .events = EPOLLIN };
-	struct conn *c = calloc(1, sizeof(*c));
+	char addr[ADDR_LEN];
+	uint8_t peer[16];
+	struct conn *c;
 	int one = 1, r;
 	uint8_t *p;
 
+	format_addr(sa, addr, sizeof(addr));
+	peer_key(sa, peer);
+	if (s->n_unauthed >= s->max_unauthed || (s->n_clients >= s->max_clients && s->n_unauthed)) {
+		if (unauthed_make_room(s, peer) < 0) {
+			limit_warn(s, addr, "refused: too many unauthenticated clients from this address");
+			close(fd);
+			return;
+		}
+	}
+	if (s->n_clients >= s->max_clients) {
+		limit_warn(s, addr, "refused: --max-clients reached");
+		close(fd);
+		return;
+	}
+	struct peer *pp = peer_get(s, peer, &r);
+	if (!pp) {
+		limit_warn(s, addr, r == -EMFILE ? "refused: --max-peer-conns reached for this address"
+						: "refused: out of memory");
+		close(fd);
+		return;
+	}
+	c = calloc(1, sizeof(*c));
 	if (!c) {
 		pr_warn("out of memory for a new client");
+		peer_put(s, pp);
 		close(fd);
 		return;
 	}
 	c->kind = SRC_CONN;
-	c->spares = &s->spares;
+	c->srv = s;
 	c->fd = fd;
-	format_addr(sa, c->addr, sizeof(c->addr));
+	c->peer = pp;
+	memcpy(c->addr, addr, sizeof(addr));
 	if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0)
 		pr_debug("client %s: TCP_NODELAY: %s", c->addr, strerror(errno));
+	if (s->keepalive_s > 0) {
+		/* A peer that vanished (power loss, cable) is found within
+		 * keepalive + 3 x 10 s instead of holding its slot forever. */
+		int idle = s->keepalive_s, intvl = 10, cnt = 3;
+		if (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one)) < 0 ||
+		    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle)) < 0 ||
+		    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl)) < 0 ||
+		    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt)) < 0)
+			pr_debug("client %s: keepalive: %s", c->addr, strerror(errno));
+	}
 	r = gvm_random(c->nonce, sizeof(c->nonce));
 	p = out_reserve(c, GVM_HDR_SIZE + GVM_GREETING_SIZE);
 	if (r < 0 || !p) {
@@ -657,7 +1211,7 @@ static void conn_new(struct gvm_memserver *s, int fd, const struct sockaddr *sa)
 	memcpy(g.nonce, c->nonce, GVM_NONCE_SIZE);
 	gvm_hdr_encode(&h, p);
 	gvm_greeting_encode(&g, p + GVM_HDR_SIZE);
-	c->out_len = GVM_HDR_SIZE + GVM_GREETING_SIZE;
+	c->out_len = c->out_hw = GVM_HDR_SIZE + GVM_GREETING_SIZE;
 
 	ev.data.ptr = c;
 	c->events = EPOLLIN;
@@ -671,7 +1225,9 @@ static void conn_new(struct gvm_memserver *s, int fd, const struct sockaddr *sa)
 	s->conns = c;
 	s->n_clients++;
 	s->n_unauthed++;
-	c->born_ns = gvm_now_ns();
+	fifo_push(&s->unauthed, c, &c->ulink, ULINK);
+	c->peer->unauthed++;
+	c->born_ns = c->last_req_ns = c->out_since_ns = gvm_now_ns();
 	pr_debug("client %s: connected", c->addr);
 	if (conn_pump(s, c) < 0)
 		conn_close(s, c);
@@ -679,7 +1235,8 @@ static void conn_new(struct gvm_memserver *s, int fd, const struct sockaddr *sa)
 
 out_free:
 	close(fd);
-	free(c->out);
+	out_release(c);
+	peer_put(s, pp);
 	free(c);
 }
 
@@ -833,7 +1390,8 @@ out_free:
 int gvm_memserver_open(struct gvm_memserver **out, const struct gvm_memserver_opts *opts)
 {
 	struct gvm_store_opts so = { .backing = opts->backing, .fsync_mode = opts->fsync_mode,
-				     .prealloc = opts->prealloc };
+				     .prealloc = opts->prealloc, .max_regions = opts->max_regions,
+				     .max_owner_pages = opts->max_peer_capacity / GVM_PAGE_SIZE };
 	struct epoll_event ev = { .events = EPOLLIN };
 	struct gvm_memserver *s;
 	unsigned n_listen = opts->n_listen ? opts->n_listen : 1;
@@ -851,6 +1409,13 @@ int gvm_memserver_open(struct gvm_memserver **out, const struct gvm_memserver_op
 		return -EINVAL;
 	}
 	so.capacity_pages = opts->capacity / GVM_PAGE_SIZE;
+	/* One address (a tenant, or many behind one host) cannot take every region. */
+	so.max_owner_regions = opts->max_peer_regions ? opts->max_peer_regions :
+			       GVM_MAX((opts->max_regions ? opts->max_regions : GVM_STORE_MAX_REGIONS) / 4, 1ull);
+	if (opts->max_peer_capacity && !so.max_owner_pages) {
+		pr_err("per-address capacity %" PRIu64 " is smaller than one page", opts->max_peer_capacity);
+		return -EINVAL;
+	}
 	if (opts->capacity && !so.capacity_pages) {
 		pr_err("capacity %" PRIu64 " is smaller than one page", opts->capacity);
 		return -EINVAL;
@@ -861,6 +1426,20 @@ int gvm_memserver_open(struct gvm_memserver **out, const struct gvm_memserver_op
 	s->epfd = s->stopfd = s->spare_fd = -1;
 	s->stop_kind = SRC_STOP;
 	s->hello_timeout_ns = (uint64_t)(opts->hello_timeout_ms > 0 ? opts->hello_timeout_ms : 10000) * 1000000ull;
+	s->idle_timeout_ns = opts->idle_timeout_ms < 0 ? 0 :
+		(uint64_t)(opts->idle_timeout_ms ? opts->idle_timeout_ms : DEF_IDLE_TIMEOUT_MS) * 1000000ull;
+	s->io_timeout_ns = (uint64_t)(opts->io_timeout_ms > 0 ? opts->io_timeout_ms : DEF_IO_TIMEOUT_MS) * 1000000ull;
+	s->keepalive_s = opts->keepalive_s < 0 ? 0 : opts->keepalive_s ? opts->keepalive_s : DEF_KEEPALIVE_S;
+	s->budget = opts->buffer_budget ? opts->buffer_budget : DEF_BUFFER_BUDGET;
+	s->peer_budget = s->budget / PEER_BUDGET_SHARE;
+	s->max_conn_regions = opts->max_conn_regions ? opts->max_conn_regions : DEF_MAX_CONN_REGIONS;
+	s->max_peer_conns = opts->max_peer_conns ? opts->max_peer_conns : DEF_MAX_PEER_CONNS;
+	s->peers_cap = 64;
+	s->peers = calloc(s->peers_cap, sizeof(*s->peers));
+	if (!s->peers) {
+		free(s);
+		return -ENOMEM;
+	}
 	for (unsigned i = 0; i < GVM_MEMSERVER_MAX_LISTEN; i++)
 		s->lis[i].fd = -1;
 
@@ -871,12 +1450,38 @@ int gvm_memserver_open(struct gvm_memserver **out, const struct gvm_memserver_op
 			goto out_close;
 		}
 	}
+	if (opts->admin_token_file) {
+		r = gvm_auth_load_token(opts->admin_token_file, &s->admin_token, &s->admin_token_len,
+					err, sizeof(err));
+		if (r < 0) {
+			pr_err("%s", err);
+			goto out_close;
+		}
+		if (s->token && s->token_len == s->admin_token_len &&
+		    gvm_auth_equal(s->token, s->admin_token, s->token_len)) {
+			pr_err("the admin token must differ from the clients' token");
+			r = -EINVAL;
+			goto out_close;
+		}
+	}
 	/* Every client is an fd; 10,000 of them need more than the usual 1024. */
 	nofile = gvm_raise_nofile();
 	if (nofile < 0)
 		pr_warn("cannot raise the open-file limit: %s", strerror((int)-nofile));
 	else
 		pr_debug("open-file limit %ld", nofile);
+	/* Clients never take the descriptors the server needs for itself. */
+	s->max_clients = nofile > 2 * FD_RESERVE ? (uint64_t)nofile - FD_RESERVE : FD_RESERVE;
+	if (opts->max_clients) {
+		if (opts->max_clients > s->max_clients)
+			pr_warn("--max-clients %u: the open-file limit allows %" PRIu64, opts->max_clients,
+				s->max_clients);
+		else
+			s->max_clients = opts->max_clients;
+	}
+	s->max_unauthed = opts->max_unauthed ? opts->max_unauthed : DEF_MAX_UNAUTHED;
+	/* At least half the slots are for clients that proved the token. */
+	s->max_unauthed = GVM_MAX(GVM_MIN(s->max_unauthed, s->max_clients / 2), 1ull);
 
 	r = gvm_store_open(&s->store, &so, err, sizeof(err));
 	if (r < 0) {
@@ -946,25 +1551,51 @@ int gvm_memserver_port(const struct gvm_memserver *s, unsigned idx)
 }
 
 /*
- * Close clients that have not completed HELLO within the timeout: an
- * unauthenticated connection must not hold a descriptor and its buffers
- * forever. Runs at most every quarter of the timeout, and only while such
- * clients exist, so 10,000 authenticated clients cost nothing here.
+ * Close clients past a timeout: no HELLO in time, idle (authenticated, no
+ * request, nothing owed), a frame left half-sent, or replies left unread
+ * (no send progress). The last two are what bound how long a client waiting
+ * for the buffer budget can be kept waiting. Runs at most a few times per
+ * shortest timeout and at most every second: 10,000 clients cost a walk of
+ * a list that often.
  */
-static void sweep_unauthed(struct gvm_memserver *s)
+static uint64_t sweep_period(const struct gvm_memserver *s)
+{
+	uint64_t p = GVM_MIN(s->hello_timeout_ns, s->io_timeout_ns);
+
+	if (s->idle_timeout_ns)
+		p = GVM_MIN(p, s->idle_timeout_ns);
+	return GVM_MAX(GVM_MIN(p / 4, 1000000000ull), 1000000ull);
+}
+
+static void sweep(struct gvm_memserver *s)
 {
 	uint64_t now = gvm_now_ns();
 
-	if (!s->n_unauthed || now < s->next_sweep_ns)
+	if (now < s->next_sweep_ns)
 		return;
-	s->next_sweep_ns = now + s->hello_timeout_ns / 4;
+	s->next_sweep_ns = now + sweep_period(s);
 	for (struct conn *c = s->conns, *next; c; c = next) {
+		const char *why = NULL;
+
 		next = c->next;
-		if (!c->authed && now - c->born_ns >= s->hello_timeout_ns) {
-			pr_debug("client %s: no HELLO within %llu ms, closing", c->addr,
-				 (unsigned long long)(s->hello_timeout_ns / 1000000ull));
-			conn_close(s, c);
-		}
+		if (!c->authed && now - c->born_ns >= s->hello_timeout_ns)
+			why = "no HELLO in time";
+		else if (out_pending(c) && now - c->out_since_ns >= s->io_timeout_ns)
+			why = "replies not read within the I/O timeout";
+		else if (c->in_len && !c->paused && !c->starved && now - c->in_since_ns >= s->io_timeout_ns)
+			why = "frame left unfinished for the I/O timeout";
+		else if (c->starved && c->peer->buffered >= s->peer_budget &&
+			 now - c->starved_ns >= s->io_timeout_ns)
+			/* Held back because its own address's connections hold their
+			 * whole share: waiting would only keep more memory pinned. */
+			why = "its address held its share of the buffer budget for the I/O timeout";
+		else if (c->authed && s->idle_timeout_ns && !out_pending(c) && !c->in_len &&
+			 now - c->last_req_ns >= s->idle_timeout_ns)
+			why = "idle";
+		if (!why)
+			continue;
+		pr_debug("client %s: %s, closing", c->addr, why);
+		conn_close(s, c);
 	}
 }
 
@@ -973,9 +1604,10 @@ int gvm_memserver_run(struct gvm_memserver *s)
 	struct epoll_event ev[MAX_EVENTS];
 
 	for (;;) {
-		/* With unauthenticated clients around, wake up to time them out. */
-		int wait_ms = s->n_unauthed ? (int)GVM_MAX(s->hello_timeout_ns / 4000000ull, 1ull) : -1;
-		int n = epoll_wait(s->epfd, ev, MAX_EVENTS, wait_ms), stop = 0;
+		/* With clients around, wake up to time them out. */
+		int wait_ms = s->conns ? (int)(sweep_period(s) / 1000000ull) : -1;
+		int n = epoll_wait(s->epfd, ev, MAX_EVENTS, s->starved.head && s->released ? 0 : wait_ms);
+		int stop = 0;
 
 		if (n < 0) {
 			if (errno == EINTR)
@@ -991,6 +1623,8 @@ int gvm_memserver_run(struct gvm_memserver *s)
 				conn_event(s, ev[i].data.ptr, ev[i].events);
 			} else if (kind == SRC_LISTENER) {
 				listener_accept(s, ev[i].data.ptr);
+			} else if (kind == SRC_ZOMBIE) {
+				continue;
 			} else {
 				uint64_t v;
 				/* Drain so a later run() waits again; EAGAIN just means drained. */
@@ -999,9 +1633,11 @@ int gvm_memserver_run(struct gvm_memserver *s)
 				stop = 1;
 			}
 		}
+		free_zombies(s);
 		if (stop)
 			return 0;
-		sweep_unauthed(s);
+		wake_starved(s);
+		sweep(s);
 	}
 }
 
@@ -1022,6 +1658,7 @@ void gvm_memserver_close(struct gvm_memserver *s)
 		return;
 	while (s->conns)
 		conn_close(s, s->conns);
+	free_zombies(s);
 	for (unsigned i = 0; i < GVM_MEMSERVER_MAX_LISTEN; i++)
 		if (s->lis[i].fd >= 0)
 			close(s->lis[i].fd);
@@ -1036,8 +1673,19 @@ void gvm_memserver_close(struct gvm_memserver *s)
 		OPENSSL_cleanse(s->token, s->token_len);
 		free(s->token);
 	}
-	free(s->rbuf);
-	while (s->spares.n)
-		free(s->spares.buf[--s->spares.n]);
+	if (s->admin_token) {
+		OPENSSL_cleanse(s->admin_token, s->admin_token_len);
+		free(s->admin_token);
+	}
+	if (s->rbuf) {
+		OPENSSL_cleanse(s->rbuf, RBUF_SIZE);
+		free(s->rbuf);
+	}
+	while (s->spares.n) {
+		s->spares.n--;
+		OPENSSL_cleanse(s->spares.buf[s->spares.n], s->spares.cap[s->spares.n]);
+		free(s->spares.buf[s->spares.n]);
+	}
+	free(s->peers);  /* every peer went with its last connection */
 	free(s);
 }

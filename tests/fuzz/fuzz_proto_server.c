@@ -5,16 +5,19 @@
  * Each header goes through gvm_hdr_decode(from_server = 0) and is compared
  * with a reference validator written from the document, and re-encoded to the
  * same bytes. Frames are then handled the way src/memserver/server.c does
- * (HELLO first, OPEN binds a key and adds the region to the connection,
- * READ/WRITE/LIST/FREE need an OPENed region, a framing error ends the
- * connection), against a real RAM page store (store.h) and a shadow model of
- * what the store must hold. Checked after every frame:
+ * (HELLO first, OPEN names the region (id, key) for this connection and binds
+ * nothing, READ/WRITE/LIST/FREE need an OPENed id and act on (id, that key),
+ * a framing error ends the connection), against a real RAM page store
+ * (store.h) and a shadow model of what the store must hold. Checked after
+ * every frame:
  *   - WRITE returns 0 or -ENOSPC exactly when the model says so, and -ENOSPC
  *     changes nothing; a bad page payload is caught by gvm_pages_check;
  *   - READ returns a valid page payload with exactly the model's non-zero
  *     pages, byte for byte; LIST returns exactly the model's page set;
- *   - OPEN with another key fails with -EACCES; FREE forgets every page;
- *   - the stored-page count equals the model and never exceeds the capacity.
+ *   - the same id under another key is another region: it reads as empty and
+ *     FREE of one leaves the other; FREE forgets every page of its region;
+ *   - the stored-page count equals the model and never exceeds the capacity;
+ *     the store holds exactly the regions that have pages in the model.
  *
  * The store's capacity comes from the low 6 bits of the first frame's id
  * (0 = unlimited), so small capacities are reachable with small inputs.
@@ -35,12 +38,14 @@
 
 struct shadow_page {
 	uint64_t region, page;
+	const uint8_t *key;  /* GVM_KEY_SIZE bytes inside the fuzzer input */
 	const uint8_t *data; /* 4096 bytes inside the fuzzer input */
 };
 
-struct shadow_key {
+/* An id OPENed on this connection and the key it names (the last OPEN's). */
+struct shadow_open {
 	uint64_t region;
-	uint8_t key[GVM_KEY_SIZE];
+	const uint8_t *key;  /* inside the fuzzer input */
 };
 
 struct model {
@@ -48,9 +53,7 @@ struct model {
 	uint64_t capacity;
 	struct shadow_page *pages;
 	size_t n_pages, cap_pages;
-	struct shadow_key *keys;
-	size_t n_keys, cap_keys;
-	uint64_t *open;  /* regions OPENed on this connection */
+	struct shadow_open *open;
 	size_t n_open, cap_open;
 	int authed;
 };
@@ -86,51 +89,66 @@ static void *grow(void *p, size_t *cap, size_t n, size_t elem)
 	return p;
 }
 
-static struct shadow_page *shadow_find(struct model *m, uint64_t region, uint64_t page)
+static int same_region(const struct shadow_page *p, uint64_t region, const uint8_t *key)
+{
+	return p->region == region && memcmp(p->key, key, GVM_KEY_SIZE) == 0;
+}
+
+static struct shadow_page *shadow_find(struct model *m, uint64_t region, const uint8_t *key,
+				       uint64_t page)
 {
 	for (size_t i = 0; i < m->n_pages; i++)
-		if (m->pages[i].region == region && m->pages[i].page == page)
+		if (m->pages[i].page == page && same_region(&m->pages[i], region, key))
 			return &m->pages[i];
 	return NULL;
 }
 
-static int in_range(const struct shadow_page *p, uint64_t region, uint64_t page, uint64_t count)
+static int in_range(const struct shadow_page *p, uint64_t region, const uint8_t *key, uint64_t page,
+		    uint64_t count)
 {
-	return p->region == region && p->page >= page && p->page - page < count;
+	return same_region(p, region, key) && p->page >= page && p->page - page < count;
 }
 
-static size_t shadow_count_range(struct model *m, uint64_t region, uint64_t page, uint64_t count)
+static size_t shadow_count_range(struct model *m, uint64_t region, const uint8_t *key, uint64_t page,
+				 uint64_t count)
 {
 	size_t n = 0;
 	for (size_t i = 0; i < m->n_pages; i++)
-		n += in_range(&m->pages[i], region, page, count);
+		n += in_range(&m->pages[i], region, key, page, count);
 	return n;
 }
 
-static void shadow_drop_range(struct model *m, uint64_t region, uint64_t page, uint64_t count)
+static void shadow_drop_range(struct model *m, uint64_t region, const uint8_t *key, uint64_t page,
+			      uint64_t count)
 {
 	for (size_t i = 0; i < m->n_pages;) {
-		if (in_range(&m->pages[i], region, page, count))
+		if (in_range(&m->pages[i], region, key, page, count))
 			m->pages[i] = m->pages[--m->n_pages];
 		else
 			i++;
 	}
 }
 
-static struct shadow_key *key_find(struct model *m, uint64_t region)
+/* Distinct (id, key) among the model's pages: the regions the store must hold. */
+static size_t shadow_regions(struct model *m)
 {
-	for (size_t i = 0; i < m->n_keys; i++)
-		if (m->keys[i].region == region)
-			return &m->keys[i];
-	return NULL;
+	size_t n = 0;
+	for (size_t i = 0; i < m->n_pages; i++) {
+		size_t j = 0;
+		while (j < i && !same_region(&m->pages[j], m->pages[i].region, m->pages[i].key))
+			j++;
+		n += j == i;
+	}
+	return n;
 }
 
-static int is_open(struct model *m, uint64_t region)
+/* The key an OPENed id names on this connection, or NULL (the server: -EACCES). */
+static const uint8_t *open_key(struct model *m, uint64_t region)
 {
 	for (size_t i = 0; i < m->n_open; i++)
-		if (m->open[i] == region)
-			return 1;
-	return 0;
+		if (m->open[i].region == region)
+			return m->open[i].key;
+	return NULL;
 }
 
 static void check_stats(struct model *m)
@@ -141,17 +159,18 @@ static void check_stats(struct model *m)
 	CHECK(ss.pages_stored == m->n_pages);
 	CHECK(ss.capacity_pages == m->capacity);
 	CHECK(!m->capacity || ss.pages_stored <= m->capacity);
-	CHECK(ss.regions == m->n_keys);
+	CHECK(ss.regions == shadow_regions(m));
 }
 
 /* A READ of [page, page+count) must return exactly the model's pages. */
-static void check_read(struct model *m, uint64_t region, uint64_t page, unsigned count)
+static void check_read(struct model *m, uint64_t region, const uint8_t *key, uint64_t page,
+		       unsigned count)
 {
 	size_t room = gvm_pages_len(count, count);
 	uint8_t *out = read_buf + read_buf_len - room;
 	const char *why = NULL;
-	ssize_t n = gvm_store_read(m->st, region, page, count, out);
-	size_t expect = shadow_count_range(m, region, page, count);
+	ssize_t n = gvm_store_read(m->st, region, key, page, count, out);
+	size_t expect = shadow_count_range(m, region, key, page, count);
 	const uint8_t *data;
 	int w;
 
@@ -162,7 +181,7 @@ static void check_read(struct model *m, uint64_t region, uint64_t page, unsigned
 	CHECK(fz_bitmap_weight(out, count) == w);
 	data = out + GVM_BITMAP_BYTES(count);
 	for (unsigned i = 0; i < count; i++) {
-		struct shadow_page *sp = expect ? shadow_find(m, region, page + i) : NULL;
+		struct shadow_page *sp = expect ? shadow_find(m, region, key, page + i) : NULL;
 		CHECK(fz_bit(out, i) == (sp != NULL));
 		if (!sp)
 			continue;
@@ -173,18 +192,19 @@ static void check_read(struct model *m, uint64_t region, uint64_t page, unsigned
 	CHECK(data == out + n);
 }
 
-static void check_list(struct model *m, uint64_t region, uint64_t page, uint32_t count)
+static void check_list(struct model *m, uint64_t region, const uint8_t *key, uint64_t page,
+		       uint32_t count)
 {
 	size_t room = GVM_BITMAP_BYTES(count);
 	uint8_t *bm = list_buf + list_buf_len - room;
-	int r = gvm_store_list(m->st, region, page, count, bm);
-	size_t expect = shadow_count_range(m, region, page, count);
+	int r = gvm_store_list(m->st, region, key, page, count, bm);
+	size_t expect = shadow_count_range(m, region, key, page, count);
 
 	CHECK(r == 0);
 	CHECK(gvm_bitmap_weight(bm, count) == (int)expect);
 	/* Same weight and every model page present: the sets are equal. */
 	for (size_t i = 0; i < m->n_pages; i++)
-		if (in_range(&m->pages[i], region, page, count))
+		if (in_range(&m->pages[i], region, key, page, count))
 			CHECK(fz_bit(bm, m->pages[i].page - page));
 }
 
@@ -193,12 +213,12 @@ static void check_list(struct model *m, uint64_t region, uint64_t page, uint32_t
  * input (stable for the whole run), `copy` the exact-size copy given to the
  * store. Returns nothing: every outcome is checked here.
  */
-static void do_write(struct model *m, const struct gvm_hdr *h, const uint8_t *orig,
-		     const uint8_t *copy, int weight)
+static void do_write(struct model *m, const struct gvm_hdr *h, const uint8_t *key,
+		     const uint8_t *orig, const uint8_t *copy, int weight)
 {
 	unsigned count = h->count;
 	const uint8_t *d = orig + GVM_BITMAP_BYTES(count);
-	size_t old = shadow_count_range(m, h->region, h->page, count), fresh = 0;
+	size_t old = shadow_count_range(m, h->region, key, h->page, count), fresh = 0;
 	int64_t delta;
 	int expect, r;
 
@@ -211,28 +231,26 @@ static void do_write(struct model *m, const struct gvm_hdr *h, const uint8_t *or
 	CHECK(d == orig + h->len);
 	CHECK((long)weight == fz_bitmap_weight(orig, count));
 	delta = (int64_t)fresh - (int64_t)old;
-	if (!key_find(m, h->region))
-		expect = -ENOENT;
-	else if (delta > 0 && m->capacity && m->n_pages + (uint64_t)delta > m->capacity)
+	if (delta > 0 && m->capacity && m->n_pages + (uint64_t)delta > m->capacity)
 		expect = -ENOSPC;
 	else
 		expect = 0;
 
-	r = gvm_store_write(m->st, h->region, h->page, count, copy, h->len);
+	r = gvm_store_write(m->st, h->region, key, h->page, count, copy, h->len);
 	if (r != expect)
 		fprintf(stderr, "WRITE region %llu page %llu count %u: got %d, model says %d\n",
 			(unsigned long long)h->region, (unsigned long long)h->page, count, r, expect);
 	CHECK(r == expect);
 	if (r)
 		return;
-	shadow_drop_range(m, h->region, h->page, count);
+	shadow_drop_range(m, h->region, key, h->page, count);
 	d = orig + GVM_BITMAP_BYTES(count);
 	for (unsigned i = 0; i < count; i++) {
 		if (!fz_bit(orig, i))
 			continue;
 		if (!gvm_page_is_zero(d)) {
 			m->pages = grow(m->pages, &m->cap_pages, m->n_pages, sizeof(*m->pages));
-			m->pages[m->n_pages++] = (struct shadow_page){ h->region, h->page + i, d };
+			m->pages[m->n_pages++] = (struct shadow_page){ h->region, h->page + i, key, d };
 		}
 		d += GVM_PAGE_SIZE;
 	}
@@ -242,6 +260,7 @@ static void do_write(struct model *m, const struct gvm_hdr *h, const uint8_t *or
 static int handle(struct model *m, const struct gvm_hdr *h, const uint8_t *orig)
 {
 	uint8_t *p = fz_dup(orig, h->len);
+	const uint8_t *key = open_key(m, h->region);
 	const char *why = NULL;
 	int r, ret = 0;
 
@@ -263,29 +282,21 @@ static int handle(struct model *m, const struct gvm_hdr *h, const uint8_t *orig)
 		break;
 	}
 	case GVM_OP_OPEN: {
-		struct shadow_key *k = key_find(m, h->region);
-		int expect = k ? (memcmp(k->key, p, GVM_KEY_SIZE) ? -EACCES : 0) : 0;
-
-		r = gvm_store_bind_key(m->st, h->region, p);
-		CHECK(r == expect);
-		if (r)
-			break;
-		if (!k) {
-			m->keys = grow(m->keys, &m->cap_keys, m->n_keys, sizeof(*m->keys));
-			m->keys[m->n_keys].region = h->region;
-			memcpy(m->keys[m->n_keys].key, p, GVM_KEY_SIZE);
-			m->n_keys++;
-		}
-		if (!is_open(m, h->region)) {
+		/* Binds nothing in the store: the server only remembers the key. */
+		size_t i = 0;
+		while (i < m->n_open && m->open[i].region != h->region)
+			i++;
+		if (i == m->n_open) {
 			m->open = grow(m->open, &m->cap_open, m->n_open, sizeof(*m->open));
-			m->open[m->n_open++] = h->region;
+			m->n_open++;
 		}
+		m->open[i] = (struct shadow_open){ h->region, orig };
 		break;
 	}
 	case GVM_OP_READ:
-		/* The server answers -EACCES for a region this connection did not
-		 * OPEN; reading is side-effect free, so check the store anyway. */
-		check_read(m, h->region, h->page, h->count);
+		/* The server answers -EACCES for an id this connection did not OPEN. */
+		if (key)
+			check_read(m, h->region, key, h->page, h->count);
 		break;
 	case GVM_OP_WRITE: {
 		int w = gvm_pages_check(p, h->len, h->count, &why);
@@ -298,10 +309,8 @@ static int handle(struct model *m, const struct gvm_hdr *h, const uint8_t *orig)
 			ret = -1; /* framing error: the server closes */
 			break;
 		}
-		/* An unbound region is not OPEN either, so the server would say
-		 * -EACCES; the store itself must refuse it with -ENOENT. */
-		if (is_open(m, h->region) || !key_find(m, h->region))
-			do_write(m, h, orig, p, w);
+		if (key)  /* else -EACCES */
+			do_write(m, h, key, orig, p, w);
 		break;
 	}
 	case GVM_OP_STAT: {
@@ -321,15 +330,16 @@ static int handle(struct model *m, const struct gvm_hdr *h, const uint8_t *orig)
 		break;
 	}
 	case GVM_OP_FREE:
-		if (!is_open(m, h->region))
+		if (!key)
 			break; /* -EACCES */
-		r = gvm_store_free(m->st, h->region);
+		r = gvm_store_free(m->st, h->region, key);
 		CHECK(r == 0);
-		shadow_drop_range(m, h->region, 0, UINT64_MAX);
-		CHECK(shadow_count_range(m, h->region, 0, UINT64_MAX) == 0);
+		shadow_drop_range(m, h->region, key, 0, UINT64_MAX);
+		CHECK(gvm_store_region_pages(m->st, h->region, key) == 0);
 		break;
 	case GVM_OP_LIST:
-		check_list(m, h->region, h->page, h->count);
+		if (key)
+			check_list(m, h->region, key, h->page, h->count);
 		break;
 	case GVM_OP_PING:
 		break;
@@ -376,12 +386,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	/* Whatever happened, every page the model holds reads back intact. */
 	for (size_t i = 0; i < m.n_pages; i++)
-		check_read(&m, m.pages[i].region, m.pages[i].page, 1);
+		check_read(&m, m.pages[i].region, m.pages[i].key, m.pages[i].page, 1);
 	check_stats(&m);
 
 	gvm_store_close(m.st);
 	free(m.pages);
-	free(m.keys);
 	free(m.open);
 	return 0;
 }

@@ -60,19 +60,25 @@ static uint8_t *encode(const uint8_t *pages, unsigned count, size_t *len)
 	return out;
 }
 
-static int put(struct gvm_store *st, uint64_t region, uint64_t page, unsigned count, const uint8_t *pages)
+static int putk(struct gvm_store *st, uint64_t region, const uint8_t *key, uint64_t page,
+		unsigned count, const uint8_t *pages)
 {
 	size_t len;
 	uint8_t *pl = encode(pages, count, &len);
-	int r = pl ? gvm_store_write(st, region, page, count, pl, len) : -ENOMEM;
+	int r = pl ? gvm_store_write(st, region, key, page, count, pl, len) : -ENOMEM;
 
 	free(pl);
 	return r;
 }
 
-/* Read back and compare with expected pages. 0 if equal. */
-static int get_cmp(struct gvm_store *st, uint64_t region, uint64_t page, unsigned count,
-		   const uint8_t *expect)
+static int put(struct gvm_store *st, uint64_t region, uint64_t page, unsigned count, const uint8_t *pages)
+{
+	return putk(st, region, key_a, page, count, pages);
+}
+
+/* Read back region (id, key) and compare with expected pages. 0 if equal. */
+static int get_cmpk(struct gvm_store *st, uint64_t region, const uint8_t *key, uint64_t page,
+		    unsigned count, const uint8_t *expect)
 {
 	uint8_t *buf = malloc(gvm_pages_len(count, count));
 	const uint8_t *d;
@@ -81,7 +87,7 @@ static int get_cmp(struct gvm_store *st, uint64_t region, uint64_t page, unsigne
 
 	if (!buf)
 		return -1;
-	n = gvm_store_read(st, region, page, count, buf);
+	n = gvm_store_read(st, region, key, page, count, buf);
 	if (n < 0) {
 		free(buf);
 		return -2;
@@ -100,6 +106,19 @@ static int get_cmp(struct gvm_store *st, uint64_t region, uint64_t page, unsigne
 		bad = 1;
 	free(buf);
 	return bad;
+}
+
+static int get_cmp(struct gvm_store *st, uint64_t region, uint64_t page, unsigned count,
+		   const uint8_t *expect)
+{
+	return get_cmpk(st, region, key_a, page, count, expect);
+}
+
+static uint64_t regions(struct gvm_store *st)
+{
+	struct gvm_store_stats s;
+	gvm_store_get_stats(st, &s);
+	return s.regions;
 }
 
 static uint64_t stored(struct gvm_store *st)
@@ -141,7 +160,6 @@ static int test_ram_roundtrip(void)
 	struct gvm_store_stats s;
 
 	CHECK(st && pages);
-	CHECK_EQ(gvm_store_bind_key(st, 5, key_a), 0);
 	CHECK_EQ(put(st, 5, 37, 200, pages), 0);
 	CHECK_EQ(get_cmp(st, 5, 37, 200, pages), 0);
 	gvm_store_get_stats(st, &s);
@@ -149,7 +167,6 @@ static int test_ram_roundtrip(void)
 	CHECK_EQ(s.regions, 1);
 	CHECK_EQ(s.chunks, 4); /* pages 37..236 touch chunks 0..3 */
 	/* Another region with the same page numbers is separate. */
-	CHECK_EQ(gvm_store_bind_key(st, 6, key_b), 0);
 	uint8_t *zero = calloc(200, PG);
 	CHECK(zero);
 	CHECK_EQ(get_cmp(st, 6, 37, 200, zero), 0);
@@ -176,7 +193,6 @@ static int test_zero_pages_removed(void)
 	struct gvm_store_stats s;
 
 	CHECK(st && pages);
-	CHECK_EQ(gvm_store_bind_key(st, 1, key_a), 0);
 	CHECK_EQ(put(st, 1, 63, 3, pages), 0); /* straddles chunks 0 and 1 */
 	CHECK_EQ(stored(st), 3);
 	/* Clear bit = zero page: forgets page 64 only. */
@@ -187,7 +203,7 @@ static int test_zero_pages_removed(void)
 	/* A set bit carrying an all-zero page is a zero page as well. */
 	memset(pl, 0, sizeof(pl));
 	gvm_bitmap_set(pl, 0);
-	CHECK_EQ(gvm_store_write(st, 1, 63, 1, pl, sizeof(pl)), 0);
+	CHECK_EQ(gvm_store_write(st, 1, key_a, 63, 1, pl, sizeof(pl)), 0);
 	CHECK_EQ(stored(st), 1);
 	gvm_store_get_stats(st, &s);
 	CHECK_EQ(s.chunks, 1); /* chunk 0 is empty and gone */
@@ -209,11 +225,10 @@ static int test_capacity(void)
 	uint8_t bm[GVM_BITMAP_BYTES(1024)];
 
 	CHECK(st && a && b && c);
-	CHECK_EQ(gvm_store_bind_key(st, 1, key_a), 0);
 	CHECK_EQ(put(st, 1, 0, 80, a), 0);
 	CHECK_EQ(put(st, 1, 1000, 30, b), -ENOSPC);
 	CHECK_EQ(stored(st), 80);
-	CHECK_EQ(gvm_store_list(st, 1, 1000, 30, bm), 0);
+	CHECK_EQ(gvm_store_list(st, 1, key_a, 1000, 30, bm), 0);
 	for (unsigned i = 0; i < 30; i++)
 		CHECK(!gvm_bitmap_test(bm, i));
 	/* Partly overlapping: 20 new pages after 60 overwritten ones still fit. */
@@ -238,29 +253,92 @@ static int test_capacity(void)
 	return 0;
 }
 
+/* A region is (id, key): one id under two keys is two regions, neither of
+ * which can see, block, probe or free the other; and a region exists only
+ * while it holds pages. */
 static int test_keys(void)
 {
 	struct gvm_store *st = ram_store(0);
-	uint8_t *p = make_pages(1, 0, NULL);
-	struct gvm_store_stats s;
+	struct gvm_store_opts o = { .max_regions = 4 };
+	uint8_t *p = make_pages(2, 0, NULL), *zero = calloc(1, PG);
+	char err[256];
 
-	CHECK(st && p);
-	CHECK_EQ(put(st, 1, 0, 1, p), -ENOENT); /* never bound */
-	CHECK_EQ(gvm_store_bind_key(st, 1, key_a), 0);
-	CHECK_EQ(gvm_store_bind_key(st, 1, key_a), 0);
-	CHECK_EQ(gvm_store_bind_key(st, 1, key_b), -EACCES);
-	CHECK_EQ(gvm_store_bind_key(st, 0, key_b), 0); /* region 0 is an ordinary id */
-	CHECK_EQ(gvm_store_bind_key(st, UINT64_MAX, key_b), 0);
-	CHECK_EQ(gvm_store_bind_key(st, 0, key_a), -EACCES);
-	for (uint64_t r = 100; r < 200; r++) /* table growth keeps earlier keys */
-		CHECK_EQ(gvm_store_bind_key(st, r, (r & 1) ? key_a : key_b), 0);
-	CHECK_EQ(gvm_store_bind_key(st, 1, key_b), -EACCES);
-	CHECK_EQ(gvm_store_bind_key(st, 151, key_a), 0);
-	CHECK_EQ(gvm_store_bind_key(st, 151, key_b), -EACCES);
-	gvm_store_get_stats(st, &s);
-	CHECK_EQ(s.regions, 103);
-	free(p);
+	CHECK(st && p && zero);
+	CHECK_EQ(put(st, 1, 0, 1, p), 0);
+	CHECK_EQ(get_cmpk(st, 1, key_b, 0, 1, zero), 0);
+	CHECK_EQ(gvm_store_region_pages(st, 1, key_b), 0);
+	CHECK_EQ(gvm_store_region_pages(st, 1, key_a), 1);
+	CHECK_EQ(gvm_store_free(st, 1, key_b), 0);         /* another key frees nothing */
+	CHECK_EQ(get_cmp(st, 1, 0, 1, p), 0);
+	CHECK_EQ(putk(st, 1, key_b, 0, 1, p + PG), 0);
+	CHECK_EQ(get_cmp(st, 1, 0, 1, p), 0);
+	CHECK_EQ(get_cmpk(st, 1, key_b, 0, 1, p + PG), 0);
+	CHECK_EQ(regions(st), 2);
+	/* Zeroing the last page ends the region; writing zeros creates none. */
+	CHECK_EQ(putk(st, 1, key_b, 0, 1, zero), 0);
+	CHECK_EQ(putk(st, 2, key_b, 0, 1, zero), 0);
+	CHECK_EQ(regions(st), 1);
+	CHECK_EQ(put(st, 0, 0, 1, p), 0);                  /* region 0 is an ordinary id */
+	CHECK_EQ(putk(st, UINT64_MAX, key_b, 5, 1, p), 0);
+	for (uint64_t r = 100; r < 200; r++)               /* table growth keeps the others */
+		CHECK_EQ(putk(st, r, (r & 1) ? key_a : key_b, r, 1, p), 0);
+	CHECK_EQ(regions(st), 103);
+	for (uint64_t r = 100; r < 200; r++) {
+		CHECK_EQ(get_cmpk(st, r, (r & 1) ? key_a : key_b, r, 1, p), 0);
+		CHECK_EQ(get_cmpk(st, r, (r & 1) ? key_b : key_a, r, 1, zero), 0);
+	}
+	CHECK_EQ(get_cmp(st, 1, 0, 1, p), 0);
+	for (uint64_t r = 100; r < 200; r++)
+		CHECK_EQ(gvm_store_free(st, r, (r & 1) ? key_a : key_b), 0);
+	CHECK_EQ(regions(st), 3);
 	gvm_store_close(st);
+
+	/* The region limit refuses a new region, and nothing else. */
+	CHECK_EQ(gvm_store_open(&st, &o, err, sizeof(err)), 0);
+	for (uint64_t r = 0; r < 4; r++)
+		CHECK_EQ(put(st, r, 0, 1, p), 0);
+	CHECK_EQ(put(st, 4, 0, 1, p), -ENOSPC);
+	CHECK_EQ(putk(st, 0, key_b, 0, 1, p), -ENOSPC);
+	CHECK_EQ(put(st, 3, 1, 1, p), 0);                  /* an existing region grows */
+	CHECK_EQ(stored(st), 5);
+	CHECK_EQ(gvm_store_free(st, 2, key_a), 0);
+	CHECK_EQ(put(st, 4, 0, 1, p), 0);
+	CHECK_EQ(regions(st), 4);
+	gvm_store_close(st);
+	free(p);
+	free(zero);
+	return 0;
+}
+
+/* Quotas per owner: regions created and pages in them, whoever writes later. */
+static int test_owner_quotas(void)
+{
+	struct gvm_store_opts o = { .max_owner_regions = 3, .max_owner_pages = 5 };
+	uint8_t *p = make_pages(4, 0, NULL);
+	struct gvm_store *st;
+	char err[256];
+
+	CHECK(p);
+	CHECK_EQ(gvm_store_open(&st, &o, err, sizeof(err)), 0);
+	gvm_store_set_owner(st, 7);
+	for (uint64_t r = 1; r <= 3; r++)
+		CHECK_EQ(put(st, r, 0, 1, p), 0);
+	CHECK_EQ(put(st, 4, 0, 1, p), -ENOSPC);           /* a fourth region */
+	CHECK_EQ(put(st, 1, 1, 2, p), 0);                 /* 5 pages */
+	CHECK_EQ(put(st, 2, 1, 1, p), -ENOSPC);           /* a sixth page */
+	gvm_store_set_owner(st, 8);                       /* another owner writing owner 7's region */
+	CHECK_EQ(put(st, 2, 1, 1, p), -ENOSPC);
+	CHECK_EQ(put(st, 4, 0, 4, p), 0);                 /* its own region, its own quota */
+	gvm_store_set_owner(st, 0);                       /* nobody: no quota */
+	CHECK_EQ(put(st, 5, 0, 4, p), 0);
+	CHECK_EQ(put(st, 6, 0, 4, p), 0);
+	gvm_store_set_owner(st, 7);
+	CHECK_EQ(gvm_store_free(st, 3, key_a), 0);        /* gives a region and a page back */
+	CHECK_EQ(put(st, 9, 0, 1, p), 0);
+	CHECK_EQ(put(st, 10, 0, 1, p), -ENOSPC);
+	CHECK_EQ(regions(st), 6);
+	gvm_store_close(st);
+	free(p);
 	return 0;
 }
 
@@ -271,21 +349,19 @@ static int test_free(void)
 	uint8_t *zero = calloc(300, PG);
 
 	CHECK(st && p && zero);
-	CHECK_EQ(gvm_store_bind_key(st, 1, key_a), 0);
-	CHECK_EQ(gvm_store_bind_key(st, 2, key_b), 0);
 	CHECK_EQ(put(st, 1, 0, 300, p), 0);
 	CHECK_EQ(put(st, 2, 0, 300, p), 0);
 	for (uint64_t pg = 10000; pg < 20000; pg += 640) /* scatter many chunks */
 		CHECK_EQ(put(st, 1, pg, 3, p + PG), 0);
 	uint64_t before2 = stored(st);
-	CHECK_EQ(gvm_store_free(st, 1), 0);
+	CHECK_EQ(gvm_store_free(st, 1, key_a), 0);
 	CHECK_EQ(get_cmp(st, 1, 0, 300, zero), 0);
 	CHECK_EQ(get_cmp(st, 2, 0, 300, p), 0);
 	CHECK_EQ(stored(st), 240);
 	CHECK(before2 > 240);
-	CHECK_EQ(gvm_store_free(st, 1), 0);      /* freeing twice is harmless */
-	CHECK_EQ(gvm_store_free(st, 12345), 0);  /* unknown region too */
-	CHECK_EQ(gvm_store_bind_key(st, 1, key_b), -EACCES); /* key survives FREE */
+	CHECK_EQ(gvm_store_free(st, 1, key_a), 0);      /* freeing twice is harmless */
+	CHECK_EQ(gvm_store_free(st, 12345, key_a), 0);  /* unknown region too */
+	CHECK_EQ(regions(st), 1);                /* the region is gone with its pages */
 	CHECK_EQ(put(st, 1, 0, 300, p), 0);
 	CHECK_EQ(get_cmp(st, 1, 0, 300, p), 0);
 	free(p);
@@ -309,8 +385,6 @@ static int prealloc_reuse(void)
 	CHECK(q);
 	memcpy(q, p, 64 * PG);
 	CHECK_EQ(gvm_store_open(&st, &o, err, sizeof(err)), 0);
-	CHECK_EQ(gvm_store_bind_key(st, 1, key_a), 0);
-	CHECK_EQ(gvm_store_bind_key(st, 2, key_b), 0);
 	/* One full chunk, then every other page of it written as zero. */
 	CHECK_EQ(put(st, 1, 0, 64, p), 0);
 	for (unsigned i = 0; i < 64; i += 2)
@@ -319,7 +393,7 @@ static int prealloc_reuse(void)
 	CHECK_EQ(get_cmp(st, 1, 0, 64, q), 0);
 	CHECK_EQ(stored(st), 32);
 	/* Region 1 freed: region 2 gets the same block and writes 1 page. */
-	CHECK_EQ(gvm_store_free(st, 1), 0);
+	CHECK_EQ(gvm_store_free(st, 1, key_a), 0);
 	CHECK_EQ(get_cmp(st, 1, 0, 64, zero), 0);
 	memset(q, 0, 64 * PG);
 	memcpy(q + 5 * PG, p + 9 * PG, PG);
@@ -329,7 +403,6 @@ static int prealloc_reuse(void)
 	gvm_store_close(st);
 	/* The capacity is still enforced. */
 	CHECK_EQ(gvm_store_open(&st, &o, err, sizeof(err)), 0);
-	CHECK_EQ(gvm_store_bind_key(st, 1, key_a), 0);
 	for (uint64_t c = 0; c < 16; c++)
 		CHECK_EQ(put(st, 1, c * 64, 64, p), 0);
 	CHECK_EQ(put(st, 1, 16 * 64, 1, p), -ENOSPC);
@@ -363,15 +436,14 @@ static int test_list(void)
 
 	CHECK(st);
 	memset(page, 0xab, sizeof(page));
-	CHECK_EQ(gvm_store_bind_key(st, 9, key_a), 0);
 	for (unsigned i = 0; i < GVM_ARRAY_SIZE(marks); i++) {
 		size_t len;
 		uint8_t *pl = encode(page, 1, &len);
 		CHECK(pl);
-		CHECK_EQ(gvm_store_write(st, 9, marks[i], 1, pl, len), 0);
+		CHECK_EQ(gvm_store_write(st, 9, key_a, marks[i], 1, pl, len), 0);
 		free(pl);
 	}
-	CHECK_EQ(gvm_store_list(st, 9, 0, 1u << 20, bm), 0);
+	CHECK_EQ(gvm_store_list(st, 9, key_a, 0, 1u << 20, bm), 0);
 	unsigned set = 0;
 	for (uint32_t i = 0; i < (1u << 20); i++)
 		set += (unsigned)gvm_bitmap_test(bm, i);
@@ -379,7 +451,7 @@ static int test_list(void)
 	for (unsigned i = 0; i < GVM_ARRAY_SIZE(marks); i++)
 		CHECK(gvm_bitmap_test(bm, (unsigned)marks[i]));
 	/* Unaligned window 60..139: bits for 63, 64, 65, 127, 128. */
-	CHECK_EQ(gvm_store_list(st, 9, 60, 80, bm), 0);
+	CHECK_EQ(gvm_store_list(st, 9, key_a, 60, 80, bm), 0);
 	for (unsigned i = 0; i < 80; i++) {
 		unsigned p = 60 + i;
 		int want = p == 63 || p == 64 || p == 65 || p == 127 || p == 128;
@@ -387,9 +459,9 @@ static int test_list(void)
 	}
 	for (unsigned i = 80; i < 128; i++) /* nothing past count */
 		CHECK(!gvm_bitmap_test(bm, i));
-	CHECK_EQ(gvm_store_list(st, 9, 0, (1u << 20) + 1, bm), -EINVAL);
-	CHECK_EQ(gvm_store_list(st, 9, 0, 0, bm), -EINVAL);
-	CHECK_EQ(gvm_store_list(st, 9, (1ull << 52) - 1, 2, bm), -EINVAL);
+	CHECK_EQ(gvm_store_list(st, 9, key_a, 0, (1u << 20) + 1, bm), -EINVAL);
+	CHECK_EQ(gvm_store_list(st, 9, key_a, 0, 0, bm), -EINVAL);
+	CHECK_EQ(gvm_store_list(st, 9, key_a, (1ull << 52) - 1, 2, bm), -EINVAL);
 	gvm_store_close(st);
 	return 0;
 }
@@ -400,20 +472,19 @@ static int test_invalid_writes(void)
 	uint8_t pl[8 + 2 * PG];
 
 	CHECK(st);
-	CHECK_EQ(gvm_store_bind_key(st, 1, key_a), 0);
 	memset(pl, 0x11, sizeof(pl));
 	memset(pl, 0, 8);
 	gvm_bitmap_set(pl, 0);
 	gvm_bitmap_set(pl, 5); /* beyond count 3 */
-	CHECK_EQ(gvm_store_write(st, 1, 0, 3, pl, sizeof(pl)), -EINVAL);
+	CHECK_EQ(gvm_store_write(st, 1, key_a, 0, 3, pl, sizeof(pl)), -EINVAL);
 	pl[0] = 1;             /* one page announced, two sent */
-	CHECK_EQ(gvm_store_write(st, 1, 0, 3, pl, sizeof(pl)), -EINVAL);
-	CHECK_EQ(gvm_store_write(st, 1, 0, 0, pl, 8), -EINVAL);
-	CHECK_EQ(gvm_store_write(st, 1, 0, GVM_MAX_PAGES + 1, pl, sizeof(pl)), -EINVAL);
-	CHECK_EQ(gvm_store_write(st, 1, (1ull << 52) - 1, 2, pl, 8 + PG), -EINVAL);
+	CHECK_EQ(gvm_store_write(st, 1, key_a, 0, 3, pl, sizeof(pl)), -EINVAL);
+	CHECK_EQ(gvm_store_write(st, 1, key_a, 0, 0, pl, 8), -EINVAL);
+	CHECK_EQ(gvm_store_write(st, 1, key_a, 0, GVM_MAX_PAGES + 1, pl, sizeof(pl)), -EINVAL);
+	CHECK_EQ(gvm_store_write(st, 1, key_a, (1ull << 52) - 1, 2, pl, 8 + PG), -EINVAL);
 	CHECK_EQ(stored(st), 0);
 	/* The last valid page works. */
-	CHECK_EQ(gvm_store_write(st, 1, (1ull << 52) - 1, 1, pl, 8 + PG), 0);
+	CHECK_EQ(gvm_store_write(st, 1, key_a, (1ull << 52) - 1, 1, pl, 8 + PG), 0);
 	CHECK_EQ(stored(st), 1);
 	gvm_store_close(st);
 	return 0;
@@ -434,12 +505,10 @@ static int test_index_churn(void)
 	memset(pl, 0, 8);
 	gvm_bitmap_set(pl, 0);
 	memcpy(pl + 8, page, PG);
-	for (uint64_t r = 0; r < 8; r++)
-		CHECK_EQ(gvm_store_bind_key(st, r, key_a), 0);
 	for (unsigned i = 0; i < N; i++) {
 		reg[i] = rnd() % 8;
 		idx[i] = (uint64_t)i * 64 + rnd() % 64; /* distinct chunks */
-		CHECK_EQ(gvm_store_write(st, reg[i], idx[i], 1, pl, sizeof(pl)), 0);
+		CHECK_EQ(gvm_store_write(st, reg[i], key_a, idx[i], 1, pl, sizeof(pl)), 0);
 		live[i] = 1;
 	}
 	for (unsigned round = 0; round < 3; round++) {
@@ -448,14 +517,14 @@ static int test_index_churn(void)
 				continue;
 			memset(bm, 0, 8);
 			if (live[i])
-				CHECK_EQ(gvm_store_write(st, reg[i], idx[i], 1, bm, 8), 0);
+				CHECK_EQ(gvm_store_write(st, reg[i], key_a, idx[i], 1, bm, 8), 0);
 			else
-				CHECK_EQ(gvm_store_write(st, reg[i], idx[i], 1, pl, sizeof(pl)), 0);
+				CHECK_EQ(gvm_store_write(st, reg[i], key_a, idx[i], 1, pl, sizeof(pl)), 0);
 			live[i] = !live[i];
 		}
 		unsigned n_live = 0;
 		for (unsigned i = 0; i < N; i++) {
-			CHECK_EQ(gvm_store_list(st, reg[i], idx[i], 1, bm), 0);
+			CHECK_EQ(gvm_store_list(st, reg[i], key_a, idx[i], 1, bm), 0);
 			CHECK_EQ(bm[0] & 1, live[i]);
 			n_live += live[i];
 		}
@@ -463,9 +532,9 @@ static int test_index_churn(void)
 		CHECK_EQ(s.pages_stored, n_live);
 		CHECK_EQ(s.chunks, n_live);
 	}
-	CHECK_EQ(gvm_store_free(st, 3), 0);
+	CHECK_EQ(gvm_store_free(st, 3, key_a), 0);
 	for (unsigned i = 0; i < N; i++) {
-		CHECK_EQ(gvm_store_list(st, reg[i], idx[i], 1, bm), 0);
+		CHECK_EQ(gvm_store_list(st, reg[i], key_a, idx[i], 1, bm), 0);
 		CHECK_EQ(bm[0] & 1, reg[i] == 3 ? 0 : live[i]);
 	}
 	gvm_store_close(st);
@@ -493,9 +562,6 @@ static int test_backing_roundtrip(void)
 	for (int mode = GVM_FSYNC_NONE; mode <= GVM_FSYNC_ALWAYS; mode++) {
 		CHECK_EQ(open_backing(&st, path, mode, err, sizeof(err)), 0);
 		if (mode == GVM_FSYNC_NONE) {
-			CHECK_EQ(gvm_store_bind_key(st, 7, key_a), 0);
-			CHECK_EQ(gvm_store_bind_key(st, 8, key_b), 0);
-			CHECK_EQ(gvm_store_bind_key(st, 9, key_b), 0); /* key only, no pages */
 			CHECK_EQ(put(st, 7, 10, 300, p), 0);
 			CHECK_EQ(put(st, 8, 1ull << 40, 64, q), 0);
 			CHECK_EQ(get_cmp(st, 7, 10, 300, p), 0);
@@ -503,7 +569,7 @@ static int test_backing_roundtrip(void)
 			/* Reopened: everything is back; now change things with fsync on. */
 			CHECK_EQ(get_cmp(st, 7, 10, 300, p), 0);
 			CHECK_EQ(get_cmp(st, 8, 1ull << 40, 64, q), 0);
-			CHECK_EQ(gvm_store_free(st, 8), 0);
+			CHECK_EQ(gvm_store_free(st, 8, key_a), 0);
 			CHECK_EQ(put(st, 7, 10, 100, zero), 0);
 			memset(p, 0, 100 * (size_t)PG);
 		}
@@ -513,14 +579,12 @@ static int test_backing_roundtrip(void)
 	CHECK_EQ(get_cmp(st, 7, 10, 300, p), 0);
 	CHECK_EQ(get_cmp(st, 8, 1ull << 40, 64, zero), 0);
 	gvm_store_get_stats(st, &s);
-	CHECK_EQ(s.regions, 3);
+	CHECK_EQ(s.regions, 1); /* 8 was freed, 9 never held a page */
 	unsigned want = 0;
 	for (unsigned i = 0; i < 300; i++)
 		want += !gvm_page_is_zero(p + (size_t)i * PG);
 	CHECK_EQ(s.pages_stored, want);
-	CHECK_EQ(gvm_store_bind_key(st, 7, key_b), -EACCES);
-	CHECK_EQ(gvm_store_bind_key(st, 9, key_a), -EACCES);
-	CHECK_EQ(gvm_store_bind_key(st, 9, key_b), 0);
+	CHECK_EQ(get_cmpk(st, 7, key_b, 10, 300, zero), 0); /* the key is part of the name */
 	/* Freed slots are reused: region 8's chunk slot goes to region 9. */
 	CHECK_EQ(put(st, 9, 0, 64, q), 0);
 	gvm_store_close(st);
@@ -566,53 +630,91 @@ static int patch_file(const char *path, uint64_t off, const void *bytes, size_t 
 	return w == (ssize_t)n ? 0 : -1;
 }
 
+/* A slot header as the store writes it (format 1 or 2). */
+static void slot_hdr(uint8_t h[GVM_STORE_SLOT_HDR_SIZE], uint64_t magic, uint64_t region,
+		     uint64_t index, uint64_t bitmap, const uint8_t *key, uint64_t off)
+{
+	memset(h, 0, GVM_STORE_SLOT_HDR_SIZE);
+	for (int i = 0; i < 8; i++) {
+		h[i] = (uint8_t)(magic >> (8 * i));
+		h[8 + i] = (uint8_t)(region >> (8 * i));
+		h[16 + i] = (uint8_t)(index >> (8 * i));
+		h[24 + i] = (uint8_t)(bitmap >> (8 * i));
+	}
+	if (key)
+		memcpy(h + 32, key, GVM_KEY_SIZE);
+	uint64_t sum = gvm_hash_bytes(h, 64, off);
+	for (int i = 0; i < 8; i++)
+		h[64 + i] = (uint8_t)(sum >> (8 * i));
+}
+
+static uint64_t slot_at(uint64_t n)
+{
+	return GVM_STORE_HDR_BYTES + n * GVM_STORE_SLOT_BYTES;
+}
+
 static int test_backing_corrupt(void)
 {
 	const char *p = tmp_path("corrupt.store");
 	char path[128], err[512], want[64];
 	struct gvm_store *st;
 	uint8_t *pages = make_pages(2, 0, NULL);
-	uint8_t junk = 0x77, zhdr[GVM_STORE_SLOT_HDR_SIZE] = { 0 };
+	uint8_t junk = 0x77, zhdr[GVM_STORE_SLOT_HDR_SIZE] = { 0 }, h[GVM_STORE_SLOT_HDR_SIZE];
 
 	CHECK(p && pages);
 	snprintf(path, sizeof(path), "%s", p);
 	unlink(path);
 	CHECK_EQ(open_backing(&st, path, 0, err, sizeof(err)), 0);
-	CHECK_EQ(gvm_store_bind_key(st, 1, key_a), 0); /* slot 0: key record */
-	CHECK_EQ(put(st, 1, 0, 2, pages), 0);          /* slot 1: chunk 0 */
+	CHECK_EQ(put(st, 1, 0, 2, pages), 0);          /* slot 0: chunk 0 */
 	gvm_store_close(st);
 
-	uint64_t slot1 = GVM_STORE_HDR_BYTES + GVM_STORE_SLOT_BYTES;
+	uint64_t slot0 = slot_at(0);
 	/* A flipped bit in the chunk's region field breaks its checksum. */
-	CHECK_EQ(patch_file(path, slot1 + 9, &junk, 1), 0);
+	CHECK_EQ(patch_file(path, slot0 + 9, &junk, 1), 0);
 	CHECK_EQ(open_backing(&st, path, 0, err, sizeof(err)), -EINVAL);
-	snprintf(want, sizeof(want), "offset %llu", (unsigned long long)slot1);
+	snprintf(want, sizeof(want), "offset %llu", (unsigned long long)slot0);
 	CHECK(strstr(err, path) != NULL);
 	CHECK(strstr(err, want) != NULL);
 	CHECK(strstr(err, "checksum") != NULL);
+	/* So does one in the key. */
+	CHECK_EQ(patch_file(path, slot0 + 9, &(uint8_t){ 0 }, 1), 0);
+	CHECK_EQ(patch_file(path, slot0 + 40, &junk, 1), 0);
+	CHECK_EQ(open_backing(&st, path, 0, err, sizeof(err)), -EINVAL);
+	CHECK(strstr(err, "checksum") != NULL);
+	CHECK_EQ(patch_file(path, slot0 + 40, &key_a[8], 1), 0);
 
-	/* Garbage magic in slot 2 (past the end of the data so far). */
-	uint64_t slot2 = GVM_STORE_HDR_BYTES + 2 * GVM_STORE_SLOT_BYTES;
-	CHECK_EQ(patch_file(path, slot1 + 9, &(uint8_t){ 0 }, 1), 0);
+	/* Garbage magic in slot 1 (past the end of the data so far). */
+	uint64_t slot1 = slot_at(1);
 	CHECK_EQ(open_backing(&st, path, 0, err, sizeof(err)), 0); /* repaired */
+	CHECK_EQ(get_cmp(st, 1, 0, 2, pages), 0);
 	gvm_store_close(st);
 	uint8_t garbage[GVM_STORE_SLOT_HDR_SIZE];
 	memset(garbage, 0x01, sizeof(garbage));
 	memcpy(garbage, "GARBAGE!", 8);
-	CHECK_EQ(patch_file(path, slot2, garbage, sizeof(garbage)), 0);
+	CHECK_EQ(patch_file(path, slot1, garbage, sizeof(garbage)), 0);
 	CHECK_EQ(open_backing(&st, path, 0, err, sizeof(err)), -EINVAL);
-	snprintf(want, sizeof(want), "offset %llu", (unsigned long long)slot2);
+	snprintf(want, sizeof(want), "offset %llu", (unsigned long long)slot1);
 	CHECK(strstr(err, want) != NULL);
 	CHECK(strstr(err, "magic") != NULL);
-	CHECK_EQ(patch_file(path, slot2, zhdr, sizeof(zhdr)), 0);
+	/* Format 2 has no key records: one is corruption. */
+	slot_hdr(h, GVM_STORE_KEY_MAGIC, 1, 0, 0, key_a, slot1);
+	CHECK_EQ(patch_file(path, slot1, h, sizeof(h)), 0);
+	CHECK_EQ(open_backing(&st, path, 0, err, sizeof(err)), -EINVAL);
+	CHECK(strstr(err, "magic") != NULL);
+	/* Two headers for one chunk of one region. */
+	slot_hdr(h, GVM_STORE_CHUNK_MAGIC, 1, 0, 1, key_a, slot1);
+	CHECK_EQ(patch_file(path, slot1, h, sizeof(h)), 0);
+	CHECK_EQ(open_backing(&st, path, 0, err, sizeof(err)), -EINVAL);
+	CHECK(strstr(err, "already stored") != NULL);
+	/* ... but the same chunk of (1, key_b) is another region's. */
+	slot_hdr(h, GVM_STORE_CHUNK_MAGIC, 1, 0, 1, key_b, slot1);
+	CHECK_EQ(patch_file(path, slot1, h, sizeof(h)), 0);
+	CHECK_EQ(open_backing(&st, path, 0, err, sizeof(err)), 0);
+	CHECK_EQ(regions(st), 2);
+	gvm_store_close(st);
+	CHECK_EQ(patch_file(path, slot1, zhdr, sizeof(zhdr)), 0);
 	CHECK_EQ(open_backing(&st, path, 0, err, sizeof(err)), 0);
 	gvm_store_close(st);
-
-	/* Destroying the key record leaves a chunk without a key: refused. */
-	uint64_t slot0 = GVM_STORE_HDR_BYTES;
-	CHECK_EQ(patch_file(path, slot0, zhdr, sizeof(zhdr)), 0);
-	CHECK_EQ(open_backing(&st, path, 0, err, sizeof(err)), -EINVAL);
-	CHECK(strstr(err, "no key record") != NULL);
 
 	/* Not a store at all. */
 	CHECK_EQ(patch_file(path, 0, "NOTASTORE", 9), 0);
@@ -628,11 +730,63 @@ static int test_backing_corrupt(void)
 
 	/* The file ends inside a slot header. */
 	CHECK_EQ(open_backing(&st, path, 0, err, sizeof(err)), 0);
-	CHECK_EQ(gvm_store_bind_key(st, 1, key_a), 0);
+	CHECK_EQ(put(st, 1, 0, 2, pages), 0);
 	gvm_store_close(st);
 	CHECK_EQ(truncate(path, GVM_STORE_HDR_BYTES + 20), 0);
 	CHECK_EQ(open_backing(&st, path, 0, err, sizeof(err)), -EINVAL);
 	CHECK(strstr(err, "truncated") != NULL);
+	unlink(path);
+	free(pages);
+	return 0;
+}
+
+/* A format 1 file (keys in records of their own) is read and upgraded in place. */
+static int test_backing_v1_upgrade(void)
+{
+	const char *p = tmp_path("v1.store");
+	char path[128], err[512];
+	uint8_t fh[32], h[GVM_STORE_SLOT_HDR_SIZE], *pages = make_pages(3, 0, NULL);
+	struct gvm_store *st;
+
+	CHECK(p && pages);
+	snprintf(path, sizeof(path), "%s", p);
+	unlink(path);
+	memset(fh, 0, sizeof(fh));
+	memcpy(fh, "GVMSTORE", 8);
+	fh[8] = 1;                       /* version 1 */
+	fh[13] = 0x10;                   /* page size 4096 */
+	fh[16] = 64;                     /* pages per chunk */
+	fh[21] = 0x10;                   /* slot header bytes 4096 */
+	uint64_t sum = gvm_hash_bytes(fh, 24, 0);
+	for (int i = 0; i < 8; i++)
+		fh[24 + i] = (uint8_t)(sum >> (8 * i));
+	int cfd = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+	CHECK(cfd >= 0);
+	close(cfd);
+	CHECK_EQ(patch_file(path, 0, fh, sizeof(fh)), 0);
+	slot_hdr(h, GVM_STORE_KEY_MAGIC, 7, 0, 0, key_b, slot_at(0));       /* region 7's key */
+	CHECK_EQ(patch_file(path, slot_at(0), h, sizeof(h)), 0);
+	slot_hdr(h, GVM_STORE_CHUNK_MAGIC, 7, 2, 0x5, NULL, slot_at(1));   /* pages 128, 130 */
+	CHECK_EQ(patch_file(path, slot_at(1), h, sizeof(h)), 0);
+	CHECK_EQ(patch_file(path, slot_at(1) + GVM_STORE_HDR_BYTES, pages, PG), 0);
+	CHECK_EQ(patch_file(path, slot_at(1) + GVM_STORE_HDR_BYTES + 2 * PG, pages + 2 * PG, PG), 0);
+	memset(pages + PG, 0, PG);
+	for (int round = 0; round < 2; round++) {
+		CHECK_EQ(open_backing(&st, path, 0, err, sizeof(err)), 0);
+		CHECK_EQ(get_cmpk(st, 7, key_b, 128, 3, pages), 0);
+		CHECK_EQ(regions(st), 1);
+		CHECK_EQ(stored(st), 2);
+		gvm_store_close(st);
+		/* Upgraded: version 2, the key record slot is free. */
+		int fd = open(path, O_RDONLY);
+		CHECK(fd >= 0);
+		CHECK_EQ(pread(fd, fh, sizeof(fh), 0), (ssize_t)sizeof(fh));
+		CHECK_EQ(pread(fd, h, sizeof(h), (off_t)slot_at(0)), (ssize_t)sizeof(h));
+		close(fd);
+		CHECK_EQ(fh[8], GVM_STORE_VERSION);
+		for (unsigned i = 0; i < sizeof(h); i++)
+			CHECK_EQ(h[i], 0);
+	}
 	unlink(path);
 	free(pages);
 	return 0;
@@ -650,6 +804,7 @@ static const struct gvm_test tests[] = {
 	{ "zero_pages_removed", test_zero_pages_removed },
 	{ "capacity", test_capacity },
 	{ "keys", test_keys },
+	{ "owner_quotas", test_owner_quotas },
 	{ "free", test_free },
 	{ "prealloc_reuse", test_prealloc_reuse },
 	{ "list", test_list },
@@ -658,6 +813,7 @@ static const struct gvm_test tests[] = {
 	{ "backing_roundtrip", test_backing_roundtrip },
 	{ "backing_locked", test_backing_locked },
 	{ "backing_corrupt", test_backing_corrupt },
+	{ "backing_v1_upgrade", test_backing_v1_upgrade },
 	{ "cleanup", test_cleanup },
 };
 

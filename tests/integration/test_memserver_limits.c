@@ -1,0 +1,1294 @@
+/*
+ * A memory server against its tenants: each test replays an attack on a real
+ * server process (this binary re-executed, so its RSS and descriptors are
+ * its own) with small limits, and checks that the server stays within the
+ * bounds docs/MEMSERVER.md documents while a well-behaved client's writes
+ * and reads stay exact and fast. Attackers connect from other loopback
+ * addresses (127.0.0.2 and up) than the well-behaved client (127.0.0.1),
+ * since several limits are per address.
+ */
+#define LOG_PREFIX "test: "
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+
+#include "auth.h"
+#include "client.h"
+#include "giantvm.h"
+#include "giantvm_memserver.h"
+#include "log.h"
+#include "proto.h"
+#include "test.h"
+#include "util.h"
+
+#define PG GVM_PAGE_SIZE
+#define TIMEOUT_MS 10000
+#define MIB (1024L)  /* in KiB, as /proc reports RSS */
+
+static const char token_tenant[] = "0123456789abcdef-tenant-token";
+static const char token_admin[] = "0123456789abcdef-the-admin-token";
+static uint8_t key_a[GVM_KEY_SIZE] = "limits-key-A-0123456789abcdefgh";
+static uint8_t key_b[GVM_KEY_SIZE] = "limits-key-B-0123456789abcdefgh";
+static char tmpdir[64];
+
+/* ASan's allocator, shadow memory and quarantine inflate every allocation. */
+#if defined(__SANITIZE_ADDRESS__)
+#define SLACK_KIB (48 * MIB)
+#else
+#define SLACK_KIB (8 * MIB)
+#endif
+
+static uint64_t rng_state = 0x5eed;
+static uint64_t rnd(void)
+{
+	rng_state += 0x9e3779b97f4a7c15ull;
+	return gvm_mix64(rng_state);
+}
+
+static void fill_random(uint8_t *p, size_t len)
+{
+	for (size_t j = 0; j + 8 <= len; j += 8) {
+		uint64_t v = rnd();
+		memcpy(p + j, &v, 8);
+	}
+}
+
+static const char *tmp_path(const char *name)
+{
+	static char path[160];
+
+	if (!tmpdir[0]) {
+		snprintf(tmpdir, sizeof(tmpdir), "/tmp/gvm-test-limits-XXXXXX");
+		if (!mkdtemp(tmpdir))
+			return NULL;
+	}
+	snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
+	return path;
+}
+
+static int write_file(const char *path, const char *text)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	ssize_t n;
+
+	if (fd < 0)
+		return -errno;
+	n = write(fd, text, strlen(text));
+	close(fd);
+	return n == (ssize_t)strlen(text) ? 0 : -EIO;
+}
+
+/* ---------------------------------------------------------------- server child */
+
+/*
+ * The server runs in a re-executed copy of this binary (a fresh process, so
+ * RSS and fds are the server's own). Options come in GVM_LIM_OPTS as
+ * "name=value,..." (fields of struct gvm_memserver_opts); the port goes back
+ * over the pipe in GVM_LIM_FD; stderr goes to GVM_LIM_LOG when set.
+ */
+static struct gvm_memserver *child_server;
+
+static void child_on_term(int sig)
+{
+	(void)sig;
+	if (child_server)
+		gvm_memserver_stop(child_server);
+}
+
+static void child_opts(char *spec, struct gvm_memserver_opts *o)
+{
+	for (char *tok = strtok(spec, ","); tok; tok = strtok(NULL, ",")) {
+		char *eq = strchr(tok, '=');
+		if (!eq)
+			continue;
+		*eq = 0;
+		const char *k = tok, *v = eq + 1;
+		uint64_t n = strtoull(v, NULL, 0);
+		if (!strcmp(k, "capacity")) o->capacity = n;
+		else if (!strcmp(k, "prealloc")) o->prealloc = (int)n;
+		else if (!strcmp(k, "max_regions")) o->max_regions = n;
+		else if (!strcmp(k, "max_peer_regions")) o->max_peer_regions = n;
+		else if (!strcmp(k, "max_peer_capacity")) o->max_peer_capacity = n;
+		else if (!strcmp(k, "max_conn_regions")) o->max_conn_regions = (unsigned)n;
+		else if (!strcmp(k, "budget")) o->buffer_budget = n;
+		else if (!strcmp(k, "max_clients")) o->max_clients = (unsigned)n;
+		else if (!strcmp(k, "max_unauthed")) o->max_unauthed = (unsigned)n;
+		else if (!strcmp(k, "max_peer_conns")) o->max_peer_conns = (unsigned)n;
+		else if (!strcmp(k, "idle_ms")) o->idle_timeout_ms = (int)n;
+		else if (!strcmp(k, "io_ms")) o->io_timeout_ms = (int)n;
+		else if (!strcmp(k, "hello_ms")) o->hello_timeout_ms = (int)n;
+		else if (!strcmp(k, "token")) o->token_file = strdup(v);
+		else if (!strcmp(k, "admin")) o->admin_token_file = strdup(v);
+	}
+}
+
+__attribute__((constructor)) static void server_child_main(void)
+{
+	const char *fd_env = getenv("GVM_LIM_FD"), *spec = getenv("GVM_LIM_OPTS");
+	const char *log = getenv("GVM_LIM_LOG");
+	struct gvm_memserver_opts o = { .n_listen = 1, .listen = { "0.0.0.0:0" }, .insecure = 1 };
+	struct sigaction sa = { .sa_handler = child_on_term };
+	int fd, port = -1, r;
+	char buf[1024];
+
+	if (!fd_env)
+		return;
+	fd = atoi(fd_env);
+	snprintf(buf, sizeof(buf), "%s", spec ? spec : "");
+	child_opts(buf, &o);
+	if (log && *log) {
+		int lfd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		if (lfd < 0 || dup2(lfd, 2) < 0)
+			_exit(7);
+		close(lfd);
+	}
+	if (gvm_memserver_open(&child_server, &o) == 0)
+		port = gvm_memserver_port(child_server, 0);
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(SIGTERM, &sa, NULL) < 0 || write(fd, &port, sizeof(port)) != sizeof(port) ||
+	    port < 0)
+		_exit(3);
+	close(fd);
+	r = gvm_memserver_run(child_server);
+	gvm_memserver_close(child_server);
+	_exit(r ? 1 : 0);
+}
+
+struct child {
+	pid_t pid;
+	int port;
+	char addr[64];
+};
+
+static const char *admin_file(void)
+{
+	static char path[160];
+
+	if (!path[0]) {
+		const char *p = tmp_path("admin-token");
+		if (!p || write_file(p, token_admin) < 0)
+			return NULL;
+		snprintf(path, sizeof(path), "%s", p);
+	}
+	return path;
+}
+
+static const char *tenant_file(void)
+{
+	static char path[160];
+
+	if (!path[0]) {
+		const char *p = tmp_path("tenant-token");
+		if (!p || write_file(p, token_tenant) < 0)
+			return NULL;
+		snprintf(path, sizeof(path), "%s", p);
+	}
+	return path;
+}
+
+/* Start a server process with options "k=v,..." (and the admin token); log = its stderr file. */
+static int child_start(struct child *ch, const char *opts, const char *log)
+{
+	char spec[1024], fdbuf[16];
+	int pfd[2];
+
+	memset(ch, 0, sizeof(*ch));
+	if (!admin_file())
+		return -EIO;
+	snprintf(spec, sizeof(spec), "admin=%s%s%s", admin_file(), *opts ? "," : "", opts);
+	if (pipe2(pfd, O_CLOEXEC) < 0)
+		return -errno;
+	fflush(NULL);
+	ch->pid = fork();
+	if (ch->pid < 0)
+		return -errno;
+	if (ch->pid == 0) {
+		char *argv[] = { "test_memserver_limits-server", NULL };
+		if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+			_exit(6);
+		snprintf(fdbuf, sizeof(fdbuf), "%d", pfd[1]);
+#if defined(__SANITIZE_ADDRESS__)
+		/* ASan's quarantine keeps freed memory resident (256 MiB by default):
+		 * what is measured here is the server's own use, so keep it small. */
+		char asan[512];
+		snprintf(asan, sizeof(asan), "%s%squarantine_size_mb=4",
+			 getenv("ASAN_OPTIONS") ? getenv("ASAN_OPTIONS") : "",
+			 getenv("ASAN_OPTIONS") ? ":" : "");
+		setenv("ASAN_OPTIONS", asan, 1);
+#endif
+		if (fcntl(pfd[1], F_SETFD, 0) < 0 || setenv("GVM_LIM_FD", fdbuf, 1) < 0 ||
+		    setenv("GVM_LIM_OPTS", spec, 1) < 0 || setenv("GVM_LIM_LOG", log ? log : "", 1) < 0)
+			_exit(4);
+		execv("/proc/self/exe", argv);
+		_exit(5);
+	}
+	close(pfd[1]);
+	ssize_t n = read(pfd[0], &ch->port, sizeof(ch->port));
+	close(pfd[0]);
+	if (n != sizeof(ch->port) || ch->port <= 0) {
+		kill(ch->pid, SIGKILL);
+		waitpid(ch->pid, NULL, 0);
+		return -EIO;
+	}
+	snprintf(ch->addr, sizeof(ch->addr), "127.0.0.1:%d", ch->port);
+	return 0;
+}
+
+/* SIGTERM; 0 if it exited cleanly. */
+static int child_stop(struct child *ch)
+{
+	int status;
+
+	if (ch->pid <= 0)
+		return 0;
+	kill(ch->pid, SIGTERM);
+	if (waitpid(ch->pid, &status, 0) != ch->pid)
+		return -1;
+	ch->pid = 0;
+	return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
+}
+
+static long rss_kib(pid_t pid)
+{
+	char path[64], line[256];
+	long kib = -1;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmRSS: %ld", &kib) == 1)
+			break;
+	fclose(f);
+	return kib;
+}
+
+static int fd_count(pid_t pid)
+{
+	char path[64];
+	struct dirent *d;
+	int n = 0;
+	DIR *dir;
+
+	snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+	dir = opendir(path);
+	if (!dir)
+		return -errno;
+	while ((d = readdir(dir)))
+		n += d->d_name[0] != '.';
+	closedir(dir);
+	return n;
+}
+
+/* ---------------------------------------------------------------- clients */
+
+static int send_all(int fd, const void *buf, size_t len)
+{
+	const uint8_t *p = buf;
+
+	while (len) {
+		ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static int recv_all(int fd, void *buf, size_t len)
+{
+	uint8_t *p = buf;
+
+	while (len) {
+		ssize_t n = recv(fd, p, len, 0);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			return -ECONNRESET;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static void mk_hdr(uint8_t *out, uint16_t op, uint64_t id, uint64_t region, uint64_t page,
+		   uint32_t count, uint32_t len)
+{
+	struct gvm_hdr h = {
+		.magic = GVM_PROTO_MAGIC, .version = GVM_PROTO_VERSION, .op = op, .id = id,
+		.region = region, .page = page, .count = count, .len = len,
+	};
+	gvm_hdr_encode(&h, out);
+}
+
+/* TCP connection from source address `src` (127.0.0.x) to the server; fd or -errno. */
+static int tcp_from(const char *src, int port)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+	struct sockaddr_in b = { .sin_family = AF_INET };
+	struct timeval tv = { .tv_sec = TIMEOUT_MS / 1000 };
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	if (fd < 0)
+		return -errno;
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	inet_pton(AF_INET, src, &b.sin_addr);
+	if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0 ||
+	    bind(fd, (struct sockaddr *)&b, sizeof(b)) < 0 ||
+	    connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
+		int r = -errno;
+		close(fd);
+		return r;
+	}
+	return fd;
+}
+
+static int raw_reply(int fd, struct gvm_hdr *h, uint8_t *buf, size_t cap)
+{
+	uint8_t raw[GVM_HDR_SIZE];
+	const char *why;
+	int r;
+
+	if ((r = recv_all(fd, raw, sizeof(raw))) < 0)
+		return r;
+	if (gvm_hdr_decode(raw, 1, h, &why) < 0)
+		return -EPROTO;
+	if (h->len > cap)
+		return -EMSGSIZE;
+	return h->len ? recv_all(fd, buf, h->len) : 0;
+}
+
+/* Connected from src, GREETING read, HELLO (with token's MAC if given) answered 0. */
+static int raw_session(const char *src, int port, const char *token)
+{
+	uint8_t pl[GVM_GREETING_SIZE], f[GVM_HDR_SIZE + GVM_HELLO_SIZE];
+	struct gvm_hello hello = { .version = GVM_PROTO_VERSION };
+	struct gvm_greeting g;
+	struct gvm_hdr h;
+	int fd = tcp_from(src, port);
+
+	if (fd < 0)
+		return fd;
+	if (raw_reply(fd, &h, pl, sizeof(pl)) < 0 || h.op != GVM_OP_GREETING)
+		goto fail;
+	gvm_greeting_decode(pl, &g);
+	if (token) {
+		hello.flags = GVM_HELLO_MAC;
+		gvm_auth_mac(token, strlen(token), g.nonce, hello.mac);
+	}
+	mk_hdr(f, GVM_OP_HELLO, 1, 0, 0, 0, GVM_HELLO_SIZE);
+	gvm_hello_encode(&hello, f + GVM_HDR_SIZE);
+	if (send_all(fd, f, sizeof(f)) < 0 || raw_reply(fd, &h, NULL, 0) < 0 || h.status)
+		goto fail;
+	return fd;
+fail:
+	close(fd);
+	return -EPROTO;
+}
+
+static int raw_open(int fd, uint64_t region, const uint8_t *key)
+{
+	uint8_t f[GVM_HDR_SIZE + GVM_KEY_SIZE];
+	struct gvm_hdr h;
+
+	mk_hdr(f, GVM_OP_OPEN, 2, region, 0, 0, GVM_KEY_SIZE);
+	memcpy(f + GVM_HDR_SIZE, key, GVM_KEY_SIZE);
+	if (send_all(fd, f, sizeof(f)) < 0 || raw_reply(fd, &h, NULL, 0) < 0)
+		return -1000;
+	return h.status;
+}
+
+/* 0 once the server has closed fd (EOF or reset) within ms, -1 otherwise. */
+static int closed_within(int fd, int ms)
+{
+	uint64_t end = gvm_now_ns() + (uint64_t)ms * 1000000ull;
+	static uint8_t scratch[65536];
+
+	while (gvm_now_ns() < end) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		int n = poll(&p, 1, 50);
+		if (n <= 0)
+			continue;
+		ssize_t r = recv(fd, scratch, sizeof(scratch), MSG_DONTWAIT);
+		if (r == 0 || (r < 0 && (errno == ECONNRESET || errno == EPIPE)))
+			return 0;
+	}
+	return -1;
+}
+
+static int64_t node_stat(const char *addr, int which)
+{
+	struct gvm_client a;
+	struct gvm_stat st;
+	int r = gvm_client_connect(&a, addr, token_admin, strlen(token_admin), TIMEOUT_MS);
+
+	if (r < 0)
+		return r;
+	r = gvm_client_stat(&a, &st);
+	gvm_client_close(&a);
+	if (r < 0)
+		return r;
+	switch (which) {
+	case 0: return (int64_t)st.pages_stored;
+	case 1: return (int64_t)st.clients - 1; /* not counting the admin itself */
+	case 2: return (int64_t)st.regions;
+	default: return -1;
+	}
+}
+
+/*
+ * The well-behaved tenant: writes n random pages at a random place, reads
+ * them back, compares. Returns the slowest round trip (ns) or -1 on any
+ * error or mismatch.
+ */
+struct tenant {
+	struct gvm_client c;
+	uint64_t region;
+	uint8_t *buf, *back;
+	uint64_t worst_ns, ops;
+};
+
+static int tenant_open(struct tenant *t, const char *addr, const char *token, uint64_t region)
+{
+	memset(t, 0, sizeof(*t));
+	t->region = region;
+	t->buf = malloc(16 * PG);
+	t->back = malloc(16 * PG);
+	if (!t->buf || !t->back)
+		return -ENOMEM;
+	int r = gvm_client_connect(&t->c, addr, token, token ? strlen(token) : 0, TIMEOUT_MS);
+	if (r < 0)
+		return r;
+	return gvm_client_open(&t->c, region, key_a);
+}
+
+static int tenant_step(struct tenant *t)
+{
+	uint64_t page = (rnd() % 64) * 16, t0 = gvm_now_ns();  /* 4 MiB at most */
+
+	fill_random(t->buf, 16 * PG);
+	if (gvm_client_write(&t->c, t->region, page, 16, t->buf) < 0 ||
+	    gvm_client_read(&t->c, t->region, page, 16, t->back) < 0 ||
+	    memcmp(t->buf, t->back, 16 * PG) != 0)
+		return -1;
+	uint64_t dt = gvm_now_ns() - t0;
+	t->worst_ns = GVM_MAX(t->worst_ns, dt);
+	t->ops++;
+	return 0;
+}
+
+static void tenant_close(struct tenant *t)
+{
+	gvm_client_close(&t->c);
+	free(t->buf);
+	free(t->back);
+}
+
+/* ---------------------------------------------------------------- regions */
+
+/*
+ * One connection pipelines 20,000 OPENs of distinct regions: the first
+ * max_conn_regions succeed, the rest get -ENOSPC, and none of them binds
+ * anything on the node (the region table was the first thing to fill up).
+ * Then WRITEs creating regions stop at --max-regions with -ENOSPC, and a
+ * FREE makes room again.
+ */
+static int test_open_flood(void)
+{
+	enum { N = 20000, CONN_MAX = 64, REG_MAX = 100 };
+	struct child ch;
+	struct gvm_client c;
+	struct gvm_hdr h;
+	uint8_t *f = malloc((size_t)N * (GVM_HDR_SIZE + GVM_KEY_SIZE)), page[PG];
+	int fd, ok = 0, nospc = 0;
+
+	CHECK(f);
+	CHECK_EQ(child_start(&ch, "max_conn_regions=64,max_regions=100,max_peer_regions=1000", NULL), 0);
+	long rss0 = rss_kib(ch.pid);
+	fd = raw_session("127.0.0.2", ch.port, NULL);
+	CHECK(fd >= 0);
+	for (unsigned i = 0; i < N; i++) {
+		uint8_t *p = f + (size_t)i * (GVM_HDR_SIZE + GVM_KEY_SIZE);
+		mk_hdr(p, GVM_OP_OPEN, i, rnd(), 0, 0, GVM_KEY_SIZE);
+		memcpy(p + GVM_HDR_SIZE, key_b, GVM_KEY_SIZE);
+	}
+	CHECK_EQ(send_all(fd, f, (size_t)N * (GVM_HDR_SIZE + GVM_KEY_SIZE)), 0);
+	for (unsigned i = 0; i < N; i++) {
+		CHECK_EQ(raw_reply(fd, &h, NULL, 0), 0);
+		CHECK_EQ(h.id, i);
+		ok += h.status == 0;
+		nospc += h.status == -ENOSPC;
+	}
+	long rss1 = rss_kib(ch.pid);
+	fprintf(stderr, "  %d OPENs: %d ok, %d -ENOSPC; regions on the node %lld; RSS %ld -> %ld KiB\n",
+		N, ok, nospc, (long long)node_stat(ch.addr, 2), rss0, rss1);
+	CHECK_EQ(ok, CONN_MAX);
+	CHECK_EQ(nospc, N - CONN_MAX);
+	CHECK_EQ(node_stat(ch.addr, 2), 0);
+	CHECK(rss1 - rss0 < 2 * MIB + SLACK_KIB / 4);
+	close(fd);
+
+	/* Regions holding pages: at most REG_MAX, checked before anything changes. */
+	memset(page, 0x42, sizeof(page));
+	for (uint64_t r = 1; r <= REG_MAX + 10; r++) {
+		if (r % 50 == 1) {  /* a connection OPENs at most CONN_MAX */
+			if (r > 1)
+				gvm_client_close(&c);
+			CHECK_EQ(gvm_client_connect(&c, ch.addr, NULL, 0, TIMEOUT_MS), 0);
+		}
+		CHECK_EQ(gvm_client_open(&c, r, key_a), 0);
+		CHECK_EQ(gvm_client_write(&c, r, 0, 1, page), r <= REG_MAX ? 0 : -ENOSPC);
+	}
+	CHECK_EQ(node_stat(ch.addr, 2), REG_MAX);
+	CHECK_EQ(node_stat(ch.addr, 0), REG_MAX);
+	CHECK_EQ(gvm_client_open(&c, 7, key_a), 0);
+	CHECK_EQ(gvm_client_free(&c, 7), 0);
+	CHECK_EQ(gvm_client_write(&c, REG_MAX + 1, 0, 1, page), 0);
+	CHECK_EQ(node_stat(ch.addr, 2), REG_MAX);
+	gvm_client_close(&c);
+	CHECK_EQ(child_stop(&ch), 0);
+	free(f);
+	return 0;
+}
+
+/*
+ * One address creating regions and storing pages as fast as it can stops at
+ * its quotas (--max-peer-regions, --max-peer-capacity), short of the node's
+ * limits: a tenant on another address still creates regions and writes.
+ */
+static int test_region_quotas(void)
+{
+	struct gvm_client t;
+	struct child ch;
+	uint8_t page[PG];
+	char opts[160];
+	int made = 0;
+
+	memset(page, 0x5d, sizeof(page));
+	snprintf(opts, sizeof(opts), "max_regions=100,max_peer_regions=40,max_peer_capacity=%u",
+		 64 * PG);
+	CHECK_EQ(child_start(&ch, opts, NULL), 0);
+	/* The attacker, from its own address: a region of one page per OPEN. */
+	int afd = raw_session("127.0.0.2", ch.port, NULL);
+	CHECK(afd >= 0);
+	for (uint64_t r = 1; r <= 60; r++) {
+		uint8_t f[GVM_HDR_SIZE + 8 + PG];
+		struct gvm_hdr h;
+		CHECK_EQ(raw_open(afd, r, key_b), 0);
+		mk_hdr(f, GVM_OP_WRITE, r, r, 0, 1, 8 + PG);
+		memset(f + GVM_HDR_SIZE, 0, 8);
+		f[GVM_HDR_SIZE] = 1;
+		memcpy(f + GVM_HDR_SIZE + 8, page, PG);
+		CHECK_EQ(send_all(afd, f, sizeof(f)), 0);
+		CHECK_EQ(raw_reply(afd, &h, NULL, 0), 0);
+		CHECK(h.status == 0 || h.status == -ENOSPC);
+		made += h.status == 0;
+	}
+	/* 40 regions, 40 pages: 24 more pages fit in its regions, then -ENOSPC. */
+	int pages_ok = 0;
+	for (uint64_t p = 1; p <= 40; p++) {
+		uint8_t f[GVM_HDR_SIZE + 8 + PG];
+		struct gvm_hdr h;
+		mk_hdr(f, GVM_OP_WRITE, 100 + p, 1, p, 1, 8 + PG);
+		memset(f + GVM_HDR_SIZE, 0, 8);
+		f[GVM_HDR_SIZE] = 1;
+		memcpy(f + GVM_HDR_SIZE + 8, page, PG);
+		CHECK_EQ(send_all(afd, f, sizeof(f)), 0);
+		CHECK_EQ(raw_reply(afd, &h, NULL, 0), 0);
+		pages_ok += h.status == 0;
+	}
+	fprintf(stderr, "  one address: %d of 60 regions created, %d more pages stored (quotas 40 "
+		"regions, 64 pages)\n", made, pages_ok);
+	CHECK_EQ(made, 40);
+	CHECK_EQ(pages_ok, 24);
+	/* The tenant on 127.0.0.1 is not affected. */
+	CHECK_EQ(gvm_client_connect(&t, ch.addr, NULL, 0, TIMEOUT_MS), 0);
+	for (uint64_t r = 1; r <= 30; r++) {
+		CHECK_EQ(gvm_client_open(&t, 1000 + r, key_a), 0);
+		CHECK_EQ(gvm_client_write(&t, 1000 + r, 0, 1, page), 0);
+	}
+	CHECK_EQ(node_stat(ch.addr, 2), 70);
+	/* A FREE gives the attacker's address its quota back. */
+	uint8_t f[GVM_HDR_SIZE];
+	struct gvm_hdr h;
+	mk_hdr(f, GVM_OP_FREE, 9, 1, 0, 0, 0);
+	CHECK_EQ(send_all(afd, f, sizeof(f)), 0);
+	CHECK_EQ(raw_reply(afd, &h, NULL, 0), 0);
+	CHECK_EQ(h.status, 0);
+	CHECK_EQ(node_stat(ch.addr, 0), 30 + 39);
+	close(afd);
+	gvm_client_close(&t);
+	CHECK_EQ(child_stop(&ch), 0);
+	return 0;
+}
+
+/*
+ * 1,000 runs of a VM: each binds a fresh region id, writes, and is freed
+ * the way `giantvm run` ends (gvm_pool_free_regions on every node). The
+ * region table, the pages and the RSS end where they started.
+ */
+static int test_run_cycles(void)
+{
+	enum { RUNS = 1000 };
+	static const uint8_t secret[32] = "per-vm-secret-0123456789abcdefgh";
+	struct gvm_pool_opts po = { .n_nodes = 1 };
+	const char *nodes[1];
+	struct gvm_pool *pool;
+	struct child ch;
+	uint8_t *data = malloc(8 * PG);
+	char err[256];
+
+	CHECK(data);
+	CHECK_EQ(child_start(&ch, "", NULL), 0);
+	nodes[0] = ch.addr;
+	po.nodes = nodes;
+	CHECK_EQ(gvm_pool_open(&pool, &po, err, sizeof(err)), 0);
+	fill_random(data, 8 * PG);
+	long rss0 = 0;
+	for (int run = 0; run < RUNS; run++) {
+		struct gvm_client c;
+		uint8_t key[GVM_REGION_KEY_SIZE];
+		uint64_t region = rnd();
+
+		if (run == 50)
+			rss0 = rss_kib(ch.pid);  /* after warm-up (spares, tables) */
+		CHECK_EQ(gvm_region_key(secret, sizeof(secret), region, key), 0);
+		CHECK_EQ(gvm_client_connect(&c, ch.addr, NULL, 0, TIMEOUT_MS), 0);
+		CHECK_EQ(gvm_client_open(&c, region, key), 0);
+		CHECK_EQ(gvm_client_write(&c, region, (uint64_t)run * 64, 8, data), 0);
+		gvm_client_close(&c);
+		CHECK_EQ(gvm_pool_free_regions(pool, &region, 1, secret, sizeof(secret), TIMEOUT_MS), 1);
+		/* A second free (a region never written on this node) binds nothing either. */
+		if (run % 100 == 0)
+			CHECK_EQ(gvm_pool_free_regions(pool, &region, 1, secret, sizeof(secret), TIMEOUT_MS), 1);
+	}
+	long rss1 = rss_kib(ch.pid);
+	fprintf(stderr, "  %d runs: regions %lld, pages %lld; RSS %ld -> %ld KiB\n", RUNS,
+		(long long)node_stat(ch.addr, 2), (long long)node_stat(ch.addr, 0), rss0, rss1);
+	CHECK_EQ(node_stat(ch.addr, 2), 0);
+	CHECK_EQ(node_stat(ch.addr, 0), 0);
+	CHECK(rss1 - rss0 < 1 * MIB + SLACK_KIB / 8);
+	gvm_pool_close(pool);
+	CHECK_EQ(child_stop(&ch), 0);
+	free(data);
+	return 0;
+}
+
+/* ---------------------------------------------------------------- --capacity = RSS */
+
+/*
+ * One-page WRITEs 64 pages apart (one page per 64-page chunk, the pattern of
+ * scattered write-backs) up to the capacity: RSS grows by about the data
+ * written (was 64x with 256 KiB blocks per chunk), and FREE gives it back.
+ */
+static int sparse_rss(int prealloc)
+{
+	enum { CAP_PAGES = 8192 };  /* 32 MiB */
+	struct gvm_client c;
+	struct child ch;
+	uint8_t page[PG];
+	char opts[128];
+
+	snprintf(opts, sizeof(opts), "capacity=%u,prealloc=%d", CAP_PAGES * PG, prealloc);
+	CHECK_EQ(child_start(&ch, opts, NULL), 0);
+	CHECK_EQ(gvm_client_connect(&c, ch.addr, NULL, 0, TIMEOUT_MS), 0);
+	CHECK_EQ(gvm_client_open(&c, 1, key_a), 0);
+	long rss0 = rss_kib(ch.pid);
+	for (unsigned i = 0; i < CAP_PAGES; i++) {
+		memset(page, (int)(i % 251) + 1, sizeof(page));
+		CHECK_EQ(gvm_client_write(&c, 1, (uint64_t)i * 64, 1, page), 0);
+	}
+	CHECK_EQ(gvm_client_write(&c, 1, (uint64_t)CAP_PAGES * 64, 1, page), -ENOSPC);
+	long rss1 = rss_kib(ch.pid);
+	for (unsigned i = 0; i < CAP_PAGES; i += 997) {
+		uint8_t back[PG], want[PG];
+		memset(want, (int)(i % 251) + 1, sizeof(want));
+		CHECK_EQ(gvm_client_read(&c, 1, (uint64_t)i * 64, 1, back), 0);
+		CHECK(memcmp(back, want, PG) == 0);
+	}
+	uint64_t t0 = gvm_now_ns();
+	CHECK_EQ(gvm_client_free(&c, 1), 0);
+	double free_ms = (gvm_now_ns() - t0) / 1e6;
+	long rss2 = rss_kib(ch.pid);
+	long data_kib = CAP_PAGES * (PG / 1024);
+	fprintf(stderr, "  %s: %u sparse pages (%ld KiB): RSS %ld -> %ld KiB, after FREE %ld KiB "
+		"(FREE took %.1f ms)\n", prealloc ? "--prealloc" : "on demand", CAP_PAGES, data_kib,
+		rss0, rss1, rss2, free_ms);
+	/* The same pages written densely: FREE gives them back in a few runs. */
+	uint8_t *dense = malloc(1024 * (size_t)PG);
+	CHECK(dense);
+	memset(dense, 0x3c, 1024 * (size_t)PG);
+	for (unsigned i = 0; i < CAP_PAGES; i += 1024)
+		CHECK_EQ(gvm_client_write(&c, 1, i, 1024, dense), 0);
+	t0 = gvm_now_ns();
+	CHECK_EQ(gvm_client_free(&c, 1), 0);
+	fprintf(stderr, "  %u dense pages: FREE took %.1f ms\n", CAP_PAGES, (gvm_now_ns() - t0) / 1e6);
+	free(dense);
+	if (prealloc) {
+		/* Populated at start: the writes add only index memory. */
+		CHECK(rss0 > data_kib);
+		CHECK(rss1 - rss0 < 2 * MIB + SLACK_KIB / 4);
+		CHECK(rss2 <= rss1 + MIB);
+	} else {
+		/* Data + index (a chunk entry and a frame array per page here). */
+		CHECK(rss1 - rss0 > data_kib * 9 / 10);
+		CHECK(rss1 - rss0 < data_kib + 2 * MIB + SLACK_KIB / 4);
+		CHECK(rss2 - rss0 < 2 * MIB + SLACK_KIB / 4);
+	}
+	gvm_client_close(&c);
+	CHECK_EQ(child_stop(&ch), 0);
+	return 0;
+}
+
+static int test_sparse_rss(void) { return sparse_rss(0); }
+static int test_sparse_rss_prealloc(void) { return sparse_rss(1); }
+
+/* ---------------------------------------------------------------- buffers */
+
+struct attack {
+	pthread_t th;
+	int port;
+	const char *src;
+	int kind;            /* 0 = READs never read, 1 = PINGs never read, 2 = half-sent WRITE */
+	int conns;
+	int fds[64];
+	int rc;
+};
+
+static void *attack_main(void *arg)
+{
+	struct attack *a = arg;
+	size_t n = a->kind == 1 ? 20000 : 32;
+	uint8_t *f = calloc(n, GVM_HDR_SIZE);
+	uint8_t *big = a->kind == 2 ? calloc(1, (1u << 20) + GVM_HDR_SIZE) : NULL;
+
+	if (!f || (a->kind == 2 && !big)) {
+		a->rc = -ENOMEM;
+		goto out;
+	}
+	for (size_t k = 0; k < n; k++)
+		mk_hdr(f + k * GVM_HDR_SIZE, a->kind == 0 ? GVM_OP_READ : GVM_OP_PING, k,
+		       a->kind == 0 ? 1 : 0, 0, a->kind == 0 ? 1024 : 0, 0);
+	/* A full 1024-page WRITE announced, 1 MiB of it sent, then silence. */
+	mk_hdr(big ? big : f, GVM_OP_WRITE, 1, 9, 0, 1024, (uint32_t)gvm_pages_len(1024, 1024));
+	if (big)
+		memset(big + GVM_HDR_SIZE, 0xff, 128);
+	/* Non-blocking: the attacker just stuffs what the kernel takes. */
+	for (int i = 0; i < a->conns; i++) {
+		int fd = a->fds[i];
+		fcntl(fd, F_SETFL, O_NONBLOCK);
+		if (a->kind == 2)
+			(void)send(fd, big, (1u << 20) + GVM_HDR_SIZE, MSG_NOSIGNAL | MSG_DONTWAIT);
+		else
+			(void)send(fd, f, n * GVM_HDR_SIZE, MSG_NOSIGNAL | MSG_DONTWAIT);
+	}
+out:
+	free(f);
+	free(big);
+	return NULL;
+}
+
+/* Sessions first (HELLO, OPEN), so the flood starts on all of them at once. */
+static int attack_connect(struct attack *a)
+{
+	for (int i = 0; i < a->conns; i++)
+		a->fds[i] = -1;
+	for (int i = 0; i < a->conns; i++) {
+		int fd = raw_session(a->src, a->port, NULL);
+		if (fd < 0)
+			return fd;
+		a->fds[i] = fd;
+		if (raw_open(fd, a->kind == 2 ? 9 : 1, a->kind == 2 ? key_b : key_a) != 0)
+			return -EPROTO;
+	}
+	return 0;
+}
+
+/*
+ * Clients that pipeline READs and PINGs and never read the replies, and
+ * clients that leave a 4 MiB WRITE half-sent, from three addresses: the
+ * server's RSS stays within budget + one reply + one read buffer of where
+ * it was; the well-behaved tenant (its own address) keeps exact data and
+ * fast round trips; the attackers are closed after --io-timeout.
+ */
+static int test_buffer_attacks(void)
+{
+	struct attack at[3] = {
+		{ .src = "127.0.0.2", .kind = 0, .conns = 16 },
+		{ .src = "127.0.0.3", .kind = 1, .conns = 16 },
+		{ .src = "127.0.0.4", .kind = 2, .conns = 16 },
+	};
+	const long budget_kib = 32 * MIB;
+	uint8_t *data = malloc(1024 * (size_t)PG);
+	struct tenant t;
+	struct child ch;
+	long peak = 0;
+
+	CHECK(data);
+	CHECK_EQ(child_start(&ch, "budget=33554432,io_ms=1500,max_peer_conns=64", NULL), 0);
+	CHECK_EQ(tenant_open(&t, ch.addr, NULL, 1), 0);
+	/* The READ attackers read region 1 (key_a): 4 MiB of data to ask for. */
+	fill_random(data, 1024 * (size_t)PG);
+	CHECK_EQ(gvm_client_write(&t.c, 1, 1u << 20, 1024, data), 0);
+	for (int i = 0; i < 50; i++)
+		CHECK_EQ(tenant_step(&t), 0);  /* warm up */
+	long rss0 = rss_kib(ch.pid);
+	int fd0 = fd_count(ch.pid);
+	t.worst_ns = 0;
+	for (int k = 0; k < 3; k++) {
+		at[k].port = ch.port;
+		CHECK_EQ(attack_connect(&at[k]), 0);
+	}
+	for (int k = 0; k < 3; k++)
+		CHECK_EQ(pthread_create(&at[k].th, NULL, attack_main, &at[k]), 0);
+	uint64_t end = gvm_now_ns() + 1200 * 1000000ull;
+	while (gvm_now_ns() < end) {
+		CHECK_EQ(tenant_step(&t), 0);
+		peak = GVM_MAX(peak, rss_kib(ch.pid));
+	}
+	for (int k = 0; k < 3; k++)
+		CHECK_EQ(at[k].rc, 0);
+	int fd1 = fd_count(ch.pid);
+	/* Past the I/O timeout every attacker that holds server buffers (unsent
+	 * replies, half a frame) has been dropped. The PING flooder's replies
+	 * may all fit in kernel socket buffers: then it is merely idle. */
+	for (int k = 0; k < 3; k++) {
+		pthread_join(at[k].th, NULL);
+		for (int i = 0; i < at[k].conns && k != 1; i++) {
+			if (closed_within(at[k].fds[i], 8000) < 0)
+				fprintf(stderr, "  attacker %s (kind %d) connection %d still open\n",
+					at[k].src, at[k].kind, i);
+			CHECK_EQ(closed_within(at[k].fds[i], 1), 0);
+		}
+	}
+	end = gvm_now_ns() + 300 * 1000000ull;
+	while (gvm_now_ns() < end) {
+		CHECK_EQ(tenant_step(&t), 0);
+		peak = GVM_MAX(peak, rss_kib(ch.pid));
+	}
+	fprintf(stderr, "  RSS %ld KiB before, peak %ld KiB (budget %ld KiB); fds %d -> %d; tenant: "
+		"%" PRIu64 " round trips, slowest %.1f ms\n", rss0, peak, budget_kib, fd0, fd1, t.ops,
+		t.worst_ns / 1e6);
+	CHECK(peak - rss0 < budget_kib + 5 * MIB + SLACK_KIB);
+	CHECK(t.worst_ns < 500 * 1000000ull);
+	CHECK(fd_count(ch.pid) <= fd0 + at[1].conns);
+	for (int k = 0; k < 3; k++)
+		for (int i = 0; i < at[k].conns; i++)
+			close(at[k].fds[i]);
+	tenant_close(&t);
+	CHECK_EQ(child_stop(&ch), 0);
+	free(data);
+	return 0;
+}
+
+/* ---------------------------------------------------------------- descriptors */
+
+struct flood {
+	pthread_t th;
+	int port;
+	volatile int stop;
+	uint64_t made;
+};
+
+/* Unauthenticated connections from 127.0.0.10 and .11, reconnecting as
+ * the server drops them, never saying HELLO. */
+static void *flood_main(void *arg)
+{
+	struct flood *f = arg;
+	int fds[128];
+	unsigned n = 0;
+
+	for (unsigned i = 0; i < 128; i++)
+		fds[i] = -1;
+	while (!f->stop) {
+		char src[32];
+		unsigned k = n++ % 128;
+		if (fds[k] >= 0)
+			close(fds[k]);
+		snprintf(src, sizeof(src), "127.0.0.%u", 10 + k % 2);
+		fds[k] = tcp_from(src, f->port);
+		f->made++;
+		if (k == 127)
+			usleep(1000);
+	}
+	for (unsigned i = 0; i < 128; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	return NULL;
+}
+
+/*
+ * With a token: an endless flood of connections that never authenticate
+ * holds at most --max-unauthed descriptors, and an honest client still
+ * connects and authenticates at once; one address gets at most
+ * --max-peer-conns connections even after authenticating.
+ */
+static int test_descriptor_floods(void)
+{
+	enum { UNAUTH = 8, PER_PEER = 16 };
+	struct flood fl = { 0 };
+	struct child ch;
+	char opts[256];
+	int fds[100], kept = 0, fd_max = 0;
+
+	snprintf(opts, sizeof(opts), "token=%s,max_unauthed=%d,max_peer_conns=%d", tenant_file(),
+		 UNAUTH, PER_PEER);
+	CHECK_EQ(child_start(&ch, opts, NULL), 0);
+	int fd0 = fd_count(ch.pid);
+	fl.port = ch.port;
+	CHECK_EQ(pthread_create(&fl.th, NULL, flood_main, &fl), 0);
+	uint64_t worst = 0;
+	for (int i = 0; i < 40; i++) {
+		struct tenant t;
+		uint64_t t0 = gvm_now_ns();
+		CHECK_EQ(tenant_open(&t, ch.addr, token_tenant, 100 + (uint64_t)i), 0);
+		CHECK_EQ(tenant_step(&t), 0);
+		worst = GVM_MAX(worst, gvm_now_ns() - t0);
+		tenant_close(&t);
+		fd_max = GVM_MAX(fd_max, fd_count(ch.pid));
+		usleep(10000);
+	}
+	fl.stop = 1;
+	pthread_join(fl.th, NULL);
+	fprintf(stderr, "  %" PRIu64 " flood connections: server fds %d -> at most %d; honest connect+"
+		"HELLO+write+read at most %.1f ms\n", fl.made, fd0, fd_max, worst / 1e6);
+	CHECK(fd_max <= fd0 + UNAUTH + 2);
+	CHECK(worst < 1000 * 1000000ull);
+
+	/* 100 authenticated connections from one address: PER_PEER stay open,
+	 * the others are closed before any GREETING. */
+	for (int i = 0; i < 100; i++) {
+		fds[i] = raw_session("127.0.0.20", ch.port, token_tenant);
+		kept += fds[i] >= 0;
+	}
+	fprintf(stderr, "  100 connections from one address: %d served (limit %d); server fds %d\n",
+		kept, PER_PEER, fd_count(ch.pid));
+	CHECK_EQ(kept, PER_PEER);
+	CHECK(fd_count(ch.pid) <= fd0 + PER_PEER + 1);
+	for (int i = 0; i < 100; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	CHECK_EQ(child_stop(&ch), 0);
+	return 0;
+}
+
+/* --idle-timeout closes an authenticated client that does nothing; a busy one stays. */
+static int test_idle_timeout(void)
+{
+	struct child ch;
+	int idle, busy;
+
+	CHECK_EQ(child_start(&ch, "idle_ms=800", NULL), 0);
+	idle = raw_session("127.0.0.1", ch.port, NULL);
+	busy = raw_session("127.0.0.1", ch.port, NULL);
+	CHECK(idle >= 0 && busy >= 0);
+	uint64_t t0 = gvm_now_ns();
+	for (int i = 0; i < 12; i++) {
+		uint8_t f[GVM_HDR_SIZE];
+		struct gvm_hdr h;
+		mk_hdr(f, GVM_OP_PING, (uint64_t)i, 0, 0, 0, 0);
+		CHECK_EQ(send_all(busy, f, sizeof(f)), 0);
+		CHECK_EQ(raw_reply(busy, &h, NULL, 0), 0);
+		usleep(200000);
+	}
+	CHECK_EQ(closed_within(idle, 100), 0);
+	CHECK(gvm_now_ns() - t0 >= 800 * 1000000ull);
+	CHECK_EQ(node_stat(ch.addr, 1), 1);
+	close(idle);
+	close(busy);
+	CHECK_EQ(child_stop(&ch), 0);
+	return 0;
+}
+
+/* ---------------------------------------------------------------- leaks */
+
+/* 3,000 failed HELLOs cost a few log lines, not one each. */
+static int test_hello_log_ratelimit(void)
+{
+	enum { N = 3000 };
+	char log[160], opts[256], line[512];
+	struct child ch;
+	int lines = 0, summaries = 0;
+
+	snprintf(log, sizeof(log), "%s", tmp_path("server.log"));
+	snprintf(opts, sizeof(opts), "token=%s", tenant_file());
+	CHECK_EQ(child_start(&ch, opts, log), 0);
+	uint64_t t0 = gvm_now_ns();
+	for (int i = 0; i < N; i++) {
+		int fd = raw_session("127.0.0.30", ch.port, "0123456789abcdef-wrong-token!");
+		CHECK_EQ(fd, -EPROTO);
+	}
+	double secs = (gvm_now_ns() - t0) / 1e9;
+	CHECK_EQ(child_stop(&ch), 0);
+	FILE *f = fopen(log, "r");
+	CHECK(f);
+	while (fgets(line, sizeof(line), f)) {
+		lines += strstr(line, "HELLO") != NULL;
+		summaries += strstr(line, "not logged") != NULL;
+	}
+	fclose(f);
+	unlink(log);
+	fprintf(stderr, "  %d failed HELLOs in %.1f s: %d lines logged, %d summaries\n", N, secs,
+		lines, summaries);
+	CHECK(lines <= 10 * ((int)secs + 2) + summaries);
+	CHECK(lines >= 1);
+	return 0;
+}
+
+/* A tenant's STAT covers its own connection and regions; the admin sees the node. */
+static int test_stat_per_tenant(void)
+{
+	struct gvm_client a, b;
+	struct gvm_stat st;
+	struct child ch;
+	uint8_t page[PG];
+
+	memset(page, 0x77, sizeof(page));
+	CHECK_EQ(child_start(&ch, "", NULL), 0);
+	CHECK_EQ(gvm_client_connect(&a, ch.addr, NULL, 0, TIMEOUT_MS), 0);
+	CHECK_EQ(gvm_client_connect(&b, ch.addr, NULL, 0, TIMEOUT_MS), 0);
+	CHECK_EQ(gvm_client_open(&a, 1, key_a), 0);
+	CHECK_EQ(gvm_client_open(&b, 2, key_b), 0);
+	for (uint64_t p = 0; p < 5; p++)
+		CHECK_EQ(gvm_client_write(&a, 1, p, 1, page), 0);
+	CHECK_EQ(gvm_client_write(&b, 2, 0, 1, page), 0);
+	CHECK_EQ(gvm_client_stat(&b, &st), 0);
+	CHECK_EQ(st.pages_stored, 1);
+	CHECK_EQ(st.regions, 1);
+	CHECK_EQ(st.clients, 1);
+	CHECK_EQ(st.writes, 1);
+	CHECK_EQ(gvm_client_stat(&a, &st), 0);
+	CHECK_EQ(st.pages_stored, 5);
+	CHECK_EQ(st.writes, 5);
+	CHECK_EQ(node_stat(ch.addr, 0), 6);
+	CHECK_EQ(node_stat(ch.addr, 1), 2);
+	CHECK_EQ(node_stat(ch.addr, 2), 2);
+	gvm_client_close(&a);
+	gvm_client_close(&b);
+	CHECK_EQ(child_stop(&ch), 0);
+	return 0;
+}
+
+/* Count occurrences of a 32-byte marker in the server's writable memory. */
+static long scan_memory(pid_t pid, const uint8_t marker[32])
+{
+	char path[64], line[512];
+	long hits = 0;
+	FILE *maps;
+	int mem;
+	uint8_t *buf = malloc(1 << 20);
+
+	snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
+	maps = fopen(path, "r");
+	snprintf(path, sizeof(path), "/proc/%d/mem", (int)pid);
+	mem = open(path, O_RDONLY | O_CLOEXEC);
+	if (!maps || mem < 0 || !buf) {
+		hits = -1;
+		goto out;
+	}
+	while (fgets(line, sizeof(line), maps)) {
+		unsigned long lo, hi;
+		char perms[8];
+		if (sscanf(line, "%lx-%lx %7s", &lo, &hi, perms) != 3 || perms[0] != 'r' || perms[1] != 'w')
+			continue;
+		/* The loop's stack is not a buffer: it may keep the last 64 bytes a
+		 * zero-page check looked at until the next request overwrites them. */
+		if (strstr(line, "[vvar") || strstr(line, "[vsyscall") || strstr(line, "[stack]"))
+			continue;
+		/* Terabytes of sanitizer shadow: nothing of the server's is that big
+		 * (its arenas are at most 64 MiB each). */
+		if (hi - lo > (1ul << 32))
+			continue;
+		for (unsigned long off = lo; off < hi; off += 1 << 20) {
+			size_t len = GVM_MIN(hi - off, 1ul << 20);
+			ssize_t n = pread(mem, buf, len, (off_t)off);
+			for (ssize_t i = 0; i + 32 <= n; i += 32) {  /* markers are 32-byte aligned */
+				if (memcmp(buf + i, marker, 32))
+					continue;
+				if (getenv("GVM_LIM_DEBUG"))
+					fprintf(stderr, "  marker at %#lx in %s", off + (unsigned long)i, line);
+				hits++;
+			}
+		}
+	}
+out:
+	if (maps)
+		fclose(maps);
+	if (mem >= 0)
+		close(mem);
+	free(buf);
+	return hits;
+}
+
+/*
+ * Pages written, read back (through the server's read and output buffers)
+ * and FREEd leave no copy in the server's memory once the client is gone.
+ */
+static int test_scrub_after_free(void)
+{
+	enum { PAGES = 256 };
+	uint8_t marker[32], *f = malloc(GVM_HDR_SIZE + gvm_pages_len(PAGES, PAGES));
+	size_t len = gvm_pages_len(PAGES, PAGES);
+	struct gvm_hdr h;
+	struct child ch;
+	int fd;
+
+	CHECK(f);
+	CHECK_EQ(gvm_random(marker, sizeof(marker)), 0);
+	CHECK_EQ(child_start(&ch, "", NULL), 0);
+	fd = raw_session("127.0.0.1", ch.port, NULL);
+	CHECK(fd >= 0);
+	CHECK_EQ(raw_open(fd, 5, key_a), 0);
+	mk_hdr(f, GVM_OP_WRITE, 3, 5, 0, PAGES, (uint32_t)len);
+	memset(f + GVM_HDR_SIZE, 0xff, GVM_BITMAP_BYTES(PAGES));
+	for (size_t off = GVM_BITMAP_BYTES(PAGES); off < len; off += 32)
+		memcpy(f + GVM_HDR_SIZE + off, marker, 32);
+	CHECK_EQ(send_all(fd, f, GVM_HDR_SIZE + len), 0);
+	CHECK_EQ(raw_reply(fd, &h, NULL, 0), 0);
+	CHECK_EQ(h.status, 0);
+	for (int i = 0; i < 4; i++) {
+		mk_hdr(f, GVM_OP_READ, 4, 5, 0, PAGES, 0);
+		CHECK_EQ(send_all(fd, f, GVM_HDR_SIZE), 0);
+		CHECK_EQ(raw_reply(fd, &h, f + GVM_HDR_SIZE, len), 0);
+		CHECK_EQ(h.len, len);
+	}
+	OPENSSL_cleanse(f, GVM_HDR_SIZE + len);
+	long before = scan_memory(ch.pid, marker);
+	mk_hdr(f, GVM_OP_FREE, 5, 5, 0, 0, 0);
+	CHECK_EQ(send_all(fd, f, GVM_HDR_SIZE), 0);
+	CHECK_EQ(raw_reply(fd, &h, NULL, 0), 0);
+	CHECK_EQ(h.status, 0);
+	close(fd);
+	for (int i = 0; i < 100 && node_stat(ch.addr, 1) != 0; i++)
+		usleep(10000);
+	long after = scan_memory(ch.pid, marker);
+	fprintf(stderr, "  copies of the written data in server memory: %ld before FREE, %ld after\n",
+		before, after);
+	CHECK(before >= PAGES * (PG / 32));  /* the scan sees the stored pages */
+	CHECK_EQ(after, 0);
+	CHECK_EQ(child_stop(&ch), 0);
+	free(f);
+	return 0;
+}
+
+/* `giantvm memserver` makes itself non-dumpable with a zero core limit;
+ * every limit is a documented flag. */
+static int test_cli_core_and_flags(void)
+{
+	char port_file[200], pf[220], lim[64], line[256];
+	int status, core_ok = 0;
+	pid_t pid;
+
+	snprintf(port_file, sizeof(port_file), "%s", tmp_path("ports"));
+	snprintf(pf, sizeof(pf), "--port-file=%s", port_file);
+	unlink(port_file);
+	fflush(NULL);
+	pid = fork();
+	CHECK(pid >= 0);
+	if (pid == 0) {
+		char *argv[] = { "memserver", "--listen", "127.0.0.1:0", pf, "--max-peer-conns", "8",
+				 "--buffer-budget", "8M", "--io-timeout", "2", "--idle-timeout", "0",
+				 "--keepalive", "5", "--max-regions", "10", "--max-conn-regions", "4",
+				 "--max-unauthed", "4", "--max-clients", "100", NULL };
+		if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+			_exit(6);
+		int rc = gvm_memserver_main((int)GVM_ARRAY_SIZE(argv) - 1, argv);
+		/* Still non-dumpable after serving: report it in the exit status. */
+		_exit(rc == 0 && prctl(PR_GET_DUMPABLE) == 0 ? 0 : 9);
+	}
+	for (int i = 0; i < 500 && access(port_file, F_OK) < 0; i++)
+		usleep(10000);
+	CHECK(access(port_file, F_OK) == 0);
+	snprintf(lim, sizeof(lim), "/proc/%d/limits", (int)pid);
+	FILE *f = fopen(lim, "r");
+	CHECK(f);
+	while (fgets(line, sizeof(line), f))
+		if (strstr(line, "Max core file size"))
+			core_ok = strstr(line, " 0 ") != NULL;
+	fclose(f);
+	CHECK(core_ok);
+	CHECK_EQ(kill(pid, SIGTERM), 0);
+	CHECK_EQ(waitpid(pid, &status, 0), pid);
+	CHECK(WIFEXITED(status));
+	CHECK_EQ(WEXITSTATUS(status), 0);
+	unlink(port_file);
+
+	/* --help names every limit. */
+	int pfd[2];
+	CHECK_EQ(pipe(pfd), 0);
+	fflush(NULL);
+	pid = fork();
+	CHECK(pid >= 0);
+	if (pid == 0) {
+		char *argv[] = { "memserver", "--help", NULL };
+		dup2(pfd[1], 1);
+		int rc = gvm_memserver_main(2, argv);
+		fflush(stdout);
+		_exit(rc);
+	}
+	close(pfd[1]);
+	static char help[8192];
+	size_t got = 0;
+	ssize_t n;
+	while ((n = read(pfd[0], help + got, sizeof(help) - 1 - got)) > 0)
+		got += (size_t)n;
+	close(pfd[0]);
+	help[got] = 0;
+	CHECK_EQ(waitpid(pid, &status, 0), pid);
+	static const char *const flags[] = { "--max-regions", "--max-conn-regions", "--buffer-budget",
+		"--max-clients", "--max-unauthed", "--max-peer-conns", "--idle-timeout", "--io-timeout",
+		"--keepalive", "--hello-timeout", "--admin-token-file", "--capacity",
+		"--max-peer-regions", "--max-peer-capacity" };
+	for (unsigned i = 0; i < GVM_ARRAY_SIZE(flags); i++)
+		CHECK(strstr(help, flags[i]) != NULL);
+	return 0;
+}
+
+static int test_cleanup(void)
+{
+	unlink(tmp_path("admin-token"));
+	unlink(tmp_path("tenant-token"));
+	if (tmpdir[0])
+		CHECK_EQ(rmdir(tmpdir), 0);
+	return 0;
+}
+
+static const struct gvm_test tests[] = {
+	{ "open_flood", test_open_flood },
+	{ "region_quotas", test_region_quotas },
+	{ "run_cycles", test_run_cycles },
+	{ "sparse_rss", test_sparse_rss },
+	{ "sparse_rss_prealloc", test_sparse_rss_prealloc },
+	{ "buffer_attacks", test_buffer_attacks },
+	{ "descriptor_floods", test_descriptor_floods },
+	{ "idle_timeout", test_idle_timeout },
+	{ "hello_log_ratelimit", test_hello_log_ratelimit },
+	{ "stat_per_tenant", test_stat_per_tenant },
+	{ "scrub_after_free", test_scrub_after_free },
+	{ "cli_core_and_flags", test_cli_core_and_flags },
+	{ "cleanup", test_cleanup },
+};
+
+GVM_TEST_MAIN(tests)
