@@ -77,7 +77,10 @@ ip netns add "$NS" || die "ip netns add $NS failed"
 NS_MADE=1
 ip -n "$NS" link set lo up || die "ip -n $NS link set lo up failed"
 (umask 077 && head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$TMP/token")
+# One server for 10,000 nodes, every connection from 127.0.0.1: lift the
+# per-address limits (a real node sees one connection per VM host).
 ip netns exec "$NS" "$G" memserver --listen "0.0.0.0:$port" --token-file "$TMP/token" \
+    --max-peer-conns 20000 --max-unauthed 8000 \
     --port-file "$TMP/port" >"$TMP/server.log" 2>&1 &
 SERVER_PID=$!
 for ((t = 0; t < 100; t++)); do [[ -s $TMP/port ]] && break; sleep 0.1; done
