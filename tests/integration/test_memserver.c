@@ -24,6 +24,7 @@
 #include "log.h"
 #include "giantvm_memserver.h"
 #include "proto.h"
+#include "rawsock.h"
 #include "test.h"
 #include "util.h"
 
@@ -151,52 +152,6 @@ static int srv_start_ram(struct srv *v, uint64_t capacity)
 }
 
 /* ---------------------------------------------------------------- raw sockets */
-
-static int send_all(int fd, const void *buf, size_t len)
-{
-	const uint8_t *p = buf;
-
-	while (len) {
-		ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
-static int recv_all(int fd, void *buf, size_t len)
-{
-	uint8_t *p = buf;
-
-	while (len) {
-		ssize_t n = recv(fd, p, len, 0);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (n == 0)
-			return -ECONNRESET;
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
-static void mk_hdr(uint8_t *out, uint16_t op, uint64_t id, uint64_t region, uint64_t page,
-		   uint32_t count, uint32_t len)
-{
-	struct gvm_hdr h = {
-		.magic = GVM_PROTO_MAGIC, .version = GVM_PROTO_VERSION, .op = op, .id = id,
-		.region = region, .page = page, .count = count, .len = len,
-	};
-	gvm_hdr_encode(&h, out);
-}
 
 static int tcp_connect(int port)
 {
