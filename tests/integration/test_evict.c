@@ -363,7 +363,9 @@ static int window_adapts(int use_move)
 	printf("  random reads: window %u, probes %" PRIu64 " hit / %" PRIu64 " missed, %" PRIu64
 	       " faults, %" PRIu64 " pages received (sum %" PRIx64 ")\n", b.window_pages,
 	       b.prefetch_hits - a.prefetch_hits, b.prefetch_misses - a.prefetch_misses, faults, pages_in, sum);
-	CHECK_EQ(b.window_pages, 1);
+	/* One page; two right after a chance probe hit (a random neighbour
+	 * touched by luck doubles it until the next miss). */
+	CHECK(b.window_pages <= 2);
 	CHECK(b.prefetch_misses - a.prefetch_misses > 4 * (b.prefetch_hits - a.prefetch_hits));
 	CHECK(faults > 1000 && pages_in <= 2 * faults);
 	/* A sequential pass over a quarter of the region: whole windows again. */
