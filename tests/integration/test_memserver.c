@@ -153,49 +153,12 @@ static int srv_start_ram(struct srv *v, uint64_t capacity)
 
 /* ---------------------------------------------------------------- raw sockets */
 
-static int tcp_connect(int port)
-{
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-	struct timeval tv = { .tv_sec = TIMEOUT_MS / 1000 };
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-	if (fd < 0)
-		return -errno;
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0 ||
-	    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0 ||
-	    connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
-		int r = -errno;
-		close(fd);
-		return r;
-	}
-	return fd;
-}
-
-/* Reply header (+ payload into buf when given). 0 or -errno. */
-static int raw_reply(int fd, struct gvm_hdr *h, uint8_t *buf, size_t cap)
-{
-	uint8_t raw[GVM_HDR_SIZE];
-	const char *why;
-	int r;
-
-	if ((r = recv_all(fd, raw, sizeof(raw))) < 0)
-		return r;
-	if (gvm_hdr_decode(raw, 1, h, &why) < 0) {
-		fprintf(stderr, "  bad reply header: %s\n", why);
-		return -EPROTO;
-	}
-	if (h->len > cap)
-		return -EMSGSIZE;
-	return h->len ? recv_all(fd, buf, h->len) : 0;
-}
-
 /* Connect and read the GREETING. Returns fd or -errno. */
 static int raw_connect(int port, struct gvm_greeting *g)
 {
 	uint8_t pl[GVM_GREETING_SIZE];
 	struct gvm_hdr h;
-	int fd = tcp_connect(port);
+	int fd = tcp_from(NULL, port, TIMEOUT_MS);
 
 	if (fd < 0)
 		return fd;
@@ -1213,7 +1176,7 @@ static int many_clients_body(pid_t pid, int port)
 	mk_hdr(hello, GVM_OP_HELLO, 1, 0, 0, 0, GVM_HELLO_SIZE);
 	gvm_hello_encode(&hl, hello + GVM_HDR_SIZE);
 	for (int i = 0; i < MANY; i++) {
-		many_fds[i] = tcp_connect(port);
+		many_fds[i] = tcp_from(NULL, port, TIMEOUT_MS);
 		if (many_fds[i] < 0) {
 			fprintf(stderr, "  connection %d: %s\n", i, strerror(-many_fds[i]));
 			gvm_client_close(&c);

@@ -297,44 +297,6 @@ static int fd_count(pid_t pid)
 
 /* ---------------------------------------------------------------- clients */
 
-/* TCP connection from source address `src` (127.0.0.x) to the server; fd or -errno. */
-static int tcp_from(const char *src, int port)
-{
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-	struct sockaddr_in b = { .sin_family = AF_INET };
-	struct timeval tv = { .tv_sec = TIMEOUT_MS / 1000 };
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-	if (fd < 0)
-		return -errno;
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	inet_pton(AF_INET, src, &b.sin_addr);
-	if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0 ||
-	    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0 ||
-	    bind(fd, (struct sockaddr *)&b, sizeof(b)) < 0 ||
-	    connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
-		int r = -errno;
-		close(fd);
-		return r;
-	}
-	return fd;
-}
-
-static int raw_reply(int fd, struct gvm_hdr *h, uint8_t *buf, size_t cap)
-{
-	uint8_t raw[GVM_HDR_SIZE];
-	const char *why;
-	int r;
-
-	if ((r = recv_all(fd, raw, sizeof(raw))) < 0)
-		return r;
-	if (gvm_hdr_decode(raw, 1, h, &why) < 0)
-		return -EPROTO;
-	if (h->len > cap)
-		return -EMSGSIZE;
-	return h->len ? recv_all(fd, buf, h->len) : 0;
-}
-
 /* Connected from src, GREETING read, HELLO (with token's MAC if given) answered 0. */
 static int raw_session(const char *src, int port, const char *token)
 {
@@ -342,7 +304,7 @@ static int raw_session(const char *src, int port, const char *token)
 	struct gvm_hello hello = { .version = GVM_PROTO_VERSION };
 	struct gvm_greeting g;
 	struct gvm_hdr h;
-	int fd = tcp_from(src, port);
+	int fd = tcp_from(src, port, TIMEOUT_MS);
 
 	if (fd < 0)
 		return fd;
@@ -890,7 +852,7 @@ static void *flood_main(void *arg)
 		if (fds[k] >= 0)
 			close(fds[k]);
 		snprintf(src, sizeof(src), "127.0.0.%u", 10 + k % 2);
-		fds[k] = tcp_from(src, f->port);
+		fds[k] = tcp_from(src, f->port, TIMEOUT_MS);
 		f->made++;
 		if (k == 127)
 			usleep(1000);
