@@ -24,6 +24,7 @@
 #include "log.h"
 #include "giantvm_memserver.h"
 #include "proto.h"
+#include "proc.h"
 #include "rawsock.h"
 #include "test.h"
 #include "util.h"
@@ -1132,23 +1133,6 @@ static int test_backpressure(void)
 	free(data);
 	free(reply);
 	return 0;
-}
-
-static long rss_kib(pid_t pid)
-{
-	char path[64], line[256];
-	long kib = -1;
-	FILE *f;
-
-	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-	f = fopen(path, "r");
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "VmRSS: %ld", &kib) == 1)
-			break;
-	fclose(f);
-	return kib;
 }
 
 /* ASan's allocator and quarantine make every allocation several times bigger. */
