@@ -365,18 +365,7 @@ if [[ ,$ways, == *,disk,* ]]; then
     say "disk : swap file $SWAPFILE ($((mem + 256)) MiB) on $(findmnt -no SOURCE,FSTYPE -T "$SWAPFILE" | tr -s ' '), vm.page-cluster $(cat /proc/sys/vm/page-cluster)"
 fi
 if [[ ,$ways, == *,giantvm,* ]]; then
-    SRV_OPTS=()
-    [[ $servers == prealloc ]] && SRV_OPTS=(--capacity "${mem}M" --prealloc)
-    for i in 1 2; do
-        "$G" memserver "${SRV_OPTS[@]}" --listen 127.0.0.1:0 --port-file "$TMP/port.$i" >"$TMP/server.$i.log" 2>&1 &
-        SERVER_PIDS+=($!)
-    done
-    for ((t = 0; t < 600; t++)); do
-        [[ -s $TMP/port.1 && -s $TMP/port.2 ]] && break
-        sleep 0.1
-    done
-    [[ -s $TMP/port.1 && -s $TMP/port.2 ]] || die "memservers did not start: $(cat "$TMP"/server.*.log)"
-    { echo "127.0.0.1:$(head -n1 "$TMP/port.1")"; echo "127.0.0.1:$(head -n1 "$TMP/port.2")"; } >"$TMP/pool.conf"
+    bench_pool_up "$mem" "$servers" >"$TMP/why" 2>&1 || die "memservers did not start: $(cat "$TMP/why")"
     say "giantvm: --local-mem ${budget}M, pool of 2 loopback memservers $(paste -sd' ' "$TMP/pool.conf") (servers: $servers${SRV_OPTS[*]:+, ${SRV_OPTS[*]}})"
 fi
 

@@ -14,6 +14,10 @@
 #   swapfile_make PATH SIZE / swapfile_on / swapfile_off / swapfile_rm
 #                                   a swap file (fallocate, else dd) at
 #                                   priority 32767
+#   bench_pool_up MIB prealloc|lazy two loopback `$G memserver`s (pids on
+#                                   SERVER_PIDS, --capacity MIB --prealloc when
+#                                   prealloc), the pool file $TMP/pool.conf;
+#                                   sets SRV_OPTS (the servers' extra options)
 # The *_up / *_make functions print why and return 1 on failure.
 # shellcheck shell=bash disable=SC2015,SC2154  # A && B || C is intended; cg_mem, zram_size: the caller's
 
@@ -162,4 +166,19 @@ swapfile_rm() {
     swapfile_off
     [[ -n $SWAPFILE ]] && rm -f "$SWAPFILE"
     SWAPFILE=''
+}
+bench_pool_up() {
+    local i t
+    SRV_OPTS=()
+    [[ $2 == prealloc ]] && SRV_OPTS=(--capacity "${1}M" --prealloc)
+    for i in 1 2; do
+        "$G" memserver "${SRV_OPTS[@]}" --listen 127.0.0.1:0 --port-file "$TMP/port.$i" >"$TMP/server.$i.log" 2>&1 &
+        SERVER_PIDS+=($!)
+    done
+    for ((t = 0; t < 600; t++)); do
+        [[ -s $TMP/port.1 && -s $TMP/port.2 ]] && break
+        sleep 0.1
+    done
+    [[ -s $TMP/port.1 && -s $TMP/port.2 ]] || { cat "$TMP"/server.*.log; return 1; }
+    { echo "127.0.0.1:$(head -n1 "$TMP/port.1")"; echo "127.0.0.1:$(head -n1 "$TMP/port.2")"; } >"$TMP/pool.conf"
 }

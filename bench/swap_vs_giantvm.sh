@@ -151,18 +151,7 @@ say "guest: -m $mem, workload $mib MiB seed $seed passes $passes, runs $runs, ke
 cg_up >"$TMP/why" || die "cannot set up the memory cgroup: $(cat "$TMP/why")"
 zram_up >"$TMP/why" 2>&1 || die "cannot set up zram swap: $(cat "$TMP/why")"
 say "zram : $CG_DESC; swap $ZDEV $zram_size comp=$Z_COMP prio 32767"
-SRV_OPTS=()
-[[ $servers == prealloc ]] && SRV_OPTS=(--capacity "${mem}M" --prealloc)
-for i in 1 2; do
-    "$G" memserver "${SRV_OPTS[@]}" --listen 127.0.0.1:0 --port-file "$TMP/port.$i" >"$TMP/server.$i.log" 2>&1 &
-    SERVER_PIDS+=($!)
-done
-for ((t = 0; t < 600; t++)); do
-    [[ -s $TMP/port.1 && -s $TMP/port.2 ]] && break
-    sleep 0.1
-done
-[[ -s $TMP/port.1 && -s $TMP/port.2 ]] || die "memservers did not start: $(cat "$TMP"/server.*.log)"
-{ echo "127.0.0.1:$(head -n1 "$TMP/port.1")"; echo "127.0.0.1:$(head -n1 "$TMP/port.2")"; } >"$TMP/pool.conf"
+bench_pool_up "$mem" "$servers" >"$TMP/why" 2>&1 || die "memservers did not start: $(cat "$TMP/why")"
 say "giantvm: --local-mem $local_mem, pool of 2 loopback memservers $(paste -sd' ' "$TMP/pool.conf") (servers: $servers${SRV_OPTS[*]:+, ${SRV_OPTS[*]}})"
 
 # ---------------------------------------------------------------- rounds
