@@ -1582,7 +1582,11 @@ static void sweep(struct gvm_memserver *s)
 			why = "no HELLO in time";
 		else if (out_pending(c) && now - c->out_since_ns >= s->io_timeout_ns)
 			why = "replies not read within the I/O timeout";
-		else if (c->in_len && !c->paused && !c->starved && now - c->in_since_ns >= s->io_timeout_ns)
+		else if (c->in_len && !c->paused && now - c->in_since_ns >= s->io_timeout_ns)
+			/* Counted from the frame's first byte, held back or not: a
+			 * starved connection is woken whenever its address's buffers
+			 * shrink, reads a little and is starved again, so a clock
+			 * restarted at each starvation never ran out. */
 			why = "frame left unfinished for the I/O timeout";
 		else if (c->starved && c->peer->buffered >= s->peer_budget &&
 			 now - c->starved_ns >= s->io_timeout_ns)
