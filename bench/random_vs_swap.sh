@@ -11,6 +11,7 @@
 #                           [--redis-value BYTES] [--redis-ops Q]
 #                           [--swapfile PATH] [--zram-size SIZE]
 #                           [--servers prealloc|lazy] [--timeout SEC]
+#                           [--pin-qemu CPULIST]
 #
 # Workloads (--workloads, comma separated; default u2x,u4x,zipf):
 #   u2x   workload --rand uniform over 2 x local-mem MiB: a sequential fill,
@@ -47,6 +48,10 @@
 # boot (never both); another active swap area is reported (other_swap in the
 # JSON), since it would take part.  Everything is set up by the script and
 # removed at the end, also on error or signal.
+#
+# --pin-qemu CPULIST runs QEMU (and in the giantvm way `giantvm run` with the
+# engine and evictor threads inside QEMU) under `taskset -c CPULIST`, in every
+# way; the memory servers are not pinned.
 #
 # Equal local memory: a cgroup caps all of QEMU (guest RAM, QEMU's own heap
 # with its copies of the kernel and initramfs, the TCG translation cache,
@@ -98,7 +103,7 @@ SWAPLIB_NAME=random_vs_swap.sh
 json=0 runs=1 workloads=u2x,u4x,zipf ways=local,giantvm,zram,disk
 thp=0 budget=128 cg_arg=auto cg_floor=192 oom_retries=3 oom_step=32 mem='' ops=200000 seed=1 to=900
 rkeys='' rvalue=4000 rops=30000 swapfile=/var/tmp/gvm-random-swap.$$
-zram_size=2G servers=prealloc
+zram_size=2G servers=prealloc pin_qemu=''
 BUILD=${GVM_BUILD_DIR:-$ROOT/build}
 while (($#)); do
     case $1 in
@@ -120,6 +125,7 @@ while (($#)); do
     --swapfile) swapfile=${2:?}; shift ;;
     --zram-size) zram_size=${2:?}; shift ;;
     --servers) servers=${2:?}; shift ;;
+    --pin-qemu) pin_qemu=${2:?}; shift ;;
     --timeout) to=${2:?}; shift ;;
     -h | --help) awk 'NR > 1 && /^#/ && !/^# shellcheck/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "random_vs_swap.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
@@ -285,6 +291,7 @@ one() {
     sw0=$(vmstat_swp)
     rm -f "$TMP/hwm"
     t0=$(date +%s.%N)
+    [[ -n $pin_qemu ]] && prefix=(taskset -c "$pin_qemu" "${prefix[@]}")
     timeout -k 10 "$to" "${prefix[@]}" qemu-system-x86_64 "${args[@]}" </dev/null >"$log" 2>&1 &
     RUN_PID=$!
     sampler "$RUN_PID" "$TMP/hwm" &
@@ -444,8 +451,8 @@ if ((json)); then
     {
         printf '{"commit":"%s","config":{"mem_mib":%s,"local_mem_mib":%s,"cgroup_mem":"%s","ops":%s,"seed":%s,"runs":%s,' \
             "$COMMIT" "$mem" "$budget" "$cg_arg" "$ops" "$seed" "$runs"
-        printf '"redis_keys":%s,"redis_value":%s,"redis_ops":%s,"thp":%s,"servers":"%s","kernel":"%s","cgroup":"%s","zram_comp":"%s","page_cluster":%s,"other_swap":"%s"},"results":[' \
-            "$rkeys" "$rvalue" "$rops" "$( ((thp)) && echo true || echo false)" "$servers" "$GVM_KERNEL_PKG" "${CG_KIND:-}" "${Z_COMP:-}" "$(cat /proc/sys/vm/page-cluster)" "$OTHER_SWAP"
+        printf '"redis_keys":%s,"redis_value":%s,"redis_ops":%s,"thp":%s,"servers":"%s","pin_qemu":"%s","kernel":"%s","cgroup":"%s","zram_comp":"%s","page_cluster":%s,"other_swap":"%s"},"results":[' \
+            "$rkeys" "$rvalue" "$rops" "$( ((thp)) && echo true || echo false)" "$servers" "$pin_qemu" "$GVM_KERNEL_PKG" "${CG_KIND:-}" "${Z_COMP:-}" "$(cat /proc/sys/vm/page-cluster)" "$OTHER_SWAP"
         sep=''
         while IFS=$'\t' read -r "${F_AGG[@]}"; do
             undash "${F_AGG[@]}"
