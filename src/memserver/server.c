@@ -1142,7 +1142,9 @@ static void wake_starved(struct gvm_memserver *s)
 		s->released = 1;
 }
 
-/* Refuse or evict: logged at most LOG_BURST times a second. */
+/* Refuse or evict: logged at most LOG_BURST times a second. The metrics'
+ * reason comes from the message (its callers pass literals): a new message
+ * names its limit the same way, or it counts as out_of_memory. */
 static void limit_warn(struct gvm_memserver *s, const char *addr, const char *what)
 {
 	s->refused++;
