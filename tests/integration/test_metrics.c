@@ -703,6 +703,52 @@ out:
 	return rc;
 }
 
+/* Refusals and timeouts are counted under the reason that caused them. */
+static int t_limits_counted(void)
+{
+	struct gvm_memserver_opts o = { .listen = { "127.0.0.1:0" }, .n_listen = 1, .max_peer_conns = 2,
+					.hello_timeout_ms = 1000, .metrics_listen = "127.0.0.1:0" };
+	struct gvm_memserver *s;
+	pthread_t thr;
+	int fds[3], port, mport, rc = 1;
+	char got[256], *m = NULL;
+
+	if (!have_promtool())
+		SKIP("promtool not installed (Debian package prometheus)");
+	CHECK(gvm_memserver_open(&s, &o) == 0);
+	port = gvm_memserver_port(s, 0);
+	mport = gvm_memserver_metrics_port(s);
+	CHECK(pthread_create(&thr, NULL, srv_main, s) == 0);
+	for (int i = 0; i < 3; i++)
+		fds[i] = tcp_connect(port);
+	/* The third from this address is refused; the other two never say HELLO. */
+	for (int i = 0; i < 3; i++) {
+		if (fds[i] < 0 || !closed_within(fds[i], 3000, got, sizeof(got))) {
+			fprintf(stderr, "  connection %d not closed\n", i);
+			goto out;
+		}
+	}
+	m = scrape(mport);
+	if (!m || promtool_check(m, "memserver-limits"))
+		goto out;
+	if (value(m, "giantvm_memserver_rejected_connections_total{reason=\"max_peer_conns\"}") != 1 ||
+	    value(m, "giantvm_memserver_timed_out_connections_total{reason=\"hello_timeout\"}") != 2 ||
+	    value(m, "giantvm_memserver_rejected_connections_total{reason=\"out_of_memory\"}") != 0) {
+		fprintf(stderr, "  refusals and timeouts not counted by reason:\n%s\n", m);
+		goto out;
+	}
+	rc = 0;
+out:
+	free(m);
+	for (int i = 0; i < 3; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	gvm_memserver_stop(s);
+	pthread_join(thr, NULL);
+	gvm_memserver_close(s);
+	return rc;
+}
+
 /* The text writer: label escaping, the histogram's cumulative buckets. */
 static int t_writer(void)
 {
@@ -744,6 +790,7 @@ static const struct gvm_test tests[] = {
 	{ "stat_exporter", t_stat_exporter, GVM_NEEDS_UFFD },
 	{ "memserver_flag", t_memserver_flag },
 	{ "hostile_scrapers", t_hostile_scrapers, GVM_NEEDS_UFFD },
+	{ "limits_counted", t_limits_counted },
 };
 
 int main(int argc, char **argv)
