@@ -99,6 +99,14 @@ int gvm_engine_attach_flags(struct gvm_engine *e, uint64_t region,
 int gvm_engine_flush(struct gvm_engine *e);
 void gvm_engine_close(struct gvm_engine *e);
 
+/* Fixed latency buckets shared by every histogram giantvm exports (the
+ * fault latency, the memory server's request service time): bound i in ns,
+ * 1 us ... 10 s. */
+#define GVM_LAT_BUCKETS 20u
+uint64_t gvm_lat_bound_ns(unsigned i);
+/* The bucket of a latency: 0..GVM_LAT_BUCKETS (the last: above every bound). */
+unsigned gvm_lat_bucket(uint64_t ns);
+
 struct gvm_stats {
 	uint64_t faults;              /* userfaultfd faults handled */
 	uint64_t pages_fetched;       /* pages installed from the pool (incl. zero) */
@@ -128,6 +136,12 @@ struct gvm_stats {
 	uint32_t window_pages;        /* pages a fault off any run fetches now (adapts, 1..prefetch) */
 	uint64_t rmw_installs;        /* read faults installed writable: a write was expected next */
 	uint64_t room_waits;          /* faults that waited for the evictor to make room */
+	/* Fault latency on fixed buckets (gvm_lat_bound_ns): counts[i] faults took
+	 * at most bound(i) and more than bound(i-1); counts[GVM_LAT_BUCKETS] took
+	 * longer than the last bound. Not cumulative. */
+	uint64_t fault_lat_counts[GVM_LAT_BUCKETS + 1];
+	uint64_t fault_lat_sum_ns;    /* of every fault in the histogram */
+	uint64_t missing_faults;      /* of faults: on a missing page (the rest are wp_faults) */
 };
 int gvm_engine_stats(struct gvm_engine *e, struct gvm_stats *st);
 /* Per-node figures as a JSON array into buf (nodes with traffic only). */
@@ -181,6 +195,70 @@ uint64_t gvm_time_ns(void);
 /* A pool token from a file (16..4096 bytes, not readable by others), malloc'd
  * into *out. 0 or -errno with "FILE: why" in err. */
 int gvm_auth_load_token(const char *path, uint8_t **out, size_t *out_len, char *err, size_t errlen);
+
+/* --- Prometheus text exposition format 0.0.4 (docs/METRICS.md) ---
+ * A text buffer that grows up to `max` bytes; the first failure (no memory,
+ * over max) sticks in err (-ENOMEM, -E2BIG) and later writes do nothing. */
+struct gvm_prom {
+	char *buf;
+	size_t len, cap, max;
+	int err;
+};
+void gvm_prom_init(struct gvm_prom *p, size_t max);
+void gvm_prom_fini(struct gvm_prom *p);
+/* "# HELP name help" and "# TYPE name type" (type: counter, gauge, histogram). */
+void gvm_prom_family(struct gvm_prom *p, const char *name, const char *type, const char *help);
+/* Label pairs k1, v1, k2, v2, ..., NULL as `k1="v1",k2="v2"` into buf (values
+ * escaped); "" for none. Returns the length, or -ENOSPC. */
+int gvm_prom_labels(char *buf, size_t len, ...);
+/* One sample line: name{labels} value (labels from gvm_prom_labels, or NULL). */
+void gvm_prom_u64(struct gvm_prom *p, const char *name, const char *labels, uint64_t v);
+void gvm_prom_f64(struct gvm_prom *p, const char *name, const char *labels, double v);
+/* A histogram's samples from counts on the gvm_lat_bound_ns buckets (as in
+ * gvm_stats.fault_lat_counts): name_bucket{le=...} (cumulative), name_sum
+ * (seconds), name_count. */
+void gvm_prom_lat_histogram(struct gvm_prom *p, const char *name, const char *labels,
+			    const uint64_t counts[GVM_LAT_BUCKETS + 1], uint64_t sum_ns);
+
+/* --- A small HTTP/1.x responder for GET /metrics, bounded: at most
+ * max_conns scrapers at once (more are accepted and closed at once), each
+ * closed after its response or timeout_ms after it connected, whatever it
+ * sends; a request head over 4 KiB is refused. It never blocks: run it from
+ * an event loop (poll gvm_http_fd for input) or a thread of its own. */
+struct gvm_http;
+/* Fill p with the body of GET /metrics; 0, or -errno for a 500. */
+typedef int (*gvm_http_render_fn)(struct gvm_prom *p, void *arg);
+struct gvm_http_opts {
+	const char *listen;           /* "HOST:PORT", "[V6]:PORT"; port 0 = any */
+	unsigned max_conns;           /* 0 = 8 */
+	int timeout_ms;               /* 0 = 5000 */
+	size_t max_body;              /* bytes a response may take; 0 = 4 MiB */
+	gvm_http_render_fn render;
+	void *arg;
+};
+struct gvm_http_counters {
+	uint64_t scrapes;             /* 200 responses to GET /metrics */
+	uint64_t rejected;            /* connections over max_conns */
+	uint64_t bad_requests;        /* 4xx answers (not GET, not /metrics, garbage, head too big) */
+	uint64_t timeouts;            /* closed at timeout_ms before their response was sent */
+	unsigned active;              /* connections now */
+};
+/* Bind and listen; 0, or -errno with "LISTEN: why" in err. */
+int gvm_http_open(struct gvm_http **out, const struct gvm_http_opts *o, char *err, size_t errlen);
+void gvm_http_close(struct gvm_http *h);
+/* An fd that polls readable when the responder has work (its epoll fd). */
+int gvm_http_fd(const struct gvm_http *h);
+int gvm_http_port(const struct gvm_http *h);
+/* "HOST:PORT" as bound. */
+const char *gvm_http_name(const struct gvm_http *h);
+/* Do the work that is ready, waiting at most wait_ms for some (0: none, -1:
+ * until there is). Returns the ms until its next timeout (-1: none
+ * pending), or -errno. */
+int gvm_http_service(struct gvm_http *h, int wait_ms);
+void gvm_http_counters(const struct gvm_http *h, struct gvm_http_counters *c);
+
+/* The release, as `giantvm --version` prints it (build_info metrics). */
+const char *gvm_version(void);
 
 /* splitmix64 finaliser: the mixing step of every hash in docs/PROTOCOL.md. */
 static inline uint64_t gvm_mix64(uint64_t x)

@@ -40,6 +40,7 @@ struct gvm_memserver_opts {
 	int io_timeout_ms;        /* close a client stuck mid-frame or not reading its replies; 0 = 30 s */
 	int keepalive_s;          /* TCP keepalive idle seconds; 0 = 60, < 0 = off */
 	const char *admin_token_file; /* HELLO proving this token gets the node-wide STAT */
+	const char *metrics_listen;   /* "HOST:PORT": serve Prometheus GET /metrics there; NULL = off */
 };
 
 struct gvm_memserver;
@@ -48,6 +49,8 @@ struct gvm_memserver;
 int gvm_memserver_open(struct gvm_memserver **out, const struct gvm_memserver_opts *opts);
 /* Port bound by listener `idx` (useful with port 0). */
 int gvm_memserver_port(const struct gvm_memserver *s, unsigned idx);
+/* Port of the --metrics listener (-EINVAL when there is none). */
+int gvm_memserver_metrics_port(const struct gvm_memserver *s);
 /* Serve until gvm_memserver_stop(). 0 or -errno. */
 int gvm_memserver_run(struct gvm_memserver *s);
 /* Ask the loop to return. Async-signal-safe (an eventfd write). */

@@ -17,6 +17,8 @@ static const char usage[] =
 	"  memserver [OPTIONS]               serve pages to VMs (one node of a pool)\n"
 	"  mode [--json]                     which mode `run` would use, and why\n"
 	"  stat [VM] [--json]                live statistics of a running VM\n"
+	"  stat [VM] --prometheus            the VMs' engines as Prometheus metrics\n"
+	"  stat --metrics HOST:PORT          serve them on http://HOST:PORT/metrics\n"
 	"  bench [OPTIONS]                   measure the pool: RTT, fault latency, throughput\n"
 	"\n"
 	"The pool is read from --pool FILE, else $GIANTVM_POOL, else ./cluster_uffd.conf;\n"

@@ -1,4 +1,5 @@
-/* giantvm stat [VM] [--json] [--count N]: a running VM's engine, live. */
+/* giantvm stat [VM] [--json] [--count N] [--prometheus] [--metrics HOST:PORT]:
+ * a running VM's engine, live; the VMs of this host as Prometheus metrics. */
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
@@ -9,13 +10,19 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "common.h"
 #include "giantvm_ctl.h"
 #include "qemu.h"
 #include "giantvm.h"
+#include "vm_metrics.h"
+
+#define STAT_TIMEOUT_MS 2000   /* a VM's STAT reply, per VM and scrape */
 
 static void usage(FILE *f)
 {
 	fputs("usage: giantvm stat [VM] [--json] [--count N]\n"
+	      "       giantvm stat [VM] --prometheus\n"
+	      "       giantvm stat --metrics HOST:PORT\n"
 	      "\n"
 	      "Shows the engine of a VM started by `giantvm run` (the only one running when\n"
 	      "VM is not given): one line per second with faults/s, MiB/s fetched, resident\n"
@@ -25,7 +32,12 @@ static void usage(FILE *f)
 	      "adapts: one page under random access, up to --prefetch), and the prefetch\n"
 	      "hit rate (of the prefetched pages held back as probes, the share the guest\n"
 	      "touched). --json prints the full statistics (per node too: health,\n"
-	      "requests, bytes, RTT) once, as one JSON object.\n", f);
+	      "requests, bytes, RTT) once, as one JSON object.\n"
+	      "\n"
+	      "--prometheus prints the engine metrics of VM, or of every VM of this host,\n"
+	      "once in the Prometheus text format (label vm=\"NAME\"; docs/METRICS.md).\n"
+	      "--metrics HOST:PORT serves the same for every VM of this host on\n"
+	      "http://HOST:PORT/metrics until SIGTERM or SIGINT (port 0: any, printed).\n", f);
 }
 
 static int find_vm(const char *dir, char *name, size_t len)
@@ -61,16 +73,107 @@ static double num(const char *json, const char *key)
 	return v;
 }
 
+static volatile sig_atomic_t exporter_stop;
+
+static void on_stop(int sig)
+{
+	(void)sig;
+	exporter_stop = 1;
+}
+
+static int render_all(struct gvm_prom *p, void *arg)
+{
+	struct vm_stat *v;
+	int n = vm_stats_collect(arg, STAT_TIMEOUT_MS, &v), r;
+
+	if (n < 0)
+		return n;
+	r = vm_metrics_render(p, v, (unsigned)n);
+	vm_stats_free(v, (unsigned)n);
+	return r;
+}
+
+static int print_prometheus(const char *name)
+{
+	struct gvm_prom p;
+	struct vm_stat *v;
+	int n = vm_stats_collect(name, STAT_TIMEOUT_MS, &v), rc = 1;
+
+	if (n < 0) {
+		fprintf(stderr, "giantvm stat: the runtime directory: %s\n", strerror(-n));
+		return 1;
+	}
+	if (name && n == 0) {
+		fprintf(stderr, "giantvm stat: VM '%s' is not running\n", name);
+		return 1;
+	}
+	if (name && !v[0].json) {
+		fprintf(stderr, "giantvm stat: VM '%s' did not answer STAT within %d ms\n", name, STAT_TIMEOUT_MS);
+		vm_stats_free(v, (unsigned)n);
+		return 1;
+	}
+	gvm_prom_init(&p, 64u << 20);
+	if (vm_metrics_render(&p, v, (unsigned)n) < 0) {
+		fprintf(stderr, "giantvm stat: %s\n", strerror(-p.err));
+	} else if (fwrite(p.buf, 1, p.len, stdout) != p.len || fflush(stdout)) {
+		fprintf(stderr, "giantvm stat: stdout: %s\n", strerror(errno));
+	} else {
+		rc = 0;
+	}
+	gvm_prom_fini(&p);
+	vm_stats_free(v, (unsigned)n);
+	return rc;
+}
+
+/* The exporter: every VM of this host, on every GET /metrics. */
+static int serve_metrics(const char *listen)
+{
+	struct gvm_http_opts ho = { .listen = listen, .render = render_all, .timeout_ms = 30000,
+				    .max_body = 64u << 20 };
+	struct sigaction sa = { .sa_handler = on_stop };
+	struct gvm_http *h;
+	char err[256];
+	int r;
+
+	r = gvm_http_open(&h, &ho, err, sizeof(err));
+	if (r < 0) {
+		fprintf(stderr, "giantvm stat: %s\n", err);
+		return 1;
+	}
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(SIGTERM, &sa, NULL) < 0 || sigaction(SIGINT, &sa, NULL) < 0) {
+		fprintf(stderr, "giantvm stat: sigaction: %s\n", strerror(errno));
+		gvm_http_close(h);
+		return 1;
+	}
+	printf("giantvm stat: metrics of this host's VMs on http://%s/metrics\n", gvm_http_name(h));
+	fflush(stdout);
+	while (!exporter_stop) {
+		/* Bounded waits: a signal between the check and the wait is seen within a second. */
+		r = gvm_http_service(h, 1000);
+		if (r < -1) {
+			fprintf(stderr, "giantvm stat: metrics: %s\n", strerror(-r));
+			break;
+		}
+	}
+	gvm_http_close(h);
+	return r < -1;
+}
+
 int cmd_stat(int argc, char **argv)
 {
 	char dir[PATH_MAX - 64], path[PATH_MAX], vm[128] = "", *buf;
-	const char *name = NULL;
-	int json = 0, fd, rc = 1;
+	const char *name = NULL, *metrics = NULL;
+	int json = 0, prom = 0, fd, rc = 1;
 	long count = -1;
 
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--json")) {
 			json = 1;
+		} else if (!strcmp(argv[i], "--prometheus")) {
+			prom = 1;
+		} else if (!strcmp(argv[i], "--metrics") || !strncmp(argv[i], "--metrics=", 10)) {
+			metrics = cli_optval(argc, argv, &i, "--metrics");
 		} else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
 			usage(stdout);
 			return 0;
@@ -91,6 +194,19 @@ int cmd_stat(int argc, char **argv)
 			return GVM_EXIT_USAGE;
 		}
 	}
+	if (metrics && (name || json || prom || count >= 0)) {
+		fprintf(stderr, "giantvm stat: --metrics serves every VM of this host; it takes no VM, "
+				"--json, --prometheus or --count\n");
+		return GVM_EXIT_USAGE;
+	}
+	if (prom && (json || count >= 0)) {
+		fprintf(stderr, "giantvm stat: --prometheus prints once; it takes no --json or --count\n");
+		return GVM_EXIT_USAGE;
+	}
+	if (metrics)
+		return serve_metrics(metrics);
+	if (prom)
+		return print_prometheus(name);
 	if (gvm_runtime_dir(dir, sizeof(dir))) {
 		fprintf(stderr, "giantvm stat: %s: %s\n", dir, strerror(errno));
 		return 1;

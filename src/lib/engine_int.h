@@ -150,6 +150,9 @@ struct gvm_engine {
 	/* written by the engine thread, read by stats.c */
 	struct gvm_engine_counters ctr;
 	uint64_t hist[GVM_HIST_BUCKETS]; /* fault latency, quarter-octave buckets of ns */
+	uint64_t lat[GVM_LAT_BUCKETS + 1]; /* the same on the fixed buckets Prometheus sees */
+	uint64_t lat_sum_ns;      /* of every latency in lat[] */
+	uint64_t missing_shown;   /* stats.c: the largest missing-fault count reported (monotonic) */
 };
 
 #define CTR_ADD(e, f, n) __atomic_fetch_add(&(e)->ctr.f, (n), __ATOMIC_RELAXED)
@@ -169,6 +172,8 @@ static inline unsigned gvm_hist_bucket(uint64_t ns)
 static inline void gvm_hist_add(struct gvm_engine *e, uint64_t ns)
 {
 	__atomic_fetch_add(&e->hist[gvm_hist_bucket(ns)], 1, __ATOMIC_RELAXED);
+	__atomic_fetch_add(&e->lat[gvm_lat_bucket(ns)], 1, __ATOMIC_RELAXED);
+	__atomic_fetch_add(&e->lat_sum_ns, ns, __ATOMIC_RELAXED);
 }
 
 /* A node that failed (and may have missed writes) or came back after

@@ -22,7 +22,8 @@ int gvm_stats_json(struct gvm_engine *e, const char *vm, double uptime_s, char *
 		     ",\"nodes_down\":%u,\"under_replicated_stripes\":%" PRIu64
 		     ",\"resynced_stripes\":%" PRIu64 ",\"prefetch_hits\":%" PRIu64
 		     ",\"prefetch_misses\":%" PRIu64 ",\"prefetch_hit_rate\":%.3f,\"window_pages\":%u"
-		     ",\"rmw_installs\":%" PRIu64 ",\"room_waits\":%" PRIu64 ",\"per_node\":",
+		     ",\"rmw_installs\":%" PRIu64 ",\"room_waits\":%" PRIu64 ",\"missing_faults\":%" PRIu64
+		     ",\"fault_latency_sum_ns\":%" PRIu64 ",\"fault_latency_le_ns\":[",
 		     vm, uptime_s, gvm_engine_features(e), s.faults, s.wp_faults, s.pages_fetched, s.zero_pages,
 		     s.local_zero_pages,
 		     s.readahead_pages, s.bytes_in, s.bytes_out, s.resident_pages, s.budget_pages,
@@ -32,9 +33,27 @@ int gvm_stats_json(struct gvm_engine *e, const char *vm, double uptime_s, char *
 		     s.prefetch_hits, s.prefetch_misses,
 		     s.prefetch_hits + s.prefetch_misses ?
 			     (double)s.prefetch_hits / (double)(s.prefetch_hits + s.prefetch_misses) : 0.0,
-		     s.window_pages, s.rmw_installs, s.room_waits);
+		     s.window_pages, s.rmw_installs, s.room_waits, s.missing_faults, s.fault_lat_sum_ns);
 	if (n < 0 || (size_t)n >= len)
 		return -ENOSPC;
+	/* The fixed latency buckets: bounds, then counts (one more: above the last bound). */
+	for (unsigned i = 0; i <= 2 * GVM_LAT_BUCKETS + 1; i++) {
+		int k;
+		if (i < GVM_LAT_BUCKETS)
+			k = snprintf(buf + n, len - (size_t)n, "%s%" PRIu64, i ? "," : "", gvm_lat_bound_ns(i));
+		else if (i == GVM_LAT_BUCKETS)
+			k = snprintf(buf + n, len - (size_t)n, "],\"fault_latency_counts\":[");
+		else
+			k = snprintf(buf + n, len - (size_t)n, "%s%" PRIu64, i > GVM_LAT_BUCKETS + 1 ? "," : "",
+				     s.fault_lat_counts[i - GVM_LAT_BUCKETS - 1]);
+		if (k < 0 || (size_t)k >= len - (size_t)n)
+			return -ENOSPC;
+		n += k;
+	}
+	m = snprintf(buf + n, len - (size_t)n, "],\"per_node\":");
+	if (m < 0 || (size_t)m >= len - (size_t)n)
+		return -ENOSPC;
+	n += m;
 	m = gvm_engine_nodes_json(e, buf + n, len - (size_t)n);
 	if (m < 0 || (size_t)(n + m + 2) > len)
 		return -ENOSPC;

@@ -44,6 +44,9 @@ static const char usage_text[] =
 	"                       STAT (others see only their own connection and regions)\n"
 	"  --insecure           allow a non-loopback --listen without --token-file\n"
 	"  --port-file FILE     after listening, write each listener's port (one per line)\n"
+	"  --metrics HOST:PORT  serve Prometheus metrics (GET /metrics, node-wide counts only,\n"
+	"                       no tenant's regions or addresses; docs/METRICS.md) on this\n"
+	"                       address; port 0 picks a free port (logged)\n"
 	"  --help               show this help\n"
 	"\n"
 	"Limits (each bounds what clients can make the server hold; see docs/MEMSERVER.md):\n"
@@ -176,6 +179,7 @@ int gvm_memserver_main(int argc, char **argv)
 		{ "insecure", no_argument, NULL, 'i' },
 		{ "fsync", required_argument, NULL, 'f' },
 		{ "port-file", required_argument, NULL, 'p' },
+		{ "metrics", required_argument, NULL, 'M' },
 		{ "admin-token-file", required_argument, NULL, 'A' },
 		{ "max-regions", required_argument, NULL, 'R' },
 		{ "max-peer-regions", required_argument, NULL, 'G' },
@@ -287,6 +291,9 @@ int gvm_memserver_main(int argc, char **argv)
 			break;
 		case 'p':
 			port_file = optarg;
+			break;
+		case 'M':
+			o.metrics_listen = optarg;
 			break;
 		case 'h':
 			fputs(usage_text, stdout);

@@ -75,7 +75,19 @@
 #define DEF_KEEPALIVE_S      60
 
 /* Every epoll data pointer points at one of these tags first. */
-enum src_kind { SRC_LISTENER = 1, SRC_CONN, SRC_STOP, SRC_ZOMBIE /* closed, freed after the batch */ };
+enum src_kind { SRC_LISTENER = 1, SRC_CONN, SRC_STOP, SRC_ZOMBIE /* closed, freed after the batch */,
+		SRC_METRICS /* the --metrics responder's epoll fd */ };
+
+/* Metrics (docs/METRICS.md): why connections were refused or closed. */
+enum { REFUSE_UNAUTHED, REFUSE_EVICTED, REFUSE_MAX_CLIENTS, REFUSE_PEER_CONNS, REFUSE_NOMEM,
+       REFUSE_FDS, REFUSE_METRICS, REFUSE_N };
+static const char *const refuse_names[REFUSE_N] = {
+	"max_unauthenticated", "evicted_unauthenticated", "max_clients", "max_peer_conns",
+	"out_of_memory", "out_of_fds", "metrics_scrapers",
+};
+enum { CLOSE_HELLO_TIMEOUT, CLOSE_IO_TIMEOUT, CLOSE_IDLE, CLOSE_N };
+static const char *const close_names[CLOSE_N] = { "hello_timeout", "io_timeout", "idle" };
+#define METRIC_OPS 16   /* ops counted by number below this; GVM_OP_PING is the last */
 
 struct listener {
 	int kind;
@@ -192,7 +204,23 @@ struct gvm_memserver {
 	uint64_t last_accept_warn_ns;
 	struct ratelimit rl_hello, rl_refuse;
 	uint64_t refused;          /* connections refused or evicted by a limit */
+	/* --metrics: the responder and what only it reads (this thread's counters) */
+	struct gvm_http *metrics;
+	int metrics_kind;          /* epoll tag of the responder's fd */
+	int metrics_next_ms;       /* its next timeout, -1 = none pending */
+	uint64_t start_ns, start_unix_ns;
+	uint64_t op_requests[METRIC_OPS], op_errors[METRIC_OPS]; /* replies sent, by op; of which errors */
+	uint64_t lat[GVM_LAT_BUCKETS + 1], lat_sum_ns; /* request service time */
+	uint64_t proto_errors;     /* connections closed for a malformed frame */
+	uint64_t refused_by[REFUSE_N];
+	uint64_t closed_by[CLOSE_N];
 };
+
+static void metrics_latency(struct gvm_memserver *s, uint64_t ns)
+{
+	s->lat[gvm_lat_bucket(ns)]++;
+	s->lat_sum_ns += ns;
+}
 
 static uint32_t le32(const uint8_t *p)
 {
@@ -485,6 +513,10 @@ static void reply_commit(struct conn *c, const struct gvm_hdr *req, int status, 
 
 	if (!out_pending(c))
 		c->out_since_ns = gvm_now_ns();
+	if (req->op < METRIC_OPS) {
+		c->srv->op_requests[req->op]++;
+		c->srv->op_errors[req->op] += status < 0;
+	}
 	gvm_hdr_encode(&h, c->out + c->out_len);
 	c->out_len += GVM_HDR_SIZE + len;
 	c->out_hw = GVM_MAX(c->out_hw, c->out_len);
@@ -502,6 +534,7 @@ static int reply_status(struct conn *c, const struct gvm_hdr *req, int status)
 
 static int conn_reject(struct conn *c, const char *why)
 {
+	c->srv->proto_errors++;
 	pr_warn("client %s: %s, closing", c->addr, why);
 	return -EPROTO;
 }
@@ -780,6 +813,7 @@ static ssize_t conn_parse(struct gvm_memserver *s, struct conn *c, const uint8_t
 		int r = conn_handle(s, c, &h, buf + off + GVM_HDR_SIZE);
 		if (r < 0)
 			return r;
+		metrics_latency(s, gvm_now_ns() - c->last_req_ns); /* conn_handle set it on entry */
 		off += GVM_HDR_SIZE + h.len;
 		s->bytes_in += GVM_HDR_SIZE + h.len;
 		c->bytes_in += GVM_HDR_SIZE + h.len;
@@ -1108,10 +1142,16 @@ static void wake_starved(struct gvm_memserver *s)
 		s->released = 1;
 }
 
-/* Refuse or evict: logged at most LOG_BURST times a second. */
+/* Refuse or evict: logged at most LOG_BURST times a second. The metrics'
+ * reason comes from the message (its callers pass literals): a new message
+ * names its limit the same way, or it counts as out_of_memory. */
 static void limit_warn(struct gvm_memserver *s, const char *addr, const char *what)
 {
 	s->refused++;
+	s->refused_by[!strncmp(what, "evicted", 7) ? REFUSE_EVICTED :
+		      strstr(what, "unauthenticated") ? REFUSE_UNAUTHED :
+		      strstr(what, "max-clients") ? REFUSE_MAX_CLIENTS :
+		      strstr(what, "max-peer-conns") ? REFUSE_PEER_CONNS : REFUSE_NOMEM]++;
 	if (ratelimit_ok(&s->rl_refuse, "connections refused by a limit"))
 		pr_warn("client %s: %s", addr, what);
 }
@@ -1257,6 +1297,7 @@ static void accept_shed(struct gvm_memserver *s, struct listener *l, int err)
 	int fd;
 
 	accept_warn(s, l, err, "; dropping new connections");
+	s->refused_by[REFUSE_FDS]++;
 	if (s->spare_fd < 0)
 		return;
 	close(s->spare_fd);
@@ -1385,6 +1426,152 @@ out_free:
 	return r;
 }
 
+/* ---------------------------------------------------------------- metrics */
+
+/*
+ * GET /metrics on --metrics, answered from this loop (the responder's epoll
+ * fd is one more source of it), so counters need no locks and a scrape sees
+ * one consistent moment. What it shows is node-wide counts only: no region
+ * ids, keys, client addresses or per-tenant figures, so whoever can reach it
+ * learns how busy the node is, not who uses it or for what (docs/METRICS.md).
+ */
+static int metrics_render(struct gvm_prom *p, void *arg)
+{
+	static const unsigned ops[] = { GVM_OP_HELLO, GVM_OP_OPEN, GVM_OP_READ, GVM_OP_WRITE,
+					GVM_OP_STAT, GVM_OP_FREE, GVM_OP_LIST, GVM_OP_PING };
+	struct gvm_memserver *s = arg;
+	struct gvm_store_stats ss;
+	struct gvm_http_counters hc;
+	char l[96], opname[16];
+
+	gvm_store_get_stats(s->store, &ss);
+	gvm_http_counters(s->metrics, &hc);
+
+	gvm_prom_family(p, "giantvm_memserver_build_info", "gauge", "Always 1; the version in a label.");
+	gvm_prom_labels(l, sizeof(l), "version", gvm_version(), NULL);
+	gvm_prom_u64(p, "giantvm_memserver_build_info", l, 1);
+	gvm_prom_family(p, "giantvm_memserver_start_time_seconds", "gauge",
+			"When the server started, seconds since the Unix epoch.");
+	gvm_prom_f64(p, "giantvm_memserver_start_time_seconds", NULL, (double)s->start_unix_ns / 1e9);
+	gvm_prom_family(p, "giantvm_memserver_uptime_seconds", "gauge", "Seconds since the server started.");
+	gvm_prom_f64(p, "giantvm_memserver_uptime_seconds", NULL, (double)(gvm_now_ns() - s->start_ns) / 1e9);
+
+	gvm_prom_family(p, "giantvm_memserver_stored_pages", "gauge",
+			"Non-zero 4 KiB pages held, all regions (zero pages are not stored).");
+	gvm_prom_u64(p, "giantvm_memserver_stored_pages", NULL, ss.pages_stored);
+	gvm_prom_family(p, "giantvm_memserver_stored_bytes", "gauge", "Bytes of the non-zero pages held.");
+	gvm_prom_u64(p, "giantvm_memserver_stored_bytes", NULL, ss.pages_stored * GVM_PAGE_SIZE);
+	if (ss.capacity_pages) {
+		gvm_prom_family(p, "giantvm_memserver_capacity_bytes", "gauge",
+				"Most page bytes the server holds (--capacity); absent when unlimited.");
+		gvm_prom_u64(p, "giantvm_memserver_capacity_bytes", NULL, ss.capacity_pages * GVM_PAGE_SIZE);
+	}
+	gvm_prom_family(p, "giantvm_memserver_regions", "gauge", "Regions holding at least one page.");
+	gvm_prom_u64(p, "giantvm_memserver_regions", NULL, ss.regions);
+
+	gvm_prom_family(p, "giantvm_memserver_clients", "gauge", "Client connections open.");
+	gvm_prom_u64(p, "giantvm_memserver_clients", NULL, s->n_clients);
+	gvm_prom_family(p, "giantvm_memserver_unauthenticated_clients", "gauge",
+			"Of the client connections, those that have not completed HELLO.");
+	gvm_prom_u64(p, "giantvm_memserver_unauthenticated_clients", NULL, s->n_unauthed);
+	gvm_prom_family(p, "giantvm_memserver_max_clients", "gauge", "The connection limit (--max-clients).");
+	gvm_prom_u64(p, "giantvm_memserver_max_clients", NULL, s->max_clients);
+
+	gvm_prom_family(p, "giantvm_memserver_requests_total", "counter", "Requests answered, by op.");
+	for (size_t i = 0; i < GVM_ARRAY_SIZE(ops); i++) {
+		size_t k = 0;
+		for (const char *c = gvm_op_name(ops[i]); *c && k + 1 < sizeof(opname); c++)
+			opname[k++] = (char)(*c >= 'A' && *c <= 'Z' ? *c - 'A' + 'a' : *c);
+		opname[k] = 0;
+		gvm_prom_labels(l, sizeof(l), "op", opname, NULL);
+		gvm_prom_u64(p, "giantvm_memserver_requests_total", l, s->op_requests[ops[i]]);
+	}
+	gvm_prom_family(p, "giantvm_memserver_request_errors_total", "counter",
+			"Requests answered with an error status, by op.");
+	for (size_t i = 0; i < GVM_ARRAY_SIZE(ops); i++) {
+		size_t k = 0;
+		for (const char *c = gvm_op_name(ops[i]); *c && k + 1 < sizeof(opname); c++)
+			opname[k++] = (char)(*c >= 'A' && *c <= 'Z' ? *c - 'A' + 'a' : *c);
+		opname[k] = 0;
+		gvm_prom_labels(l, sizeof(l), "op", opname, NULL);
+		gvm_prom_u64(p, "giantvm_memserver_request_errors_total", l, s->op_errors[ops[i]]);
+	}
+	gvm_prom_family(p, "giantvm_memserver_protocol_errors_total", "counter",
+			"Connections closed for a malformed or unexpected frame.");
+	gvm_prom_u64(p, "giantvm_memserver_protocol_errors_total", NULL, s->proto_errors);
+	gvm_prom_family(p, "giantvm_memserver_request_duration_seconds", "histogram",
+			"Time to serve a request once its frame is whole (store access, fsync), "
+			"not network or queueing.");
+	gvm_prom_lat_histogram(p, "giantvm_memserver_request_duration_seconds", NULL, s->lat, s->lat_sum_ns);
+
+	gvm_prom_family(p, "giantvm_memserver_received_bytes_total", "counter",
+			"Protocol bytes received in complete frames.");
+	gvm_prom_u64(p, "giantvm_memserver_received_bytes_total", NULL, s->bytes_in);
+	gvm_prom_family(p, "giantvm_memserver_sent_bytes_total", "counter", "Protocol bytes sent.");
+	gvm_prom_u64(p, "giantvm_memserver_sent_bytes_total", NULL, s->bytes_out);
+
+	gvm_prom_family(p, "giantvm_memserver_rejected_connections_total", "counter",
+			"Connections refused or evicted by a limit, by reason.");
+	for (unsigned i = 0; i < REFUSE_N; i++) {
+		gvm_prom_labels(l, sizeof(l), "reason", refuse_names[i], NULL);
+		gvm_prom_u64(p, "giantvm_memserver_rejected_connections_total", l,
+			     i == REFUSE_METRICS ? hc.rejected : s->refused_by[i]);
+	}
+	gvm_prom_family(p, "giantvm_memserver_timed_out_connections_total", "counter",
+			"Client connections closed by a timeout, by which.");
+	for (unsigned i = 0; i < CLOSE_N; i++) {
+		gvm_prom_labels(l, sizeof(l), "reason", close_names[i], NULL);
+		gvm_prom_u64(p, "giantvm_memserver_timed_out_connections_total", l, s->closed_by[i]);
+	}
+	gvm_prom_family(p, "giantvm_memserver_buffered_bytes", "gauge",
+			"Input and output buffered for all clients (counted against the buffer budget).");
+	gvm_prom_u64(p, "giantvm_memserver_buffered_bytes", NULL, s->buffered);
+	gvm_prom_family(p, "giantvm_memserver_buffer_budget_bytes", "gauge", "The buffer budget (--buffer-budget).");
+	gvm_prom_u64(p, "giantvm_memserver_buffer_budget_bytes", NULL, s->budget);
+	gvm_prom_family(p, "giantvm_memserver_metrics_scrapes_total", "counter",
+			"GET /metrics answered (this one not counted yet).");
+	gvm_prom_u64(p, "giantvm_memserver_metrics_scrapes_total", NULL, hc.scrapes);
+	return 0;
+}
+
+static int metrics_open(struct gvm_memserver *s, const char *listen)
+{
+	struct gvm_http_opts ho = { .listen = listen, .render = metrics_render, .arg = s };
+	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &s->metrics_kind };
+	char err[256];
+	int r = gvm_http_open(&s->metrics, &ho, err, sizeof(err));
+
+	if (r < 0) {
+		pr_err("%s", err);
+		return r;
+	}
+	if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, gvm_http_fd(s->metrics), &ev) < 0) {
+		r = -errno;
+		pr_perror("metrics: epoll_ctl");
+		return r;
+	}
+	pr_info("metrics on http://%s/metrics", gvm_http_name(s->metrics));
+	return 0;
+}
+
+static void metrics_service(struct gvm_memserver *s)
+{
+	int r = gvm_http_service(s->metrics, 0);
+
+	if (r < -1) {
+		pr_warn("metrics: %s", strerror(-r));
+		r = -1;
+	}
+	s->metrics_next_ms = r;
+}
+
+int gvm_memserver_metrics_port(const struct gvm_memserver *s)
+{
+	if (!s || !s->metrics)
+		return -EINVAL;
+	return gvm_http_port(s->metrics);
+}
+
 /* ---------------------------------------------------------------- API */
 
 int gvm_memserver_open(struct gvm_memserver **out, const struct gvm_memserver_opts *opts)
@@ -1425,6 +1612,14 @@ int gvm_memserver_open(struct gvm_memserver **out, const struct gvm_memserver_op
 		return -ENOMEM;
 	s->epfd = s->stopfd = s->spare_fd = -1;
 	s->stop_kind = SRC_STOP;
+	s->metrics_kind = SRC_METRICS;
+	s->metrics_next_ms = -1;
+	s->start_ns = gvm_now_ns();
+	{
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		s->start_unix_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+	}
 	s->hello_timeout_ns = (uint64_t)(opts->hello_timeout_ms > 0 ? opts->hello_timeout_ms : 10000) * 1000000ull;
 	s->idle_timeout_ns = opts->idle_timeout_ms < 0 ? 0 :
 		(uint64_t)(opts->idle_timeout_ms ? opts->idle_timeout_ms : DEF_IDLE_TIMEOUT_MS) * 1000000ull;
@@ -1528,6 +1723,8 @@ int gvm_memserver_open(struct gvm_memserver **out, const struct gvm_memserver_op
 			goto out_close;
 		s->n_lis++;
 	}
+	if (opts->metrics_listen && (r = metrics_open(s, opts->metrics_listen)) < 0)
+		goto out_close;
 	if (opts->backing) {
 		struct gvm_store_stats st;
 		gvm_store_get_stats(s->store, &st);
@@ -1576,10 +1773,11 @@ static void sweep(struct gvm_memserver *s)
 	s->next_sweep_ns = now + sweep_period(s);
 	for (struct conn *c = s->conns, *next; c; c = next) {
 		const char *why = NULL;
+		int kind = CLOSE_IO_TIMEOUT;
 
 		next = c->next;
 		if (!c->authed && now - c->born_ns >= s->hello_timeout_ns)
-			why = "no HELLO in time";
+			why = "no HELLO in time", kind = CLOSE_HELLO_TIMEOUT;
 		else if (out_pending(c) && now - c->out_since_ns >= s->io_timeout_ns)
 			why = "replies not read within the I/O timeout";
 		else if (c->in_len && !c->paused && now - c->in_since_ns >= s->io_timeout_ns)
@@ -1595,9 +1793,10 @@ static void sweep(struct gvm_memserver *s)
 			why = "its address held its share of the buffer budget for the I/O timeout";
 		else if (c->authed && s->idle_timeout_ns && !out_pending(c) && !c->in_len &&
 			 now - c->last_req_ns >= s->idle_timeout_ns)
-			why = "idle";
+			why = "idle", kind = CLOSE_IDLE;
 		if (!why)
 			continue;
+		s->closed_by[kind]++;
 		pr_debug("client %s: %s, closing", c->addr, why);
 		conn_close(s, c);
 	}
@@ -1610,6 +1809,8 @@ int gvm_memserver_run(struct gvm_memserver *s)
 	for (;;) {
 		/* With clients around, wake up to time them out. */
 		int wait_ms = s->conns ? (int)(sweep_period(s) / 1000000ull) : -1;
+		if (s->metrics_next_ms >= 0)
+			wait_ms = wait_ms < 0 ? s->metrics_next_ms : GVM_MIN(wait_ms, s->metrics_next_ms);
 		int n = epoll_wait(s->epfd, ev, MAX_EVENTS, s->starved.head && s->released ? 0 : wait_ms);
 		int stop = 0;
 
@@ -1629,6 +1830,8 @@ int gvm_memserver_run(struct gvm_memserver *s)
 				listener_accept(s, ev[i].data.ptr);
 			} else if (kind == SRC_ZOMBIE) {
 				continue;
+			} else if (kind == SRC_METRICS) {
+				s->metrics_next_ms = 0; /* served below, after the clients */
 			} else {
 				uint64_t v;
 				/* Drain so a later run() waits again; EAGAIN just means drained. */
@@ -1642,6 +1845,8 @@ int gvm_memserver_run(struct gvm_memserver *s)
 			return 0;
 		wake_starved(s);
 		sweep(s);
+		if (s->metrics_next_ms >= 0)
+			metrics_service(s);
 	}
 }
 
@@ -1666,6 +1871,7 @@ void gvm_memserver_close(struct gvm_memserver *s)
 	for (unsigned i = 0; i < GVM_MEMSERVER_MAX_LISTEN; i++)
 		if (s->lis[i].fd >= 0)
 			close(s->lis[i].fd);
+	gvm_http_close(s->metrics);
 	if (s->spare_fd >= 0)
 		close(s->spare_fd);
 	if (s->stopfd >= 0)
