@@ -40,6 +40,7 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "engine_int.h"
@@ -91,6 +92,39 @@ static void run_commands(struct gvm_engine *e)
 		pr_perror("read(eventfd)");
 	gvm_wb_run_queue(e);
 	gvm_fault_resume(e);
+	pthread_mutex_lock(&e->cmd_mu);
+	if (e->barrier_done != e->barrier_req) {
+		e->barrier_done = e->barrier_req;
+		pthread_cond_broadcast(&e->barrier_cv);
+	}
+	pthread_mutex_unlock(&e->cmd_mu);
+}
+
+void gvm_engine_barrier(struct gvm_engine *e)
+{
+	uint64_t one = 1, want;
+
+	if (pthread_equal(pthread_self(), e->thread))
+		return;
+	pthread_mutex_lock(&e->cmd_mu);
+	want = ++e->barrier_req;
+	pthread_mutex_unlock(&e->cmd_mu);
+	if (write(e->evfd, &one, sizeof(one)) < 0) {
+		pr_perror("write(eventfd)");
+		return;
+	}
+	pthread_mutex_lock(&e->cmd_mu);
+	while (e->barrier_done < want && !__atomic_load_n(&e->quit, __ATOMIC_ACQUIRE)) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += 100 * 1000000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&e->barrier_cv, &e->cmd_mu, &ts);
+	}
+	pthread_mutex_unlock(&e->cmd_mu);
 }
 
 /* The evictor's ops->dropped. */
@@ -195,6 +229,7 @@ int gvm_engine_open(struct gvm_engine **out, struct gvm_pool *pool, const struct
 	e->fatal_arg = o ? o->fatal_arg : NULL;
 	e->idle_ns = 60ull * 1000000000ull;
 	pthread_mutex_init(&e->cmd_mu, NULL);
+	pthread_cond_init(&e->barrier_cv, NULL);
 	if (o && o->local_mem) {
 		e->budget_pages = o->local_mem >> GVM_PAGE_SHIFT;
 		if (e->budget_pages < 1024) {
@@ -309,6 +344,7 @@ err_close:
 	free(e->suspect);
 err_free:
 	pthread_mutex_destroy(&e->cmd_mu);
+	pthread_cond_destroy(&e->barrier_cv);
 	free(e);
 	return r;
 }
@@ -449,6 +485,7 @@ void gvm_engine_close(struct gvm_engine *e)
 	close(e->uffd);
 	gvm_wb_fini(e);
 	pthread_mutex_destroy(&e->cmd_mu);
+	pthread_cond_destroy(&e->barrier_cv);
 	free(e->suspect);
 	free(e);
 }

@@ -131,7 +131,9 @@ struct gvm_engine {
 	size_t n_deferred, cap_deferred;
 
 	/* writeback.c */
-	pthread_mutex_t cmd_mu;   /* guards cmd_head/cmd_tail and wb_spare */
+	pthread_mutex_t cmd_mu;   /* guards cmd_head/cmd_tail, wb_spare and the barrier */
+	pthread_cond_t barrier_cv; /* gvm_engine_barrier(): barrier_done caught up */
+	uint64_t barrier_req, barrier_done;
 	struct gvm_wb *cmd_head, *cmd_tail;
 	struct gvm_wb *wb_spare;  /* stripe-sized write-back buffers for reuse */
 	unsigned n_wb_spare;
@@ -213,5 +215,13 @@ void gvm_resync_on_reply(struct gvm_engine *e, struct gvm_resync *j, const struc
 void gvm_resync_on_fail(struct gvm_engine *e, struct gvm_resync *j, const struct gvm_req *req);
 void gvm_resync_on_up(void *owner, struct gvm_conn *c);
 void gvm_resync_fini(struct gvm_engine *e);
+
+/*
+ * Wait until the engine thread has finished whatever it was doing when this
+ * was called (engine.c). An install wakes the faulting thread (UFFDIO_COPY)
+ * just before it marks the page resident: a thread that writes the page and
+ * then calls gvm_engine_flush() must not find it still unmarked.
+ */
+void gvm_engine_barrier(struct gvm_engine *e);
 
 #endif

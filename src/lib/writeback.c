@@ -300,6 +300,9 @@ int gvm_engine_flush(struct gvm_engine *e)
 	unsigned nreg = __atomic_load_n(&e->n_regions, __ATOMIC_ACQUIRE);
 	int r = 0;
 
+	/* A page installed just before this call may be written already and
+	 * not yet marked resident: let the engine finish marking it. */
+	gvm_engine_barrier(e);
 	for (unsigned ri = 0; ri < nreg && !r; ri++) {
 		struct gvm_region *rg = e->regions[ri];
 		uint64_t p = 0;
