@@ -101,6 +101,7 @@ INCLUDEDIR ?= $(PREFIX)/include
 MANDIR     ?= $(PREFIX)/share/man
 DOCDIR     ?= $(PREFIX)/share/doc/giantvm
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
+TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
 ifeq ($(PREFIX),/usr)
 UDEVDIR    ?= $(PREFIX)/lib/udev/rules.d
 else
@@ -117,7 +118,9 @@ ETC_FILES  := dist/giantvm/cluster_uffd.conf:giantvm/cluster_uffd.conf \
               dist/systemd/giantvm-memserver.default:default/giantvm-memserver \
               dist/sysctl.d/60-giantvm-userfaultfd.conf:sysctl.d/60-giantvm-userfaultfd.conf \
               $(if $(wildcard dist/libvirt/giantvm-qemu.conf),dist/libvirt/giantvm-qemu.conf:giantvm/giantvm-qemu.conf)
-DOC_FILES  := README.md $(wildcard docs/*.md) $(wildcard dist/libvirt/domain.xml)
+DOC_FILES  := README.md $(wildcard docs/*.md) $(wildcard dist/libvirt/domain.xml dist/libvirt/qemu.conf.snippet)
+# The libvirt wrapper's run directory, made at boot (when dist/libvirt/ has it).
+TMPFILES   := $(wildcard dist/libvirt/tmpfiles.conf)
 
 .PHONY: uninstall deb
 install: all
@@ -135,6 +138,7 @@ install: all
 		dist/systemd/giantvm-memserver.service.in > $(DESTDIR)$(UNITDIR)/giantvm-memserver.service
 	chmod 644 $(DESTDIR)$(UNITDIR)/giantvm-memserver.service
 	install -m 644 dist/udev/60-giantvm-userfaultfd.rules $(DESTDIR)$(UDEVDIR)/
+	$(if $(TMPFILES),install -D -m 644 $(TMPFILES) $(DESTDIR)$(TMPFILESDIR)/giantvm-qemu.conf)
 	@set -e; for f in $(ETC_FILES); do \
 		src=$${f%%:*}; dst="$(DESTDIR)$(SYSCONFDIR)/$${f#*:}"; \
 		if [ -e "$$dst" ]; then echo "install: kept $$dst (exists; the shipped version is $$src)"; \
@@ -150,6 +154,7 @@ uninstall:
 	rm -f $(addprefix $(DESTDIR)$(MANDIR)/man1/,$(notdir $(MAN1))) $(addprefix $(DESTDIR)$(MANDIR)/man5/,$(notdir $(MAN5)))
 	rm -rf $(DESTDIR)$(DOCDIR)
 	rm -f $(DESTDIR)$(UNITDIR)/giantvm-memserver.service $(DESTDIR)$(UDEVDIR)/60-giantvm-userfaultfd.rules
+	rm -f $(DESTDIR)$(TMPFILESDIR)/giantvm-qemu.conf
 	@for f in $(ETC_FILES) dist/libvirt/giantvm-qemu.conf:giantvm/giantvm-qemu.conf; do \
 		src=$${f%%:*}; dst="$(DESTDIR)$(SYSCONFDIR)/$${f#*:}"; \
 		[ -e "$$dst" ] || continue; \

@@ -54,6 +54,8 @@ expected() {
 	for f in README.md docs/*.md; do echo $p/share/doc/giantvm/"$(basename "$f")"; done
 	[ -e dist/libvirt/giantvm-qemu.conf ] && echo etc/giantvm/giantvm-qemu.conf
 	[ -e dist/libvirt/domain.xml ] && echo $p/share/doc/giantvm/domain.xml
+	[ -e dist/libvirt/qemu.conf.snippet ] && echo $p/share/doc/giantvm/qemu.conf.snippet
+	[ -e dist/libvirt/tmpfiles.conf ] && echo $p/lib/tmpfiles.d/giantvm-qemu.conf
 	return 0
 }
 expected | sort > "$TMP/want"
