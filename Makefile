@@ -1,5 +1,6 @@
 # giantvm: `make` builds build/giantvm and build/libgiantvm-preload.so;
-# `make test` runs every test; `make demo` boots a small guest on an embedded pool.
+# `make test` runs every test; `make demo` boots a small guest on an embedded pool;
+# `make install` / `make uninstall` (PREFIX, DESTDIR) and `make deb`: docs/INSTALL.md.
 # ASAN=1 builds everything with AddressSanitizer + UndefinedBehaviorSanitizer.
 
 CC       ?= cc
