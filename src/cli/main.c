@@ -23,7 +23,7 @@ static const char usage[] =
 	"\n"
 	"The pool is read from --pool FILE, else $GIANTVM_POOL, else ./cluster_uffd.conf;\n"
 	"with none of them, run and bench start an embedded memory server on 127.0.0.1.\n"
-	"`giantvm COMMAND --help` describes each command.\n";
+	"`giantvm COMMAND --help` describes each command; `giantvm --version` prints the version.\n";
 
 int main(int argc, char **argv)
 {
