@@ -109,7 +109,7 @@ else
 UDEVDIR    ?= $(SYSCONFDIR)/udev/rules.d
 endif
 # The version is said once, in src/cli/main.c (`giantvm --version`).
-VERSION    := $(shell sed -n 's/^\#define GVM_VERSION "\(.*\)"$$/\1/p' src/cli/main.c)
+VERSION    := $(shell sed -n 's/^\#define GVM_VERSION "\(.*\)"$$/\1/p' include/giantvm.h)
 MAN1       := $(wildcard man/*.1)
 MAN5       := $(wildcard man/*.5)
 HEADERS    := include/giantvm.h include/giantvm_memserver.h include/giantvm_ctl.h

@@ -18,6 +18,8 @@
 extern "C" {
 #endif
 
+/* The one place the version is written (the Makefile and `make deb` read it here). */
+#define GVM_VERSION "0.1.0"
 #define GVM_REGION_KEY_SIZE 32
 #define GVM_PAGE_SIZE     4096u
 #define GVM_STRIPE_PAGES  32u   /* pages per stripe: the unit of placement (docs/PROTOCOL.md) */

@@ -3,9 +3,9 @@
 #include <string.h>
 
 #include "cli.h"
+#include "giantvm.h"
 #include "giantvm_memserver.h"
 
-#define GVM_VERSION "0.1.0"
 
 static const char usage[] =
 	"usage: giantvm COMMAND [OPTIONS]\n"

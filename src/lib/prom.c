@@ -32,11 +32,9 @@
 #include "log.h"
 #include "util.h"
 
-#define GVM_VERSION_STRING "0.1.0"  /* keep equal to src/cli/main.c's GVM_VERSION */
-
 const char *gvm_version(void)
 {
-	return GVM_VERSION_STRING;
+	return GVM_VERSION;
 }
 
 /* ---------------------------------------------------------------- buckets */
