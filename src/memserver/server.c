@@ -1435,14 +1435,29 @@ out_free:
  * ids, keys, client addresses or per-tenant figures, so whoever can reach it
  * learns how busy the node is, not who uses it or for what (docs/METRICS.md).
  */
-static int metrics_render(struct gvm_prom *p, void *arg)
+/* One sample per op of a counter kept per op, labelled op="read" etc. */
+static void metrics_by_op(struct gvm_prom *p, const char *name, const uint64_t *per_op)
 {
 	static const unsigned ops[] = { GVM_OP_HELLO, GVM_OP_OPEN, GVM_OP_READ, GVM_OP_WRITE,
 					GVM_OP_STAT, GVM_OP_FREE, GVM_OP_LIST, GVM_OP_PING };
+	char l[96], opname[16];
+
+	for (size_t i = 0; i < GVM_ARRAY_SIZE(ops); i++) {
+		size_t k = 0;
+		for (const char *c = gvm_op_name(ops[i]); *c && k + 1 < sizeof(opname); c++)
+			opname[k++] = (char)(*c >= 'A' && *c <= 'Z' ? *c - 'A' + 'a' : *c);
+		opname[k] = 0;
+		gvm_prom_labels(l, sizeof(l), "op", opname, NULL);
+		gvm_prom_u64(p, name, l, per_op[ops[i]]);
+	}
+}
+
+static int metrics_render(struct gvm_prom *p, void *arg)
+{
 	struct gvm_memserver *s = arg;
 	struct gvm_store_stats ss;
 	struct gvm_http_counters hc;
-	char l[96], opname[16];
+	char l[96];
 
 	gvm_store_get_stats(s->store, &ss);
 	gvm_http_counters(s->metrics, &hc);
@@ -1478,24 +1493,10 @@ static int metrics_render(struct gvm_prom *p, void *arg)
 	gvm_prom_u64(p, "giantvm_memserver_max_clients", NULL, s->max_clients);
 
 	gvm_prom_family(p, "giantvm_memserver_requests_total", "counter", "Requests answered, by op.");
-	for (size_t i = 0; i < GVM_ARRAY_SIZE(ops); i++) {
-		size_t k = 0;
-		for (const char *c = gvm_op_name(ops[i]); *c && k + 1 < sizeof(opname); c++)
-			opname[k++] = (char)(*c >= 'A' && *c <= 'Z' ? *c - 'A' + 'a' : *c);
-		opname[k] = 0;
-		gvm_prom_labels(l, sizeof(l), "op", opname, NULL);
-		gvm_prom_u64(p, "giantvm_memserver_requests_total", l, s->op_requests[ops[i]]);
-	}
+	metrics_by_op(p, "giantvm_memserver_requests_total", s->op_requests);
 	gvm_prom_family(p, "giantvm_memserver_request_errors_total", "counter",
 			"Requests answered with an error status, by op.");
-	for (size_t i = 0; i < GVM_ARRAY_SIZE(ops); i++) {
-		size_t k = 0;
-		for (const char *c = gvm_op_name(ops[i]); *c && k + 1 < sizeof(opname); c++)
-			opname[k++] = (char)(*c >= 'A' && *c <= 'Z' ? *c - 'A' + 'a' : *c);
-		opname[k] = 0;
-		gvm_prom_labels(l, sizeof(l), "op", opname, NULL);
-		gvm_prom_u64(p, "giantvm_memserver_request_errors_total", l, s->op_errors[ops[i]]);
-	}
+	metrics_by_op(p, "giantvm_memserver_request_errors_total", s->op_errors);
 	gvm_prom_family(p, "giantvm_memserver_protocol_errors_total", "counter",
 			"Connections closed for a malformed or unexpected frame.");
 	gvm_prom_u64(p, "giantvm_memserver_protocol_errors_total", NULL, s->proto_errors);
