@@ -1,6 +1,7 @@
 #include "common.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -115,4 +116,29 @@ const char *cli_pool_locate(const char *explicit_path, const char **source)
 	if (source)
 		*source = src;
 	return path;
+}
+
+int cli_preload_path(char *buf, size_t len)
+{
+	char exe[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	const char *env = getenv("GIANTVM_PRELOAD");
+	char *slash;
+
+	if (env) {
+		snprintf(buf, len, "%s", env);
+		return access(buf, R_OK);
+	}
+	if (n < 0)
+		return -1;
+	exe[n] = 0;
+	slash = strrchr(exe, '/');
+	if (slash)
+		*slash = 0;
+	/* Next to the binary (build tree), then PREFIX/lib/giantvm. */
+	snprintf(buf, len, "%s/libgiantvm-preload.so", exe);
+	if (access(buf, R_OK) == 0)
+		return 0;
+	snprintf(buf, len, "%s/../lib/giantvm/libgiantvm-preload.so", exe);
+	return access(buf, R_OK);
 }

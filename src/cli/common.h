@@ -39,4 +39,12 @@ const char *cli_pool_locate(const char *explicit_path, const char **source);
 /* Parse "--opt=value" or "--opt value"; returns the value or NULL. */
 const char *cli_optval(int argc, char **argv, int *i, const char *name);
 
+/* libgiantvm-preload.so: $GIANTVM_PRELOAD, else next to the running binary,
+ * else ../lib/giantvm/ from it. 0 if readable. */
+int cli_preload_path(char *buf, size_t len);
+
+/* giantvm-qemu, the emulator wrapper for libvirt (src/cli/qemu_wrapper.c):
+ * the giantvm binary run under that name. */
+int cmd_qemu_wrapper(int argc, char **argv);
+
 #endif
