@@ -285,6 +285,27 @@ static size_t resident_pages(void *addr, size_t len)
 	return n;
 }
 
+/*
+ * QEMU exits normally (early mode): no giantvm run waits for us, so the
+ * figures go to the log and the regions back to the pool. An atexit()
+ * handler registered after OpenSSL's own (which the first region key
+ * installs), so it runs while libcrypto still works; a destructor runs too
+ * late.
+ */
+static void early_exit(void)
+{
+	size_t cap = GVM_CTL_REPLY_MAX;
+	char *buf = malloc(cap);
+
+	if (!engine)
+		return;
+	if (buf && gvm_stats_json(engine, vm_name, (double)(gvm_now_ns() - start_ns) / 1e9, buf, cap) >= 0)
+		pr_info("engine at exit: %.900s", buf);
+	free(buf);
+	if (n_early && gvm_pool_free_regions(pool, early_regions, n_early, vm_secret, sizeof(vm_secret), 1000) < 1)
+		pr_warn("could not free the %u regions of this VM in the pool", n_early);
+}
+
 /* Early attach: called from mmap() in the thread that maps guest RAM. */
 static void early_attach(void *addr, size_t len)
 {
@@ -324,6 +345,8 @@ static void early_attach(void *addr, size_t len)
 	if (r)
 		die(70, "giantvm: preload: attach RAM block %s (%zu MiB at %p): %s", name, len >> 20, addr,
 		    strerror(-r));
+	if (n_early == 0 && atexit(early_exit))
+		pr_warn("atexit: the regions will not be freed at exit");
 	early_regions[n_early++] = region;
 	pr_info("RAM block %s: %zu MiB at %p attached as QEMU mapped it (%zu pages resident before)", name,
 		len >> 20, addr, before);
@@ -531,13 +554,7 @@ __attribute__((destructor)) static void preload_fini(void)
 	if (!buf)
 		return;
 	if (early) {
-		/* No giantvm run waits for us: the figures go to the log, the
-		 * regions back to the pool. */
-		if (gvm_stats_json(engine, vm_name, (double)(gvm_now_ns() - start_ns) / 1e9, buf, cap) >= 0)
-			pr_info("engine at exit: %.900s", buf);
-		free(buf);
-		if (n_early && gvm_pool_free_regions(pool, early_regions, n_early, vm_secret, sizeof(vm_secret), 1000))
-			pr_warn("could not free all %u regions in the pool", n_early);
+		free(buf); /* early_exit() did the rest */
 		return;
 	}
 	if (gvm_stats_json(engine, vm_name, (double)(gvm_now_ns() - start_ns) / 1e9, buf, cap) >= 0) {
