@@ -28,6 +28,8 @@ struct cli_pool_args {
 /* Open the pool named by the arguments / environment, or start an embedded
  * server. Prints a clear error and returns non-zero on failure. */
 int cli_pool_open(struct cli_pool *cp, const struct cli_pool_args *a);
+/* The same, the error in err instead of on stderr. */
+int cli_pool_open_err(struct cli_pool *cp, const struct cli_pool_args *a, char *err, size_t errlen);
 void cli_pool_close(struct cli_pool *cp);
 
 #define CLI_POOL_FILE_DEFAULT "cluster_uffd.conf"

@@ -501,9 +501,8 @@ static int run_uffd(struct run_opts *o, struct gvm_mode *m)
 				"../lib/giantvm (set $GIANTVM_PRELOAD)\n");
 		return 1;
 	}
-	if (cli_pool_open(&cp, &o->pa)) {
-		if (log_path[0])
-			fail("giantvm run: the pool could not be opened (why: %s)\n", log_path);
+	if (cli_pool_open_err(&cp, &o->pa, err, sizeof(err))) {
+		fail("giantvm: %s\n", err);
 		return 1;
 	}
 	if (!cp.embedded && gvm_pool_probe(cp.pool, 3000, err, sizeof(err))) {
