@@ -234,16 +234,39 @@ N=gvm-lv-delay VMS+=("$N")
 xml=$(domain_xml "$N" "console=ttyS0 quiet panic=-1 gvm.mib=128 gvm.seed=4" \
     "    <qemu:env name='GIANTVM_TEST_ATTACH_DELAY_MS' value='3000'/>\n")
 t0=$(date +%s.%N)
-if out=$(virsh create "$xml" 2>&1); then
+virsh create "$xml" >"$TMP/$N.create" 2>&1 &
+cpid=$!
+# Inside the delay (the preload has said so, no block attached yet): QEMU
+# runs, but no vCPU thread exists (libvirt names them, debug-threads=on), so
+# nothing can run the guest, whatever libvirt sends.
+inside=
+for ((t = 0; t < 200; t++)); do
+    if grep -q 'test: delaying the attach' "$RUN_DIR/$N.log" 2>/dev/null; then
+        pid=$(pgrep -u libvirt-qemu -f "guest=$N,")
+        threads=$(cat /proc/"$pid"/task/*/comm 2>/dev/null | sort | uniq -c | tr -s ' \n' ' ')
+        attached=$(grep -c 'attached as QEMU mapped it' "$RUN_DIR/$N.log")
+        inside="pid $pid, attached blocks $attached, threads:$threads"
+        if [[ -n $pid && $attached == 0 && -n $threads && $threads != *"CPU "* ]]; then
+            ok "delayed: during the delay QEMU (pid $pid) has no vCPU thread and no block attached yet"
+        else
+            bad "delayed: during the delay: $inside"
+        fi
+        break
+    fi
+    sleep 0.05
+done
+[[ -n $inside ]] || bad "delayed: never saw the delay begin in $RUN_DIR/$N.log"
+if wait "$cpid"; then
     secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
-    state=$(virsh -q domstate "$N" 2>/dev/null)
-    note "delayed: virsh create returned after ${secs} s, state '$state'"
+    pid=$(qemu_pid "$N")
+    vcpus=$(grep -l '^CPU ' /proc/"$pid"/task/*/comm 2>/dev/null | wc -l)
+    note "delayed: virsh create returned after ${secs} s; now $vcpus vCPU thread(s)"
     grep -q 'test: delaying the attach by 3000 ms' "$RUN_DIR/$N.log" && ok "delayed: the attach was delayed 3000 ms" ||
         bad "delayed: no delay line in $RUN_DIR/$N.log"
     wait_gone "$N" 150 || bad "delayed: the guest did not power off in 150 s"
     check_boot "$N" delayed
 else
-    bad "delayed: virsh create failed: $out"
+    bad "delayed: virsh create failed: $(cat "$TMP/$N.create")"
     show_tail "/var/log/libvirt/qemu/$N.log" 15
 fi
 
