@@ -440,6 +440,13 @@ static int run_uffd(struct run_opts *o, struct gvm_mode *m)
 	snprintf(vm_id, sizeof(vm_id), "%s", o->vm_id ? o->vm_id : "");
 	if (!o->vm_id)
 		snprintf(vm_id, sizeof(vm_id), "vm-%d", (int)getpid());
+	snprintf(ctl_path, sizeof(ctl_path), "%s/%s.sock", dir, vm_id);
+	snprintf(qmp_path, sizeof(qmp_path), "%s/%s.qmp", dir, vm_id);
+	/* before its log is opened (and truncated): that VM's own */
+	if (gvm_ctl_in_use(ctl_path)) {
+		fprintf(stderr, "giantvm run: a VM named '%s' is running already (%s)\n", vm_id, ctl_path);
+		return 1;
+	}
 	log_path[0] = 0;
 	if (!o->verbose && !(lenv && !strcmp(lenv, "stderr"))) {
 		int lfd;
@@ -457,10 +464,12 @@ static int run_uffd(struct run_opts *o, struct gvm_mode *m)
 		if (err_fd < 0 || dup2(lfd, 2) < 0) {
 			fprintf(stderr, "giantvm run: log file %s: %s\n", log_path, strerror(errno));
 			close(lfd);
+			if (err_fd >= 0)
+				close(err_fd);
+			err_fd = -1;
 			return 1;
 		}
 		close(lfd);
-		setvbuf(stderr, NULL, _IOLBF, 0);
 		printf("[GiantVM] No Custom Kernel. Entering UFFD High-Perf Mode. Log: %s\n", log_path);
 	} else {
 		printf("[GiantVM] No Custom Kernel. Entering UFFD High-Perf Mode.\n");
@@ -512,12 +521,6 @@ static int run_uffd(struct run_opts *o, struct gvm_mode *m)
 	say("[GiantVM] pool: %u node%s (%s%s%s), replicas %u\n", gvm_pool_node_count(cp.pool),
 	       gvm_pool_node_count(cp.pool) == 1 ? "" : "s", cp.source, cp.path ? " " : "",
 	       cp.path ? cp.path : "", gvm_pool_replicas(cp.pool));
-	snprintf(ctl_path, sizeof(ctl_path), "%s/%s.sock", dir, vm_id);
-	snprintf(qmp_path, sizeof(qmp_path), "%s/%s.qmp", dir, vm_id);
-	if (gvm_ctl_in_use(ctl_path)) {
-		fail("giantvm run: a VM named '%s' is running already (%s)\n", vm_id, ctl_path);
-		goto out_pool;
-	}
 	unlink(qmp_path);
 	if (gvm_random(secret, sizeof(secret))) {
 		fail("giantvm run: getrandom failed\n");
