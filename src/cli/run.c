@@ -9,7 +9,10 @@
  * preload recorded QEMU's RAM mmaps; we match blocks to those mappings, ask
  * the preload to attach each block to the engine, and only then let the
  * guest run (QMP cont). A block that cannot be matched stops everything with
- * an error: the guest never runs on local RAM by accident.
+ * an error: the guest never runs on local RAM by accident. With -S the user
+ * sends `cont` on a monitor of their own: then the preload attaches RAM as
+ * QEMU maps it (early mode, as for giantvm-qemu under libvirt), before
+ * QEMU's main loop can run any monitor command.
  *
  * QEMU's stderr stays QEMU's (tools such as libvirt and kvm-unit-tests read
  * it): giantvm's and the preload's messages go to a log file, by default
@@ -152,6 +155,8 @@ static void usage(FILE *f)
 	      "and why. One given explicitly is passed as given (with a warning where\n"
 	      "detection doubts it; refused only when there is no /dev/kvm at all).\n"
 	      "\n"
+	      "With -S (you send `cont` on a monitor of your own), guest RAM is attached as\n"
+	      "QEMU maps it, so no `cont` can run the guest on local RAM.\n"
 	      "QEMU's stderr is QEMU's: giantvm adds to it only an error that ends the run.\n"
 	      "QEMU's exit status is giantvm run's exit status. Ctrl-C or SIGTERM stop QEMU\n"
 	      "and the embedded pool cleanly; QEMU dies with giantvm run, even on SIGKILL.\n"
@@ -531,7 +536,14 @@ static int run_uffd(struct run_opts *o, struct gvm_mode *m)
 	 * crashed run's pages can never be mistaken for the next run's. */
 	snprintf(vm_key, sizeof(vm_key), "%s/%.16s", vm_id, secret_hex);
 
+	/* -S given: the user sends `cont` on a monitor of their own, whenever
+	 * they like, so the RAM is attached as QEMU maps it (the preload's early
+	 * mode, as under libvirt), not over QMP before our own `cont`. */
 	user_paused = gvm_qemu_has_arg(o->qemu_argc, o->qemu_argv, "-S");
+	if (user_paused && gvm_qemu_local_ram(o->qemu_argc, o->qemu_argv, err, sizeof(err))) {
+		fail("giantvm run: %s\n", err);
+		goto out_pool;
+	}
 	args = calloc((size_t)o->qemu_argc + 8, sizeof(*args));
 	if (!args)
 		goto out_pool;
@@ -571,6 +583,8 @@ static int run_uffd(struct run_opts *o, struct gvm_mode *m)
 			_exit(127);
 		setenv("LD_PRELOAD", preload, 1);
 		setenv(GVM_ENV_LOG_FILE, log_path[0] ? log_path : "stderr", 1);
+		if (user_paused)
+			setenv(GVM_ENV_ATTACH, "early", 1);
 		setenv(GVM_ENV_CTL, ctl_path, 1);
 		setenv(GVM_ENV_VM_ID, vm_id, 1);
 		setenv(GVM_ENV_VM_SECRET, secret_hex, 1);
@@ -619,13 +633,19 @@ static int run_uffd(struct run_opts *o, struct gvm_mode *m)
 		fail("giantvm run: the preload library did not start in QEMU (%s)\n", ctl_path);
 		goto kill_child;
 	}
-	if (attach_ram(ctl, qmp, vm_key, regions, &n_regions) < 0)
-		goto kill_child;
-	if (!user_paused && gvm_qmp_command(qmp, "{\"execute\":\"cont\"}", NULL, 0) < 0) {
-		fail("giantvm run: QMP cont failed\n");
-		goto kill_child;
+	if (user_paused) {
+		/* attached already; the preload frees the regions at exit */
+		say("[GiantVM] VM '%s' ready, paused (-S) with its RAM in the pool until your `cont`; "
+		    "`giantvm stat %s` shows its engine\n", vm_id, vm_id);
+	} else {
+		if (attach_ram(ctl, qmp, vm_key, regions, &n_regions) < 0)
+			goto kill_child;
+		if (gvm_qmp_command(qmp, "{\"execute\":\"cont\"}", NULL, 0) < 0) {
+			fail("giantvm run: QMP cont failed\n");
+			goto kill_child;
+		}
+		say("[GiantVM] VM '%s' running; `giantvm stat %s` shows its engine\n", vm_id, vm_id);
 	}
-	say("[GiantVM] VM '%s' running; `giantvm stat %s` shows its engine\n", vm_id, vm_id);
 	close(ctl);
 	ctl = -1;
 	goto wait_child;

@@ -192,6 +192,46 @@ run pooldown-real 60 run --pool "$POOL" -- qemu-system-x86_64 "${GUEST[@]}"
 if ((RC != 0)); then no_guest "pool node down"; else bad "pool node down (real QEMU): exit 0"; fi
 stop_servers
 
+# ---------------------------------------------------------------- -S: the user's own cont
+# With -S the user resumes the guest on a monitor of their own; giantvm run
+# then attaches RAM as QEMU maps it. The attach is delayed 2 s (test knob) and
+# `cont` is sent on an HMP monitor the moment its port accepts, before any
+# block is attached: QEMU runs it only from its main loop, after the attach.
+MPORT=$(free_port)
+rm -f "$TMP/users.gvm"
+(cd "$TMP/cwd" && exec env GIANTVM_TEST_ATTACH_DELAY_MS=2000 timeout -k 5 300 "$G" run --vm-id "users-$$" \
+    --log "$TMP/users.gvm" -- qemu-system-x86_64 "${GUEST[@]}" -S -monitor "tcp:127.0.0.1:$MPORT,server=on,wait=off") \
+    </dev/null >"$TMP/users.out" 2>"$TMP/users.err" &
+upid=$!
+sent=
+for ((t = 0; t < 400; t++)); do
+    if { exec 5<>"/dev/tcp/127.0.0.1/$MPORT"; } 2>/dev/null; then
+        printf 'cont\n' >&5
+        sent=$(grep -c 'attached as QEMU mapped it' "$TMP/users.gvm" 2>/dev/null)
+        break
+    fi
+    kill -0 "$upid" 2>/dev/null || break
+    sleep 0.05
+done
+wait "$upid"
+RC=$?
+exec 5>&- 2>/dev/null
+if [[ $sent == 0 ]] && grep -q 'test: delaying the attach by 2000 ms' "$TMP/users.gvm"; then
+    ok "-S: cont sent on the user's monitor with no block attached yet (inside the 2 s delay)"
+else
+    bad "-S: cont not sent inside the delay (blocks attached when sent: '${sent:-never sent}')"
+fi
+n0=$(grep -c 'attached as QEMU mapped it (0 pages resident before)' "$TMP/users.gvm")
+nall=$(grep -c 'attached as QEMU mapped it' "$TMP/users.gvm")
+if ((RC == 0)) && grep -q '^GIANTVM-RESULT .* verify=ok ' "$TMP/users.out" && ((nall >= 1 && n0 == nall)); then
+    ok "-S: guest verified; $nall RAM blocks attached as QEMU mapped them, 0 pages resident before each"
+else
+    bad "-S: exit $RC, $n0 of $nall blocks attached with 0 resident"
+    show_tail "$TMP/users.out"
+    show_tail "$TMP/users.gvm"
+fi
+[[ ! -s $TMP/users.err ]] && ok "-S: nothing on stderr" || bad "-S: stderr has: $(head -n 3 "$TMP/users.err")"
+
 # ---------------------------------------------------------------- -enable-kvm
 # The guest args minus their "-accel tcg" pair, plus -enable-kvm.
 KVM_ARGS=()
