@@ -52,7 +52,7 @@ QCONF=/etc/libvirt/qemu.conf
 TMP=$(mktemp -d /tmp/gvm-e2e-libvirt.XXXXXX) || { bad "mktemp"; finish; }
 chmod 755 "$TMP"
 UFFD_MODE=$(stat -c '%a %u %g' /dev/userfaultfd)
-QCONF_SAVED= RUN_DIR_MADE= LIBVIRTD_PID= VIRTLOGD_PID= REAPER_PID= VMS=()
+QCONF_SAVED='' RUN_DIR_MADE='' LIBVIRTD_PID='' VIRTLOGD_PID='' REAPER_PID='' VMS=()
 cleanup_more() {
     local d p t
     if [[ -n $LIBVIRTD_PID ]]; then
