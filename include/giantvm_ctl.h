@@ -31,6 +31,9 @@
 #define GVM_ENV_LOCAL_MEM    "GIANTVM_LOCAL_MEM"    /* a size: "512M" */
 #define GVM_ENV_TIMEOUT_MS   "GIANTVM_TIMEOUT_MS"
 #define GVM_ENV_DEADLINE_MS  "GIANTVM_DEADLINE_MS"
+#define GVM_ENV_LOG_FILE     "GIANTVM_LOG_FILE"     /* the preload's messages go there ("stderr": stderr) */
+#define GVM_ENV_ATTACH       "GIANTVM_ATTACH"       /* "early": attach RAM as QEMU maps it (giantvm-qemu) */
+#define GVM_ENV_TEST_ATTACH_DELAY_MS "GIANTVM_TEST_ATTACH_DELAY_MS" /* tests: delay the first early attach */
 
 #define GVM_CTL_REPLICAS_MIN    1
 #define GVM_CTL_REPLICAS_MAX    8

@@ -1,6 +1,7 @@
 #include "common.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,17 +19,25 @@ static void *embedded_main(void *arg)
 
 int cli_pool_open(struct cli_pool *cp, const struct cli_pool_args *a)
 {
+	char err[512];
+	int r = cli_pool_open_err(cp, a, err, sizeof(err));
+
+	if (r)
+		fprintf(stderr, "giantvm: %s\n", err);
+	return r;
+}
+
+int cli_pool_open_err(struct cli_pool *cp, const struct cli_pool_args *a, char *err, size_t errlen)
+{
 	struct gvm_pool_opts po = { .replicas = a->replicas };
-	char err[512] = "";
 	int r;
 
 	memset(cp, 0, sizeof(*cp));
+	err[0] = 0;
 	if (a->token_file) {
-		r = gvm_auth_load_token(a->token_file, &cp->token, &cp->token_len, err, sizeof(err));
-		if (r) {
-			fprintf(stderr, "giantvm: %s\n", err);
+		r = gvm_auth_load_token(a->token_file, &cp->token, &cp->token_len, err, errlen);
+		if (r)
 			return 1;
-		}
 		po.token = cp->token;
 		po.token_len = cp->token_len;
 	}
@@ -41,25 +50,28 @@ int cli_pool_open(struct cli_pool *cp, const struct cli_pool_args *a)
 
 		r = gvm_memserver_open(&cp->embedded, &so);
 		if (r) {
-			fprintf(stderr, "giantvm: cannot start the embedded memory server: %s\n", strerror(-r));
+			snprintf(err, errlen, "cannot start the embedded memory server: %s", strerror(-r));
+			free(cp->token);
+			cp->token = NULL;
 			return 1;
 		}
 		snprintf(cp->embedded_addr, sizeof(cp->embedded_addr), "127.0.0.1:%d",
 			 gvm_memserver_port(cp->embedded, 0));
 		r = pthread_create(&cp->embedded_thread, NULL, embedded_main, cp->embedded);
 		if (r) {
-			fprintf(stderr, "giantvm: pthread_create: %s\n", strerror(r));
+			snprintf(err, errlen, "pthread_create: %s", strerror(r));
 			gvm_memserver_close(cp->embedded);
 			cp->embedded = NULL;
+			free(cp->token);
+			cp->token = NULL;
 			return 1;
 		}
 		po.nodes = &node;
 		po.n_nodes = 1;
 		cp->source = "embedded";
 	}
-	r = gvm_pool_open(&cp->pool, &po, err, sizeof(err));
+	r = gvm_pool_open(&cp->pool, &po, err, errlen);
 	if (r) {
-		fprintf(stderr, "giantvm: %s\n", err);
 		cli_pool_close(cp);
 		return 1;
 	}
@@ -115,4 +127,29 @@ const char *cli_pool_locate(const char *explicit_path, const char **source)
 	if (source)
 		*source = src;
 	return path;
+}
+
+int cli_preload_path(char *buf, size_t len)
+{
+	char exe[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	const char *env = getenv("GIANTVM_PRELOAD");
+	char *slash;
+
+	if (env) {
+		snprintf(buf, len, "%s", env);
+		return access(buf, R_OK);
+	}
+	if (n < 0)
+		return -1;
+	exe[n] = 0;
+	slash = strrchr(exe, '/');
+	if (slash)
+		*slash = 0;
+	/* Next to the binary (build tree), then PREFIX/lib/giantvm. */
+	snprintf(buf, len, "%s/libgiantvm-preload.so", exe);
+	if (access(buf, R_OK) == 0)
+		return 0;
+	snprintf(buf, len, "%s/../lib/giantvm/libgiantvm-preload.so", exe);
+	return access(buf, R_OK);
 }

@@ -28,6 +28,8 @@ struct cli_pool_args {
 /* Open the pool named by the arguments / environment, or start an embedded
  * server. Prints a clear error and returns non-zero on failure. */
 int cli_pool_open(struct cli_pool *cp, const struct cli_pool_args *a);
+/* The same, the error in err instead of on stderr. */
+int cli_pool_open_err(struct cli_pool *cp, const struct cli_pool_args *a, char *err, size_t errlen);
 void cli_pool_close(struct cli_pool *cp);
 
 #define CLI_POOL_FILE_DEFAULT "cluster_uffd.conf"
@@ -38,5 +40,13 @@ const char *cli_pool_locate(const char *explicit_path, const char **source);
 
 /* Parse "--opt=value" or "--opt value"; returns the value or NULL. */
 const char *cli_optval(int argc, char **argv, int *i, const char *name);
+
+/* libgiantvm-preload.so: $GIANTVM_PRELOAD, else next to the running binary,
+ * else ../lib/giantvm/ from it. 0 if readable. */
+int cli_preload_path(char *buf, size_t len);
+
+/* giantvm-qemu, the emulator wrapper for libvirt (src/cli/qemu_wrapper.c):
+ * the giantvm binary run under that name. */
+int cmd_qemu_wrapper(int argc, char **argv);
 
 #endif

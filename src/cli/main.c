@@ -4,6 +4,7 @@
 
 #include "cli.h"
 #include "giantvm.h"
+#include "common.h"
 #include "giantvm_memserver.h"
 
 
@@ -32,6 +33,11 @@ int main(int argc, char **argv)
 		{ "stat", cmd_stat }, { "bench", cmd_bench },
 	};
 
+	const char *base = strrchr(argv[0], '/');
+
+	/* the `giantvm-qemu` symlink: the emulator wrapper for libvirt */
+	if (!strcmp(base ? base + 1 : argv[0], "giantvm-qemu"))
+		return cmd_qemu_wrapper(argc, argv);
 	if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
 		fputs(usage, argc < 2 ? stderr : stdout);
 		return argc < 2 ? GVM_EXIT_USAGE : 0;

@@ -49,12 +49,202 @@ static const char *opt_value(int argc, char **argv, int i, const char *opt)
 	return NULL;
 }
 
+/*
+ * One property of an option's value, in either form QEMU takes: JSON
+ * ('{"driver":"vfio-pci","host":"01:00.0"}', as libvirt writes -device and
+ * -object) or key=value,... where ",," is a literal comma and a first item
+ * without '=' is the value of the option's implied key (`implied`: "driver"
+ * for -device, "qom-type" for -object, "type" for -machine, "guest" for
+ * -name). The value goes to out (unescaped; JSON true/false as "on"/"off").
+ * 0, or -ENOENT when the value does not set key.
+ */
+int gvm_qemu_opt_get(const char *v, const char *key, const char *implied, char *out, size_t len)
+{
+	size_t klen = strlen(key);
+
+	while (*v == ' ' || *v == '\t')
+		v++;
+	if (*v == '{') {
+		const char *p = v;
+		while ((p = strchr(p, '"'))) {
+			const char *q = strchr(p + 1, '"');
+			size_t n = 0;
+			if (!q)
+				return -ENOENT;
+			/* a key is a quoted string followed by ':' */
+			const char *c = q + 1;
+			while (*c == ' ' || *c == '\t')
+				c++;
+			if (*c != ':') {
+				p = q + 1;
+				continue;
+			}
+			if ((size_t)(q - p - 1) != klen || strncmp(p + 1, key, klen)) {
+				p = c + 1;
+				continue;
+			}
+			c++;
+			while (*c == ' ' || *c == '\t')
+				c++;
+			if (*c == '"') {
+				for (c++; *c && *c != '"'; c++) {
+					if (*c == '\\' && c[1])
+						c++;
+					if (n + 1 < len)
+						out[n++] = *c;
+				}
+			} else if (!strncmp(c, "true", 4)) {
+				n = (size_t)snprintf(out, len, "on");
+			} else if (!strncmp(c, "false", 5)) {
+				n = (size_t)snprintf(out, len, "off");
+			} else {
+				while (*c && *c != ',' && *c != '}' && *c != ' ' && n + 1 < len)
+					out[n++] = *c++;
+			}
+			if (len)
+				out[n < len ? n : len - 1] = 0;
+			return 0;
+		}
+		return -ENOENT;
+	}
+	for (int first = 1; *v; first = 0) {
+		char item[512];
+		size_t n = 0;
+		const char *eq;
+		/* one item, ",," unescaped */
+		while (*v) {
+			if (*v == ',') {
+				if (v[1] == ',') {
+					v += 2;
+					if (n + 1 < sizeof(item))
+						item[n++] = ',';
+					continue;
+				}
+				v++;
+				break;
+			}
+			if (n + 1 < sizeof(item))
+				item[n++] = *v;
+			v++;
+		}
+		item[n] = 0;
+		eq = strchr(item, '=');
+		if (eq && (size_t)(eq - item) == klen && !strncmp(item, key, klen)) {
+			snprintf(out, len, "%s", eq + 1);
+			return 0;
+		}
+		if (!eq && first && implied && !strcmp(implied, key)) {
+			snprintf(out, len, "%s", item);
+			return 0;
+		}
+	}
+	return -ENOENT;
+}
+
+/* The value of the n-th use of opt (n from 0) and its index, or NULL. */
+static const char *opt_nth(int argc, char **argv, int *i, const char *opt)
+{
+	for (; *i < argc; ++*i) {
+		const char *v = opt_value(argc, argv, *i, opt);
+		if (v)
+			return v;
+	}
+	return NULL;
+}
+
 int gvm_qemu_has_vfio(int argc, char **argv)
 {
-	for (int i = 1; i < argc; i++) {
-		const char *v = opt_value(argc, argv, i, "-device");
-		if (v && (!strncmp(v, "vfio-pci", 8) || strstr(v, "driver=vfio-pci")))
+	const char *v;
+	char drv[128];
+
+	for (int i = 1; (v = opt_nth(argc, argv, &i, "-device")); i++)
+		if (!gvm_qemu_opt_get(v, "driver", "driver", drv, sizeof(drv)) && !strncmp(drv, "vfio", 4))
 			return 1;
+	return 0;
+}
+
+/* A boolean QEMU option value that is not off. */
+static int opt_on(const char *s)
+{
+	return strcmp(s, "off") && strcmp(s, "no") && strcmp(s, "false") && strcmp(s, "n");
+}
+
+int gvm_qemu_mem_lock(int argc, char **argv)
+{
+	const char *v;
+	char val[64];
+
+	for (int i = 1; (v = opt_nth(argc, argv, &i, "-overcommit")); i++)
+		if (!gvm_qemu_opt_get(v, "mem-lock", NULL, val, sizeof(val)) && opt_on(val))
+			return 1;
+	for (int i = 1; (v = opt_nth(argc, argv, &i, "-realtime")); i++)
+		if (!gvm_qemu_opt_get(v, "mlock", NULL, val, sizeof(val)) && opt_on(val))
+			return 1;
+	return 0;
+}
+
+int gvm_qemu_is_probe(int argc, char **argv)
+{
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i][0] == '-' && argv[i][1] == '-' ? argv[i] + 1 : argv[i];
+		const char *v;
+		char type[64];
+		if (!strcmp(a, "-version") || !strcmp(a, "-help") || !strcmp(a, "-h"))
+			return 1;
+		if (a[0] != '-' || i + 1 >= argc || strchr(a, '='))
+			continue;
+		v = argv[i + 1];
+		/* -device help, -cpu ?, -machine help, -device e1000,help */
+		if (!strcmp(v, "help") || !strcmp(v, "?") ||
+		    (strlen(v) > 5 && !strcmp(v + strlen(v) - 5, ",help")))
+			return 1;
+		if ((!strcmp(a, "-machine") || !strcmp(a, "-M")) &&
+		    !gvm_qemu_opt_get(v, "type", "type", type, sizeof(type)) && !strcmp(type, "none"))
+			return 1;
+	}
+	return 0;
+}
+
+int gvm_qemu_vm_name(int argc, char **argv, char *out, size_t len)
+{
+	const char *v;
+	int found = -ENOENT;
+
+	/* the last -name wins, as in QEMU */
+	for (int i = 1; (v = opt_nth(argc, argv, &i, "-name")); i++)
+		if (!gvm_qemu_opt_get(v, "guest", "guest", out, len))
+			found = 0;
+	return found;
+}
+
+int gvm_qemu_local_ram(int argc, char **argv, char *why, size_t len)
+{
+	const char *v;
+	char type[64], share[16], id[64];
+
+	for (int i = 1; i < argc; i++) {
+		if (opt_value(argc, argv, i, "-mem-path")) {
+			snprintf(why, len, "-mem-path puts guest RAM in a file (hugepages or file backing), "
+					   "which cannot live in the pool");
+			return 1;
+		}
+	}
+	for (int i = 1; (v = opt_nth(argc, argv, &i, "-object")); i++) {
+		if (gvm_qemu_opt_get(v, "qom-type", "qom-type", type, sizeof(type)) ||
+		    strncmp(type, "memory-backend-", 15))
+			continue;
+		if (gvm_qemu_opt_get(v, "id", NULL, id, sizeof(id)))
+			snprintf(id, sizeof(id), "?");
+		if (strcmp(type, "memory-backend-ram")) {
+			snprintf(why, len, "memory backend '%s' is %s: only private anonymous RAM "
+					   "(memory-backend-ram, or -m) can live in the pool", id, type);
+			return 1;
+		}
+		if (!gvm_qemu_opt_get(v, "share", NULL, share, sizeof(share)) && opt_on(share)) {
+			snprintf(why, len, "memory backend '%s' has share=on: only private anonymous RAM "
+					   "(memory-backend-ram, or -m) can live in the pool", id);
+			return 1;
+		}
 	}
 	return 0;
 }

@@ -11,6 +11,7 @@
 #define GVM_CLI_QEMU_H
 
 #include <stddef.h>
+#include <limits.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -30,7 +31,22 @@ struct run_cand {              /* a RAM-like mmap seen by the preload library */
 
 /* --- QEMU command line --- */
 int gvm_qemu_has_arg(int argc, char **argv, const char *arg);
+/* A vfio device (-device vfio-pci,..., driver=vfio-..., or JSON
+ * {"driver":"vfio-pci",...}): it pins all guest RAM at start. */
 int gvm_qemu_has_vfio(int argc, char **argv);
+/* -overcommit mem-lock=on (or on-fault) or -realtime mlock=on: mlockall()
+ * would fault all guest RAM in locally. */
+int gvm_qemu_mem_lock(int argc, char **argv);
+/* Capability probing or help, no guest to run: -machine none, -version,
+ * -help, an option value "help" or "?". */
+int gvm_qemu_is_probe(int argc, char **argv);
+/* The VM's name: -name guest=NAME,... or -name NAME. 0 or -ENOENT. */
+int gvm_qemu_vm_name(int argc, char **argv, char *out, size_t len);
+/* Guest RAM that is not private anonymous memory (-mem-path, a file or memfd
+ * backend, share=on): 1 with why set, else 0. */
+int gvm_qemu_local_ram(int argc, char **argv, char *why, size_t len);
+/* One property of an option value, JSON or key=value,... (see qemu.c). */
+int gvm_qemu_opt_get(const char *v, const char *key, const char *implied, char *out, size_t len);
 long gvm_qemu_smp(int argc, char **argv);
 /* What the host's KVM can do (giantvm mode decides; see src/cli/mode.c). */
 enum gvm_kvm_state {
@@ -87,5 +103,25 @@ struct gvm_run_stats {
 	double p50_us, p99_us;
 };
 int gvm_run_parse_stats(const char *json, struct gvm_run_stats *s);
+
+/* --- giantvm-qemu, the emulator wrapper (qemu_wrapper.c) --- */
+#define GVM_WRAPPER_CONF    "/etc/giantvm/giantvm-qemu.conf"  /* $GIANTVM_QEMU_CONF overrides */
+#define GVM_WRAPPER_RUN_DIR "/run/giantvm-qemu"   /* its VMs' sockets; `giantvm stat` looks there */
+
+struct gvm_wrapper_conf {
+	char path[PATH_MAX];
+	int found;                     /* the file exists */
+	char qemu[PATH_MAX];           /* the real QEMU */
+	char pool[PATH_MAX];           /* pool file; required to run a guest */
+	char token[PATH_MAX];
+	char run_dir[PATH_MAX - 80];
+	char log_dir[PATH_MAX - 80];   /* default: run_dir */
+	char local_mem[32];
+	unsigned replicas, prefetch;
+	unsigned long timeout_ms, deadline_ms;
+};
+/* Read the config (KEY = VALUE lines, '#' comments); a missing file gives
+ * the defaults. 0, or -1 with "FILE:LINE: why" in err. */
+int gvm_wrapper_conf_parse(const char *path, struct gvm_wrapper_conf *c, char *err, size_t errlen);
 
 #endif

@@ -9,7 +9,17 @@
  * preload recorded QEMU's RAM mmaps; we match blocks to those mappings, ask
  * the preload to attach each block to the engine, and only then let the
  * guest run (QMP cont). A block that cannot be matched stops everything with
- * an error: the guest never runs on local RAM by accident.
+ * an error: the guest never runs on local RAM by accident. With -S the user
+ * sends `cont` on a monitor of their own: then the preload attaches RAM as
+ * QEMU maps it (early mode, as for giantvm-qemu under libvirt), before
+ * QEMU's main loop can run any monitor command.
+ *
+ * QEMU's stderr stays QEMU's (tools such as libvirt and kvm-unit-tests read
+ * it): giantvm's and the preload's messages go to a log file, by default
+ * RUNTIME_DIR/VM.log, named in the one line on stdout; only an error that
+ * ends the run is also written to stderr. --verbose (or GIANTVM_LOG=stderr)
+ * puts everything on stderr as before. QEMU gets PR_SET_PDEATHSIG: it never
+ * outlives giantvm run, not even a SIGKILL of it.
  *
  * ORIGINAL mode: exec the original GiantVM QEMU with its cluster options.
  */
@@ -23,6 +33,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdarg.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -46,12 +58,48 @@ struct run_opts {
 	long orig_id;
 	long orig_cpus;
 	int allow_vfio;
+	int verbose;
+	const char *log_path;
 	int timeout_ms, deadline_ms;
 	char **qemu_argv;
 	int qemu_argc;
 };
 
 static volatile sig_atomic_t child_pid;
+
+/*
+ * With a log file, giantvm run's fd 2 is the log (so every message of the
+ * CLI and the library, the embedded memory server's included, lands there)
+ * and err_fd the real stderr, which QEMU gets back before exec.
+ */
+static int err_fd = -1;
+
+/* An informational line: the log (stderr with --verbose). */
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void say(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+}
+
+/* An error that ends the run: in the log and on the real stderr. */
+static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void fail(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	if (err_fd >= 0) {
+		va_start(ap, fmt);
+		vdprintf(err_fd, fmt, ap);
+		va_end(ap);
+	}
+}
 
 static void forward_signal(int sig)
 {
@@ -91,6 +139,10 @@ static void usage(FILE *f)
 	      "                       UFFDIO_POISON, the VM is stopped (default 10000)\n"
 	      "  --allow-vfio-pinning accept that a vfio-pci device pins (and so fetches)\n"
 	      "                       all guest RAM at start\n"
+	      "  --log FILE           giantvm's and the preload's messages (default\n"
+	      "                       RUNTIME_DIR/VM-ID.log: /run/giantvm as root, else\n"
+	      "                       $XDG_RUNTIME_DIR/giantvm or /tmp/giantvm-UID)\n"
+	      "  --verbose            those messages on stderr instead (also GIANTVM_LOG=stderr)\n"
 	      "ORIGINAL mode:\n"
 	      "  --giantvm-qemu PATH  the original GiantVM QEMU (else $GIANTVM_QEMU)\n"
 	      "  --giantvm-conf FILE  its cluster file, one HOST:PORT per line\n"
@@ -103,8 +155,14 @@ static void usage(FILE *f)
 	      "and why. One given explicitly is passed as given (with a warning where\n"
 	      "detection doubts it; refused only when there is no /dev/kvm at all).\n"
 	      "\n"
+	      "With -S (you send `cont` on a monitor of your own), guest RAM is attached as\n"
+	      "QEMU maps it, so no `cont` can run the guest on local RAM.\n"
+	      "QEMU's stderr is QEMU's: giantvm adds to it only an error that ends the run.\n"
 	      "QEMU's exit status is giantvm run's exit status. Ctrl-C or SIGTERM stop QEMU\n"
-	      "and the embedded pool cleanly. `giantvm mode` shows which mode applies.\n", f);
+	      "and the embedded pool cleanly; QEMU dies with giantvm run, even on SIGKILL.\n"
+	      "-overcommit mem-lock=on (-realtime mlock=on) is refused: it would fault all\n"
+	      "guest RAM in locally. Under libvirt, use the giantvm-qemu emulator wrapper\n"
+	      "(docs/LIBVIRT.md). `giantvm mode` shows which mode applies.\n", f);
 }
 
 static int parse_args(int argc, char **argv, struct run_opts *o)
@@ -125,6 +183,10 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
 			exit(0);
 		} else if (!strcmp(argv[i], "--allow-vfio-pinning")) {
 			o->allow_vfio = 1;
+		} else if (!strcmp(argv[i], "--verbose")) {
+			o->verbose = 1;
+		} else if ((v = cli_optval(argc, argv, &i, "--log"))) {
+			o->log_path = v;
 		} else if ((v = cli_optval(argc, argv, &i, "--pool"))) {
 			o->pa.pool_path = v;
 		} else if ((v = cli_optval(argc, argv, &i, "--token-file"))) {
@@ -278,31 +340,6 @@ static int run_original(struct run_opts *o)
 
 /* ----------------------------------------------------------- UFFD mode */
 
-static int preload_path(char *buf, size_t len)
-{
-	char exe[PATH_MAX];
-	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-	const char *env = getenv("GIANTVM_PRELOAD");
-	char *slash;
-
-	if (env) {
-		snprintf(buf, len, "%s", env);
-		return access(buf, R_OK);
-	}
-	if (n < 0)
-		return -1;
-	exe[n] = 0;
-	slash = strrchr(exe, '/');
-	if (slash)
-		*slash = 0;
-	/* Next to the binary (build tree), then PREFIX/lib/giantvm. */
-	snprintf(buf, len, "%s/libgiantvm-preload.so", exe);
-	if (access(buf, R_OK) == 0)
-		return 0;
-	snprintf(buf, len, "%s/../lib/giantvm/libgiantvm-preload.so", exe);
-	return access(buf, R_OK);
-}
-
 static void hex(const uint8_t *b, size_t n, char *out)
 {
 	for (size_t i = 0; i < n; i++)
@@ -320,16 +357,16 @@ static int attach_ram(int ctl, int qmp, const char *vm_key, uint64_t *regions, u
 	if (nb < 0)
 		return -1;
 	if (nb == 0) {
-		fprintf(stderr, "giantvm run: QEMU reports no guest RAM block (query-memdev is empty)\n");
+		fail("giantvm run: QEMU reports no guest RAM block (query-memdev is empty)\n");
 		return -1;
 	}
 	nc = gvm_ctl_candidates(ctl, cands, 256);
 	if (nc < 0) {
-		fprintf(stderr, "giantvm run: cannot read the RAM mappings from the preload library\n");
+		fail("giantvm run: cannot read the RAM mappings from the preload library\n");
 		return -1;
 	}
 	if (gvm_run_match(blocks, nb, cands, nc, line, sizeof(line)) < 0) {
-		fprintf(stderr, "giantvm run: %s\n", line);
+		fail("giantvm run: %s\n", line);
 		return -1;
 	}
 	for (int i = 0; i < nb; i++) {
@@ -338,12 +375,11 @@ static int attach_ram(int ctl, int qmp, const char *vm_key, uint64_t *regions, u
 		snprintf(cmd, sizeof(cmd), GVM_CTL_CMD_ATTACH " %" PRIx64 " %" PRIu64 " %" PRIx64 " %s\n", blocks[i].hva,
 			 blocks[i].size, region, blocks[i].name);
 		if (gvm_ctl_command(ctl, cmd, line, sizeof(line)) < 0 || strncmp(line, "OK", 2)) {
-			fprintf(stderr, "giantvm run: guest RAM block '%s': %s\n", blocks[i].name, line);
+			fail("giantvm run: guest RAM block '%s': %s\n", blocks[i].name, line);
 			return -1;
 		}
 		regions[(*n_regions)++] = region;
-		fprintf(stderr, "[GiantVM] guest RAM '%s': %" PRIu64 " MiB in the pool\n", blocks[i].name,
-			blocks[i].size >> 20);
+		say("[GiantVM] guest RAM '%s': %" PRIu64 " MiB in the pool\n", blocks[i].name, blocks[i].size >> 20);
 	}
 	return 0;
 }
@@ -370,8 +406,7 @@ static void print_final(const char *ctl_path)
 	unlink(path);
 	buf[n] = 0;
 	if (gvm_run_parse_stats(buf, &s) == 0)
-		fprintf(stderr,
-			"[GiantVM] engine: %" PRIu64 " faults, %" PRIu64 " pages fetched (%" PRIu64
+		say("[GiantVM] engine: %" PRIu64 " faults, %" PRIu64 " pages fetched (%" PRIu64
 			" zero, %" PRIu64 " by readahead), %.1f MiB received, fault p50 %.1f us p99 %.1f us, "
 			"%" PRIu64 " errors\n",
 			s.faults, s.pages_fetched, s.zero_pages, s.readahead_pages,
@@ -390,7 +425,7 @@ static int run_uffd(struct run_opts *o, struct gvm_mode *m)
 {
 	char dir[PATH_MAX - 64], ctl_path[PATH_MAX], qmp_path[PATH_MAX], preload[PATH_MAX];
 	char vm_id[64], vm_key[128], secret_hex[65], err[512], accel_err[512];
-	char qmp_arg[PATH_MAX + 32], nodes_env[256];
+	char qmp_arg[PATH_MAX + 32], nodes_env[256], log_path[PATH_MAX];
 	uint8_t secret[32];
 	uint64_t regions[GVM_RUN_MAX_RAM];
 	unsigned n_regions = 0;
@@ -399,66 +434,101 @@ static int run_uffd(struct run_opts *o, struct gvm_mode *m)
 	const char *accel;
 	char **args;
 	int status = 0, rc = 1, ctl = -1, qmp = -1, n = 0, user_paused, reaped = 0, killed = 0;
-	pid_t pid;
+	pid_t pid, child_parent;
 
-	printf("[GiantVM] No Custom Kernel. Entering UFFD High-Perf Mode.\n");
-	fflush(stdout);
-	if (!m->uffd) {
-		fprintf(stderr, "giantvm run: userfaultfd is not available (%s); as root, or with "
-				"vm.unprivileged_userfaultfd=1, or access to /dev/userfaultfd\n", m->uffd_why);
-		return 1;
-	}
-	if (gvm_qemu_has_vfio(o->qemu_argc, o->qemu_argv) && !o->allow_vfio) {
-		fprintf(stderr, "giantvm run: a vfio-pci device pins all guest RAM at start, so its pages "
-				"cannot stay in the pool and be fetched lazily. Pass --allow-vfio-pinning to "
-				"accept that all RAM is fetched at start and pinned, or drop the device.\n");
-		return 1;
-	}
-	if (gvm_qemu_has_arg(o->qemu_argc, o->qemu_argv, "-daemonize")) {
-		fprintf(stderr, "giantvm run: -daemonize is not supported (giantvm run waits for QEMU); "
-				"run giantvm itself in the background instead\n");
-		return 1;
-	}
-	accel = gvm_qemu_accel(o->qemu_argc, o->qemu_argv, m->kvm, m->kvm_why, accel_err, sizeof(accel_err));
-	if (!accel) {
-		fprintf(stderr, "giantvm run: %s\n", accel_err);
-		return 1;
-	}
-	if (accel_err[0])
-		fprintf(stderr, "giantvm run: warning: %s\n", accel_err);
-	printf("[GiantVM] UFFD Mode: accelerator %s (%s)\n", *accel ? accel : "as given", m->kvm_why);
-	fflush(stdout);
-	if (preload_path(preload, sizeof(preload))) {
-		fprintf(stderr, "giantvm run: libgiantvm-preload.so not found next to giantvm or in "
-				"../lib/giantvm (set $GIANTVM_PRELOAD)\n");
-		return 1;
-	}
-	if (cli_pool_open(&cp, &o->pa))
-		return 1;
-	if (!cp.embedded && gvm_pool_probe(cp.pool, 3000, err, sizeof(err))) {
-		fprintf(stderr, "giantvm run: pool not reachable, the guest was not started: %s\n", err);
-		goto out_pool;
-	}
-	printf("[GiantVM] pool: %u node%s (%s%s%s), replicas %u\n", gvm_pool_node_count(cp.pool),
-	       gvm_pool_node_count(cp.pool) == 1 ? "" : "s", cp.source, cp.path ? " " : "",
-	       cp.path ? cp.path : "", gvm_pool_replicas(cp.pool));
-	fflush(stdout);
+	const char *lenv = getenv("GIANTVM_LOG");
+
 	if (gvm_runtime_dir(dir, sizeof(dir))) {
 		fprintf(stderr, "giantvm run: cannot create the runtime directory %s: %s\n", dir, strerror(errno));
-		goto out_pool;
+		return 1;
 	}
 	snprintf(vm_id, sizeof(vm_id), "%s", o->vm_id ? o->vm_id : "");
 	if (!o->vm_id)
 		snprintf(vm_id, sizeof(vm_id), "vm-%d", (int)getpid());
 	snprintf(ctl_path, sizeof(ctl_path), "%s/%s.sock", dir, vm_id);
 	snprintf(qmp_path, sizeof(qmp_path), "%s/%s.qmp", dir, vm_id);
+	/* before its log is opened (and truncated): that VM's own */
 	if (gvm_ctl_in_use(ctl_path)) {
 		fprintf(stderr, "giantvm run: a VM named '%s' is running already (%s)\n", vm_id, ctl_path);
+		return 1;
+	}
+	log_path[0] = 0;
+	if (!o->verbose && !(lenv && !strcmp(lenv, "stderr"))) {
+		int lfd;
+		if (o->log_path)
+			snprintf(log_path, sizeof(log_path), "%s", o->log_path);
+		else
+			snprintf(log_path, sizeof(log_path), "%s/%s.log", dir, vm_id);
+		lfd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0640);
+		if (lfd < 0) {
+			fprintf(stderr, "giantvm run: log file %s: %s\n", log_path, strerror(errno));
+			return 1;
+		}
+		fflush(stderr);
+		err_fd = fcntl(2, F_DUPFD_CLOEXEC, 3);
+		if (err_fd < 0 || dup2(lfd, 2) < 0) {
+			fprintf(stderr, "giantvm run: log file %s: %s\n", log_path, strerror(errno));
+			close(lfd);
+			if (err_fd >= 0)
+				close(err_fd);
+			err_fd = -1;
+			return 1;
+		}
+		close(lfd);
+		printf("[GiantVM] No Custom Kernel. Entering UFFD High-Perf Mode. Log: %s\n", log_path);
+	} else {
+		printf("[GiantVM] No Custom Kernel. Entering UFFD High-Perf Mode.\n");
+	}
+	fflush(stdout);
+	if (!m->uffd) {
+		fail("giantvm run: userfaultfd is not available (%s); as root, or with "
+				"vm.unprivileged_userfaultfd=1, or access to /dev/userfaultfd\n", m->uffd_why);
+		return 1;
+	}
+	if (gvm_qemu_has_vfio(o->qemu_argc, o->qemu_argv) && !o->allow_vfio) {
+		fail("giantvm run: a vfio-pci device pins all guest RAM at start, so its pages "
+				"cannot stay in the pool and be fetched lazily. Pass --allow-vfio-pinning to "
+				"accept that all RAM is fetched at start and pinned, or drop the device.\n");
+		return 1;
+	}
+	if (gvm_qemu_mem_lock(o->qemu_argc, o->qemu_argv)) {
+		fail("giantvm run: -overcommit mem-lock=on (or -realtime mlock=on) locks all guest RAM "
+		     "in local memory at start, so it cannot stay in the pool; drop it (libvirt: "
+		     "<memoryBacking><locked/>)\n");
+		return 1;
+	}
+	if (gvm_qemu_has_arg(o->qemu_argc, o->qemu_argv, "-daemonize")) {
+		fail("giantvm run: -daemonize is not supported (giantvm run waits for QEMU); "
+				"run giantvm itself in the background instead\n");
+		return 1;
+	}
+	accel = gvm_qemu_accel(o->qemu_argc, o->qemu_argv, m->kvm, m->kvm_why, accel_err, sizeof(accel_err));
+	if (!accel) {
+		fail("giantvm run: %s\n", accel_err);
+		return 1;
+	}
+	if (accel_err[0])
+		say("giantvm run: warning: %s\n", accel_err);
+	say("[GiantVM] UFFD Mode: accelerator %s (%s)\n", *accel ? accel : "as given", m->kvm_why);
+	if (cli_preload_path(preload, sizeof(preload))) {
+		fail("giantvm run: libgiantvm-preload.so not found next to giantvm or in "
+				"../lib/giantvm (set $GIANTVM_PRELOAD)\n");
+		return 1;
+	}
+	if (cli_pool_open_err(&cp, &o->pa, err, sizeof(err))) {
+		fail("giantvm: %s\n", err);
+		return 1;
+	}
+	if (!cp.embedded && gvm_pool_probe(cp.pool, 3000, err, sizeof(err))) {
+		fail("giantvm run: pool not reachable, the guest was not started: %s\n", err);
 		goto out_pool;
 	}
+	say("[GiantVM] pool: %u node%s (%s%s%s), replicas %u\n", gvm_pool_node_count(cp.pool),
+	       gvm_pool_node_count(cp.pool) == 1 ? "" : "s", cp.source, cp.path ? " " : "",
+	       cp.path ? cp.path : "", gvm_pool_replicas(cp.pool));
 	unlink(qmp_path);
 	if (gvm_random(secret, sizeof(secret))) {
-		fprintf(stderr, "giantvm run: getrandom failed\n");
+		fail("giantvm run: getrandom failed\n");
 		goto out_pool;
 	}
 	hex(secret, sizeof(secret), secret_hex);
@@ -466,7 +536,14 @@ static int run_uffd(struct run_opts *o, struct gvm_mode *m)
 	 * crashed run's pages can never be mistaken for the next run's. */
 	snprintf(vm_key, sizeof(vm_key), "%s/%.16s", vm_id, secret_hex);
 
+	/* -S given: the user sends `cont` on a monitor of their own, whenever
+	 * they like, so the RAM is attached as QEMU maps it (the preload's early
+	 * mode, as under libvirt), not over QMP before our own `cont`. */
 	user_paused = gvm_qemu_has_arg(o->qemu_argc, o->qemu_argv, "-S");
+	if (user_paused && gvm_qemu_local_ram(o->qemu_argc, o->qemu_argv, err, sizeof(err))) {
+		fail("giantvm run: %s\n", err);
+		goto out_pool;
+	}
 	args = calloc((size_t)o->qemu_argc + 8, sizeof(*args));
 	if (!args)
 		goto out_pool;
@@ -488,13 +565,26 @@ static int run_uffd(struct run_opts *o, struct gvm_mode *m)
 	sigaction(SIGHUP, &sa, NULL);
 	sigaction(SIGALRM, &sa, NULL);
 	fflush(NULL);
+	child_parent = getpid();
 	pid = fork();
 	if (pid < 0) {
 		perror("giantvm run: fork");
 		goto out_args;
 	}
 	if (pid == 0) {
+		/* QEMU never outlives us (SIGKILL included); if we died before
+		 * this, our pid is gone as parent already. */
+		if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != child_parent) {
+			fprintf(stderr, "giantvm run: QEMU not started: giantvm run is gone\n");
+			_exit(127);
+		}
+		/* QEMU's stderr is the real one */
+		if (err_fd >= 0 && dup2(err_fd, 2) < 0)
+			_exit(127);
 		setenv("LD_PRELOAD", preload, 1);
+		setenv(GVM_ENV_LOG_FILE, log_path[0] ? log_path : "stderr", 1);
+		if (user_paused)
+			setenv(GVM_ENV_ATTACH, "early", 1);
 		setenv(GVM_ENV_CTL, ctl_path, 1);
 		setenv(GVM_ENV_VM_ID, vm_id, 1);
 		setenv(GVM_ENV_VM_SECRET, secret_hex, 1);
@@ -533,20 +623,29 @@ static int run_uffd(struct run_opts *o, struct gvm_mode *m)
 	child_pid = pid;
 
 	qmp = gvm_qmp_connect(qmp_path, pid, 60000, &reaped, &status);
-	if (qmp < 0)
+	if (qmp < 0) {
+		if (!reaped)
+			goto kill_child;
 		goto wait_child;
+	}
 	ctl = gvm_ctl_connect(ctl_path, 5000);
 	if (ctl < 0) {
-		fprintf(stderr, "giantvm run: the preload library did not start in QEMU (%s)\n", ctl_path);
+		fail("giantvm run: the preload library did not start in QEMU (%s)\n", ctl_path);
 		goto kill_child;
 	}
-	if (attach_ram(ctl, qmp, vm_key, regions, &n_regions) < 0)
-		goto kill_child;
-	if (!user_paused && gvm_qmp_command(qmp, "{\"execute\":\"cont\"}", NULL, 0) < 0) {
-		fprintf(stderr, "giantvm run: QMP cont failed\n");
-		goto kill_child;
+	if (user_paused) {
+		/* attached already; the preload frees the regions at exit */
+		say("[GiantVM] VM '%s' ready, paused (-S) with its RAM in the pool until your `cont`; "
+		    "`giantvm stat %s` shows its engine\n", vm_id, vm_id);
+	} else {
+		if (attach_ram(ctl, qmp, vm_key, regions, &n_regions) < 0)
+			goto kill_child;
+		if (gvm_qmp_command(qmp, "{\"execute\":\"cont\"}", NULL, 0) < 0) {
+			fail("giantvm run: QMP cont failed\n");
+			goto kill_child;
+		}
+		say("[GiantVM] VM '%s' running; `giantvm stat %s` shows its engine\n", vm_id, vm_id);
 	}
-	fprintf(stderr, "[GiantVM] VM '%s' running; `giantvm stat %s` shows its engine\n", vm_id, vm_id);
 	close(ctl);
 	ctl = -1;
 	goto wait_child;
@@ -554,6 +653,8 @@ static int run_uffd(struct run_opts *o, struct gvm_mode *m)
 kill_child:
 	kill(pid, SIGKILL);
 	killed = 1;
+	if (log_path[0])
+		fail("giantvm run: QEMU stopped before the guest ran (details in %s)\n", log_path);
 wait_child:
 	while (!reaped && waitpid(pid, &status, 0) < 0) {
 		if (errno != EINTR) {
@@ -574,15 +675,15 @@ wait_child:
 	} else if (WIFEXITED(status)) {
 		rc = WEXITSTATUS(status);
 		if (rc == 75)
-			fprintf(stderr, "giantvm run: the VM was stopped: guest memory could not be fetched "
-					"from any replica (see the log above)\n");
+			fail("giantvm run: the VM was stopped: guest memory could not be fetched "
+					"from any replica (see %s)\n", log_path[0] ? log_path : "the log above");
 	} else if (WIFSIGNALED(status)) {
 		rc = 128 + WTERMSIG(status);
 		if (WTERMSIG(status) == SIGBUS)
-			fprintf(stderr, "giantvm run: QEMU died of SIGBUS: it touched guest memory that no "
-					"replica could serve (poisoned pages, see the log above)\n");
+			fail("giantvm run: QEMU died of SIGBUS: it touched guest memory that no "
+					"replica could serve (poisoned pages, see %s)\n", log_path[0] ? log_path : "the log above");
 		else
-			fprintf(stderr, "giantvm run: QEMU was killed by signal %d\n", WTERMSIG(status));
+			fail("giantvm run: QEMU was killed by signal %d\n", WTERMSIG(status));
 	}
 	if (!cp.embedded && n_regions)
 		gvm_pool_free_regions(cp.pool, regions, n_regions, secret, sizeof(secret), 1000);
@@ -590,6 +691,12 @@ out_args:
 	free(args);
 out_pool:
 	cli_pool_close(&cp);
+	if (err_fd >= 0) {
+		fflush(stderr);
+		dup2(err_fd, 2);
+		close(err_fd);
+		err_fd = -1;
+	}
 	return rc;
 }
 

@@ -24,8 +24,9 @@ static void usage(FILE *f)
 	      "       giantvm stat [VM] --prometheus\n"
 	      "       giantvm stat --metrics HOST:PORT\n"
 	      "\n"
-	      "Shows the engine of a VM started by `giantvm run` (the only one running when\n"
-	      "VM is not given): one line per second with faults/s, MiB/s fetched, resident\n"
+	      "Shows the engine of a VM started by `giantvm run`, or by libvirt through the\n"
+	      "giantvm-qemu wrapper (" GVM_WRAPPER_RUN_DIR "; the VM is the domain's name),\n"
+	      "(the only one running when VM is not given): one line per second with faults/s, MiB/s fetched, resident\n"
 	      "pages against the budget, evictions and write-backs per second, fault latency\n"
 	      "p50/p99, errors, nodes connected and down, stripes waiting for re-sync\n"
 	      "(under-replicated), the fetch window of a fault off any sequential run (it\n"
@@ -40,11 +41,12 @@ static void usage(FILE *f)
 	      "http://HOST:PORT/metrics until SIGTERM or SIGINT (port 0: any, printed).\n", f);
 }
 
-static int find_vm(const char *dir, char *name, size_t len)
+/* VMs of `giantvm run` live in the runtime dir, those of the giantvm-qemu
+ * wrapper (libvirt) in GVM_WRAPPER_RUN_DIR: stat looks in both. */
+static int find_vm(const char *dir, char *name, size_t len, int n, char *vdir, size_t vlen)
 {
 	DIR *d = opendir(dir);
 	struct dirent *de;
-	int n = 0;
 
 	if (!d)
 		return 0;
@@ -56,9 +58,10 @@ static int find_vm(const char *dir, char *name, size_t len)
 		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
 		if (!gvm_ctl_in_use(path))
 			continue;
-		if (n++ == 0)
+		if (n++ == 0) {
 			snprintf(name, len, "%.*s", (int)(l - 5), de->d_name);
-		else
+			snprintf(vdir, vlen, "%s", dir);
+		} else
 			fprintf(stderr, "%s  %.*s\n", n == 2 ? "giantvm stat: several VMs are running; name one:\n" : "",
 				(int)(l - 5), de->d_name);
 	}
@@ -162,7 +165,7 @@ static int serve_metrics(const char *listen)
 
 int cmd_stat(int argc, char **argv)
 {
-	char dir[PATH_MAX - 64], path[PATH_MAX], vm[128] = "", *buf;
+	char dir[PATH_MAX - 64], vdir[PATH_MAX - 64], path[PATH_MAX], vm[128] = "", *buf;
 	const char *name = NULL, *metrics = NULL;
 	int json = 0, prom = 0, fd, rc = 1;
 	long count = -1;
@@ -211,17 +214,28 @@ int cmd_stat(int argc, char **argv)
 		fprintf(stderr, "giantvm stat: %s: %s\n", dir, strerror(errno));
 		return 1;
 	}
+	snprintf(vdir, sizeof(vdir), "%s", dir);
 	if (!name) {
-		int n = find_vm(dir, vm, sizeof(vm));
+		int n = find_vm(dir, vm, sizeof(vm), 0, vdir, sizeof(vdir));
+		if (strcmp(dir, GVM_WRAPPER_RUN_DIR))
+			n = find_vm(GVM_WRAPPER_RUN_DIR, vm, sizeof(vm), n, vdir, sizeof(vdir));
 		if (n == 0) {
-			fprintf(stderr, "giantvm stat: no VM started by `giantvm run` is running (%s)\n", dir);
+			fprintf(stderr, "giantvm stat: no VM started by `giantvm run` or giantvm-qemu is running "
+					"(%s, %s)\n", dir, GVM_WRAPPER_RUN_DIR);
 			return 1;
 		}
 		if (n > 1)
 			return 1;
 		name = vm;
+	} else {
+		snprintf(path, sizeof(path), "%s/%s.sock", dir, name);
+		if (!gvm_ctl_in_use(path)) {
+			snprintf(path, sizeof(path), "%s/%s.sock", GVM_WRAPPER_RUN_DIR, name);
+			if (gvm_ctl_in_use(path))
+				snprintf(vdir, sizeof(vdir), "%s", GVM_WRAPPER_RUN_DIR);
+		}
 	}
-	snprintf(path, sizeof(path), "%s/%s.sock", dir, name);
+	snprintf(path, sizeof(path), "%s/%s.sock", vdir, name);
 	fd = gvm_ctl_connect(path, 0);
 	if (fd < 0) {
 		fprintf(stderr, "giantvm stat: VM '%s' is not running (%s: %s)\n", name, path, strerror(-fd));

@@ -365,45 +365,66 @@ static int cmp_vm(const void *a, const void *b)
 	return strcmp(((const struct vm_stat *)a)->name, ((const struct vm_stat *)b)->name);
 }
 
-int vm_stats_collect(const char *only, int timeout_ms, struct vm_stat **out)
+/* Adds the VMs whose control sockets are in dir. Returns 0 or -errno. */
+static int collect_dir(const char *dir, const char *only, int timeout_ms, struct vm_stat **v,
+		       unsigned *n, unsigned *cap)
 {
-	char dir[PATH_MAX - 160], path[PATH_MAX];
-	struct vm_stat *v = NULL;
-	unsigned n = 0, cap = 0;
+	char path[PATH_MAX];
 	struct dirent *de;
-	DIR *d;
+	DIR *d = opendir(dir);
 
-	*out = NULL;
-	if (gvm_runtime_dir(dir, sizeof(dir)))
-		return -errno;
-	d = opendir(dir);
 	if (!d)
 		return -errno;
 	while ((de = readdir(d))) {
 		size_t l = strlen(de->d_name);
-		if (l < 6 || l - 5 >= sizeof(v->name) || strcmp(de->d_name + l - 5, ".sock"))
+		if (l < 6 || l - 5 >= sizeof((*v)->name) || strcmp(de->d_name + l - 5, ".sock"))
 			continue;
 		if (only && (strncmp(de->d_name, only, l - 5) || only[l - 5]))
 			continue;
 		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
 		if (!only && !gvm_ctl_in_use(path))
 			continue; /* left behind by a VM that is gone */
-		if (n == cap) {
-			cap = cap ? cap * 2 : 8;
-			struct vm_stat *nv = realloc(v, cap * sizeof(*v));
+		if (*n == *cap) {
+			unsigned nc = *cap ? *cap * 2 : 8;
+			struct vm_stat *nv = realloc(*v, nc * sizeof(**v));
 			if (!nv) {
 				closedir(d);
-				vm_stats_free(v, n);
 				return -ENOMEM;
 			}
-			v = nv;
+			*v = nv;
+			*cap = nc;
 		}
-		memcpy(v[n].name, de->d_name, l - 5);
-		v[n].name[l - 5] = 0;
-		v[n].json = vm_stat_one(path, timeout_ms);
-		n++;
+		memcpy((*v)[*n].name, de->d_name, l - 5);
+		(*v)[*n].name[l - 5] = 0;
+		(*v)[*n].json = vm_stat_one(path, timeout_ms);
+		(*n)++;
 	}
 	closedir(d);
+	return 0;
+}
+
+/* The VMs of `giantvm run` (runtime dir) and of the giantvm-qemu wrapper
+ * (libvirt domains, GVM_WRAPPER_RUN_DIR), as `giantvm stat` finds them. */
+int vm_stats_collect(const char *only, int timeout_ms, struct vm_stat **out)
+{
+	char dir[PATH_MAX - 160];
+	struct vm_stat *v = NULL;
+	unsigned n = 0, cap = 0;
+	int r;
+
+	*out = NULL;
+	if (gvm_runtime_dir(dir, sizeof(dir)))
+		return -errno;
+	r = collect_dir(dir, only, timeout_ms, &v, &n, &cap);
+	if (r == 0 && strcmp(dir, GVM_WRAPPER_RUN_DIR)) {
+		r = collect_dir(GVM_WRAPPER_RUN_DIR, only, timeout_ms, &v, &n, &cap);
+		if (r == -ENOENT || r == -EACCES)
+			r = 0; /* no libvirt VMs here, or not ours to see */
+	}
+	if (r < 0) {
+		vm_stats_free(v, n);
+		return r;
+	}
 	if (n > 1)
 		qsort(v, n, sizeof(*v), cmp_vm);
 	*out = v;

@@ -14,6 +14,23 @@
  * accident, and a block that cannot be found is an error, not a silent
  * fallback to local RAM.
  *
+ * Early attach (GIANTVM_ATTACH=early, set by the giantvm-qemu emulator
+ * wrapper, where libvirt owns the monitor and sends its own `cont`): each
+ * RAM-like mapping is attached to the engine inside the mmap() call that
+ * creates it, before QEMU returns to its own code. QEMU allocates guest RAM
+ * while it builds the machine, in qemu_init(), and runs no monitor command
+ * (so no `cont`) before its main loop starts after that: whoever sends
+ * `cont`, and whenever, the guest's RAM is already in the pool. Blocks that
+ * are not guest RAM but look like it (vga.vram, the ACPI tables) live in the
+ * pool too; guest RAM that is not private anonymous memory is refused by the
+ * wrapper on QEMU's command line. Each attach logs how many of the block's
+ * pages were resident before it (mincore): 0 means nothing, guest or QEMU,
+ * touched them on local RAM. Regions are named ram0, ram1... in mapping order
+ * and freed in the pool when QEMU exits normally.
+ *
+ * Messages: to the file GIANTVM_LOG_FILE names (else stderr). An error that
+ * ends QEMU is also written to stderr.
+ *
  * Threads: the control thread (started by the constructor, all signals
  * blocked so QEMU's signals never land on it) and the engine thread it
  * starts. Neither writes to stdout.
@@ -23,6 +40,7 @@
  */
 #define LOG_PREFIX "preload: "
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
@@ -63,11 +81,48 @@ static struct gvm_engine *engine;
 static uint8_t vm_secret[32];
 static char vm_name[64] = "vm";
 static uint64_t start_ns;
+static int log_fd = 2;
+
+static int early;                  /* GIANTVM_ATTACH=early */
+static __thread int in_attach;     /* this thread is attaching: its own mmaps are not RAM */
+static pthread_mutex_t attach_mu = PTHREAD_MUTEX_INITIALIZER;
+static char vm_key[128];           /* region ids derive from it, as in giantvm run */
+static uint64_t early_regions[MAX_CANDIDATES];
+static unsigned n_early;
+
+/* An error that ends QEMU: into the log and onto QEMU's stderr. */
+static void die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
+static void die(int code, const char *fmt, ...)
+{
+	char buf[1024];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(buf, sizeof(buf) - 1, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		n = 0;
+	if ((size_t)n > sizeof(buf) - 2)
+		n = sizeof(buf) - 2;
+	buf[n++] = '\n';
+	/* A failed write has nowhere better to be reported. */
+	if (log_fd != 2 && write(log_fd, buf, (size_t)n) < 0)
+		buf[0] = 0;
+	if (write(2, buf, (size_t)n) < 0)
+		buf[0] = 0;
+	_exit(code);
+}
+
+static int ram_like(size_t len, int prot, int flags, int fd)
+{
+	return fd == -1 && len >= MIN_CANDIDATE && prot == (PROT_READ | PROT_WRITE) &&
+	       (flags & (MAP_FIXED | MAP_ANONYMOUS | MAP_PRIVATE)) == (MAP_FIXED | MAP_ANONYMOUS | MAP_PRIVATE);
+}
 
 static void record(void *addr, size_t len, int prot, int flags, int fd)
 {
-	if (!active || fd != -1 || len < MIN_CANDIDATE || prot != (PROT_READ | PROT_WRITE) ||
-	    (flags & (MAP_FIXED | MAP_ANONYMOUS | MAP_PRIVATE)) != (MAP_FIXED | MAP_ANONYMOUS | MAP_PRIVATE))
+	if (!active || in_attach || !ram_like(len, prot, flags, fd))
 		return;
 	pthread_mutex_lock(&cand_mu);
 	for (unsigned i = 0; i < n_cands; i++) {
@@ -98,6 +153,8 @@ static void forget(void *addr, size_t len)
 	pthread_mutex_unlock(&cand_mu);
 }
 
+static void early_attach(void *addr, size_t len);
+
 /* The raw syscalls: no dlsym, so this works before any constructor ran. */
 __attribute__((visibility("default"))) void *mmap(void *addr, size_t len, int prot, int flags, int fd,
 						   off_t off)
@@ -107,6 +164,8 @@ __attribute__((visibility("default"))) void *mmap(void *addr, size_t len, int pr
 	if (r == -1)
 		return MAP_FAILED;
 	record((void *)r, len, prot, flags, fd);
+	if (early && active && !in_attach && ram_like(len, prot, flags, fd))
+		early_attach((void *)r, len);
 	return (void *)r;
 }
 
@@ -155,8 +214,7 @@ static void reply(int fd, const char *fmt, ...)
 static void on_fatal(const char *why, void *arg)
 {
 	(void)arg;
-	pr_err("FATAL: %s; stopping the VM (no UFFDIO_POISON on this kernel)", why);
-	_exit(75);
+	die(75, "giantvm: preload: FATAL: %s; stopping the VM (no UFFDIO_POISON on this kernel)", why);
 }
 
 static int engine_start(char *err, size_t errlen)
@@ -209,6 +267,91 @@ static int engine_start(char *err, size_t errlen)
 	}
 	pr_info("userfaultfd features: %s", gvm_engine_features(engine));
 	return 0;
+}
+
+/* Pages of [addr, addr+len) present in memory. */
+static size_t resident_pages(void *addr, size_t len)
+{
+	unsigned char vec[4096];
+	size_t page = 4096, n = 0;
+
+	for (size_t off = 0; off < len; off += sizeof(vec) * page) {
+		size_t chunk = len - off < sizeof(vec) * page ? len - off : sizeof(vec) * page;
+		if (mincore((char *)addr + off, chunk, vec) < 0)
+			return 0;
+		for (size_t i = 0; i < (chunk + page - 1) / page; i++)
+			n += vec[i] & 1;
+	}
+	return n;
+}
+
+/*
+ * QEMU exits normally (early mode): no giantvm run waits for us, so the
+ * figures go to the log and the regions back to the pool. An atexit()
+ * handler registered after OpenSSL's own (which the first region key
+ * installs), so it runs while libcrypto still works; a destructor runs too
+ * late.
+ */
+static void early_exit(void)
+{
+	size_t cap = GVM_CTL_REPLY_MAX;
+	char *buf = malloc(cap);
+
+	if (!engine)
+		return;
+	if (buf && gvm_stats_json(engine, vm_name, (double)(gvm_now_ns() - start_ns) / 1e9, buf, cap) >= 0)
+		pr_info("engine at exit: %.900s", buf);
+	free(buf);
+	if (n_early && gvm_pool_free_regions(pool, early_regions, n_early, vm_secret, sizeof(vm_secret), 1000) < 1)
+		pr_warn("could not free the %u regions of this VM in the pool", n_early);
+}
+
+/* Early attach: called from mmap() in the thread that maps guest RAM. */
+static void early_attach(void *addr, size_t len)
+{
+	static int delayed;
+	char err[512] = "", name[32];
+	uint8_t key[GVM_REGION_KEY_SIZE];
+	sigset_t all, old;
+	uint64_t region;
+	size_t before;
+	const char *d;
+	int r;
+
+	pthread_mutex_lock(&attach_mu);
+	in_attach = 1;
+	if (!delayed && (d = getenv(GVM_ENV_TEST_ATTACH_DELAY_MS))) {
+		/* test only: a slow attach (a slow pool) must not let the guest run first */
+		unsigned long ms = strtoul(d, NULL, 10);
+		pr_info("test: delaying the attach by %lu ms", ms);
+		usleep((useconds_t)(ms * 1000));
+	}
+	delayed = 1;
+	if (n_early >= MAX_CANDIDATES)
+		die(70, "giantvm: preload: more than %d RAM blocks", MAX_CANDIDATES);
+	/* The engine's threads must not take QEMU's signals: they inherit this mask. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	r = engine_start(err, sizeof(err));
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (r)
+		die(70, "giantvm: preload: the pool cannot take guest RAM: %s", err[0] ? err : strerror(-r));
+	before = resident_pages(addr, len);
+	snprintf(name, sizeof(name), "ram%u", n_early);
+	region = gvm_region_id(vm_key, name);
+	r = gvm_region_key(vm_secret, sizeof(vm_secret), region, key);
+	if (!r)
+		r = gvm_engine_attach_flags(engine, region, key, addr, len, GVM_ATTACH_FRESH);
+	if (r)
+		die(70, "giantvm: preload: attach RAM block %s (%zu MiB at %p): %s", name, len >> 20, addr,
+		    strerror(-r));
+	if (n_early == 0 && atexit(early_exit))
+		pr_warn("atexit: the regions will not be freed at exit");
+	early_regions[n_early++] = region;
+	pr_info("RAM block %s: %zu MiB at %p attached as QEMU mapped it (%zu pages resident before)", name,
+		len >> 20, addr, before);
+	in_attach = 0;
+	pthread_mutex_unlock(&attach_mu);
 }
 
 static void cmd_attach(int fd, char *args)
@@ -346,36 +489,42 @@ __attribute__((constructor)) static void preload_init(void)
 	/* QEMU's helpers (e.g. a bridge helper) must not load us again. */
 	unsetenv("LD_PRELOAD");
 	start_ns = gvm_now_ns();
+	if ((name = getenv(GVM_ENV_LOG_FILE)) && *name && strcmp(name, "stderr")) {
+		int fd = open(name, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+		if (fd < 0)
+			die(70, "giantvm: preload: log file %s: %s", name, strerror(errno));
+		log_fd = fd;
+		gvm_log_set_fd(fd);
+	}
+	unsetenv(GVM_ENV_LOG_FILE);
 	if ((name = getenv(GVM_ENV_VM_ID)))
 		snprintf(vm_name, sizeof(vm_name), "%s", name);
 	if (!secret || strlen(secret) != 64) {
-		pr_err("GIANTVM_VM_SECRET missing or malformed; start QEMU with `giantvm run`");
-		_exit(70);
+		die(70, "giantvm: preload: GIANTVM_VM_SECRET missing or malformed; start QEMU with `giantvm run`");
 	}
 	for (int i = 0; i < 32; i++) {
 		int hi = hexval(secret[2 * i]), lo = hexval(secret[2 * i + 1]);
 		if (hi < 0 || lo < 0) {
-			pr_err("GIANTVM_VM_SECRET is not hex");
-			_exit(70);
+			die(70, "giantvm: preload: GIANTVM_VM_SECRET is not hex");
 		}
 		vm_secret[i] = (uint8_t)(hi << 4 | lo);
 	}
 	unsetenv(GVM_ENV_VM_SECRET);
+	snprintf(vm_key, sizeof(vm_key), "%s/%.16s", vm_name, secret);
+	if ((name = getenv(GVM_ENV_ATTACH)) && !strcmp(name, "early"))
+		early = 1;
 	if (strlen(ctl) >= sizeof(sa.sun_path)) {
-		pr_err("control socket path too long: %s", ctl);
-		_exit(70);
+		die(70, "giantvm: preload: control socket path too long: %s", ctl);
 	}
 	snprintf(ctl_path, sizeof(ctl_path), "%s", ctl);
 	strcpy(sa.sun_path, ctl_path);
 	ctl_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (ctl_fd < 0) {
-		pr_perror("socket(AF_UNIX)");
-		_exit(70);
+		die(70, "giantvm: preload: socket(AF_UNIX): %s", strerror(errno));
 	}
 	unlink(ctl_path);
 	if (bind(ctl_fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(ctl_fd, 8) < 0) {
-		pr_perror("control socket %s", ctl_path);
-		_exit(70);
+		die(70, "giantvm: preload: control socket %s: %s", ctl_path, strerror(errno));
 	}
 	active = 1;
 	sigfillset(&all);
@@ -383,8 +532,7 @@ __attribute__((constructor)) static void preload_init(void)
 	r = pthread_create(&th, NULL, ctl_thread, NULL);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (r) {
-		pr_err("pthread_create: %s", strerror(r));
-		_exit(70);
+		die(70, "giantvm: preload: pthread_create: %s", strerror(r));
 	}
 	pthread_detach(th);
 }
@@ -405,6 +553,10 @@ __attribute__((destructor)) static void preload_fini(void)
 	buf = malloc(cap);
 	if (!buf)
 		return;
+	if (early) {
+		free(buf); /* early_exit() did the rest */
+		return;
+	}
 	if (gvm_stats_json(engine, vm_name, (double)(gvm_now_ns() - start_ns) / 1e9, buf, cap) >= 0) {
 		snprintf(path, sizeof(path), "%s.final", ctl_path);
 		snprintf(tmp, sizeof(tmp), "%s.tmp", path);

@@ -17,16 +17,18 @@ gvm_guest_prepare
 mapfile -t args < <(gvm_guest_qemu_args "$MEM" "$MIB" gvm.seed=1)
 expect=$("$GVM_WORKLOAD" --expect "$MIB" 1)
 stats=$(mktemp)
-trap 'rm -f "$stats"' EXIT
+log=$(mktemp)
+trap 'rm -f "$stats" "$log"' EXIT
 echo "== booting a ${MEM} MiB guest with its RAM in an embedded pool and ${LOCAL} of it kept locally;"
 echo "   it writes and verifies ${MIB} MiB, so pages travel to the pool and back"
 set +e
 # No pool configured: `giantvm run` starts the embedded memory server itself.
 out=$(cd /tmp && env -u GIANTVM_POOL GIANTVM_STATS_OUT="$stats" timeout 600 \
-	"$OLDPWD/$BUILD/giantvm" run --vm-id demo --local-mem "$LOCAL" -- qemu-system-x86_64 "${args[@]}" </dev/null 2>&1)
+	"$OLDPWD/$BUILD/giantvm" run --vm-id demo --local-mem "$LOCAL" --log "$log" -- qemu-system-x86_64 "${args[@]}" </dev/null 2>&1)
 rc=$?
 set -e
-printf '%s\n' "$out" | grep -E '^\[GiantVM\]|GIANTVM-|giantvm' || true
+# giantvm's own lines are in its log (QEMU's stderr stays QEMU's)
+{ printf '%s\n' "$out"; cat "$log"; } | grep -E '^\[GiantVM\]|GIANTVM-|giantvm' || true
 echo
 result=$(printf '%s\n' "$out" | grep -a 'GIANTVM-RESULT' | tr -d '\r' || true)
 if [ $rc -ne 0 ] || [ -z "$result" ]; then

@@ -31,7 +31,7 @@
 #   wrong_token  giantvm run with a token the servers reject stops before the guest runs
 #   result       exit 0; one GIANTVM-RESULT line with mib, seed, verify=ok; its
 #                checksum is what `workload --expect MIB SEED` computes on the host
-#   banner       "[GiantVM] No Custom Kernel. Entering UFFD High-Perf Mode."
+#   banner       "[GiantVM] No Custom Kernel. Entering UFFD High-Perf Mode. Log: FILE"
 #   pool_line    "[GiantVM] pool: N nodes (--pool FILE), replicas 2"
 #   ram_line     "guest RAM 'pc.ram': GUEST MiB in the pool"
 #   engine_line  the engine's final line with faults > 0 and pages fetched > 0
@@ -238,7 +238,9 @@ load_row() {
 # 0.1 s (see the top of the file: cut/heal, watchdog; QEMU's VmHWM and
 # guest-RAM Rss every 0.2 s with the memory check; one `giantvm stat` with
 # stat_live).  Sets R_RC (-1: stopped by the watchdog) R_WALL R_OUT (serial
-# console and giantvm's stdout) R_ERR (stderr) R_STATS (final JSON) R_HWM_KB
+# console and giantvm's stdout) R_ERR (giantvm's messages: its log, --log, when
+# pooled; QEMU's stderr, $R_ERR.stderr, has only the errors that end the run;
+# plain: stderr) R_STATS (final JSON) R_HWM_KB
 # R_GRSS_KB R_QPID R_STAT_RC ("-": never ran) R_STAT_OUT R_LAST_STAT
 # R_CUT_WB (writebacks seen at the cut, or "fallback") R_CUT_AT R_CUT_ALIVE
 # (1: running, no GIANTVM-RESULT yet at the cut) R_CUT_TO_EXIT R_HEAL_AT
@@ -261,11 +263,13 @@ eg_boot() {
         [[ -n $S_CUT_NODES ]] && cutting=1
         cmd=(env ${S_ENV[@]+"${S_ENV[@]}"} "GIANTVM_STATS_OUT=$R_STATS" "$G" run --pool "$POOL")
         ((S_TOKEN)) && cmd+=(--token-file "$TOKEN")
-        cmd+=(--local-mem "$S_LOCAL" ${S_ARGS[@]+"${S_ARGS[@]}"} --vm-id "$vmid" --)
+        cmd+=(--local-mem "$S_LOCAL" ${S_ARGS[@]+"${S_ARGS[@]}"} --vm-id "$vmid" --log "$R_ERR" --)
     fi
+    rm -f "$R_ERR"
+    : >"$R_ERR"
     t0=$(now)
     timeout -k 10 "$S_TIMEOUT" ${cmd[@]+"${cmd[@]}"} qemu-system-x86_64 "${args[@]}" \
-        </dev/null >"$R_OUT" 2>"$R_ERR" &
+        </dev/null >"$R_OUT" 2>"$R_ERR${cmd[*]:+.stderr}" &
     RUN_PID=$!
     while kill -0 "$RUN_PID" 2>/dev/null; do
         tick=$((tick + 1))
@@ -358,6 +362,7 @@ eg_boot() {
 # eg_log: the run's stdout and stderr, CRs dropped (giantvm's own lines are
 # on both: the banner and the pool line on stdout, the rest on stderr).
 eg_log() { { cat "$R_OUT"; echo; cat "$R_ERR"; } | tr -d '\r'; }
+# (giantvm run's stderr, $R_ERR.stderr, holds only what is also in its log)
 
 # eg_watchdog: FAIL (with the evidence) when the watchdog stopped the run;
 # returns non-zero then.
@@ -507,8 +512,9 @@ chk_wrong_token() {
 chk_result() { eg_verify "$L: giantvm run"; }
 
 chk_banner() {
-    eg_log | grep -qxF "[GiantVM] No Custom Kernel. Entering UFFD High-Perf Mode." &&
-        ok "$L: UFFD banner" || bad "$L: UFFD banner: no '[GiantVM] No Custom Kernel. Entering UFFD High-Perf Mode.' line"
+    eg_log | grep -qxF "[GiantVM] No Custom Kernel. Entering UFFD High-Perf Mode. Log: $R_ERR" &&
+        ok "$L: UFFD banner naming the log" ||
+        bad "$L: UFFD banner: no '[GiantVM] No Custom Kernel. Entering UFFD High-Perf Mode. Log: $R_ERR' line"
 }
 
 chk_pool_line() {

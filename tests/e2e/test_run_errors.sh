@@ -64,20 +64,23 @@ MARK=$TMP/qemu-started
 printf '#!/bin/sh\necho "$@" >"%s"\nexit 1\n' "$MARK" >"$FAKE"
 chmod 755 "$FAKE"
 
-# run NAME TIMEOUT ARGS... : giantvm ARGS in $TMP/cwd; sets RC, OUT, SECS, LOG
+# run NAME TIMEOUT ARGS... : giantvm ARGS in $TMP/cwd; sets RC, OUT, SECS, LOG.
+# `giantvm run` gets --log $LOG.gvm (its own lines; QEMU's stderr stays
+# QEMU's): OUT is the output (errors that end the run included), then that log.
 run() {
     local name=$1 to=$2 t0
     shift 2
     LOG=$TMP/$name.log
-    rm -f "$MARK"
+    rm -f "$MARK" "$LOG.gvm"
+    [[ ${1:-} == run ]] && set -- run --log "$LOG.gvm" "${@:2}"
     t0=$(date +%s.%N)
     (cd "$TMP/cwd" && exec timeout -k 5 "$to" "$G" "$@") </dev/null >"$LOG" 2>&1
     RC=$?
     SECS=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
-    OUT=$(tr -d '\r' <"$LOG")
+    OUT=$(cat "$LOG" "$LOG.gvm" 2>/dev/null | tr -d '\r')
 }
 # The giantvm run error message(s): stderr lines from giantvm, not QEMU.
-errmsg() { grep -E '^giantvm( run)?:' <<<"$OUT" | grep -v 'memserver: listening' | tr '\n' ' '; }
+errmsg() { grep -E '^giantvm( run)?:' <<<"$OUT" | grep -v 'memserver: listening' | awk '!seen[$0]++' | tr '\n' ' '; }
 # refused NAME REGEX: non-zero (not timeout), quick, message matches REGEX (case-insensitive)
 refused() {
     local name=$1 re=$2 m
@@ -114,6 +117,42 @@ run vfio-real 60 run -- qemu-system-x86_64 "${GUEST[@]}" "${VFIO[@]}"
 if ((RC != 0)); then no_guest vfio; else bad "vfio (real QEMU): exit 0"; fi
 run vfio-eq 30 run -- "$FAKE" "${GUEST[@]}" -device driver=vfio-pci,host=01:00.0
 refused "vfio (-device driver=vfio-pci)" 'vfio.*pin|pin.*vfio'
+# the JSON form libvirt writes
+run vfio-json 30 run -- "$FAKE" "${GUEST[@]}" -device '{"driver":"vfio-pci","host":"0000:01:00.0","id":"hostdev0"}'
+refused "vfio (-device '{\"driver\":\"vfio-pci\",...}')" 'vfio.*pin|pin.*vfio'
+never_started "vfio (JSON)"
+run vfio-allowed 30 run --allow-vfio-pinning -- "$FAKE" "${GUEST[@]}" -device '{"driver":"vfio-pci","host":"0000:01:00.0"}'
+[[ -e $MARK ]] && ok "vfio with --allow-vfio-pinning: QEMU started" ||
+    bad "vfio with --allow-vfio-pinning: QEMU not started: $(errmsg)"
+
+# ---------------------------------------------------------------- mem-lock
+# mlockall() would fault every guest page in locally before the attach.
+run memlock 30 run -- "$FAKE" "${GUEST[@]}" -overcommit mem-lock=on
+refused "-overcommit mem-lock=on" 'mem-lock=on'
+never_started "-overcommit mem-lock=on"
+run memlock-rt 30 run -- "$FAKE" "${GUEST[@]}" -overcommit cpu-pm=off -realtime mlock=on
+refused "-realtime mlock=on" 'mem-lock=on|mlock=on'
+
+# ---------------------------------------------------------------- stderr stays QEMU's
+# kvm-unit-tests counts any stderr line as QEMU's failure: a good run adds
+# nothing to stderr, its lines are in the log the stdout line names.
+rm -f "$TMP/clean.gvm"
+(cd "$TMP/cwd" && exec timeout -k 5 300 "$G" run --vm-id "clean-$$" --log "$TMP/clean.gvm" -- \
+    qemu-system-x86_64 "${GUEST[@]}") </dev/null >"$TMP/clean.out" 2>"$TMP/clean.err"
+RC=$?
+if ((RC == 0)) && grep -q '^GIANTVM-RESULT .* verify=ok ' "$TMP/clean.out"; then ok "clean run: guest verified"; else
+    bad "clean run: exit $RC"
+    show_tail "$TMP/clean.out"
+fi
+if [[ ! -s $TMP/clean.err ]]; then ok "clean run: nothing on stderr"; else
+    bad "clean run: stderr has: $(head -n 3 "$TMP/clean.err")"
+fi
+grep -qxF "[GiantVM] No Custom Kernel. Entering UFFD High-Perf Mode. Log: $TMP/clean.gvm" "$TMP/clean.out" &&
+    ok "clean run: the one stdout line names the log" || bad "clean run: no mode line naming $TMP/clean.gvm"
+grep -q "^\[GiantVM\] guest RAM 'pc.ram': 256 MiB in the pool" "$TMP/clean.gvm" &&
+    grep -q '^giantvm: preload: guest RAM block' "$TMP/clean.gvm" &&
+    ok "clean run: giantvm's and the preload's lines are in the log" ||
+    bad "clean run: log lacks giantvm's or the preload's lines: $(head -n 5 "$TMP/clean.gvm")"
 
 # ---------------------------------------------------------------- a pool node is down
 # A loopback port nobody listens on: bind an ephemeral port, note it, release it.
@@ -152,6 +191,46 @@ never_started "pool node down"
 run pooldown-real 60 run --pool "$POOL" -- qemu-system-x86_64 "${GUEST[@]}"
 if ((RC != 0)); then no_guest "pool node down"; else bad "pool node down (real QEMU): exit 0"; fi
 stop_servers
+
+# ---------------------------------------------------------------- -S: the user's own cont
+# With -S the user resumes the guest on a monitor of their own; giantvm run
+# then attaches RAM as QEMU maps it. The attach is delayed 2 s (test knob) and
+# `cont` is sent on an HMP monitor the moment its port accepts, before any
+# block is attached: QEMU runs it only from its main loop, after the attach.
+MPORT=$(free_port)
+rm -f "$TMP/users.gvm"
+(cd "$TMP/cwd" && exec env GIANTVM_TEST_ATTACH_DELAY_MS=2000 timeout -k 5 300 "$G" run --vm-id "users-$$" \
+    --log "$TMP/users.gvm" -- qemu-system-x86_64 "${GUEST[@]}" -S -monitor "tcp:127.0.0.1:$MPORT,server=on,wait=off") \
+    </dev/null >"$TMP/users.out" 2>"$TMP/users.err" &
+upid=$!
+sent=
+for ((t = 0; t < 400; t++)); do
+    if { exec 5<>"/dev/tcp/127.0.0.1/$MPORT"; } 2>/dev/null; then
+        printf 'cont\n' >&5
+        sent=$(grep -c 'attached as QEMU mapped it' "$TMP/users.gvm" 2>/dev/null)
+        break
+    fi
+    kill -0 "$upid" 2>/dev/null || break
+    sleep 0.05
+done
+wait "$upid"
+RC=$?
+exec 5>&- 2>/dev/null
+if [[ $sent == 0 ]] && grep -q 'test: delaying the attach by 2000 ms' "$TMP/users.gvm"; then
+    ok "-S: cont sent on the user's monitor with no block attached yet (inside the 2 s delay)"
+else
+    bad "-S: cont not sent inside the delay (blocks attached when sent: '${sent:-never sent}')"
+fi
+n0=$(grep -c 'attached as QEMU mapped it (0 pages resident before)' "$TMP/users.gvm")
+nall=$(grep -c 'attached as QEMU mapped it' "$TMP/users.gvm")
+if ((RC == 0)) && grep -q '^GIANTVM-RESULT .* verify=ok ' "$TMP/users.out" && ((nall >= 1 && n0 == nall)); then
+    ok "-S: guest verified; $nall RAM blocks attached as QEMU mapped them, 0 pages resident before each"
+else
+    bad "-S: exit $RC, $n0 of $nall blocks attached with 0 resident"
+    show_tail "$TMP/users.out"
+    show_tail "$TMP/users.gvm"
+fi
+[[ ! -s $TMP/users.err ]] && ok "-S: nothing on stderr" || bad "-S: stderr has: $(head -n 3 "$TMP/users.err")"
 
 # ---------------------------------------------------------------- -enable-kvm
 # The guest args minus their "-accel tcg" pair, plus -enable-kvm.

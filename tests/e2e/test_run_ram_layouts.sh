@@ -73,15 +73,18 @@ unset GIANTVM_POOL
 
 LOG=
 RC=
-# boot NAME MEMORY-ARGS... : giantvm run in $WORK; sets LOG, RC, OUT (log text without \r)
+# boot NAME MEMORY-ARGS... : giantvm run in $WORK; sets LOG, RC, OUT (output and
+# giantvm's log $LOG.gvm, without \r)
 boot() {
     local name=$1 t0
     shift
     LOG=$TMP/$name.log
     t0=$(date +%s.%N)
-    (cd "$WORK" && exec timeout -k 10 "$TIMEOUT" "$G" run -- qemu-system-x86_64 "${args[@]}" "$@") </dev/null >"$LOG" 2>&1
+    # giantvm's own lines go to its log (--log), QEMU's stderr stays QEMU's
+    rm -f "$LOG.gvm"
+    (cd "$WORK" && exec timeout -k 10 "$TIMEOUT" "$G" run --log "$LOG.gvm" -- qemu-system-x86_64 "${args[@]}" "$@") </dev/null >"$LOG" 2>&1
     RC=$?
-    OUT=$(tr -d '\r' <"$LOG")
+    OUT=$(cat "$LOG" "$LOG.gvm" 2>/dev/null | tr -d '\r')
     note "$name: rc=$RC in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')s"
 }
 

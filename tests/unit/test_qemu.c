@@ -1,5 +1,7 @@
 /* What `giantvm run` reads from QEMU: parsers fed QEMU 7.2/8.x output, and
  * the matching of RAM blocks to the preload library's mappings. */
+#include <unistd.h>
+
 #include "qemu.h"
 #include "test.h"
 
@@ -125,6 +127,162 @@ static int test_qemu_args(void)
 	return 0;
 }
 
+/* VFIO in every form QEMU takes (libvirt writes JSON). */
+static int test_vfio_forms(void)
+{
+	char *a[][3] = {
+		{ "qemu", "-device", "vfio-pci,host=0000:01:00.0,id=hostdev0" },
+		{ "qemu", "-device", "driver=vfio-pci,host=01:00.0" },
+		{ "qemu", "--device", "vfio-pci-nohotplug,host=01:00.0" },
+		{ "qemu", "-device", "{\"driver\":\"vfio-pci\",\"host\":\"0000:06:00.0\",\"id\":\"hostdev0\",\"bus\":\"pci.0\",\"addr\":\"0x3\"}" },
+		{ "qemu", "-device", "{ \"id\": \"h0\", \"driver\" : \"vfio-pci\" }" },
+		{ "qemu", "-device=vfio-ap,sysfsdev=/sys/devices/vfio_ap/matrix/x" },
+	};
+	char *ok[][3] = {
+		{ "qemu", "-device", "virtio-net-pci,id=vfio-pci" },          /* an id, not the driver */
+		{ "qemu", "-device", "{\"driver\":\"virtio-blk-pci\",\"id\":\"vfio-pci\"}" },
+		{ "qemu", "-netdev", "user,id=vfio-pci" },
+		{ "qemu", "-append", "driver=vfio-pci" },
+	};
+
+	for (size_t i = 0; i < sizeof(a) / sizeof(a[0]); i++)
+		CHECK(gvm_qemu_has_vfio(a[i][2] ? 3 : 2, a[i]) == 1);
+	CHECK(gvm_qemu_has_vfio(2, a[5]) == 1);
+	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++)
+		CHECK(gvm_qemu_has_vfio(3, ok[i]) == 0);
+	return 0;
+}
+
+static int test_mem_lock_forms(void)
+{
+	char *on[][3] = {
+		{ "qemu", "-overcommit", "mem-lock=on" },
+		{ "qemu", "--overcommit", "cpu-pm=off,mem-lock=on" },
+		{ "qemu", "-overcommit", "mem-lock=on-fault" },
+		{ "qemu", "-realtime", "mlock=on" },
+		{ "qemu", "-overcommit", "mem-lock=yes" },
+	};
+	char *off[][3] = {
+		{ "qemu", "-overcommit", "mem-lock=off" },
+		{ "qemu", "-overcommit", "cpu-pm=on" },
+		{ "qemu", "-realtime", "mlock=off" },
+		{ "qemu", "-append", "mem-lock=on" },
+	};
+	char *eq[] = { "qemu", "-overcommit=mem-lock=on" };
+
+	for (size_t i = 0; i < sizeof(on) / sizeof(on[0]); i++)
+		CHECK(gvm_qemu_mem_lock(3, on[i]) == 1);
+	for (size_t i = 0; i < sizeof(off) / sizeof(off[0]); i++)
+		CHECK(gvm_qemu_mem_lock(3, off[i]) == 0);
+	CHECK(gvm_qemu_mem_lock(2, eq) == 1);
+	return 0;
+}
+
+/* What libvirt 9 runs to probe, and what it runs for a domain. */
+static int test_probe_and_name(void)
+{
+	char *probe[] = { "qemu", "-S", "-no-user-config", "-nodefaults", "-nographic", "-machine",
+			  "none,accel=kvm:tcg", "-qmp", "unix:/var/lib/libvirt/qemu/qmp-X/qmp.monitor,server=on,wait=off",
+			  "-pidfile", "/var/lib/libvirt/qemu/qmp-X/qmp.pid", "-daemonize" };
+	char *ver[] = { "qemu", "--version" };
+	char *help[] = { "qemu", "-device", "help" };
+	char *dom[] = { "qemu", "-name", "guest=gvm-test,,x,debug-threads=on", "-S", "-machine",
+			"pc-i440fx-7.2,usb=off,dump-guest-core=off,memory-backend=pc.ram", "-accel", "tcg",
+			"-m", "512", "-object", "{\"qom-type\":\"memory-backend-ram\",\"id\":\"pc.ram\",\"size\":536870912}" };
+	char *plain[] = { "qemu", "-name", "demo", "-M", "pc" };
+	char *none[] = { "qemu", "-m", "256" };
+	char name[64], why[256];
+
+	CHECK(gvm_qemu_is_probe(12, probe));
+	CHECK(gvm_qemu_is_probe(2, ver));
+	CHECK(gvm_qemu_is_probe(3, help));
+	CHECK(!gvm_qemu_is_probe(12, dom));
+	CHECK(!gvm_qemu_is_probe(5, plain));
+	CHECK_EQ(gvm_qemu_vm_name(12, dom, name, sizeof(name)), 0);
+	CHECK(!strcmp(name, "gvm-test,x"));
+	CHECK_EQ(gvm_qemu_vm_name(5, plain, name, sizeof(name)), 0);
+	CHECK(!strcmp(name, "demo"));
+	CHECK_EQ(gvm_qemu_vm_name(3, none, name, sizeof(name)), -ENOENT);
+	CHECK_EQ(gvm_qemu_local_ram(12, dom, why, sizeof(why)), 0);
+	return 0;
+}
+
+/* <memoryBacking> variants: only private anonymous RAM can be attached early. */
+static int test_local_ram_forms(void)
+{
+	char *bad[][3] = {
+		{ "qemu", "-mem-path", "/dev/hugepages/libvirt/qemu" },
+		{ "qemu", "-object", "{\"qom-type\":\"memory-backend-file\",\"id\":\"pc.ram\",\"mem-path\":\"/dev/hugepages\",\"size\":536870912}" },
+		{ "qemu", "-object", "{\"qom-type\":\"memory-backend-memfd\",\"id\":\"pc.ram\",\"size\":536870912}" },
+		{ "qemu", "-object", "{\"qom-type\":\"memory-backend-ram\",\"id\":\"pc.ram\",\"share\":true,\"size\":536870912}" },
+		{ "qemu", "-object", "memory-backend-ram,id=m0,size=512M,share=on" },
+		{ "qemu", "-object", "qom-type=memory-backend-memfd,id=m0,size=512M" },
+	};
+	char *good[][3] = {
+		{ "qemu", "-object", "{\"qom-type\":\"memory-backend-ram\",\"id\":\"pc.ram\",\"share\":false,\"size\":1}" },
+		{ "qemu", "-object", "memory-backend-ram,id=m0,size=512M" },
+		{ "qemu", "-object", "{\"qom-type\":\"secret\",\"id\":\"s0\",\"data\":\"x\"}" },
+	};
+	char why[256];
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		CHECK(gvm_qemu_local_ram(3, bad[i], why, sizeof(why)) == 1);
+		CHECK(strstr(why, "pool"));
+	}
+	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+		CHECK(gvm_qemu_local_ram(3, good[i], why, sizeof(why)) == 0);
+	return 0;
+}
+
+static int write_file(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+
+	if (!f)
+		return -1;
+	fputs(text, f);
+	return fclose(f);
+}
+
+/* giantvm-qemu.conf: defaults, values, and errors naming file:line. */
+static int test_wrapper_conf(void)
+{
+	static struct gvm_wrapper_conf c;
+	char path[] = "/tmp/gvm-test-wconf.XXXXXX", err[PATH_MAX + 512];
+	int fd = mkstemp(path);
+
+	CHECK(fd >= 0);
+	close(fd);
+	unlink(path);
+	CHECK_EQ(gvm_wrapper_conf_parse(path, &c, err, sizeof(err)), 0); /* missing: defaults */
+	CHECK(!c.found && !c.pool[0] && !strcmp(c.qemu, "/usr/bin/qemu-system-x86_64"));
+	CHECK(!strcmp(c.run_dir, GVM_WRAPPER_RUN_DIR) && !strcmp(c.log_dir, GVM_WRAPPER_RUN_DIR));
+	CHECK_EQ(write_file(path, "# example\n\npool = /etc/giantvm/cluster_uffd.conf  # the pool\n"
+				 "token-file=/etc/giantvm/token\nlocal-mem = 256M\nreplicas = 2\nprefetch = 8\n"
+				 "log-dir = /var/log/giantvm\nqemu = /opt/qemu/bin/qemu-system-x86_64\n"), 0);
+	CHECK_EQ(gvm_wrapper_conf_parse(path, &c, err, sizeof(err)), 0);
+	CHECK(c.found && !strcmp(c.pool, "/etc/giantvm/cluster_uffd.conf") && !strcmp(c.token, "/etc/giantvm/token"));
+	CHECK(!strcmp(c.local_mem, "256M") && c.replicas == 2 && c.prefetch == 8);
+	CHECK(!strcmp(c.log_dir, "/var/log/giantvm") && !strcmp(c.qemu, "/opt/qemu/bin/qemu-system-x86_64"));
+	CHECK_EQ(write_file(path, "pool = /p\n\nprefetch = 3\n"), 0);
+	CHECK_EQ(gvm_wrapper_conf_parse(path, &c, err, sizeof(err)), -1);
+	CHECK(strstr(err, path) && strstr(err, ":3: prefetch '3'"));
+	CHECK_EQ(write_file(path, "pool = /p\npools = /q\n"), 0);
+	CHECK_EQ(gvm_wrapper_conf_parse(path, &c, err, sizeof(err)), -1);
+	CHECK(strstr(err, ":2: unknown key 'pools'"));
+	CHECK_EQ(write_file(path, "pool\n"), 0);
+	CHECK_EQ(gvm_wrapper_conf_parse(path, &c, err, sizeof(err)), -1);
+	CHECK(strstr(err, ":1: 'pool': want KEY = VALUE"));
+	CHECK_EQ(write_file(path, "pool = relative.conf\n"), 0);
+	CHECK_EQ(gvm_wrapper_conf_parse(path, &c, err, sizeof(err)), -1);
+	CHECK(strstr(err, ":1: 'relative.conf': an absolute path"));
+	CHECK_EQ(write_file(path, "local-mem = 1M\n"), 0);
+	CHECK_EQ(gvm_wrapper_conf_parse(path, &c, err, sizeof(err)), -1);
+	CHECK(strstr(err, ":1: local-mem"));
+	unlink(path);
+	return 0;
+}
+
 static int test_json_helpers(void)
 {
 	char s[] = "a\\r\\nb\\\"c\\\\d";
@@ -147,5 +305,10 @@ static const struct gvm_test tests[] = {
 	{ "match_numa_same_size_and_shared", test_match_numa_same_size_and_shared },
 	{ "qemu_args", test_qemu_args },
 	{ "json_helpers", test_json_helpers },
+	{ "vfio_forms", test_vfio_forms },
+	{ "mem_lock_forms", test_mem_lock_forms },
+	{ "probe_and_name", test_probe_and_name },
+	{ "local_ram_forms", test_local_ram_forms },
+	{ "wrapper_conf", test_wrapper_conf },
 };
 GVM_TEST_MAIN(tests)
