@@ -137,6 +137,13 @@ static int recv_frame(struct gvm_client *c, struct gvm_hdr *h)
 		return -EPROTO;
 	if (h->len && (r = recv_all(c, c->buf, h->len)) < 0)
 		return r;
+	if (c->sess.on) {
+		uint8_t tag[GVM_TAG_SIZE];
+		if ((r = recv_all(c, tag, sizeof(tag))) < 0)
+			return r;
+		if (gvm_session_check(&c->sess, raw, c->buf, h->len, tag) < 0)
+			return -EBADMSG;
+	}
 	return 0;
 }
 
@@ -148,9 +155,9 @@ static int recv_frame(struct gvm_client *c, struct gvm_hdr *h)
 static int transact(struct gvm_client *c, struct gvm_hdr *req, const void *payload,
 		    struct gvm_hdr *rep)
 {
-	uint8_t raw[GVM_HDR_SIZE];
-	struct iovec iov[2] = { { raw, sizeof(raw) }, { (void *)payload, req->len } };
-	int r;
+	uint8_t raw[GVM_HDR_SIZE], tag[GVM_TAG_SIZE];
+	struct iovec iov[3] = { { raw, sizeof(raw) }, { (void *)payload, req->len }, { tag, sizeof(tag) } };
+	int r, n = 1;
 
 	if (c->fd < 0)
 		return -ENOTCONN;
@@ -160,7 +167,16 @@ static int transact(struct gvm_client *c, struct gvm_hdr *req, const void *paylo
 	req->status = 0;
 	req->flags = 0;
 	gvm_hdr_encode(req, raw);
-	if ((r = send_all(c, iov, req->len ? 2 : 1)) < 0)
+	if (req->len)
+		iov[n++] = iov[1];
+	if (c->sess.on) {
+		if (gvm_session_tag_begin(&c->sess, raw) < 0 ||
+		    gvm_session_tag_add(&c->sess, payload, req->len) < 0 ||
+		    gvm_session_tag_end(&c->sess, tag) < 0)
+			return fail(c, -EIO);
+		iov[n++] = iov[2];
+	}
+	if ((r = send_all(c, iov, n)) < 0)
 		return fail(c, r);
 	if ((r = recv_frame(c, rep)) < 0)
 		return fail(c, r);
@@ -224,7 +240,7 @@ int gvm_client_connect(struct gvm_client *c, const char *hostport, const void *t
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV };
 	struct addrinfo *res = NULL, *ai;
 	struct gvm_greeting g;
-	struct gvm_hello hello = { .version = GVM_PROTO_VERSION };
+	struct gvm_hello hello;
 	struct gvm_hdr h, rep;
 	uint8_t payload[GVM_HELLO_SIZE];
 	char host[256], port[8];
@@ -234,6 +250,7 @@ int gvm_client_connect(struct gvm_client *c, const char *hostport, const void *t
 	c->next_id = 1;
 	c->timeout_ms = timeout_ms;
 	c->buf = NULL;
+	gvm_session_init(&c->sess);
 	if (!hostport || split_hostport(hostport, host, sizeof(host), port, sizeof(port)) < 0)
 		return -EINVAL;
 	if (token && (token_len == 0 || token_len > GVM_TOKEN_MAX))
@@ -260,18 +277,20 @@ int gvm_client_connect(struct gvm_client *c, const char *hostport, const void *t
 	gvm_greeting_decode(c->buf, &g);
 	if (g.version < GVM_PROTO_VERSION)
 		return fail(c, -EPROTONOSUPPORT);
-	if (token) {
-		if (gvm_auth_mac(token, token_len, g.nonce, hello.mac) < 0)
-			return fail(c, -EIO);
-		hello.flags = GVM_HELLO_MAC;
-	}
+	/* Holding a token, talk only to a node that can prove it holds it too. */
+	if (token && !(g.flags & GVM_GREET_KEYED))
+		return fail(c, -EACCES);
+	if ((r = gvm_session_hello(&c->sess, token, token_len, c->buf, &hello)) < 0)
+		return fail(c, r == -EACCES ? r : -EIO);
 	gvm_hello_encode(&hello, payload);
-	OPENSSL_cleanse(hello.mac, sizeof(hello.mac));
+	OPENSSL_cleanse(&hello, sizeof(hello));
 	h = (struct gvm_hdr){ .op = GVM_OP_HELLO, .len = GVM_HELLO_SIZE };
 	r = transact(c, &h, payload, &rep);
 	OPENSSL_cleanse(payload, sizeof(payload));
 	if (r != 0)
 		return fail(c, r);
+	if (token && (rep.len != GVM_PROOF_SIZE || gvm_session_confirm(&c->sess, token, token_len, c->buf) < 0))
+		return fail(c, -EACCES);
 	return 0;
 }
 
@@ -280,6 +299,7 @@ void gvm_client_close(struct gvm_client *c)
 	if (c->fd >= 0)
 		close(c->fd);
 	c->fd = -1;
+	gvm_session_fini(&c->sess);
 	free(c->buf);
 	c->buf = NULL;
 }
@@ -287,8 +307,17 @@ void gvm_client_close(struct gvm_client *c)
 int gvm_client_open(struct gvm_client *c, uint64_t region, const uint8_t key[GVM_KEY_SIZE])
 {
 	struct gvm_hdr h = { .op = GVM_OP_OPEN, .region = region, .len = GVM_OPEN_SIZE }, rep;
+	uint8_t v[GVM_KEY_SIZE];
+	int r;
 
-	return transact(c, &h, key, &rep);
+	if (c->fd < 0)
+		return -ENOTCONN;
+	if (gvm_region_verifier(key, region, v) < 0 ||
+	    (c->sess.on && gvm_session_open_pad(&c->sess, region, c->sess.seq_out, v, v) < 0))
+		return -EIO;
+	r = transact(c, &h, v, &rep);
+	OPENSSL_cleanse(v, sizeof(v));
+	return r;
 }
 
 /* The reply must describe the range that was asked for. */

@@ -15,6 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "auth.h"
 #include "proto.h"
 
 struct gvm_client {
@@ -22,17 +23,20 @@ struct gvm_client {
 	uint64_t next_id;
 	int timeout_ms;       /* per blocking step; <= 0 waits forever */
 	uint8_t *buf;         /* GVM_MAX_PAYLOAD scratch for replies */
+	struct gvm_session sess; /* with a token: every frame after HELLO is tagged */
 };
 
 /*
  * Connect to "HOST:PORT" / "[V6]:PORT" / "HOST" (port 9999), read the
- * GREETING, send HELLO (with HMAC-SHA256(token, nonce) when token is given)
- * and wait for its reply. timeout_ms bounds each step.
+ * GREETING, send HELLO and wait for its reply. With a token, the server must
+ * offer a session and prove it holds the token too (-EACCES otherwise), and
+ * every later frame is authenticated (auth.h). timeout_ms bounds each step.
  */
 int gvm_client_connect(struct gvm_client *c, const char *hostport, const void *token,
 		       size_t token_len, int timeout_ms);
 void gvm_client_close(struct gvm_client *c);
-/* Bind `region` to this connection with its 32-byte key. */
+/* Bind `region` to this connection with its 32-byte key (only its verifier
+ * is sent, padded in a session: the key never leaves). */
 int gvm_client_open(struct gvm_client *c, uint64_t region, const uint8_t key[GVM_KEY_SIZE]);
 /* Read count pages into buf (zero pages are written as zeros). */
 int gvm_client_read(struct gvm_client *c, uint64_t region, uint64_t page, unsigned count, void *buf);

@@ -124,6 +124,8 @@ static int check_reply(const struct gvm_hdr *h, const char **why)
 		if (h->len != GVM_STAT_SIZE) BAD(-EPROTO, "STAT reply size");
 		return 0;
 	case GVM_OP_HELLO:
+		if (h->len != 0 && h->len != GVM_PROOF_SIZE) BAD(-EPROTO, "HELLO reply size");
+		return 0;
 	case GVM_OP_OPEN:
 	case GVM_OP_WRITE:
 	case GVM_OP_FREE:
@@ -224,14 +226,18 @@ void gvm_hello_encode(const struct gvm_hello *g, uint8_t out[GVM_HELLO_SIZE])
 {
 	put32(out, g->version);
 	put32(out + 4, g->flags);
-	memcpy(out + 8, g->mac, GVM_MAC_SIZE);
+	memcpy(out + 8, g->nonce, GVM_NONCE_SIZE);
+	memcpy(out + 40, g->pub, GVM_PUB_SIZE);
+	memcpy(out + 72, g->mac, GVM_MAC_SIZE);
 }
 
 void gvm_hello_decode(const uint8_t in[GVM_HELLO_SIZE], struct gvm_hello *g)
 {
 	g->version = get32(in);
 	g->flags = get32(in + 4);
-	memcpy(g->mac, in + 8, GVM_MAC_SIZE);
+	memcpy(g->nonce, in + 8, GVM_NONCE_SIZE);
+	memcpy(g->pub, in + 40, GVM_PUB_SIZE);
+	memcpy(g->mac, in + 72, GVM_MAC_SIZE);
 }
 
 void gvm_stat_encode(const struct gvm_stat *s, uint8_t out[GVM_STAT_SIZE])

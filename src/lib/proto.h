@@ -26,6 +26,8 @@
 #define GVM_KEY_SIZE      32u  /* region key, bytes */
 #define GVM_NONCE_SIZE    32u
 #define GVM_MAC_SIZE      32u  /* HMAC-SHA256 */
+#define GVM_PUB_SIZE      32u  /* X25519 public key */
+#define GVM_TAG_SIZE      16u  /* frame tag (GMAC), sealed-page tag (AES-GCM) */
 
 /* Ops. A reply carries the request's op with GVM_OP_REPLY set. */
 enum gvm_op {
@@ -57,22 +59,28 @@ struct gvm_hdr {
 /* Payloads with a fixed layout. */
 struct gvm_greeting {               /* 40 bytes */
 	uint32_t version;               /* highest version the server speaks */
-	uint32_t flags;                 /* GVM_GREET_AUTH: HELLO must carry a MAC */
+	uint32_t flags;                 /* GVM_GREET_* */
 	uint8_t  nonce[GVM_NONCE_SIZE];
 };
-#define GVM_GREET_AUTH 1u
+#define GVM_GREET_AUTH  1u  /* HELLO must carry a MAC */
+#define GVM_GREET_KEYED 2u  /* the server holds a token: a MAC'd HELLO starts a session */
 #define GVM_GREETING_SIZE 40u
 
-struct gvm_hello {                  /* 40 bytes */
+struct gvm_hello {                  /* 104 bytes */
 	uint32_t version;
-	uint32_t flags;                 /* GVM_HELLO_MAC: mac is set */
-	uint8_t  mac[GVM_MAC_SIZE];     /* HMAC-SHA256(token, nonce) */
+	uint32_t flags;                 /* GVM_HELLO_MAC: nonce, pub and mac are set */
+	uint8_t  nonce[GVM_NONCE_SIZE]; /* the client's */
+	uint8_t  pub[GVM_PUB_SIZE];     /* the client's ephemeral X25519 key */
+	uint8_t  mac[GVM_MAC_SIZE];     /* HMAC-SHA256(token, "giantvm hello" || transcript) */
 };
 #define GVM_HELLO_MAC 1u
-#define GVM_HELLO_SIZE 40u
+#define GVM_HELLO_SIZE 104u
+/* HELLO reply payload when a session starts: the server's ephemeral X25519
+ * key, then its proof. */
+#define GVM_PROOF_SIZE (GVM_PUB_SIZE + GVM_MAC_SIZE)
 
-/* OPEN payload: the region key. A region is bound to the key of its first
- * OPEN; every later OPEN must present the same key. */
+/* OPEN payload: the region's verifier (never the key), padded with a
+ * session-derived pad in an authenticated session (auth.h). */
 #define GVM_OPEN_SIZE GVM_KEY_SIZE
 
 struct gvm_stat {                   /* 64 bytes, STAT reply payload */

@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
+#include "auth.h"
 #include "config.h"
 #include "proto.h"
 
@@ -23,6 +24,7 @@ enum gvm_conn_state {
 	GVM_CONN_CONNECTING,  /* connect() in progress */
 	GVM_CONN_GREETING,    /* waiting for the server's GREETING */
 	GVM_CONN_READY,       /* HELLO sent; requests flow */
+	GVM_CONN_HELLO,       /* with a token: HELLO sent, nothing else until the server's proof */
 	GVM_CONN_DOWN,        /* failed; retry not before retry_at */
 };
 
@@ -63,6 +65,8 @@ struct gvm_conn {
 	uint32_t q_head, q_len, q_cap;
 	uint64_t *opened;     /* region ids OPENed on this connection */
 	uint32_t n_opened;
+	struct gvm_session sess; /* with a token: the frame keys once the server proved itself */
+	uint64_t hello_end;   /* tx_queued at the end of HELLO: all that may leave before the proof */
 	int epoll_out;        /* EPOLLOUT armed */
 	int dirty;            /* on the flush list */
 	struct gvm_conn *next_dirty;
@@ -86,7 +90,7 @@ struct gvm_transport_ops {
 
 struct gvm_region_key_ent {
 	uint64_t region;
-	uint8_t key[GVM_KEY_SIZE];
+	uint8_t verifier[GVM_KEY_SIZE]; /* what OPEN proves (auth.h); the key is not kept */
 };
 
 struct gvm_transport {

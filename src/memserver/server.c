@@ -63,7 +63,8 @@
 #define DEFAULT_LISTEN    "127.0.0.1:9999"
 #define FD_RESERVE        64             /* descriptors kept for the server itself */
 #define LOG_BURST         10             /* rate-limited warnings: this many per second */
-#define SMALL_REPLY       GVM_HDR_SIZE   /* replies allowed over the budget (see DESIGN) */
+/* replies allowed over the budget (see DESIGN): a status, or HELLO's proof */
+#define SMALL_REPLY       (GVM_HDR_SIZE + GVM_PROOF_SIZE)
 #define PEER_BUDGET_SHARE 4              /* one address may hold 1/4 of the buffer budget */
 
 #define DEF_MAX_CONN_REGIONS 1024u
@@ -146,7 +147,7 @@ struct conn {
 	struct link ulink;   /* on s->unauthed while !authed */
 	struct link slink;   /* on s->starved while starved */
 	struct peer *peer;   /* its address's share of connections and buffers */
-	uint8_t nonce[GVM_NONCE_SIZE];
+	struct gvm_session sess; /* nonce; after an authenticated HELLO, the frame keys */
 	char addr[ADDR_LEN];
 };
 
@@ -446,11 +447,13 @@ static void out_release(struct conn *c)
 	c->out_off = c->out_len = c->out_hw = 0;
 }
 
-/* Room for n more output bytes at c->out + c->out_len, or NULL. */
+/* Room for n more output bytes at c->out + c->out_len (and the frame's tag
+ * after them), or NULL. */
 static uint8_t *out_reserve(struct conn *c, size_t n)
 {
 	struct gvm_memserver *s = c->srv;
 
+	n += GVM_TAG_SIZE;
 	if (c->out_off == c->out_len)
 		c->out_off = c->out_len = 0;
 	if (!c->out && s->spares.n) {
@@ -487,6 +490,16 @@ static void reply_commit(struct conn *c, const struct gvm_hdr *req, int status, 
 		c->out_since_ns = gvm_now_ns();
 	gvm_hdr_encode(&h, c->out + c->out_len);
 	c->out_len += GVM_HDR_SIZE + len;
+	if (c->sess.on) {
+		/* out_reserve() left room for it. A failure leaves a wrong tag:
+		 * the client drops the connection, which is what we want. */
+		uint8_t *f = c->out + c->out_len - GVM_HDR_SIZE - len;
+		if (gvm_session_tag_begin(&c->sess, f) < 0 ||
+		    gvm_session_tag_add(&c->sess, f + GVM_HDR_SIZE, len) < 0 ||
+		    gvm_session_tag_end(&c->sess, c->out + c->out_len) < 0)
+			memset(c->out + c->out_len, 0, GVM_TAG_SIZE);
+		c->out_len += GVM_TAG_SIZE;
+	}
 	c->out_hw = GVM_MAX(c->out_hw, c->out_len);
 }
 
@@ -574,12 +587,18 @@ static void unauthed_del(struct gvm_memserver *s, struct conn *c)
 	c->peer->unauthed--;
 }
 
+/*
+ * HELLO: with a token configured, the client's MAC must prove the token (or
+ * the admin token); the reply then carries the server's ephemeral key and
+ * proof, and every later frame in both directions is tagged (auth.h).
+ */
 static int handle_hello(struct gvm_memserver *s, struct conn *c, const struct gvm_hdr *h,
 			const uint8_t *payload)
 {
 	struct gvm_hello hello;
+	uint8_t reply[GVM_PROOF_SIZE];
 	const char *fail = NULL;
-	int status = 0, admin = 0, r;
+	int status = 0, admin = 0, session = 0, r;
 
 	if (c->authed)
 		return reply_status(c, h, -EALREADY);
@@ -588,32 +607,48 @@ static int handle_hello(struct gvm_memserver *s, struct conn *c, const struct gv
 		status = -EPROTONOSUPPORT;
 		fail = "HELLO with another protocol version";
 	} else if (s->token || s->admin_token) {
-		uint8_t mac[GVM_MAC_SIZE];
-
 		if (!(hello.flags & GVM_HELLO_MAC)) {
 			if (s->token) {
 				status = -EACCES;
 				fail = "HELLO without a MAC";
 			}
 		} else if (s->admin_token &&
-			   gvm_auth_mac(s->admin_token, s->admin_token_len, c->nonce, mac) == 0 &&
-			   gvm_auth_equal(mac, hello.mac, GVM_MAC_SIZE)) {
-			admin = 1;
+			   (r = gvm_session_accept(&c->sess, s->admin_token, s->admin_token_len, &hello,
+						   reply)) != 0) {
+			if (r < 0) {
+				status = r == -EACCES ? -EACCES : -EIO;
+				fail = "the session handshake failed";
+			} else {
+				admin = session = 1;
+			}
 		} else if (!s->token) {
-			/* A MAC nobody asked for: not the admin's, so an ordinary client. */
-		} else if (gvm_auth_mac(s->token, s->token_len, c->nonce, mac) < 0) {
-			status = -EIO;
-			fail = "computing the HMAC failed";
-		} else if (!gvm_auth_equal(mac, hello.mac, GVM_MAC_SIZE)) {
+			/* A MAC nobody asked for: not the admin's, so an ordinary client
+			 * (one that holds a token will not accept the missing proof). */
+		} else if ((r = gvm_session_accept(&c->sess, s->token, s->token_len, &hello, reply)) < 0) {
+			status = r == -EACCES ? -EACCES : -EIO;
+			fail = "the session handshake failed";
+		} else if (r == 0) {
 			status = -EACCES;
 			fail = "HELLO with a wrong MAC";
+		} else {
+			session = 1;
 		}
-		OPENSSL_cleanse(mac, sizeof(mac));
 	}
+	OPENSSL_cleanse(&hello, sizeof(hello));
 	if (fail && ratelimit_ok(&s->rl_hello, "failed HELLOs"))
 		pr_warn("client %s: %s, closing", c->addr, fail);
-	if ((r = reply_status(c, h, status)) < 0)
+	if (session && !status) {
+		uint8_t *p = out_reserve(c, GVM_HDR_SIZE + GVM_PROOF_SIZE);
+		if (!p) {
+			pr_warn("client %s: out of memory for a reply, closing", c->addr);
+			return -ENOMEM;
+		}
+		memcpy(p + GVM_HDR_SIZE, reply, GVM_PROOF_SIZE);
+		reply_commit(c, h, 0, GVM_PROOF_SIZE);
+		c->sess.on = 1;  /* every frame after this reply and after the HELLO */
+	} else if ((r = reply_status(c, h, status)) < 0) {
 		return r;
+	}
 	if (status) {
 		c->closing = 1;
 	} else {
@@ -684,8 +719,17 @@ static int conn_handle(struct gvm_memserver *s, struct conn *c, const struct gvm
 	switch (h->op) {
 	case GVM_OP_HELLO:
 		return handle_hello(s, c, h, payload);
-	case GVM_OP_OPEN:
-		return reply_status(c, h, conn_add_region(s, c, h->region, payload));
+	case GVM_OP_OPEN: {
+		/* The region's verifier, unpadded (the key itself never comes). */
+		uint8_t v[GVM_KEY_SIZE];
+		memcpy(v, payload, GVM_KEY_SIZE);
+		if (c->sess.on && gvm_session_open_pad(&c->sess, h->region, c->sess.seq_last_in, v, v) < 0)
+			status = -EIO;
+		else
+			status = conn_add_region(s, c, h->region, v);
+		OPENSSL_cleanse(v, sizeof(v));
+		return reply_status(c, h, status);
+	}
 	case GVM_OP_READ: {
 		p = out_reserve(c, GVM_HDR_SIZE + gvm_pages_len(h->count, h->count));
 		if (!p)
@@ -721,13 +765,20 @@ static int conn_handle(struct gvm_memserver *s, struct conn *c, const struct gvm
 	}
 }
 
+/* Bytes on the wire of the frame whose header is at hdr (tag included). */
+static size_t frame_size(const struct conn *c, const uint8_t *hdr)
+{
+	return GVM_HDR_SIZE + (size_t)le32(hdr + 40) + (c->sess.on ? GVM_TAG_SIZE : 0);
+}
+
 /* Bytes of the reply a request makes (an upper bound). */
 static size_t reply_size(const struct gvm_hdr *h)
 {
 	switch (h->op) {
-	case GVM_OP_READ: return GVM_HDR_SIZE + gvm_pages_len(h->count, h->count);
-	case GVM_OP_LIST: return GVM_HDR_SIZE + GVM_BITMAP_BYTES(h->count);
-	case GVM_OP_STAT: return GVM_HDR_SIZE + GVM_STAT_SIZE;
+	case GVM_OP_READ: return GVM_HDR_SIZE + gvm_pages_len(h->count, h->count) + GVM_TAG_SIZE;
+	case GVM_OP_LIST: return GVM_HDR_SIZE + GVM_BITMAP_BYTES(h->count) + GVM_TAG_SIZE;
+	case GVM_OP_STAT: return GVM_HDR_SIZE + GVM_STAT_SIZE + GVM_TAG_SIZE;
+	case GVM_OP_HELLO: return GVM_HDR_SIZE + GVM_PROOF_SIZE;
 	default: return GVM_HDR_SIZE;
 	}
 }
@@ -766,7 +817,8 @@ static ssize_t conn_parse(struct gvm_memserver *s, struct conn *c, const uint8_t
 			c->closing = 1;
 			break;
 		}
-		if (len - off - GVM_HDR_SIZE < h.len)
+		size_t tag = c->sess.on ? GVM_TAG_SIZE : 0;
+		if (len - off - GVM_HDR_SIZE < h.len + tag)
 			break;
 		/* Over the budget, only header-sized replies, and only with nothing
 		 * else pending: whoever waits holds nothing that grows. */
@@ -777,12 +829,15 @@ static ssize_t conn_parse(struct gvm_memserver *s, struct conn *c, const uint8_t
 				conn_starve(s, c);
 			break;
 		}
+		if (tag && gvm_session_check(&c->sess, buf + off, buf + off + GVM_HDR_SIZE, h.len,
+					     buf + off + GVM_HDR_SIZE + h.len) < 0)
+			return conn_reject(c, "frame tag does not verify (altered, replayed or another session's)");
 		int r = conn_handle(s, c, &h, buf + off + GVM_HDR_SIZE);
 		if (r < 0)
 			return r;
-		off += GVM_HDR_SIZE + h.len;
-		s->bytes_in += GVM_HDR_SIZE + h.len;
-		c->bytes_in += GVM_HDR_SIZE + h.len;
+		off += GVM_HDR_SIZE + h.len + tag;
+		s->bytes_in += GVM_HDR_SIZE + h.len + tag;
+		c->bytes_in += GVM_HDR_SIZE + h.len + tag;
 		if (out_pending(c) > OUT_HIGH)
 			c->paused = 1;
 	}
@@ -841,7 +896,7 @@ static int conn_recv_error(struct conn *c)
 static int conn_read(struct gvm_memserver *s, struct conn *c)
 {
 	for (int iter = 0; iter < READS_PER_EVENT && !c->closing && !c->paused && !c->starved; iter++) {
-		size_t need = c->in_len >= GVM_HDR_SIZE ? GVM_HDR_SIZE + le32(c->in + 40) : 0;
+		size_t need = c->in_len >= GVM_HDR_SIZE ? frame_size(c, c->in) : 0;
 		ssize_t n;
 
 		/* Over the budget nothing more is taken in: wait for buffers to drain. */
@@ -978,8 +1033,8 @@ static int conn_pump(struct gvm_memserver *s, struct conn *c)
 		if (!c->in_len)
 			break;
 		/* A large frame still arriving is not parsed until it is whole. */
-		if (c->in_len >= GVM_HDR_SIZE && c->in_len < GVM_HDR_SIZE + (size_t)le32(c->in + 40) &&
-		    GVM_HDR_SIZE + (size_t)le32(c->in + 40) > RBUF_SIZE)
+		if (c->in_len >= GVM_HDR_SIZE && c->in_len < frame_size(c, c->in) &&
+		    frame_size(c, c->in) > RBUF_SIZE)
 			break;
 		ssize_t used = conn_parse(s, c, c->in, c->in_len);
 		if (used < 0)
@@ -998,6 +1053,7 @@ static void conn_free(struct conn *c)
 		OPENSSL_cleanse(c->regions, c->cap_regions * sizeof(*c->regions));
 		free(c->regions);
 	}
+	gvm_session_fini(&c->sess);
 	free(c);
 }
 
@@ -1087,7 +1143,7 @@ static void wake_starved(struct gvm_memserver *s)
 		fifo_del(&s->starved, c, &c->slink, SLINK);
 		c->starved = 0;
 		if (c->in_len) {
-			size_t need = c->in_len >= GVM_HDR_SIZE ? GVM_HDR_SIZE + le32(c->in + 40) : 0;
+			size_t need = c->in_len >= GVM_HDR_SIZE ? frame_size(c, c->in) : 0;
 			if (need <= RBUF_SIZE || c->in_len >= need) {
 				ssize_t used = conn_parse(s, c, c->in, c->in_len);
 				if (used < 0)
@@ -1144,7 +1200,8 @@ static int unauthed_make_room(struct gvm_memserver *s, const uint8_t addr[16])
 
 static void conn_new(struct gvm_memserver *s, int fd, const struct sockaddr *sa)
 {
-	struct gvm_greeting g = { .version = GVM_PROTO_VERSION, .flags = s->token ? GVM_GREET_AUTH : 0 };
+	struct gvm_greeting g;
+	uint32_t gflags = (s->token ? GVM_GREET_AUTH : 0) | (s->token || s->admin_token ? GVM_GREET_KEYED : 0);
 	struct gvm_hdr h = {
 		.magic = GVM_PROTO_MAGIC, .version = GVM_PROTO_VERSION, .op = GVM_OP_GREETING,
 		.len = GVM_GREETING_SIZE,
@@ -1201,14 +1258,13 @@ static void conn_new(struct gvm_memserver *s, int fd, const struct sockaddr *sa)
 		    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt)) < 0)
 			pr_debug("client %s: keepalive: %s", c->addr, strerror(errno));
 	}
-	r = gvm_random(c->nonce, sizeof(c->nonce));
+	r = gvm_session_greet(&c->sess, gflags, &g);
 	p = out_reserve(c, GVM_HDR_SIZE + GVM_GREETING_SIZE);
 	if (r < 0 || !p) {
 		pr_err("client %s: cannot prepare the greeting: %s", c->addr,
 		       strerror(r < 0 ? -r : ENOMEM));
 		goto out_free;
 	}
-	memcpy(g.nonce, c->nonce, GVM_NONCE_SIZE);
 	gvm_hdr_encode(&h, p);
 	gvm_greeting_encode(&g, p + GVM_HDR_SIZE);
 	c->out_len = c->out_hw = GVM_HDR_SIZE + GVM_GREETING_SIZE;

@@ -87,7 +87,9 @@ static int test_constants(void)
 	CHECK_EQ(GVM_MAX_PAYLOAD, 128 + 1024 * 4096); /* PROTOCOL.md: len <= 128 + 1024*4096 */
 	CHECK_EQ(gvm_pages_len(64, 3), 8 + 3 * 4096);
 	CHECK_EQ(GVM_GREETING_SIZE, 40);
-	CHECK_EQ(GVM_HELLO_SIZE, 40);
+	CHECK_EQ(GVM_HELLO_SIZE, 104);
+	CHECK_EQ(GVM_PROOF_SIZE, 64);
+	CHECK_EQ(GVM_TAG_SIZE, 16);
 	CHECK_EQ(GVM_OPEN_SIZE, 32);
 	CHECK_EQ(GVM_STAT_SIZE, 64);
 	/* Op numbers are never reused: pin them. */
@@ -177,6 +179,7 @@ static int test_roundtrip_replies(void)
 
 	OK(mk(GVM_OP_GREETING, 0, GVM_GREETING_SIZE), REP);
 	OK(mk(R(GVM_OP_HELLO), 0, 0), REP);
+	OK(mk(R(GVM_OP_HELLO), 0, GVM_PROOF_SIZE), REP); /* the server's key and proof */
 	OK(mk(R(GVM_OP_OPEN), 0, 0), REP);
 	OK(mk(R(GVM_OP_WRITE), 64, 0), REP);
 	OK(mk(R(GVM_OP_FREE), 0, 0), REP);
@@ -443,10 +446,12 @@ static int test_greeting_hello_stat(void)
 	struct gvm_greeting g = { .version = 0x01020304, .flags = GVM_GREET_AUTH }, g2;
 	struct gvm_hello h = { .version = 1, .flags = GVM_HELLO_MAC }, h2;
 	struct gvm_stat s = { 1, 2, 3, 4, 5, 6, UINT64_MAX, 0x0102030405060708ull }, s2;
-	uint8_t buf[64];
+	uint8_t buf[128];
 
 	for (int i = 0; i < 32; i++) {
 		g.nonce[i] = (uint8_t)(0xa0 + i);
+		h.nonce[i] = (uint8_t)(0x30 + i);
+		h.pub[i] = (uint8_t)(0x50 + i);
 		h.mac[i] = (uint8_t)(0x10 + i);
 	}
 	memset(buf, 0xcc, sizeof(buf));
@@ -463,12 +468,16 @@ static int test_greeting_hello_stat(void)
 	memset(buf, 0xcc, sizeof(buf));
 	gvm_hello_encode(&h, buf);
 	CHECK(!memcmp(buf, "\x01\x00\x00\x00\x01\x00\x00\x00", 8));
-	CHECK(!memcmp(buf + 8, h.mac, 32));
-	CHECK_EQ(buf[40], 0xcc);
+	CHECK(!memcmp(buf + 8, h.nonce, 32));
+	CHECK(!memcmp(buf + 40, h.pub, 32));
+	CHECK(!memcmp(buf + 72, h.mac, 32));
+	CHECK_EQ(buf[104], 0xcc);
 	memset(&h2, 0, sizeof(h2));
 	gvm_hello_decode(buf, &h2);
 	CHECK_EQ(h2.version, 1);
 	CHECK_EQ(h2.flags, GVM_HELLO_MAC);
+	CHECK(!memcmp(h2.nonce, h.nonce, 32));
+	CHECK(!memcmp(h2.pub, h.pub, 32));
 	CHECK(!memcmp(h2.mac, h.mac, 32));
 
 	gvm_stat_encode(&s, buf);
