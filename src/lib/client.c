@@ -251,6 +251,7 @@ int gvm_client_connect(struct gvm_client *c, const char *hostport, const void *t
 	c->timeout_ms = timeout_ms;
 	c->buf = NULL;
 	gvm_session_init(&c->sess);
+	memset(&c->seal, 0, sizeof(c->seal));
 	if (!hostport || split_hostport(hostport, host, sizeof(host), port, sizeof(port)) < 0)
 		return -EINVAL;
 	if (token && (token_len == 0 || token_len > GVM_TOKEN_MAX))
@@ -300,6 +301,7 @@ void gvm_client_close(struct gvm_client *c)
 		close(c->fd);
 	c->fd = -1;
 	gvm_session_fini(&c->sess);
+	gvm_sealer_fini(&c->seal);
 	free(c->buf);
 	c->buf = NULL;
 }
@@ -332,11 +334,13 @@ static int check_echo(struct gvm_client *c, const struct gvm_hdr *rep, uint64_t 
 int gvm_client_read_bm(struct gvm_client *c, uint64_t region, uint64_t page, unsigned count,
 		       void *buf, uint8_t *bitmap)
 {
-	struct gvm_hdr h = { .op = GVM_OP_READ, .region = region, .page = page, .count = count }, rep;
-	const uint8_t *data;
+	int sealed = c->seal.ctx && c->seal.region == region;
+	struct gvm_hdr h = { .op = GVM_OP_READ, .region = region, .page = page, .count = count,
+			     .flags = sealed ? GVM_HF_TAGS : 0 }, rep;
+	const uint8_t *data, *tags;
 	const char *why;
 	uint8_t *out = buf;
-	int r;
+	int r, nz;
 
 	if (count == 0 || count > GVM_MAX_PAGES)
 		return -EINVAL;
@@ -344,14 +348,19 @@ int gvm_client_read_bm(struct gvm_client *c, uint64_t region, uint64_t page, uns
 		return r;
 	if ((r = check_echo(c, &rep, region, page, count)) < 0)
 		return r;
-	if (gvm_pages_check(c->buf, rep.len, count, &why) < 0)
+	if ((rep.flags & GVM_HF_TAGS) != h.flags ||
+	    (nz = gvm_pages_check_tagged(c->buf, rep.len, count, sealed, &why)) < 0)
 		return fail(c, -EPROTO);
 	data = c->buf + GVM_BITMAP_BYTES(count);
+	tags = data + (size_t)nz * GVM_PAGE_SIZE;
 	for (unsigned i = 0; i < count; i++) {
 		uint8_t *dst = out + (size_t)i * GVM_PAGE_SIZE;
 		if (gvm_bitmap_test(c->buf, i)) {
 			memcpy(dst, data, GVM_PAGE_SIZE);
 			data += GVM_PAGE_SIZE;
+			if (sealed && gvm_open_page(&c->seal, page + i, c->seal_ver, dst, tags) < 0)
+				return -EBADMSG;
+			tags += sealed ? GVM_TAG_SIZE : 0;
 		} else {
 			memset(dst, 0, GVM_PAGE_SIZE);
 		}
@@ -369,9 +378,13 @@ int gvm_client_read(struct gvm_client *c, uint64_t region, uint64_t page, unsign
 int gvm_client_write(struct gvm_client *c, uint64_t region, uint64_t page, unsigned count,
 		     const void *buf)
 {
-	struct gvm_hdr h = { .op = GVM_OP_WRITE, .region = region, .page = page, .count = count }, rep;
+	int sealed = c->seal.ctx && c->seal.region == region;
+	struct gvm_hdr h = { .op = GVM_OP_WRITE, .region = region, .page = page, .count = count,
+			     .flags = sealed ? GVM_HF_TAGS : 0 }, rep;
+	uint8_t tags[GVM_MAX_PAGES * GVM_TAG_SIZE];
 	const uint8_t *src = buf;
 	uint8_t *data;
+	unsigned nz = 0;
 
 	if (count == 0 || count > GVM_MAX_PAGES)
 		return -EINVAL;
@@ -385,7 +398,14 @@ int gvm_client_write(struct gvm_client *c, uint64_t region, uint64_t page, unsig
 			continue;
 		gvm_bitmap_set(c->buf, i);
 		memcpy(data, pg, GVM_PAGE_SIZE);
+		if (sealed && gvm_seal_page(&c->seal, page + i, c->seal_ver, data, tags + nz * GVM_TAG_SIZE) < 0)
+			return -EIO;
 		data += GVM_PAGE_SIZE;
+		nz++;
+	}
+	if (sealed) {
+		memcpy(data, tags, (size_t)nz * GVM_TAG_SIZE);
+		data += (size_t)nz * GVM_TAG_SIZE;
 	}
 	h.len = (uint32_t)(data - c->buf);
 	return transact(c, &h, c->buf, &rep);
@@ -429,4 +449,20 @@ int gvm_client_ping(struct gvm_client *c)
 	struct gvm_hdr h = { .op = GVM_OP_PING }, rep;
 
 	return transact(c, &h, NULL, &rep);
+}
+
+int gvm_client_seal(struct gvm_client *c, uint64_t region, const uint8_t key[GVM_KEY_SIZE],
+		    uint32_t version)
+{
+	uint8_t k[GVM_SEAL_KEY_SIZE];
+	int r;
+
+	if (!version || version > GVM_SEAL_MAX_VER)
+		return -EINVAL;
+	gvm_sealer_fini(&c->seal);
+	if ((r = gvm_seal_key(key, region, k)) == 0)
+		r = gvm_sealer_init(&c->seal, k, region);
+	OPENSSL_cleanse(k, sizeof(k));
+	c->seal_ver = version;
+	return r;
 }

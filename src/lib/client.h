@@ -17,6 +17,7 @@
 
 #include "auth.h"
 #include "proto.h"
+#include "seal.h"
 
 struct gvm_client {
 	int fd;               /* -1 when not connected */
@@ -24,6 +25,8 @@ struct gvm_client {
 	int timeout_ms;       /* per blocking step; <= 0 waits forever */
 	uint8_t *buf;         /* GVM_MAX_PAYLOAD scratch for replies */
 	struct gvm_session sess; /* with a token: every frame after HELLO is tagged */
+	struct gvm_sealer seal;  /* gvm_client_seal(): pages of seal.region sealed at seal_ver */
+	uint32_t seal_ver;
 };
 
 /*
@@ -52,5 +55,11 @@ int gvm_client_free(struct gvm_client *c, uint64_t region);
 int gvm_client_list(struct gvm_client *c, uint64_t region, uint64_t page, unsigned count,
 		    uint8_t *bitmap);
 int gvm_client_ping(struct gvm_client *c);
+/* From now on, pages of `region` written are sealed at `version` (seal.h)
+ * with the key derived from `key`, and pages read are checked and opened at
+ * it (-EBADMSG if one fails). For tools that fill a pool a sealed engine
+ * then reads (GVM_ATTACH_SEALED_V1). */
+int gvm_client_seal(struct gvm_client *c, uint64_t region, const uint8_t key[GVM_KEY_SIZE],
+		    uint32_t version);
 
 #endif

@@ -42,6 +42,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+
 #include "engine_int.h"
 #include "log.h"
 #include "uffd.h"
@@ -191,6 +193,13 @@ int gvm_engine_open(struct gvm_engine **out, struct gvm_pool *pool, const struct
 	e->fixed_window = getenv("GIANTVM_FIXED_WINDOW") && *getenv("GIANTVM_FIXED_WINDOW") == '1';
 	e->readahead = !o || !o->readahead ? 8 : (o->readahead == -1u ? 0 : o->readahead);
 	e->lost_policy = o ? o->lost_policy : GVM_LOST_POISON;
+	/* Sealed unless said otherwise, or unless every node is on this host. */
+	{
+		int m = o ? o->seal : GVM_SEAL_AUTO;
+		if (m == GVM_SEAL_AUTO)
+			m = pool->cfg.seal;
+		e->seal = m == GVM_SEAL_ON || (m == GVM_SEAL_AUTO && !gvm_config_all_loopback(&pool->cfg));
+	}
 	e->on_fatal = o ? o->on_fatal : NULL;
 	e->fatal_arg = o ? o->fatal_arg : NULL;
 	e->idle_ns = 60ull * 1000000000ull;
@@ -324,6 +333,16 @@ int gvm_engine_attach(struct gvm_engine *e, uint64_t region, const uint8_t key[G
 	return gvm_engine_attach_flags(e, region, key, addr, len, 0);
 }
 
+static void region_seal_free(struct gvm_region *rg)
+{
+	if (rg->opener) {
+		gvm_sealer_fini(rg->opener);
+		free(rg->opener);
+	}
+	free(rg->ver);
+	OPENSSL_cleanse(rg->seal_key, sizeof(rg->seal_key));
+}
+
 int gvm_engine_attach_flags(struct gvm_engine *e, uint64_t region,
 			    const uint8_t key[GVM_REGION_KEY_SIZE], void *addr, size_t len,
 			    unsigned flags)
@@ -332,7 +351,7 @@ int gvm_engine_attach_flags(struct gvm_engine *e, uint64_t region,
 				       .mode = UFFDIO_REGISTER_MODE_MISSING |
 					       (e->wp ? UFFDIO_REGISTER_MODE_WP : 0) };
 	struct gvm_region *rg;
-	unsigned char *vec;
+	unsigned char *vec = NULL;
 	int r;
 
 	if (((uintptr_t)addr | len) & (GVM_PAGE_SIZE - 1) || !len)
@@ -354,6 +373,18 @@ int gvm_engine_attach_flags(struct gvm_engine *e, uint64_t region,
 	for (unsigned i = 0; i < GVM_READ_RING; i++)
 		rg->read_ring[i] = UINT64_MAX;
 	rg->fresh = !!(flags & GVM_ATTACH_FRESH);
+	if (e->seal) {
+		rg->ver = calloc(rg->npages, sizeof(*rg->ver));
+		rg->opener = calloc(1, sizeof(*rg->opener));
+		if (!rg->ver || !rg->opener || gvm_seal_key(key, region, rg->seal_key) < 0 ||
+		    gvm_sealer_init(rg->opener, rg->seal_key, region) < 0) {
+			r = -ENOMEM;
+			goto err_free;
+		}
+		if (flags & GVM_ATTACH_SEALED_V1)
+			for (uint64_t i = 0; i < rg->npages; i++)
+				rg->ver[i] = 1;
+	}
 	rg->pg = calloc(rg->npages, 1);
 	rg->nstripes = (rg->npages + GVM_STRIPE_PAGES - 1) / GVM_STRIPE_PAGES;
 	rg->stripe = calloc(rg->nstripes, 1);
@@ -407,6 +438,7 @@ err_unreg:
 		pr_perror("UFFDIO_UNREGISTER");
 err_free:
 	free(vec);
+	region_seal_free(rg);
 	free(rg->estamp);
 	free(rg->hot);
 	free(rg->pg);
@@ -435,6 +467,7 @@ void gvm_engine_close(struct gvm_engine *e)
 		/* The range may be unmapped already (owner exiting): fine. */
 		if (ioctl(e->uffd, UFFDIO_UNREGISTER, &r) < 0 && errno != ENOMEM && errno != EINVAL)
 			pr_perror("UFFDIO_UNREGISTER");
+		region_seal_free(rg);
 		free(rg->estamp);
 		free(rg->hot);
 		free(rg->pg);

@@ -70,6 +70,7 @@ struct gvm_wb {               /* one WRITE of a run of pages to every replica */
 	struct gvm_waiter *waiter;
 	struct gvm_wb *next;
 	uint8_t pooled;       /* stripe-sized: goes back to wb_spare */
+	uint8_t tagged;       /* sealed: the payload ends with the pages' tags */
 };
 
 struct gvm_resync {           /* copy one stripe from a live replica to the others */
@@ -90,6 +91,7 @@ struct gvm_engine_counters {
 	uint64_t rmw_installs;             /* read faults installed dirty (a write was expected) */
 	uint64_t room_waits;               /* faults whose fetch waited for the evictor to make room */
 	uint64_t window;                   /* pages the last non-sequential fault fetched */
+	uint64_t pages_rejected;           /* sealed pages that failed verification */
 };
 
 struct gvm_engine {
@@ -108,6 +110,7 @@ struct gvm_engine {
 	unsigned readahead;       /* windows ahead on sequential runs */
 	int fixed_window;         /* $GIANTVM_FIXED_WINDOW: always `prefetch` pages, no probes, no RMW guess */
 	int lost_policy;
+	int seal;                 /* pages sealed (seal.h) */
 	void (*on_fatal)(const char *why, void *arg);
 	void *fatal_arg;
 	uint64_t idle_ns;         /* close node connections idle this long */

@@ -21,8 +21,8 @@
 /* Largest page count in one READ/WRITE: bounds every buffer on both sides. */
 #define GVM_MAX_PAGES     1024u
 #define GVM_BITMAP_BYTES(n) ((((size_t)(n) + 63u) / 64u) * 8u)
-/* Largest payload any frame may carry (a full WRITE). */
-#define GVM_MAX_PAYLOAD   (GVM_BITMAP_BYTES(GVM_MAX_PAGES) + (size_t)GVM_MAX_PAGES * GVM_PAGE_SIZE)
+/* Largest payload any frame may carry (a full WRITE, with tags). */
+#define GVM_MAX_PAYLOAD   (GVM_BITMAP_BYTES(GVM_MAX_PAGES) + (size_t)GVM_MAX_PAGES * (GVM_PAGE_SIZE + 16u))
 #define GVM_KEY_SIZE      32u  /* region key, bytes */
 #define GVM_NONCE_SIZE    32u
 #define GVM_MAC_SIZE      32u  /* HMAC-SHA256 */
@@ -53,8 +53,11 @@ struct gvm_hdr {
 	uint32_t count;   /* pages (READ/WRITE/LIST) */
 	int32_t  status;  /* replies: 0 or -errno; requests: 0 */
 	uint32_t len;     /* payload bytes that follow the header */
-	uint32_t flags;   /* op-specific; 0 unless documented */
+	uint32_t flags;   /* GVM_HF_TAGS on READ, its reply and WRITE; else 0 */
 };
+/* Header flag: the page payload carries a 16-byte tag per non-zero page,
+ * after the pages (sealed pages: the AES-GCM tags; the store keeps them). */
+#define GVM_HF_TAGS 1u
 
 /* Payloads with a fixed layout. */
 struct gvm_greeting {               /* 40 bytes */
@@ -128,7 +131,10 @@ int gvm_bitmap_weight(const uint8_t *bm, unsigned count);
 /* Validate a page payload of `len` bytes for `count` pages. Returns the
  * number of non-zero pages or -EPROTO with *why set. */
 int gvm_pages_check(const uint8_t *payload, size_t len, unsigned count, const char **why);
-/* Expected payload length for `count` pages of which `nonzero` are non-zero. */
+/* The same for a payload that may carry tags (after the pages, one per non-zero page). */
+int gvm_pages_check_tagged(const uint8_t *payload, size_t len, unsigned count, int tagged,
+			   const char **why);
+/* Expected payload length for `count` pages of which `nonzero` are non-zero (no tags). */
 static inline size_t gvm_pages_len(unsigned count, unsigned nonzero)
 {
 	return GVM_BITMAP_BYTES(count) + (size_t)nonzero * GVM_PAGE_SIZE;

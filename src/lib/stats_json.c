@@ -22,7 +22,9 @@ int gvm_stats_json(struct gvm_engine *e, const char *vm, double uptime_s, char *
 		     ",\"nodes_down\":%u,\"under_replicated_stripes\":%" PRIu64
 		     ",\"resynced_stripes\":%" PRIu64 ",\"prefetch_hits\":%" PRIu64
 		     ",\"prefetch_misses\":%" PRIu64 ",\"prefetch_hit_rate\":%.3f,\"window_pages\":%u"
-		     ",\"rmw_installs\":%" PRIu64 ",\"room_waits\":%" PRIu64 ",\"per_node\":",
+		     ",\"rmw_installs\":%" PRIu64 ",\"room_waits\":%" PRIu64
+		     ",\"sealed\":%s,\"pages_rejected\":%" PRIu64 ",\"seal_version_bytes\":%" PRIu64
+		     ",\"per_node\":",
 		     vm, uptime_s, gvm_engine_features(e), s.faults, s.wp_faults, s.pages_fetched, s.zero_pages,
 		     s.local_zero_pages,
 		     s.readahead_pages, s.bytes_in, s.bytes_out, s.resident_pages, s.budget_pages,
@@ -32,7 +34,8 @@ int gvm_stats_json(struct gvm_engine *e, const char *vm, double uptime_s, char *
 		     s.prefetch_hits, s.prefetch_misses,
 		     s.prefetch_hits + s.prefetch_misses ?
 			     (double)s.prefetch_hits / (double)(s.prefetch_hits + s.prefetch_misses) : 0.0,
-		     s.window_pages, s.rmw_installs, s.room_waits);
+		     s.window_pages, s.rmw_installs, s.room_waits, s.sealed ? "true" : "false",
+		     s.pages_rejected, s.seal_bytes);
 	if (n < 0 || (size_t)n >= len)
 		return -ENOSPC;
 	m = gvm_engine_nodes_json(e, buf + n, len - (size_t)n);

@@ -368,7 +368,8 @@ static int queue_frame(struct gvm_transport *t, struct gvm_conn *c, struct gvm_h
 {
 	uint8_t hb[GVM_HDR_SIZE], tag[GVM_TAG_SIZE], open_pad[GVM_KEY_SIZE];
 	struct gvm_req r = { .region = h->region, .page = h->page, .count = h->count,
-			     .op = h->op, .ctx = ctx, .sent_ns = gvm_now_ns() };
+			     .op = h->op, .ctx = ctx, .sent_ns = gvm_now_ns(),
+			     .tagged = !!(h->flags & GVM_HF_TAGS) };
 	/* For a rollback: out_append may rebase (out_off changes), but the
 	 * unsent inline bytes before this frame stay the same. */
 	size_t pending_before = c->out_len - c->out_off;
@@ -853,7 +854,7 @@ static int conn_parse(struct gvm_transport *t, struct gvm_conn *c)
 		if (h.status == 0 && h.len) {
 			const char *w = NULL;
 			if ((h.op & ~GVM_OP_REPLY) == GVM_OP_READ &&
-			    gvm_pages_check(p, h.len, h.count, &w) < 0) {
+			    gvm_pages_check_tagged(p, h.len, h.count, h.flags & GVM_HF_TAGS, &w) < 0) {
 				pr_err("node %s: bad READ payload: %s", gvm_node_name(t->cfg, c->node), w);
 				return -EPROTO;
 			}

@@ -37,6 +37,7 @@ struct gvm_req {
 	uint16_t op;
 	void *ctx;            /* the engine's object waiting for this reply */
 	uint64_t end;         /* tx_queued after this frame: its reply is only valid once sent */
+	uint8_t tagged;       /* a READ that asked for the pages' tags */
 };
 
 struct gvm_out_ext {          /* payload sent from the caller's memory, not copied */
@@ -72,6 +73,7 @@ struct gvm_conn {
 	struct gvm_conn *next_dirty;
 	/* statistics */
 	uint64_t reqs, pages_in, bytes_in, bytes_out, errors;
+	uint64_t pages_rejected; /* sealed pages from this node that failed verification */
 	uint64_t rtt_ewma_ns;
 };
 

@@ -484,6 +484,8 @@ static void reply_commit(struct conn *c, const struct gvm_hdr *req, int status, 
 		.magic = GVM_PROTO_MAGIC, .version = GVM_PROTO_VERSION,
 		.op = (uint16_t)(req->op | GVM_OP_REPLY), .id = req->id, .region = req->region,
 		.page = req->page, .count = req->count, .status = status, .len = (uint32_t)len,
+		/* A READ asked with tags is answered with them. */
+		.flags = status == 0 && req->op == GVM_OP_READ ? (req->flags & GVM_HF_TAGS) : 0,
 	};
 
 	if (!out_pending(c))
@@ -703,7 +705,8 @@ static int conn_handle(struct gvm_memserver *s, struct conn *c, const struct gvm
 	c->last_req_ns = gvm_now_ns();
 	if (h->op == GVM_OP_READ || h->op == GVM_OP_WRITE || h->op == GVM_OP_FREE ||
 	    h->op == GVM_OP_LIST) {
-		if (h->op == GVM_OP_WRITE && gvm_pages_check(payload, h->len, h->count, &why) < 0)
+		if (h->op == GVM_OP_WRITE &&
+		    gvm_pages_check_tagged(payload, h->len, h->count, h->flags & GVM_HF_TAGS, &why) < 0)
 			return conn_reject(c, why); /* malformed payloads are framing errors */
 		if (h->op == GVM_OP_READ) {
 			s->reads++;
@@ -731,19 +734,30 @@ static int conn_handle(struct gvm_memserver *s, struct conn *c, const struct gvm
 		return reply_status(c, h, status);
 	}
 	case GVM_OP_READ: {
-		p = out_reserve(c, GVM_HDR_SIZE + gvm_pages_len(h->count, h->count));
+		/* The loop is single-threaded: one scratch array for the tags. */
+		static uint8_t tags[GVM_MAX_PAGES * GVM_TAG_SIZE];
+		int tagged = h->flags & GVM_HF_TAGS;
+		p = out_reserve(c, GVM_HDR_SIZE + gvm_pages_len(h->count, h->count) +
+				   (tagged ? (size_t)h->count * GVM_TAG_SIZE : 0));
 		if (!p)
 			return reply_status(c, h, -ENOMEM);
-		ssize_t n = gvm_store_read(s->store, h->region, rg->key, h->page, h->count, p + GVM_HDR_SIZE);
+		ssize_t n = gvm_store_read_tagged(s->store, h->region, rg->key, h->page, h->count,
+						  p + GVM_HDR_SIZE, tagged ? tags : NULL);
 		if (n < 0)
 			return reply_status(c, h, (int)n);
+		if (tagged) {
+			size_t tl = ((size_t)n - GVM_BITMAP_BYTES(h->count)) / GVM_PAGE_SIZE * GVM_TAG_SIZE;
+			memcpy(p + GVM_HDR_SIZE + n, tags, tl);
+			n += (ssize_t)tl;
+		}
 		reply_commit(c, h, 0, (size_t)n);
 		return 0;
 	}
 	case GVM_OP_WRITE:
 		/* A region this creates counts against the client's address's quotas. */
 		gvm_store_set_owner(s->store, c->peer->owner);
-		status = gvm_store_write(s->store, h->region, rg->key, h->page, h->count, payload, h->len);
+		status = gvm_store_write_tagged(s->store, h->region, rg->key, h->page, h->count, payload,
+						h->len, h->flags & GVM_HF_TAGS);
 		return reply_status(c, h, status);
 	case GVM_OP_STAT:
 		return handle_stat(s, c, h);
@@ -775,7 +789,8 @@ static size_t frame_size(const struct conn *c, const uint8_t *hdr)
 static size_t reply_size(const struct gvm_hdr *h)
 {
 	switch (h->op) {
-	case GVM_OP_READ: return GVM_HDR_SIZE + gvm_pages_len(h->count, h->count) + GVM_TAG_SIZE;
+	case GVM_OP_READ: return GVM_HDR_SIZE + gvm_pages_len(h->count, h->count) + GVM_TAG_SIZE +
+				  ((h->flags & GVM_HF_TAGS) ? (size_t)h->count * GVM_TAG_SIZE : 0);
 	case GVM_OP_LIST: return GVM_HDR_SIZE + GVM_BITMAP_BYTES(h->count) + GVM_TAG_SIZE;
 	case GVM_OP_STAT: return GVM_HDR_SIZE + GVM_STAT_SIZE + GVM_TAG_SIZE;
 	case GVM_OP_HELLO: return GVM_HDR_SIZE + GVM_PROOF_SIZE;

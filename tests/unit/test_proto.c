@@ -76,6 +76,7 @@ static int expect_bad(const struct gvm_hdr *h, int from_server, int code, int li
 
 static struct gvm_hdr with_status(struct gvm_hdr h, int32_t s) { h.status = s; return h; }
 static struct gvm_hdr with_page(struct gvm_hdr h, uint64_t p) { h.page = p; return h; }
+static struct gvm_hdr with_tags(struct gvm_hdr h) { h.flags = GVM_HF_TAGS; return h; }
 
 static int test_constants(void)
 {
@@ -84,7 +85,7 @@ static int test_constants(void)
 	CHECK_EQ(GVM_BITMAP_BYTES(64), 8);
 	CHECK_EQ(GVM_BITMAP_BYTES(65), 16);
 	CHECK_EQ(GVM_BITMAP_BYTES(1024), 128);
-	CHECK_EQ(GVM_MAX_PAYLOAD, 128 + 1024 * 4096); /* PROTOCOL.md: len <= 128 + 1024*4096 */
+	CHECK_EQ(GVM_MAX_PAYLOAD, 128 + 1024 * (4096 + 16)); /* PROTOCOL.md: len <= 128 + 1024*(4096+16) */
 	CHECK_EQ(gvm_pages_len(64, 3), 8 + 3 * 4096);
 	CHECK_EQ(GVM_GREETING_SIZE, 40);
 	CHECK_EQ(GVM_HELLO_SIZE, 104);
@@ -152,7 +153,15 @@ static int test_roundtrip_requests(void)
 	/* WRITE: bitmap + k pages for every k in 0..count. */
 	for (uint32_t k = 0; k <= 70; k++)
 		OK(mk(GVM_OP_WRITE, 70, (uint32_t)gvm_pages_len(70, k)), REQ);
-	OK(mk(GVM_OP_WRITE, GVM_MAX_PAGES, (uint32_t)GVM_MAX_PAYLOAD), REQ);
+	OK(mk(GVM_OP_WRITE, GVM_MAX_PAGES, (uint32_t)gvm_pages_len(GVM_MAX_PAGES, GVM_MAX_PAGES)), REQ);
+	/* Tagged (sealed pages): a 16-byte tag per page after the pages. */
+	OK(with_tags(mk(GVM_OP_WRITE, GVM_MAX_PAGES, (uint32_t)GVM_MAX_PAYLOAD)), REQ);
+	OK(with_tags(mk(GVM_OP_WRITE, 70, (uint32_t)(gvm_pages_len(70, 3) + 3 * 16))), REQ);
+	BAD(with_tags(mk(GVM_OP_WRITE, 70, (uint32_t)gvm_pages_len(70, 3))), REQ, -EPROTO);
+	BAD(mk(GVM_OP_WRITE, 70, (uint32_t)(gvm_pages_len(70, 3) + 3 * 16)), REQ, -EPROTO);
+	OK(with_tags(mk(GVM_OP_READ, 8, 0)), REQ);
+	BAD(with_tags(mk(GVM_OP_LIST, 8, 0)), REQ, -EPROTO);
+	BAD(with_tags(mk(GVM_OP_PING, 0, 0)), REQ, -EPROTO);
 	OK(mk(GVM_OP_WRITE, 1, 8), REQ);
 	/* Extremes of the id/region fields and the last legal page range. */
 	{
@@ -187,7 +196,9 @@ static int test_roundtrip_replies(void)
 	OK(mk(R(GVM_OP_STAT), 0, GVM_STAT_SIZE), REP);
 	for (uint32_t k = 0; k <= 64; k += 8)
 		OK(mk(R(GVM_OP_READ), 64, (uint32_t)gvm_pages_len(64, k)), REP);
-	OK(mk(R(GVM_OP_READ), GVM_MAX_PAGES, (uint32_t)GVM_MAX_PAYLOAD), REP);
+	OK(mk(R(GVM_OP_READ), GVM_MAX_PAGES, (uint32_t)gvm_pages_len(GVM_MAX_PAGES, GVM_MAX_PAGES)), REP);
+	OK(with_tags(mk(R(GVM_OP_READ), GVM_MAX_PAGES, (uint32_t)GVM_MAX_PAYLOAD)), REP);
+	BAD(with_tags(mk(R(GVM_OP_WRITE), 1, 0)), REP, -EPROTO);
 	OK(mk(R(GVM_OP_LIST), 1, 8), REP);
 	OK(mk(R(GVM_OP_LIST), 65, 16), REP);
 	OK(mk(R(GVM_OP_LIST), MAX_LIST, MAX_LIST / 8), REP);
@@ -412,8 +423,11 @@ static int test_pages_check(void)
 	/* A full WRITE: 1024 non-zero pages. */
 	memset(buf, 0xff, 128);
 	CHECK_EQ(gvm_bitmap_weight(buf, 1024), 1024);
-	CHECK_EQ(gvm_pages_check(buf, GVM_MAX_PAYLOAD, 1024, &why), 1024);
-	CHECK_EQ(gvm_pages_check(buf, GVM_MAX_PAYLOAD - 4096, 1024, &why), -EPROTO);
+	CHECK_EQ(gvm_pages_check(buf, gvm_pages_len(1024, 1024), 1024, &why), 1024);
+	CHECK_EQ(gvm_pages_check(buf, gvm_pages_len(1024, 1024) - 4096, 1024, &why), -EPROTO);
+	CHECK_EQ(gvm_pages_check(buf, GVM_MAX_PAYLOAD, 1024, &why), -EPROTO);
+	CHECK_EQ(gvm_pages_check_tagged(buf, GVM_MAX_PAYLOAD, 1024, 1, &why), 1024);
+	CHECK_EQ(gvm_pages_check_tagged(buf, GVM_MAX_PAYLOAD - 16, 1024, 1, &why), -EPROTO);
 	CHECK_EQ(gvm_bitmap_weight(buf, 1023), -EPROTO);
 	free(buf);
 	return 0;
