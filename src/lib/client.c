@@ -165,7 +165,7 @@ static int transact(struct gvm_client *c, struct gvm_hdr *req, const void *paylo
 	req->version = GVM_PROTO_VERSION;
 	req->id = c->next_id++;
 	req->status = 0;
-	req->flags = 0;
+	req->flags &= GVM_HF_TAGS;
 	gvm_hdr_encode(req, raw);
 	if (req->len)
 		iov[n++] = iov[1];

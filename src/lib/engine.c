@@ -340,6 +340,7 @@ static void region_seal_free(struct gvm_region *rg)
 		free(rg->opener);
 	}
 	free(rg->ver);
+	free(rg->ver_done);
 	OPENSSL_cleanse(rg->seal_key, sizeof(rg->seal_key));
 }
 
@@ -375,15 +376,16 @@ int gvm_engine_attach_flags(struct gvm_engine *e, uint64_t region,
 	rg->fresh = !!(flags & GVM_ATTACH_FRESH);
 	if (e->seal) {
 		rg->ver = calloc(rg->npages, sizeof(*rg->ver));
+		rg->ver_done = calloc(rg->npages, sizeof(*rg->ver_done));
 		rg->opener = calloc(1, sizeof(*rg->opener));
-		if (!rg->ver || !rg->opener || gvm_seal_key(key, region, rg->seal_key) < 0 ||
+		if (!rg->ver || !rg->ver_done || !rg->opener || gvm_seal_key(key, region, rg->seal_key) < 0 ||
 		    gvm_sealer_init(rg->opener, rg->seal_key, region) < 0) {
 			r = -ENOMEM;
 			goto err_free;
 		}
 		if (flags & GVM_ATTACH_SEALED_V1)
 			for (uint64_t i = 0; i < rg->npages; i++)
-				rg->ver[i] = 1;
+				rg->ver[i] = rg->ver_done[i] = 1;
 	}
 	rg->pg = calloc(rg->npages, 1);
 	rg->nstripes = (rg->npages + GVM_STRIPE_PAGES - 1) / GVM_STRIPE_PAGES;

@@ -71,6 +71,7 @@ struct gvm_wb {               /* one WRITE of a run of pages to every replica */
 	struct gvm_wb *next;
 	uint8_t pooled;       /* stripe-sized: goes back to wb_spare */
 	uint8_t tagged;       /* sealed: the payload ends with the pages' tags */
+	uint32_t *vers;       /* sealed: the version each page was written at (count entries) */
 };
 
 struct gvm_resync {           /* copy one stripe from a live replica to the others */

@@ -770,6 +770,39 @@ void gvm_fault_drain(struct gvm_engine *e)
 }
 
 /*
+ * Is page p as a node returned it (set: non-zero, sealed in `data` with
+ * `tag`) a version this engine wrote? Normally only the last one (ver); while
+ * a write-back is still in flight (a flush of a page that was then dropped
+ * clean) the versions back to the last one acked (ver_done) too. Decrypts in
+ * place; 1 if good.
+ */
+static int seal_open_one(struct gvm_region *rg, uint64_t p, int set, uint8_t *data, const uint8_t *tag)
+{
+	uint32_t cur = __atomic_load_n(&rg->ver[p], __ATOMIC_RELAXED);
+	uint32_t done = __atomic_load_n(&rg->ver_done[p], __ATOMIC_RELAXED);
+	uint64_t hi = gvm_seal_order(cur), lo = gvm_seal_order(done);
+	uint8_t save[GVM_PAGE_SIZE];
+	int tries = 0;
+
+	if (lo >= hi) {
+		uint32_t v = gvm_seal_live(cur);
+		return set ? v && gvm_open_page(rg->opener, p, v, data, tag) == 0 : v == 0;
+	}
+	if (!set)   /* zero: right if the page was zero at either end */
+		return !gvm_seal_live(cur) || !gvm_seal_live(done) || !done;
+	memcpy(save, data, GVM_PAGE_SIZE);
+	for (uint64_t o = hi; o >= lo && o > 1 && tries < 8; o--) {
+		if (o & 1)
+			continue;  /* a zero state: not this */
+		if (tries++)
+			memcpy(data, save, GVM_PAGE_SIZE);
+		if (gvm_open_page(rg->opener, p, (uint32_t)(o >> 1), data, tag) == 0)
+			return 1;
+	}
+	return 0;
+}
+
+/*
  * Sealed pages: check and decrypt a READ reply in place (the payload is the
  * connection's receive buffer, consumed with this reply). Pages resident
  * here are skipped: they are not installed, and their version may be moving
@@ -798,16 +831,11 @@ static int seal_verify(struct gvm_engine *e, struct gvm_conn *c, struct gvm_fetc
 	for (unsigned i = 0, k = 0; i < f->count && !bad; i++) {
 		uint64_t p = f->page + i;
 		int set = gvm_bitmap_test(bm, i);
-		uint32_t v = gvm_seal_live(__atomic_load_n(&rg->ver[p], __ATOMIC_RELAXED));
 		int ok = 1;
 
-		if (!(pg_get(rg->pg, p) & PG_RESIDENT)) {
-			if (set)
-				ok = v && gvm_open_page(rg->opener, p, v, data + ((size_t)k << GVM_PAGE_SHIFT),
-							tags + (size_t)k * GVM_TAG_SIZE) == 0;
-			else
-				ok = v == 0;
-		}
+		if (!(pg_get(rg->pg, p) & PG_RESIDENT))
+			ok = seal_open_one(rg, p, set, data + ((size_t)k << GVM_PAGE_SHIFT),
+					   tags + (size_t)k * GVM_TAG_SIZE);
 		if (!ok) {
 			gvm_bitmap_set(badmap, i);
 			bad++;

@@ -41,6 +41,11 @@ int gvm_seal_page(struct gvm_sealer *s, uint64_t page, uint32_t version, uint8_t
 /* Check and decrypt one page in place: 0, or -EBADMSG (the page is then garbage). */
 int gvm_open_page(struct gvm_sealer *s, uint64_t page, uint32_t version, uint8_t *data,
 		  const uint8_t tag[GVM_TAG_SIZE]);
+/* Versions in write order: (count, non-zero) < (count, zero) < (count+1, non-zero). */
+static inline uint64_t gvm_seal_order(uint32_t v)
+{
+	return ((uint64_t)(v & ~GVM_SEAL_ZERO) << 1) | !!(v & GVM_SEAL_ZERO);
+}
 /* The version a page must be read at: 0 when it must be zero. */
 static inline uint32_t gvm_seal_live(uint32_t v)
 {

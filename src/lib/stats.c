@@ -75,7 +75,7 @@ int gvm_engine_stats(struct gvm_engine *e, struct gvm_stats *out)
 	if (e->seal) {
 		unsigned nreg = __atomic_load_n(&e->n_regions, __ATOMIC_ACQUIRE);
 		for (unsigned i = 0; i < nreg; i++)
-			out->seal_bytes += e->regions[i]->npages * sizeof(*e->regions[i]->ver);
+			out->seal_bytes += e->regions[i]->npages * 2 * sizeof(*e->regions[i]->ver);
 	}
 	/* Racy reads of the engine thread's connection states: display only. */
 	for (uint32_t i = 0; i < e->tp.n_nodes; i++) {

@@ -41,14 +41,15 @@
 #define WB_WINDOW (1024u * 1024u)
 /* Room for the pages' tags too (sealed). */
 #define WB_BYTES  (sizeof(struct gvm_wb) + GVM_BITMAP_BYTES(GVM_STRIPE_PAGES) + \
-		   (size_t)GVM_STRIPE_PAGES * (GVM_PAGE_SIZE + GVM_TAG_SIZE))
+		   (size_t)GVM_STRIPE_PAGES * (GVM_PAGE_SIZE + GVM_TAG_SIZE + sizeof(uint32_t)))
 
 static struct gvm_wb *wb_alloc(struct gvm_engine *e, uint32_t n)
 {
 	struct gvm_wb *w = NULL;
 
 	if (n > GVM_STRIPE_PAGES) {
-		w = malloc(sizeof(*w) + GVM_BITMAP_BYTES(n) + (size_t)n * (GVM_PAGE_SIZE + GVM_TAG_SIZE));
+		w = malloc(sizeof(*w) + GVM_BITMAP_BYTES(n) +
+			   (size_t)n * (GVM_PAGE_SIZE + GVM_TAG_SIZE + sizeof(uint32_t)));
 		if (w)
 			w->pooled = 0;
 		return w;
@@ -90,6 +91,15 @@ static void wb_done(struct gvm_engine *e, struct gvm_wb *w)
 	if (w->acks && w->acks < w->nreplicas && w->rg)
 		gvm_resync_mark_degraded(e, w->rg, w->page / GVM_STRIPE_PAGES);
 
+	/* What the replicas now hold: verification accepts it from here on. */
+	if (w->tagged && w->acks && w->rg) {
+		for (uint32_t i = 0; i < w->count; i++) {
+			uint32_t *d = &w->rg->ver_done[w->page + i];
+			uint32_t o = __atomic_load_n(d, __ATOMIC_RELAXED);
+			if (gvm_seal_order(w->vers[i]) > gvm_seal_order(o))
+				__atomic_store_n(d, w->vers[i], __ATOMIC_RELAXED);
+		}
+	}
 	if (w->acks == 0 && !w->err)
 		w->err = -EHOSTUNREACH;
 	if (w->err)
@@ -253,7 +263,8 @@ static void post_wb(struct gvm_engine *e, struct gvm_wb *w)
  * marked zero (seal.h). Two submitters may race on a page (a flush during an
  * eviction): the version is taken with a CAS, so each seals under its own.
  */
-static int wb_seal(struct gvm_region *rg, uint64_t p, uint32_t n, uint8_t *payload, uint32_t nz)
+static int wb_seal(struct gvm_region *rg, uint64_t p, uint32_t n, uint8_t *payload, uint32_t nz,
+		   uint32_t *vers)
 {
 	uint8_t *data = payload + GVM_BITMAP_BYTES(n), *tags = data + (size_t)nz * GVM_PAGE_SIZE;
 	struct gvm_sealer s;
@@ -276,6 +287,7 @@ static int wb_seal(struct gvm_region *rg, uint64_t p, uint32_t n, uint8_t *paylo
 				break;
 			}
 		} while (!__atomic_compare_exchange_n(vp, &v, nv, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+		vers[i] = nv;
 		if (r || !set)
 			continue;
 		r = gvm_seal_page(&s, p + i, nv, data + (size_t)k * GVM_PAGE_SIZE, tags + (size_t)k * GVM_TAG_SIZE);
@@ -315,7 +327,9 @@ int gvm_wb_submit(struct gvm_engine *e, struct gvm_region *rg, uint64_t p, uint3
 	}
 	w->len = bm + (size_t)nz * GVM_PAGE_SIZE;
 	if (e->seal) {
-		int r = wb_seal(rg, p, n, w->payload, nz);
+		/* The versions go after the largest payload (bitmap, pages, tags). */
+		w->vers = (uint32_t *)(w->payload + bm + (size_t)n * (GVM_PAGE_SIZE + GVM_TAG_SIZE));
+		int r = wb_seal(rg, p, n, w->payload, nz, w->vers);
 		if (r < 0) {
 			wb_release(e, w);
 			return r;

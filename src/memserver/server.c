@@ -170,6 +170,7 @@ struct gvm_memserver {
 	uint8_t *admin_token;
 	size_t admin_token_len;
 	uint8_t *rbuf;
+	uint8_t *tagbuf;           /* a READ's tags (GVM_MAX_PAGES of them), before they follow its pages */
 	struct out_spares spares;
 	struct conn *conns;
 	struct conn *zombies;      /* closed during an event batch that may still name them */
@@ -734,8 +735,7 @@ static int conn_handle(struct gvm_memserver *s, struct conn *c, const struct gvm
 		return reply_status(c, h, status);
 	}
 	case GVM_OP_READ: {
-		/* The loop is single-threaded: one scratch array for the tags. */
-		static uint8_t tags[GVM_MAX_PAGES * GVM_TAG_SIZE];
+		uint8_t *tags = s->tagbuf;
 		int tagged = h->flags & GVM_HF_TAGS;
 		p = out_reserve(c, GVM_HDR_SIZE + gvm_pages_len(h->count, h->count) +
 				   (tagged ? (size_t)h->count * GVM_TAG_SIZE : 0));
@@ -1561,7 +1561,8 @@ int gvm_memserver_open(struct gvm_memserver **out, const struct gvm_memserver_op
 	}
 	r = -ENOMEM;
 	s->rbuf = malloc(RBUF_SIZE);
-	if (!s->rbuf)
+	s->tagbuf = malloc(GVM_MAX_PAGES * GVM_TAG_SIZE);
+	if (!s->rbuf || !s->tagbuf)
 		goto out_close;
 	s->epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (s->epfd < 0) {
@@ -1752,6 +1753,7 @@ void gvm_memserver_close(struct gvm_memserver *s)
 		OPENSSL_cleanse(s->rbuf, RBUF_SIZE);
 		free(s->rbuf);
 	}
+	free(s->tagbuf);
 	while (s->spares.n) {
 		s->spares.n--;
 		OPENSSL_cleanse(s->spares.buf[s->spares.n], s->spares.cap[s->spares.n]);
