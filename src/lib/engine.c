@@ -194,12 +194,7 @@ int gvm_engine_open(struct gvm_engine **out, struct gvm_pool *pool, const struct
 	e->readahead = !o || !o->readahead ? 8 : (o->readahead == -1u ? 0 : o->readahead);
 	e->lost_policy = o ? o->lost_policy : GVM_LOST_POISON;
 	/* Sealed unless said otherwise, or unless every node is on this host. */
-	{
-		int m = o ? o->seal : GVM_SEAL_AUTO;
-		if (m == GVM_SEAL_AUTO)
-			m = pool->cfg.seal;
-		e->seal = m == GVM_SEAL_ON || (m == GVM_SEAL_AUTO && !gvm_config_all_loopback(&pool->cfg));
-	}
+	e->seal = o && o->seal == GVM_SEAL_ON ? 1 : o && o->seal == GVM_SEAL_OFF ? 0 : gvm_pool_sealed(pool);
 	e->on_fatal = o ? o->on_fatal : NULL;
 	e->fatal_arg = o ? o->fatal_arg : NULL;
 	e->idle_ns = 60ull * 1000000000ull;
@@ -331,6 +326,12 @@ int gvm_engine_attach(struct gvm_engine *e, uint64_t region, const uint8_t key[G
 		      void *addr, size_t len)
 {
 	return gvm_engine_attach_flags(e, region, key, addr, len, 0);
+}
+
+int gvm_pool_sealed(const struct gvm_pool *pool)
+{
+	return pool->cfg.seal == GVM_SEAL_ON ||
+	       (pool->cfg.seal == GVM_SEAL_AUTO && !gvm_config_all_loopback(&pool->cfg));
 }
 
 static void region_seal_free(struct gvm_region *rg)

@@ -824,11 +824,27 @@ static int seal_verify(struct gvm_engine *e, struct gvm_conn *c, struct gvm_fetc
 		nz += gvm_bitmap_test(bm, i);
 	uint8_t *data = payload + GVM_BITMAP_BYTES(f->count);
 	const uint8_t *tags = data + (size_t)nz * GVM_PAGE_SIZE;
-	if (!(h->flags & GVM_HF_TAGS)) {
+	int notags = !(h->flags & GVM_HF_TAGS);
+	if (notags) {
 		bad = f->count; /* a node that drops the tags proves nothing */
 		memset(badmap, 0xff, GVM_BITMAP_BYTES(f->count));
 	}
-	for (unsigned i = 0, k = 0; i < f->count && !bad; i++) {
+	/* The page a thread waits for first: checked, opened and installed
+	 * before the rest of the window is decrypted (AES-GCM costs about 2 us
+	 * a page here; a 32-page window would otherwise add ~60 us to the
+	 * fault). If it fails, so does the reply, below. */
+	if (!notags && f->fault_page >= f->page && f->fault_page < f->page + f->count &&
+	    !(pg_get(rg->pg, f->fault_page) & PG_RESIDENT)) {
+		unsigned fi = (unsigned)(f->fault_page - f->page);
+		long pi = packed_index(bm, fi);
+		uint8_t *pd = pi < 0 ? NULL : data + ((size_t)pi << GVM_PAGE_SHIFT);
+		if (seal_open_one(rg, f->fault_page, pi >= 0, pd, pi < 0 ? NULL : tags + (size_t)pi * GVM_TAG_SIZE))
+			install_run(e, rg, f->fault_page, 1, pd,
+				    (f->writable ? IR_WRITABLE | IR_DIRTY : 0) | (f->write_fault ? IR_DIRTY : 0));
+	}
+	/* Every page, even after a failure: the good ones are installed if no
+	 * replica is left, so each must be opened (or be left out). */
+	for (unsigned i = 0, k = 0; i < f->count && !notags; i++) {
 		uint64_t p = f->page + i;
 		int set = gvm_bitmap_test(bm, i);
 		int ok = 1;

@@ -367,6 +367,7 @@ static int queue_frame(struct gvm_transport *t, struct gvm_conn *c, struct gvm_h
 		       const struct iovec *iov, int iovcnt, const void *ref, size_t ref_len, void *ctx)
 {
 	uint8_t hb[GVM_HDR_SIZE], tag[GVM_TAG_SIZE], open_pad[GVM_KEY_SIZE];
+	struct iovec pad_iov = { open_pad, GVM_KEY_SIZE };
 	struct gvm_req r = { .region = h->region, .page = h->page, .count = h->count,
 			     .op = h->op, .ctx = ctx, .sent_ns = gvm_now_ns(),
 			     .tagged = !!(h->flags & GVM_HF_TAGS) };
@@ -389,7 +390,7 @@ static int queue_frame(struct gvm_transport *t, struct gvm_conn *c, struct gvm_h
 			err = gvm_session_open_pad(&c->sess, h->region, c->sess.seq_out - 1,
 						   iov[0].iov_base, open_pad) < 0 ? -EIO : 0;
 		if (!err && h->op == GVM_OP_OPEN)
-			iov = &(struct iovec){ open_pad, GVM_KEY_SIZE };
+			iov = &pad_iov;
 		for (int i = 0; !err && i < iovcnt; i++)
 			err = gvm_session_tag_add(&c->sess, iov[i].iov_base, iov[i].iov_len) < 0 ? -EIO : 0;
 		if (!err && ref_len)

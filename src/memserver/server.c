@@ -171,6 +171,8 @@ struct gvm_memserver {
 	size_t admin_token_len;
 	uint8_t *rbuf;
 	uint8_t *tagbuf;           /* a READ's tags (GVM_MAX_PAGES of them), before they follow its pages */
+	size_t (*test_read_hook)(void *, uint64_t, uint64_t, unsigned, int, uint8_t *, size_t, size_t);
+	void *test_hook_arg;
 	struct out_spares spares;
 	struct conn *conns;
 	struct conn *zombies;      /* closed during an event batch that may still name them */
@@ -750,6 +752,11 @@ static int conn_handle(struct gvm_memserver *s, struct conn *c, const struct gvm
 			memcpy(p + GVM_HDR_SIZE + n, tags, tl);
 			n += (ssize_t)tl;
 		}
+		if (s->test_read_hook)
+			n = (ssize_t)s->test_read_hook(s->test_hook_arg, h->region, h->page, h->count, tagged,
+						       p + GVM_HDR_SIZE, (size_t)n,
+						       gvm_pages_len(h->count, h->count) +
+						       (tagged ? (size_t)h->count * GVM_TAG_SIZE : 0));
 		reply_commit(c, h, 0, (size_t)n);
 		return 0;
 	}
@@ -1501,6 +1508,8 @@ int gvm_memserver_open(struct gvm_memserver **out, const struct gvm_memserver_op
 		(uint64_t)(opts->idle_timeout_ms ? opts->idle_timeout_ms : DEF_IDLE_TIMEOUT_MS) * 1000000ull;
 	s->io_timeout_ns = (uint64_t)(opts->io_timeout_ms > 0 ? opts->io_timeout_ms : DEF_IO_TIMEOUT_MS) * 1000000ull;
 	s->keepalive_s = opts->keepalive_s < 0 ? 0 : opts->keepalive_s ? opts->keepalive_s : DEF_KEEPALIVE_S;
+	s->test_read_hook = opts->test_read_hook;
+	s->test_hook_arg = opts->test_hook_arg;
 	s->budget = opts->buffer_budget ? opts->buffer_budget : DEF_BUFFER_BUDGET;
 	s->peer_budget = s->budget / PEER_BUDGET_SHARE;
 	s->max_conn_regions = opts->max_conn_regions ? opts->max_conn_regions : DEF_MAX_CONN_REGIONS;
