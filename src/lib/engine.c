@@ -199,6 +199,7 @@ int gvm_engine_open(struct gvm_engine **out, struct gvm_pool *pool, const struct
 	e->fatal_arg = o ? o->fatal_arg : NULL;
 	e->idle_ns = 60ull * 1000000000ull;
 	pthread_mutex_init(&e->cmd_mu, NULL);
+	pthread_mutex_init(&e->seal_mu, NULL);
 	if (o && o->local_mem) {
 		e->budget_pages = o->local_mem >> GVM_PAGE_SHIFT;
 		if (e->budget_pages < 1024) {
@@ -313,6 +314,7 @@ err_close:
 	free(e->suspect);
 err_free:
 	pthread_mutex_destroy(&e->cmd_mu);
+	pthread_mutex_destroy(&e->seal_mu);
 	free(e);
 	return r;
 }
@@ -485,6 +487,7 @@ void gvm_engine_close(struct gvm_engine *e)
 	close(e->uffd);
 	gvm_wb_fini(e);
 	pthread_mutex_destroy(&e->cmd_mu);
+	pthread_mutex_destroy(&e->seal_mu);
 	free(e->suspect);
 	free(e);
 }

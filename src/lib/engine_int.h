@@ -136,6 +136,7 @@ struct gvm_engine {
 
 	/* writeback.c */
 	pthread_mutex_t cmd_mu;   /* guards cmd_head/cmd_tail and wb_spare */
+	pthread_mutex_t seal_mu;  /* sealed: taking versions and queueing a write-back, as one step */
 	struct gvm_wb *cmd_head, *cmd_tail;
 	struct gvm_wb *wb_spare;  /* stripe-sized write-back buffers for reuse */
 	unsigned n_wb_spare;

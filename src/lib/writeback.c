@@ -327,10 +327,16 @@ int gvm_wb_submit(struct gvm_engine *e, struct gvm_region *rg, uint64_t p, uint3
 	}
 	w->len = bm + (size_t)nz * GVM_PAGE_SIZE;
 	if (e->seal) {
-		/* The versions go after the largest payload (bitmap, pages, tags). */
+		/* The versions go after the largest payload (bitmap, pages, tags).
+		 * Versions are taken and the write-back queued under seal_mu, so
+		 * write-backs of a page from two threads (a flush during an
+		 * eviction) reach every node in version order: the last one a
+		 * node keeps is the version the engine expects. */
 		w->vers = (uint32_t *)(w->payload + bm + (size_t)n * (GVM_PAGE_SIZE + GVM_TAG_SIZE));
+		pthread_mutex_lock(&e->seal_mu);
 		int r = wb_seal(rg, p, n, w->payload, nz, w->vers);
 		if (r < 0) {
+			pthread_mutex_unlock(&e->seal_mu);
 			wb_release(e, w);
 			return r;
 		}
@@ -349,6 +355,8 @@ int gvm_wb_submit(struct gvm_engine *e, struct gvm_region *rg, uint64_t p, uint3
 	wt->pending++;
 	pthread_mutex_unlock(&wt->mu);
 	post_wb(e, w);
+	if (e->seal)
+		pthread_mutex_unlock(&e->seal_mu);
 	return 0;
 }
 
