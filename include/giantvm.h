@@ -45,6 +45,9 @@ void gvm_pool_close(struct gvm_pool *pool);
 unsigned gvm_pool_node_count(const struct gvm_pool *pool);
 const char *gvm_pool_node_name(const struct gvm_pool *pool, unsigned node);
 unsigned gvm_pool_replicas(const struct gvm_pool *pool);
+/* 1 if an engine with seal = GVM_SEAL_AUTO seals this pool's pages: the
+ * pool file says `seal = on`, or says nothing and a node is not on loopback. */
+int gvm_pool_sealed(const struct gvm_pool *pool);
 /* The nodes holding stripe `stripe` (pages stripe*GVM_STRIPE_PAGES...) of
  * `region`, primary first, into nodes[GVM_MAX_REPLICAS]; returns how many. */
 unsigned gvm_pool_stripe_nodes(const struct gvm_pool *pool, uint64_t region, uint64_t stripe,
@@ -78,6 +81,16 @@ struct gvm_engine_opts {
 	 * lost with no POISON support). May not return. NULL = log only. */
 	void (*on_fatal)(const char *why, void *arg);
 	void *fatal_arg;
+	int seal;                     /* enum gvm_seal_mode */
+};
+
+/* Sealed pages (docs/SECURITY.md): pages are encrypted and authenticated
+ * on this host before they leave; a node that alters, swaps or replays a
+ * page is caught. */
+enum gvm_seal_mode {
+	GVM_SEAL_AUTO = 0,            /* the pool's `seal =` line, else on unless every node is on loopback */
+	GVM_SEAL_ON,
+	GVM_SEAL_OFF,
 };
 
 int gvm_engine_open(struct gvm_engine **out, struct gvm_pool *pool, const struct gvm_engine_opts *opts);
@@ -93,6 +106,9 @@ int gvm_engine_attach(struct gvm_engine *e, uint64_t region, const uint8_t key[G
  * network round trip. Right only when no one else writes the region (e.g.
  * a region id made unique per run, as `giantvm run` does). */
 #define GVM_ATTACH_FRESH 1u
+/* Sealed engines: the pool already holds every page of the region sealed at
+ * version 1 (written with gvm_node_client_seal(); `giantvm bench`'s fill). */
+#define GVM_ATTACH_SEALED_V1 2u
 int gvm_engine_attach_flags(struct gvm_engine *e, uint64_t region,
 			    const uint8_t key[GVM_REGION_KEY_SIZE], void *addr, size_t len,
 			    unsigned flags);
@@ -144,6 +160,9 @@ struct gvm_stats {
 	uint64_t fault_lat_counts[GVM_LAT_BUCKETS + 1];
 	uint64_t fault_lat_sum_ns;    /* of every fault in the histogram */
 	uint64_t missing_faults;      /* of faults: on a missing page (the rest are wp_faults) */
+	uint64_t pages_rejected;      /* sealed pages a node returned that failed verification */
+	int sealed;                   /* pages are sealed (1) or sent in clear (0) */
+	uint64_t seal_bytes;          /* engine memory for page versions (4 bytes a guest page) */
 };
 int gvm_engine_stats(struct gvm_engine *e, struct gvm_stats *st);
 /* Per-node figures as a JSON array into buf (nodes with traffic only). */
@@ -166,6 +185,10 @@ int gvm_node_client_read(struct gvm_node_client *c, uint64_t region, uint64_t pa
 int gvm_node_client_write(struct gvm_node_client *c, uint64_t region, uint64_t page, unsigned count,
 			  const void *buf);
 int gvm_node_client_free(struct gvm_node_client *c, uint64_t region);
+/* Seal the pages this client writes from now on (version `version` for every
+ * page), as a sealed engine attached with GVM_ATTACH_SEALED_V1 expects. */
+int gvm_node_client_seal(struct gvm_node_client *c, uint64_t region,
+			 const uint8_t key[GVM_REGION_KEY_SIZE], uint32_t version);
 
 /* --- The local ceiling: a plain userfaultfd handler that serves
  * [addr, addr+len) from src (same layout) a window of `window` pages per

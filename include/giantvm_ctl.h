@@ -29,6 +29,7 @@
 #define GVM_ENV_REPLICAS     "GIANTVM_REPLICAS"
 #define GVM_ENV_PREFETCH     "GIANTVM_PREFETCH"
 #define GVM_ENV_LOCAL_MEM    "GIANTVM_LOCAL_MEM"    /* a size: "512M" */
+#define GVM_ENV_SEAL         "GIANTVM_SEAL"         /* "on" or "off" (unset: the pool's default) */
 #define GVM_ENV_TIMEOUT_MS   "GIANTVM_TIMEOUT_MS"
 #define GVM_ENV_DEADLINE_MS  "GIANTVM_DEADLINE_MS"
 #define GVM_ENV_LOG_FILE     "GIANTVM_LOG_FILE"     /* the preload's messages go there ("stderr": stderr) */

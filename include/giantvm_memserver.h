@@ -8,6 +8,7 @@
 #ifndef GIANTVM_MEMSERVER_H
 #define GIANTVM_MEMSERVER_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #define GVM_MEMSERVER_MAX_LISTEN 16
@@ -41,6 +42,13 @@ struct gvm_memserver_opts {
 	int keepalive_s;          /* TCP keepalive idle seconds; 0 = 60, < 0 = off */
 	const char *admin_token_file; /* HELLO proving this token gets the node-wide STAT */
 	const char *metrics_listen;   /* "HOST:PORT": serve Prometheus GET /metrics there; NULL = off */
+	/* Tests only (a node that lies, tests/integration/test_seal.c): called with
+	 * each READ reply's payload (bitmap, pages, and their tags when `tagged`)
+	 * before it is sent, in a buffer of `cap` bytes; returns its new length.
+	 * NULL in any real use. */
+	size_t (*test_read_hook)(void *arg, uint64_t region, uint64_t page, unsigned count, int tagged,
+				 uint8_t *payload, size_t len, size_t cap);
+	void *test_hook_arg;
 };
 
 struct gvm_memserver;

@@ -62,7 +62,14 @@ struct bench_opts {
 	unsigned prefetch;
 	unsigned samples;
 	int json;
+	int seal;            /* SEAL_*: --seal on|off|both; 0 = the pool's default */
 };
+
+enum { SEAL_DEFAULT = 0, SEAL_ON, SEAL_OFF, SEAL_BOTH };
+/* Whether the fill, the node clients and the engines seal pages now (the
+ * CLI is single-threaded). A sealed engine reads the filled region at
+ * version 1 (GVM_ATTACH_SEALED_V1). */
+static int bench_seal;
 
 static void pattern_page(uint64_t seed, uint64_t page, void *out)
 {
@@ -183,6 +190,8 @@ static int client_for(struct gvm_pool *pool, struct node_clients *nc, uint32_t n
 	r = gvm_node_client_open(&nc->c[node], pool, node, 5000);
 	if (!r) {
 		r = gvm_node_client_bind(nc->c[node], region, key);
+		if (!r && bench_seal)
+			r = gvm_node_client_seal(nc->c[node], region, key, 1);
 		if (r) {
 			gvm_node_client_close(nc->c[node]);
 			nc->c[node] = NULL;
@@ -391,12 +400,13 @@ static int remote_run(struct gvm_pool *pool, unsigned prefetch, unsigned readahe
 		      unsigned samples, uint64_t *lat, double *secs, struct gvm_stats *st,
 		      int *peak_fds)
 {
-	struct gvm_engine_opts eo = { .prefetch = prefetch, .readahead = readahead };
+	struct gvm_engine_opts eo = { .prefetch = prefetch, .readahead = readahead,
+				      .seal = bench_seal ? GVM_SEAL_ON : GVM_SEAL_OFF };
 	struct gvm_engine *e;
 	size_t len = npages * PAGE;
 	uint64_t *pages = NULL;
 	uint8_t *base;
-	int r = engine_region(pool, &eo, region, key, len, 0, &e, &base);
+	int r = engine_region(pool, &eo, region, key, len, bench_seal ? GVM_ATTACH_SEALED_V1 : 0, &e, &base);
 
 	if (r)
 		return r;
@@ -510,7 +520,8 @@ static void rmw_run(struct gvm_engine *e, uint8_t *base, uint64_t npages, int sk
 static int evict_run(struct gvm_pool *pool, unsigned prefetch, uint64_t local_mem, uint64_t region,
 		     const uint8_t *key, uint64_t seed, uint64_t npages, struct evict_result *res)
 {
-	struct gvm_engine_opts eo = { .prefetch = prefetch, .local_mem = local_mem };
+	struct gvm_engine_opts eo = { .prefetch = prefetch, .local_mem = local_mem,
+				      .seal = bench_seal ? GVM_SEAL_ON : GVM_SEAL_OFF };
 	struct gvm_engine *e;
 	size_t len = npages * PAGE;
 	uint64_t t0;
@@ -566,7 +577,8 @@ static void rmw_print(const char *name, const struct rmw_result *r, int json)
 static void usage(FILE *f)
 {
 	fputs("usage: giantvm bench [--pool FILE] [--size SIZE] [--prefetch N] [--samples N]\n"
-	      "                     [--replicas R] [--token-file F] [--local-mem B] [--json]\n"
+	      "                     [--replicas R] [--token-file F] [--local-mem B]\n"
+	      "                     [--seal on|off|both] [--json]\n"
 	      "\n"
 	      "Fills a fresh region of SIZE (default 256M) in the pool with non-zero pages,\n"
 	      "then measures in one run: the 4 KiB READ round trip to each node (tcp_rtt_us),\n"
@@ -585,7 +597,13 @@ static void usage(FILE *f)
 	      "2 x pages random read-modify-writes of one word per op, uniform\n"
 	      "(rmw_uniform_*) and 90% on a tenth of the pages (rmw_hotcold_*): ops/s,\n"
 	      "faults and pages fetched per op, bytes received per faulted page, the\n"
-	      "prefetch window at the end and the prefetch hit rate; all pages verified.\n", f);
+	      "prefetch window at the end and the prefetch hit rate; all pages verified.\n"
+	      "--seal on|off: pages sealed (encrypted and authenticated, docs/SECURITY.md) or\n"
+	      "not (default: the pool file's `seal =`, else on unless every node is on\n"
+	      "loopback). --seal both: the random and sequential passes run unsealed, then\n"
+	      "again on a sealed copy of the region (sealed_remote_fault_p50_us,\n"
+	      "sealed_seq_GBps, seal_seq_ratio, seal_p50_delta_us, seal_version_bytes_per_page);\n"
+	      "the eviction phase runs sealed.\n", f);
 }
 
 int cmd_bench(int argc, char **argv)
@@ -630,6 +648,13 @@ int cmd_bench(int argc, char **argv)
 				fprintf(stderr, "giantvm bench: --local-mem '%s': a size of at least 4M (e.g. 64M)\n", v);
 				return GVM_EXIT_USAGE;
 			}
+		} else if ((v = cli_optval(argc, argv, &i, "--seal"))) {
+			o.seal = !strcmp(v, "on") ? SEAL_ON : !strcmp(v, "off") ? SEAL_OFF :
+				 !strcmp(v, "both") ? SEAL_BOTH : -1;
+			if (o.seal < 0) {
+				fprintf(stderr, "giantvm bench: --seal '%s': on, off or both\n", v);
+				return GVM_EXIT_USAGE;
+			}
 		} else if ((v = cli_optval(argc, argv, &i, "--samples"))) {
 			if (gvm_parse_u64(v, 10, 1000000, &n)) {
 				fprintf(stderr, "giantvm bench: --samples '%s': a number from 10 to 1000000\n", v);
@@ -663,6 +688,7 @@ int cmd_bench(int argc, char **argv)
 	if (cli_pool_open(&cp, &o.pa))
 		return 1;
 	t_open = gvm_time_ns() - t_open;
+	bench_seal = o.seal == SEAL_ON || (o.seal == SEAL_DEFAULT && gvm_pool_sealed(cp.pool));
 	if (gvm_random(&seed, sizeof(seed)) || gvm_random(key, sizeof(key))) {
 		fprintf(stderr, "giantvm bench: getrandom failed\n");
 		goto out;
@@ -707,6 +733,27 @@ int cmd_bench(int argc, char **argv)
 		       &peak_fds))
 		goto out;
 
+	/* --seal both: the same passes over a sealed copy of the region. */
+	double s_p50 = 0, s_p99 = 0, s_seq_secs = 1;
+	struct gvm_stats st_srand = { 0 }, st_sseq = { 0 };
+	if (o.seal == SEAL_BOTH) {
+		uint64_t region2 = gvm_mix64(region ^ 0x7365616cull);
+		bench_seal = 1;
+		int r = fill(cp.pool, &nc, region2, key, seed, npages);
+		clients_close_all(cp.pool, &nc);
+		if (!r)
+			r = remote_run(cp.pool, o.prefetch, -1u, region2, key, seed, npages, 1, o.samples, lat,
+				       &dummy, &st_srand, &peak_fds);
+		s_p50 = pct_us(lat, o.samples, 0.5);
+		s_p99 = pct_us(lat, o.samples, 0.99);
+		if (!r)
+			r = remote_run(cp.pool, o.prefetch, 0, region2, key, seed, npages, 0, 0, NULL, &s_seq_secs,
+				       &st_sseq, &peak_fds);
+		clients_free_region(cp.pool, &nc, region2, key);
+		if (r)
+			goto out;
+	}
+
 	struct evict_result ev = { 0 };
 	if (o.local_mem && evict_run(cp.pool, o.prefetch, o.local_mem, gvm_mix64(region ^ 0x65766963ull), key,
 				     seed, npages, &ev))
@@ -737,6 +784,16 @@ int cmd_bench(int argc, char **argv)
 			rmw_print("rmw_uniform", &ev.uni, 1);
 			rmw_print("rmw_hotcold", &ev.skew, 1);
 		}
+		printf("\"sealed\":\"%s\",", o.seal == SEAL_BOTH ? "both" : bench_seal ? "on" : "off");
+		if (o.seal == SEAL_BOTH)
+			printf("\"sealed_remote_fault_p50_us\":%.1f,\"sealed_remote_fault_p99_us\":%.1f,"
+			       "\"sealed_seq_GBps\":%.3f,\"seal_seq_ratio\":%.3f,\"seal_p50_delta_us\":%.1f,"
+			       "\"seal_pages_rejected\":%" PRIu64 ",",
+			       s_p50, s_p99, gb / s_seq_secs, seq_secs / s_seq_secs, s_p50 - remote_p50,
+			       st_srand.pages_rejected + st_sseq.pages_rejected);
+		if (o.seal == SEAL_BOTH || bench_seal)
+			printf("\"seal_version_bytes_per_page\":%.1f,",
+			       (double)(o.seal == SEAL_BOTH ? st_sseq.seal_bytes : st_seq.seal_bytes) / (double)npages);
 		printf("\"verified\":true}\n");
 	} else {
 		printf("giantvm bench: %u node%s (%s), replicas %u, region %s, window %u pages\n",
@@ -764,6 +821,17 @@ int cmd_bench(int argc, char **argv)
 			printf("  %-34s %10.1f us\n", "evict_fault_p99_us", (double)ev.st.fault_p99_ns / 1e3);
 			rmw_print("rmw_uniform", &ev.uni, 0);
 			rmw_print("rmw_hotcold", &ev.skew, 0);
+		}
+		if (o.seal == SEAL_BOTH) {
+			printf("  sealed (AES-256-GCM per page), the same passes:\n");
+			printf("  %-34s %10.1f us  (%+.1f us)\n", "sealed_remote_fault_p50_us", s_p50, s_p50 - remote_p50);
+			printf("  %-34s %10.1f us\n", "sealed_remote_fault_p99_us", s_p99);
+			printf("  %-34s %10.3f GB/s  (%.2fx unsealed)\n", "sealed_seq_GBps", gb / s_seq_secs,
+			       seq_secs / s_seq_secs);
+			printf("  %-34s %10.1f B\n", "version memory per guest page",
+			       (double)st_sseq.seal_bytes / (double)npages);
+		} else {
+			printf("  %-34s %10s\n", "pages sealed", bench_seal ? "yes" : "no");
 		}
 		printf("  every page read was verified (%u random, %" PRIu64 " sequential)\n", o.samples, npages);
 	}

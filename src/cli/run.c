@@ -53,6 +53,7 @@ struct run_opts {
 	unsigned prefetch;
 	const char *vm_id;
 	const char *local_mem;
+	const char *seal;     /* --seal on|off, or NULL */
 	const char *orig_qemu;
 	const char *orig_conf;
 	long orig_id;
@@ -131,6 +132,9 @@ static void usage(FILE *f)
 	      "                       a window that adapts below it (1 for random access)\n"
 	      "  --replicas R         copies of each stripe (default 2 with 2+ nodes, else 1)\n"
 	      "  --local-mem SIZE     resident guest RAM budget (default: unlimited)\n"
+	      "  --seal on|off        encrypt and authenticate every page before it leaves\n"
+	      "                       this host (default: the pool file's `seal =`, else on\n"
+	      "                       unless every node is on loopback; docs/SECURITY.md)\n"
 	      "  --vm-id ID           name for `giantvm stat` and region ids (default vm-PID)\n"
 	      "  --token-file F       shared secret of the memory servers\n"
 	      "  --timeout-ms N       a node silent this long is failed over (default 2000)\n"
@@ -211,6 +215,12 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
 				return -1;
 			}
 			o->pa.replicas = (unsigned)n;
+		} else if ((v = cli_optval(argc, argv, &i, "--seal"))) {
+			if (strcmp(v, "on") && strcmp(v, "off")) {
+				fprintf(stderr, "giantvm run: --seal '%s': on or off\n", v);
+				return -1;
+			}
+			o->seal = v;
 		} else if ((v = cli_optval(argc, argv, &i, "--local-mem"))) {
 			if (gvm_parse_size(v, &n) || n < GVM_CTL_LOCAL_MEM_MIN) {
 				fprintf(stderr, "giantvm run: --local-mem '%s': a size of at least 16M (e.g. 128M, 4G)\n", v);
@@ -608,6 +618,8 @@ static int run_uffd(struct run_opts *o, struct gvm_mode *m)
 		}
 		if (o->local_mem)
 			setenv(GVM_ENV_LOCAL_MEM, o->local_mem, 1);
+		if (o->seal)
+			setenv(GVM_ENV_SEAL, o->seal, 1);
 		if (o->timeout_ms) {
 			snprintf(num, sizeof(num), "%d", o->timeout_ms);
 			setenv(GVM_ENV_TIMEOUT_MS, num, 1);

@@ -32,8 +32,9 @@ static void usage(FILE *f)
 	      "(under-replicated), the fetch window of a fault off any sequential run (it\n"
 	      "adapts: one page under random access, up to --prefetch), and the prefetch\n"
 	      "hit rate (of the prefetched pages held back as probes, the share the guest\n"
-	      "touched). --json prints the full statistics (per node too: health,\n"
-	      "requests, bytes, RTT) once, as one JSON object.\n"
+	      "touched), and sealed pages rejected (a node returned a page that failed\n"
+	      "verification). --json prints the full statistics (per node too: health,\n"
+	      "requests, bytes, pages rejected, RTT) once, as one JSON object.\n"
 	      "\n"
 	      "--prometheus prints the engine metrics of VM, or of every VM of this host,\n"
 	      "once in the Prometheus text format (label vm=\"NAME\"; docs/METRICS.md).\n"
@@ -265,18 +266,18 @@ int cmd_stat(int argc, char **argv)
 		double f = num(buf, "faults"), b = num(buf, "bytes_in"), e = num(buf, "evictions"),
 		       w = num(buf, "writebacks");
 		if (k % 20 == 0)
-			printf("%8s %9s %9s %12s %10s %8s %8s %9s %9s %6s %7s %5s %8s %6s %7s\n", "uptime",
+			printf("%8s %9s %9s %12s %10s %8s %8s %9s %9s %6s %7s %5s %8s %6s %7s %8s\n", "uptime",
 			       "faults/s", "MiB/s in", "resident", "budget", "evict/s", "wback/s", "p50 us",
-			       "p99 us", "errors", "nodes", "down", "underrep", "window", "pf hit");
+			       "p99 us", "errors", "nodes", "down", "underrep", "window", "pf hit", "rejected");
 		if (k > 0 || count == 0)
 			printf("%8.0f %9.0f %9.1f %12.0f %10.0f %8.0f %8.0f %9.1f %9.1f %6.0f %3.0f/%-3.0f %5.0f %8.0f "
-			       "%6.0f %6.0f%%\n",
+			       "%6.0f %6.0f%% %8.0f\n",
 			       num(buf, "uptime_s"), f - prev_f, (b - prev_b) / 1048576.0,
 			       num(buf, "resident_pages"), num(buf, "budget_pages"), e - prev_e, w - prev_w,
 			       num(buf, "fault_p50_us"), num(buf, "fault_p99_us"), num(buf, "errors"),
 			       num(buf, "nodes_connected"), num(buf, "nodes"), num(buf, "nodes_down"),
 			       num(buf, "under_replicated_stripes"), num(buf, "window_pages"),
-			       100.0 * num(buf, "prefetch_hit_rate"));
+			       100.0 * num(buf, "prefetch_hit_rate"), num(buf, "pages_rejected"));
 		fflush(stdout);
 		prev_f = f, prev_b = b, prev_e = e, prev_w = w;
 		if (count >= 0 && k == count)

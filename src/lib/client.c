@@ -137,6 +137,13 @@ static int recv_frame(struct gvm_client *c, struct gvm_hdr *h)
 		return -EPROTO;
 	if (h->len && (r = recv_all(c, c->buf, h->len)) < 0)
 		return r;
+	if (c->sess.on) {
+		uint8_t tag[GVM_TAG_SIZE];
+		if ((r = recv_all(c, tag, sizeof(tag))) < 0)
+			return r;
+		if (gvm_session_check(&c->sess, raw, c->buf, h->len, tag) < 0)
+			return -EBADMSG;
+	}
 	return 0;
 }
 
@@ -148,9 +155,9 @@ static int recv_frame(struct gvm_client *c, struct gvm_hdr *h)
 static int transact(struct gvm_client *c, struct gvm_hdr *req, const void *payload,
 		    struct gvm_hdr *rep)
 {
-	uint8_t raw[GVM_HDR_SIZE];
-	struct iovec iov[2] = { { raw, sizeof(raw) }, { (void *)payload, req->len } };
-	int r;
+	uint8_t raw[GVM_HDR_SIZE], tag[GVM_TAG_SIZE];
+	struct iovec iov[3] = { { raw, sizeof(raw) }, { (void *)payload, req->len }, { tag, sizeof(tag) } };
+	int r, n = 1;
 
 	if (c->fd < 0)
 		return -ENOTCONN;
@@ -158,9 +165,18 @@ static int transact(struct gvm_client *c, struct gvm_hdr *req, const void *paylo
 	req->version = GVM_PROTO_VERSION;
 	req->id = c->next_id++;
 	req->status = 0;
-	req->flags = 0;
+	req->flags &= GVM_HF_TAGS;
 	gvm_hdr_encode(req, raw);
-	if ((r = send_all(c, iov, req->len ? 2 : 1)) < 0)
+	if (req->len)
+		iov[n++] = iov[1];
+	if (c->sess.on) {
+		if (gvm_session_tag_begin(&c->sess, raw) < 0 ||
+		    gvm_session_tag_add(&c->sess, payload, req->len) < 0 ||
+		    gvm_session_tag_end(&c->sess, tag) < 0)
+			return fail(c, -EIO);
+		iov[n++] = iov[2];
+	}
+	if ((r = send_all(c, iov, n)) < 0)
 		return fail(c, r);
 	if ((r = recv_frame(c, rep)) < 0)
 		return fail(c, r);
@@ -224,7 +240,7 @@ int gvm_client_connect(struct gvm_client *c, const char *hostport, const void *t
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV };
 	struct addrinfo *res = NULL, *ai;
 	struct gvm_greeting g;
-	struct gvm_hello hello = { .version = GVM_PROTO_VERSION };
+	struct gvm_hello hello;
 	struct gvm_hdr h, rep;
 	uint8_t payload[GVM_HELLO_SIZE];
 	char host[256], port[8];
@@ -234,6 +250,8 @@ int gvm_client_connect(struct gvm_client *c, const char *hostport, const void *t
 	c->next_id = 1;
 	c->timeout_ms = timeout_ms;
 	c->buf = NULL;
+	gvm_session_init(&c->sess);
+	memset(&c->seal, 0, sizeof(c->seal));
 	if (!hostport || split_hostport(hostport, host, sizeof(host), port, sizeof(port)) < 0)
 		return -EINVAL;
 	if (token && (token_len == 0 || token_len > GVM_TOKEN_MAX))
@@ -260,18 +278,20 @@ int gvm_client_connect(struct gvm_client *c, const char *hostport, const void *t
 	gvm_greeting_decode(c->buf, &g);
 	if (g.version < GVM_PROTO_VERSION)
 		return fail(c, -EPROTONOSUPPORT);
-	if (token) {
-		if (gvm_auth_mac(token, token_len, g.nonce, hello.mac) < 0)
-			return fail(c, -EIO);
-		hello.flags = GVM_HELLO_MAC;
-	}
+	/* Holding a token, talk only to a node that can prove it holds it too. */
+	if (token && !(g.flags & GVM_GREET_KEYED))
+		return fail(c, -EACCES);
+	if ((r = gvm_session_hello(&c->sess, token, token_len, c->buf, &hello)) < 0)
+		return fail(c, r == -EACCES ? r : -EIO);
 	gvm_hello_encode(&hello, payload);
-	OPENSSL_cleanse(hello.mac, sizeof(hello.mac));
+	OPENSSL_cleanse(&hello, sizeof(hello));
 	h = (struct gvm_hdr){ .op = GVM_OP_HELLO, .len = GVM_HELLO_SIZE };
 	r = transact(c, &h, payload, &rep);
 	OPENSSL_cleanse(payload, sizeof(payload));
 	if (r != 0)
 		return fail(c, r);
+	if (token && (rep.len != GVM_PROOF_SIZE || gvm_session_confirm(&c->sess, token, token_len, c->buf) < 0))
+		return fail(c, -EACCES);
 	return 0;
 }
 
@@ -280,6 +300,8 @@ void gvm_client_close(struct gvm_client *c)
 	if (c->fd >= 0)
 		close(c->fd);
 	c->fd = -1;
+	gvm_session_fini(&c->sess);
+	gvm_sealer_fini(&c->seal);
 	free(c->buf);
 	c->buf = NULL;
 }
@@ -287,8 +309,17 @@ void gvm_client_close(struct gvm_client *c)
 int gvm_client_open(struct gvm_client *c, uint64_t region, const uint8_t key[GVM_KEY_SIZE])
 {
 	struct gvm_hdr h = { .op = GVM_OP_OPEN, .region = region, .len = GVM_OPEN_SIZE }, rep;
+	uint8_t v[GVM_KEY_SIZE];
+	int r;
 
-	return transact(c, &h, key, &rep);
+	if (c->fd < 0)
+		return -ENOTCONN;
+	if (gvm_region_verifier(key, region, v) < 0 ||
+	    (c->sess.on && gvm_session_open_pad(&c->sess, region, c->sess.seq_out, v, v) < 0))
+		return -EIO;
+	r = transact(c, &h, v, &rep);
+	OPENSSL_cleanse(v, sizeof(v));
+	return r;
 }
 
 /* The reply must describe the range that was asked for. */
@@ -303,11 +334,13 @@ static int check_echo(struct gvm_client *c, const struct gvm_hdr *rep, uint64_t 
 int gvm_client_read_bm(struct gvm_client *c, uint64_t region, uint64_t page, unsigned count,
 		       void *buf, uint8_t *bitmap)
 {
-	struct gvm_hdr h = { .op = GVM_OP_READ, .region = region, .page = page, .count = count }, rep;
-	const uint8_t *data;
+	int sealed = c->seal.ctx && c->seal.region == region;
+	struct gvm_hdr h = { .op = GVM_OP_READ, .region = region, .page = page, .count = count,
+			     .flags = sealed ? GVM_HF_TAGS : 0 }, rep;
+	const uint8_t *data, *tags;
 	const char *why;
 	uint8_t *out = buf;
-	int r;
+	int r, nz;
 
 	if (count == 0 || count > GVM_MAX_PAGES)
 		return -EINVAL;
@@ -315,14 +348,19 @@ int gvm_client_read_bm(struct gvm_client *c, uint64_t region, uint64_t page, uns
 		return r;
 	if ((r = check_echo(c, &rep, region, page, count)) < 0)
 		return r;
-	if (gvm_pages_check(c->buf, rep.len, count, &why) < 0)
+	if ((rep.flags & GVM_HF_TAGS) != h.flags ||
+	    (nz = gvm_pages_check_tagged(c->buf, rep.len, count, sealed, &why)) < 0)
 		return fail(c, -EPROTO);
 	data = c->buf + GVM_BITMAP_BYTES(count);
+	tags = data + (size_t)nz * GVM_PAGE_SIZE;
 	for (unsigned i = 0; i < count; i++) {
 		uint8_t *dst = out + (size_t)i * GVM_PAGE_SIZE;
 		if (gvm_bitmap_test(c->buf, i)) {
 			memcpy(dst, data, GVM_PAGE_SIZE);
 			data += GVM_PAGE_SIZE;
+			if (sealed && gvm_open_page(&c->seal, page + i, c->seal_ver, dst, tags) < 0)
+				return -EBADMSG;
+			tags += sealed ? GVM_TAG_SIZE : 0;
 		} else {
 			memset(dst, 0, GVM_PAGE_SIZE);
 		}
@@ -340,9 +378,13 @@ int gvm_client_read(struct gvm_client *c, uint64_t region, uint64_t page, unsign
 int gvm_client_write(struct gvm_client *c, uint64_t region, uint64_t page, unsigned count,
 		     const void *buf)
 {
-	struct gvm_hdr h = { .op = GVM_OP_WRITE, .region = region, .page = page, .count = count }, rep;
+	int sealed = c->seal.ctx && c->seal.region == region;
+	struct gvm_hdr h = { .op = GVM_OP_WRITE, .region = region, .page = page, .count = count,
+			     .flags = sealed ? GVM_HF_TAGS : 0 }, rep;
+	uint8_t tags[GVM_MAX_PAGES * GVM_TAG_SIZE];
 	const uint8_t *src = buf;
 	uint8_t *data;
+	unsigned nz = 0;
 
 	if (count == 0 || count > GVM_MAX_PAGES)
 		return -EINVAL;
@@ -356,7 +398,14 @@ int gvm_client_write(struct gvm_client *c, uint64_t region, uint64_t page, unsig
 			continue;
 		gvm_bitmap_set(c->buf, i);
 		memcpy(data, pg, GVM_PAGE_SIZE);
+		if (sealed && gvm_seal_page(&c->seal, page + i, c->seal_ver, data, tags + nz * GVM_TAG_SIZE) < 0)
+			return -EIO;
 		data += GVM_PAGE_SIZE;
+		nz++;
+	}
+	if (sealed) {
+		memcpy(data, tags, (size_t)nz * GVM_TAG_SIZE);
+		data += (size_t)nz * GVM_TAG_SIZE;
 	}
 	h.len = (uint32_t)(data - c->buf);
 	return transact(c, &h, c->buf, &rep);
@@ -400,4 +449,20 @@ int gvm_client_ping(struct gvm_client *c)
 	struct gvm_hdr h = { .op = GVM_OP_PING }, rep;
 
 	return transact(c, &h, NULL, &rep);
+}
+
+int gvm_client_seal(struct gvm_client *c, uint64_t region, const uint8_t key[GVM_KEY_SIZE],
+		    uint32_t version)
+{
+	uint8_t k[GVM_SEAL_KEY_SIZE];
+	int r;
+
+	if (!version || version > GVM_SEAL_MAX_VER)
+		return -EINVAL;
+	gvm_sealer_fini(&c->seal);
+	if ((r = gvm_seal_key(key, region, k)) == 0)
+		r = gvm_sealer_init(&c->seal, k, region);
+	OPENSSL_cleanse(k, sizeof(k));
+	c->seal_ver = version;
+	return r;
 }

@@ -431,7 +431,7 @@ int gvm_config_parse(struct gvm_config *cfg, const char *path, const char *text,
 	struct nodeset set = { 0 };
 	const char *p = text, *end = text + len;
 	size_t lines = 1;
-	uint32_t lineno = 0;
+	uint32_t lineno = 0, seal_line = 0;
 	int r;
 
 	gvm_config_fini(cfg);
@@ -494,6 +494,39 @@ int gvm_config_parse(struct gvm_config *cfg, const char *path, const char *text,
 			e--;
 		if (s == e)
 			continue;
+		/* "KEY = VALUE" settings (no node spec has an '='). */
+		const char *eq = memchr(s, '=', (size_t)(e - s));
+		if (eq) {
+			const char *k = s, *ke = eq, *v = eq + 1;
+			while (ke > k && is_blank(ke[-1]))
+				ke--;
+			while (v < e && is_blank(*v))
+				v++;
+			if ((size_t)(ke - k) != 4 || memcmp(k, "seal", 4)) {
+				set_err(err, errlen, path, lineno, s, (size_t)(e - s),
+					"unknown setting (the only one is 'seal = on|off')");
+				r = -EINVAL;
+				goto fail;
+			}
+			if (seal_line) {
+				set_err(err, errlen, path, lineno, s, (size_t)(e - s),
+					"'seal' given twice (first on line %u)", seal_line);
+				r = -EINVAL;
+				goto fail;
+			}
+			if ((size_t)(e - v) == 2 && !memcmp(v, "on", 2)) {
+				cfg->seal = 1;
+			} else if ((size_t)(e - v) == 3 && !memcmp(v, "off", 3)) {
+				cfg->seal = 2;
+			} else {
+				set_err(err, errlen, path, lineno, s, (size_t)(e - s),
+					"seal must be 'on' or 'off'");
+				r = -EINVAL;
+				goto fail;
+			}
+			seal_line = lineno;
+			continue;
+		}
 
 		why = parse_spec(s, (size_t)(e - s), &sp);
 		if (why) {
@@ -670,4 +703,21 @@ int gvm_config_add(struct gvm_config *cfg, const char *spec, char *err, size_t e
 nomem:
 	set_err(err, errlen, EMBEDDED, 0, NULL, 0, "%s", strerror(ENOMEM));
 	return -ENOMEM;
+}
+
+int gvm_config_all_loopback(const struct gvm_config *cfg)
+{
+	static const uint8_t v6_loop[16] = { [15] = 1 };
+
+	for (uint32_t i = 0; i < cfg->n_nodes; i++) {
+		const struct gvm_node *n = &cfg->nodes[i];
+		if (n->family == AF_INET && n->addr[0] == 127)
+			continue;
+		if (n->family == AF_INET6 && !memcmp(n->addr, v6_loop, 16))
+			continue;
+		if (n->family != AF_INET && n->family != AF_INET6 && !strcmp(gvm_node_host(cfg, i), "localhost"))
+			continue;
+		return 0;
+	}
+	return 1;
 }

@@ -1,7 +1,9 @@
 /*
  * cluster_uffd.conf: one memory node per line, HOST[:PORT] with HOST an IPv4
  * address, a bracketed IPv6 address or a host name; default port 9999; '#'
- * starts a comment; blank lines are ignored. Errors name FILE:LINE and why.
+ * starts a comment; blank lines are ignored. One setting may appear on a
+ * line of its own: `seal = on|off` (sealed pages; default: on unless every
+ * node is on loopback). Errors name FILE:LINE and why.
  *
  * Nodes are stored compactly (no sockaddr per node) so a 10,000-node pool
  * costs a few hundred KiB; names are resolved when a node is first used.
@@ -31,6 +33,7 @@ struct gvm_config {
 	char *strings;           /* every name and host, NUL-terminated */
 	size_t strings_len;
 	size_t strings_cap;
+	int seal;                /* `seal =`: 0 not given, 1 on, 2 off (enum gvm_seal_mode) */
 };
 
 static inline const char *gvm_node_name(const struct gvm_config *c, uint32_t i)
@@ -43,6 +46,8 @@ static inline const char *gvm_node_host(const struct gvm_config *c, uint32_t i)
 }
 
 void gvm_config_init(struct gvm_config *cfg);
+/* 1 if every node is a loopback address (127/8, ::1, or "localhost"). */
+int gvm_config_all_loopback(const struct gvm_config *cfg);
 void gvm_config_fini(struct gvm_config *cfg);
 /*
  * Parse `len` bytes of config text; `path` is used in messages only.

@@ -43,6 +43,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+
 #include "engine_int.h"
 #include "log.h"
 #include "uffd.h"
@@ -225,11 +227,18 @@ int gvm_engine_open(struct gvm_engine **out, struct gvm_pool *pool, const struct
 	e->fixed_window = getenv("GIANTVM_FIXED_WINDOW") && *getenv("GIANTVM_FIXED_WINDOW") == '1';
 	e->readahead = !o || !o->readahead ? 8 : (o->readahead == -1u ? 0 : o->readahead);
 	e->lost_policy = o ? o->lost_policy : GVM_LOST_POISON;
+	/* Sealed unless said otherwise, or unless every node is on this host. */
+	e->seal = o && o->seal == GVM_SEAL_ON ? 1 : o && o->seal == GVM_SEAL_OFF ? 0 : gvm_pool_sealed(pool);
+	pr_debug("pages %s", e->seal ? "sealed (AES-256-GCM)" : "not sealed");
+	if (!pool->token && !gvm_config_all_loopback(&pool->cfg))
+		pr_warn("no pool token: connections to the memory nodes are not authenticated "
+			"(anyone on the network can act as a node; docs/SECURITY.md)");
 	e->on_fatal = o ? o->on_fatal : NULL;
 	e->fatal_arg = o ? o->fatal_arg : NULL;
 	e->idle_ns = 60ull * 1000000000ull;
 	pthread_mutex_init(&e->cmd_mu, NULL);
 	pthread_cond_init(&e->barrier_cv, NULL);
+	pthread_mutex_init(&e->seal_mu, NULL);
 	if (o && o->local_mem) {
 		e->budget_pages = o->local_mem >> GVM_PAGE_SHIFT;
 		if (e->budget_pages < 1024) {
@@ -345,6 +354,7 @@ err_close:
 err_free:
 	pthread_mutex_destroy(&e->cmd_mu);
 	pthread_cond_destroy(&e->barrier_cv);
+	pthread_mutex_destroy(&e->seal_mu);
 	free(e);
 	return r;
 }
@@ -360,6 +370,23 @@ int gvm_engine_attach(struct gvm_engine *e, uint64_t region, const uint8_t key[G
 	return gvm_engine_attach_flags(e, region, key, addr, len, 0);
 }
 
+int gvm_pool_sealed(const struct gvm_pool *pool)
+{
+	return pool->cfg.seal == GVM_SEAL_ON ||
+	       (pool->cfg.seal == GVM_SEAL_AUTO && !gvm_config_all_loopback(&pool->cfg));
+}
+
+static void region_seal_free(struct gvm_region *rg)
+{
+	if (rg->opener) {
+		gvm_sealer_fini(rg->opener);
+		free(rg->opener);
+	}
+	free(rg->ver);
+	free(rg->ver_done);
+	OPENSSL_cleanse(rg->seal_key, sizeof(rg->seal_key));
+}
+
 int gvm_engine_attach_flags(struct gvm_engine *e, uint64_t region,
 			    const uint8_t key[GVM_REGION_KEY_SIZE], void *addr, size_t len,
 			    unsigned flags)
@@ -368,7 +395,7 @@ int gvm_engine_attach_flags(struct gvm_engine *e, uint64_t region,
 				       .mode = UFFDIO_REGISTER_MODE_MISSING |
 					       (e->wp ? UFFDIO_REGISTER_MODE_WP : 0) };
 	struct gvm_region *rg;
-	unsigned char *vec;
+	unsigned char *vec = NULL;
 	int r;
 
 	if (((uintptr_t)addr | len) & (GVM_PAGE_SIZE - 1) || !len)
@@ -390,6 +417,19 @@ int gvm_engine_attach_flags(struct gvm_engine *e, uint64_t region,
 	for (unsigned i = 0; i < GVM_READ_RING; i++)
 		rg->read_ring[i] = UINT64_MAX;
 	rg->fresh = !!(flags & GVM_ATTACH_FRESH);
+	if (e->seal) {
+		rg->ver = calloc(rg->npages, sizeof(*rg->ver));
+		rg->ver_done = calloc(rg->npages, sizeof(*rg->ver_done));
+		rg->opener = calloc(1, sizeof(*rg->opener));
+		if (!rg->ver || !rg->ver_done || !rg->opener || gvm_seal_key(key, region, rg->seal_key) < 0 ||
+		    gvm_sealer_init(rg->opener, rg->seal_key, region) < 0) {
+			r = -ENOMEM;
+			goto err_free;
+		}
+		if (flags & GVM_ATTACH_SEALED_V1)
+			for (uint64_t i = 0; i < rg->npages; i++)
+				rg->ver[i] = rg->ver_done[i] = 1;
+	}
 	rg->pg = calloc(rg->npages, 1);
 	rg->nstripes = (rg->npages + GVM_STRIPE_PAGES - 1) / GVM_STRIPE_PAGES;
 	rg->stripe = calloc(rg->nstripes, 1);
@@ -443,6 +483,7 @@ err_unreg:
 		pr_perror("UFFDIO_UNREGISTER");
 err_free:
 	free(vec);
+	region_seal_free(rg);
 	free(rg->estamp);
 	free(rg->hot);
 	free(rg->pg);
@@ -471,6 +512,7 @@ void gvm_engine_close(struct gvm_engine *e)
 		/* The range may be unmapped already (owner exiting): fine. */
 		if (ioctl(e->uffd, UFFDIO_UNREGISTER, &r) < 0 && errno != ENOMEM && errno != EINVAL)
 			pr_perror("UFFDIO_UNREGISTER");
+		region_seal_free(rg);
 		free(rg->estamp);
 		free(rg->hot);
 		free(rg->pg);
@@ -486,6 +528,7 @@ void gvm_engine_close(struct gvm_engine *e)
 	gvm_wb_fini(e);
 	pthread_mutex_destroy(&e->cmd_mu);
 	pthread_cond_destroy(&e->barrier_cv);
+	pthread_mutex_destroy(&e->seal_mu);
 	free(e->suspect);
 	free(e);
 }

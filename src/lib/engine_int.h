@@ -70,6 +70,8 @@ struct gvm_wb {               /* one WRITE of a run of pages to every replica */
 	struct gvm_waiter *waiter;
 	struct gvm_wb *next;
 	uint8_t pooled;       /* stripe-sized: goes back to wb_spare */
+	uint8_t tagged;       /* sealed: the payload ends with the pages' tags */
+	uint32_t *vers;       /* sealed: the version each page was written at (count entries) */
 };
 
 struct gvm_resync {           /* copy one stripe from a live replica to the others */
@@ -90,6 +92,7 @@ struct gvm_engine_counters {
 	uint64_t rmw_installs;             /* read faults installed dirty (a write was expected) */
 	uint64_t room_waits;               /* faults whose fetch waited for the evictor to make room */
 	uint64_t window;                   /* pages the last non-sequential fault fetched */
+	uint64_t pages_rejected;           /* sealed pages that failed verification */
 };
 
 struct gvm_engine {
@@ -108,6 +111,7 @@ struct gvm_engine {
 	unsigned readahead;       /* windows ahead on sequential runs */
 	int fixed_window;         /* $GIANTVM_FIXED_WINDOW: always `prefetch` pages, no probes, no RMW guess */
 	int lost_policy;
+	int seal;                 /* pages sealed (seal.h) */
 	void (*on_fatal)(const char *why, void *arg);
 	void *fatal_arg;
 	uint64_t idle_ns;         /* close node connections idle this long */
@@ -134,6 +138,7 @@ struct gvm_engine {
 	pthread_mutex_t cmd_mu;   /* guards cmd_head/cmd_tail, wb_spare and the barrier */
 	pthread_cond_t barrier_cv; /* gvm_engine_barrier(): barrier_done caught up */
 	uint64_t barrier_req, barrier_done;
+	pthread_mutex_t seal_mu;  /* sealed: taking versions and queueing a write-back, as one step */
 	struct gvm_wb *cmd_head, *cmd_tail;
 	struct gvm_wb *wb_spare;  /* stripe-sized write-back buffers for reuse */
 	unsigned n_wb_spare;

@@ -414,7 +414,7 @@ static void fetch_send(struct gvm_engine *e, struct gvm_fetch *f)
 
 	while (f->tries < nr) {
 		struct gvm_hdr h = { .op = GVM_OP_READ, .region = f->rg->id, .page = f->page,
-				     .count = f->count };
+				     .count = f->count, .flags = e->seal ? GVM_HF_TAGS : 0 };
 		uint32_t node = nodes[f->tries];
 		if (gvm_transport_usable(&e->tp, node, now) &&
 		    gvm_transport_send(&e->tp, node, &h, NULL, 0, f) == 0)
@@ -769,6 +769,133 @@ void gvm_fault_drain(struct gvm_engine *e)
 	}
 }
 
+/*
+ * Is page p as a node returned it (set: non-zero, sealed in `data` with
+ * `tag`) a version this engine wrote? Normally only the last one (ver); while
+ * a write-back is still in flight (a flush of a page that was then dropped
+ * clean) the versions back to the last one acked (ver_done) too. Decrypts in
+ * place; 1 if good.
+ */
+static int seal_open_one(struct gvm_region *rg, uint64_t p, int set, uint8_t *data, const uint8_t *tag)
+{
+	uint32_t cur = __atomic_load_n(&rg->ver[p], __ATOMIC_RELAXED);
+	uint32_t done = __atomic_load_n(&rg->ver_done[p], __ATOMIC_RELAXED);
+	uint64_t hi = gvm_seal_order(cur), lo = gvm_seal_order(done);
+	uint8_t save[GVM_PAGE_SIZE];
+	int tries = 0;
+
+	if (lo >= hi) {
+		uint32_t v = gvm_seal_live(cur);
+		return set ? v && gvm_open_page(rg->opener, p, v, data, tag) == 0 : v == 0;
+	}
+	if (!set)   /* zero: right if the page was zero at either end */
+		return !gvm_seal_live(cur) || !gvm_seal_live(done) || !done;
+	memcpy(save, data, GVM_PAGE_SIZE);
+	for (uint64_t o = hi; o >= lo && o > 1 && tries < 8; o--) {
+		if (o & 1)
+			continue;  /* a zero state: not this */
+		if (tries++)
+			memcpy(data, save, GVM_PAGE_SIZE);
+		if (gvm_open_page(rg->opener, p, (uint32_t)(o >> 1), data, tag) == 0)
+			return 1;
+	}
+	return 0;
+}
+
+/*
+ * Sealed pages: check and decrypt a READ reply in place (the payload is the
+ * connection's receive buffer, consumed with this reply). Pages resident
+ * here are skipped: they are not installed, and their version may be moving
+ * (a write-back in flight). A page that fails (altered, another page's or
+ * region's, an older version, or claimed zero when it was written) is never
+ * installed: the read goes to the next replica, as if this one had failed;
+ * with none left, the failing pages are poisoned and the rest installed.
+ * Returns 0 (install the payload) or -EBADMSG (the fetch was handled).
+ */
+static int seal_verify(struct gvm_engine *e, struct gvm_conn *c, struct gvm_fetch *f,
+		       const struct gvm_hdr *h, uint8_t *payload)
+{
+	struct gvm_region *rg = f->rg;
+	const uint8_t *bm = payload;
+	unsigned nz = 0, bad = 0;
+	uint8_t badmap[GVM_BITMAP_BYTES(GVM_MAX_PAGES)] = { 0 };
+
+	for (unsigned i = 0; i < f->count; i++)
+		nz += gvm_bitmap_test(bm, i);
+	uint8_t *data = payload + GVM_BITMAP_BYTES(f->count);
+	const uint8_t *tags = data + (size_t)nz * GVM_PAGE_SIZE;
+	int notags = !(h->flags & GVM_HF_TAGS);
+	if (notags) {
+		bad = f->count; /* a node that drops the tags proves nothing */
+		memset(badmap, 0xff, GVM_BITMAP_BYTES(f->count));
+	}
+	/* The page a thread waits for first: checked, opened and installed
+	 * before the rest of the window is decrypted (AES-GCM costs about 2 us
+	 * a page here; a 32-page window would otherwise add ~60 us to the
+	 * fault). If it fails, so does the reply, below. */
+	if (!notags && f->fault_page >= f->page && f->fault_page < f->page + f->count &&
+	    !(pg_get(rg->pg, f->fault_page) & PG_RESIDENT)) {
+		unsigned fi = (unsigned)(f->fault_page - f->page);
+		long pi = packed_index(bm, fi);
+		uint8_t *pd = pi < 0 ? NULL : data + ((size_t)pi << GVM_PAGE_SHIFT);
+		if (seal_open_one(rg, f->fault_page, pi >= 0, pd, pi < 0 ? NULL : tags + (size_t)pi * GVM_TAG_SIZE))
+			install_run(e, rg, f->fault_page, 1, pd,
+				    (f->writable ? IR_WRITABLE | IR_DIRTY : 0) | (f->write_fault ? IR_DIRTY : 0));
+	}
+	/* Every page, even after a failure: the good ones are installed if no
+	 * replica is left, so each must be opened (or be left out). */
+	for (unsigned i = 0, k = 0; i < f->count && !notags; i++) {
+		uint64_t p = f->page + i;
+		int set = gvm_bitmap_test(bm, i);
+		int ok = 1;
+
+		if (!(pg_get(rg->pg, p) & PG_RESIDENT))
+			ok = seal_open_one(rg, p, set, data + ((size_t)k << GVM_PAGE_SHIFT),
+					   tags + (size_t)k * GVM_TAG_SIZE);
+		if (!ok) {
+			gvm_bitmap_set(badmap, i);
+			bad++;
+		}
+		k += set;
+	}
+	if (!bad)
+		return 0;
+	c->pages_rejected += bad;
+	CTR_ADD(e, pages_rejected, bad);
+	CTR_ADD(e, errors, 1);
+	pr_warn("node %s: %u page(s) of region %016" PRIx64 " pages %" PRIu64 "-%" PRIu64
+		" failed verification (altered, swapped, stale or foreign): not installed",
+		gvm_node_name(&e->pool->cfg, c->node), bad, rg->id, f->page, f->page + f->count - 1);
+	uint32_t nodes[GVM_MAX_REPLICAS];
+	unsigned nr = replicas_ordered(e, rg, f->page / GVM_STRIPE_PAGES, nodes);
+	f->tries++;
+	if (f->tries < nr) {
+		fetch_send(e, f);
+		return -EBADMSG;
+	}
+	/* No replica left to ask: never a wrong byte, so the failing pages are
+	 * lost (poisoned: SIGBUS for whoever touches them); the rest go in. */
+	pr_err("no replica served region %016" PRIx64 " pages %" PRIu64 "-%" PRIu64
+	       " intact: poisoning the %u failing page(s)", rg->id, f->page, f->page + f->count - 1, bad);
+	for (unsigned i = 0; i < f->count; i++) {
+		uint64_t p = f->page + i;
+		if (!gvm_bitmap_test(badmap, i) || (pg_get(rg->pg, p) & PG_RESIDENT))
+			continue;
+		struct uffdio_poison po = { .range = { rg->base + (p << GVM_PAGE_SHIFT), GVM_PAGE_SIZE } };
+		if (!(e->features & UFFD_FEATURE_POISON) || (ioctl(e->uffd, UFFDIO_POISON, &po) < 0 && errno != EEXIST)) {
+			/* Cannot poison: keep it unresolved rather than install it. */
+			pr_err("cannot poison page %#lx: %s", (unsigned long)po.range.start,
+			       (e->features & UFFD_FEATURE_POISON) ? strerror(errno) : "no UFFDIO_POISON");
+			fetch_give_up(e, f);
+			return -EBADMSG;
+		}
+		pg_set(rg->pg, p, PG_RESIDENT | PG_LOST);
+		pg_clear(rg->pg, p, PG_INFLIGHT | PG_WANTED);
+		CTR_ADD(e, lost_pages, 1);
+	}
+	return 0;
+}
+
 /* A READ reply: install it, or try the next replica. */
 void gvm_fault_on_reply(struct gvm_engine *e, struct gvm_conn *c, struct gvm_fetch *f,
 			const struct gvm_hdr *h, const uint8_t *payload)
@@ -786,6 +913,8 @@ void gvm_fault_on_reply(struct gvm_engine *e, struct gvm_conn *c, struct gvm_fet
 		fetch_send(e, f);
 		return;
 	}
+	if (e->seal && seal_verify(e, c, f, h, (uint8_t *)payload) < 0)
+		return;
 	c->pages_in += f->count;
 	CTR_ADD(e, bytes_in, h->len);
 	install_payload(e, f->rg, f->page, f->count, payload, f->fault_page,

@@ -63,3 +63,9 @@ int gvm_node_client_free(struct gvm_node_client *nc, uint64_t region)
 {
 	return gvm_client_free(&nc->c, region);
 }
+
+int gvm_node_client_seal(struct gvm_node_client *nc, uint64_t region,
+			 const uint8_t key[GVM_REGION_KEY_SIZE], uint32_t version)
+{
+	return gvm_client_seal(&nc->c, region, key, version);
+}

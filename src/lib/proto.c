@@ -38,12 +38,13 @@ void gvm_hdr_encode(const struct gvm_hdr *h, uint8_t out[GVM_HDR_SIZE])
 static int check_pages_len(const struct gvm_hdr *h, const char **why)
 {
 	size_t bm = GVM_BITMAP_BYTES(h->count);
+	size_t per = GVM_PAGE_SIZE + ((h->flags & GVM_HF_TAGS) ? GVM_TAG_SIZE : 0);
 
 	if (h->len < bm)
 		BAD(-EPROTO, "page payload shorter than its bitmap");
-	if ((h->len - bm) % GVM_PAGE_SIZE)
-		BAD(-EPROTO, "page payload is not bitmap + whole pages");
-	if ((h->len - bm) / GVM_PAGE_SIZE > h->count)
+	if ((h->len - bm) % per)
+		BAD(-EPROTO, "page payload is not bitmap + whole pages (and their tags)");
+	if ((h->len - bm) / per > h->count)
 		BAD(-EPROTO, "page payload holds more pages than count");
 	return 0;
 }
@@ -124,6 +125,8 @@ static int check_reply(const struct gvm_hdr *h, const char **why)
 		if (h->len != GVM_STAT_SIZE) BAD(-EPROTO, "STAT reply size");
 		return 0;
 	case GVM_OP_HELLO:
+		if (h->len != 0 && h->len != GVM_PROOF_SIZE) BAD(-EPROTO, "HELLO reply size");
+		return 0;
 	case GVM_OP_OPEN:
 	case GVM_OP_WRITE:
 	case GVM_OP_FREE:
@@ -153,8 +156,11 @@ int gvm_hdr_decode(const uint8_t in[GVM_HDR_SIZE], int from_server,
 		BAD(-EPROTO, "bad magic");
 	if (h->version != GVM_PROTO_VERSION)
 		BAD(-EPROTO, "unsupported protocol version");
-	if (h->flags != 0)
+	if (h->flags & ~GVM_HF_TAGS)
 		BAD(-EPROTO, "reserved flags set");
+	/* Tags ride on page payloads only: WRITE, READ and READ's reply. */
+	if (h->flags && (h->op & ~GVM_OP_REPLY) != GVM_OP_READ && h->op != GVM_OP_WRITE)
+		BAD(-EPROTO, "tag flag on an op without pages");
 	if (h->len > GVM_MAX_PAYLOAD)
 		BAD(-EMSGSIZE, "payload length exceeds the maximum");
 	return from_server ? check_reply(h, why) : check_request(h, why);
@@ -179,6 +185,12 @@ int gvm_bitmap_weight(const uint8_t *bm, unsigned count)
 
 int gvm_pages_check(const uint8_t *payload, size_t len, unsigned count, const char **why)
 {
+	return gvm_pages_check_tagged(payload, len, count, 0, why);
+}
+
+int gvm_pages_check_tagged(const uint8_t *payload, size_t len, unsigned count, int tagged,
+			   const char **why)
+{
 	size_t bm = GVM_BITMAP_BYTES(count);
 	int w;
 
@@ -187,7 +199,7 @@ int gvm_pages_check(const uint8_t *payload, size_t len, unsigned count, const ch
 	w = gvm_bitmap_weight(payload, count);
 	if (w < 0)
 		BAD(-EPROTO, "bitmap has bits beyond count");
-	if (len != gvm_pages_len(count, (unsigned)w))
+	if (len != gvm_pages_len(count, (unsigned)w) + (tagged ? (size_t)w * GVM_TAG_SIZE : 0))
 		BAD(-EPROTO, "page payload length does not match its bitmap");
 	return w;
 }
@@ -224,14 +236,18 @@ void gvm_hello_encode(const struct gvm_hello *g, uint8_t out[GVM_HELLO_SIZE])
 {
 	put32(out, g->version);
 	put32(out + 4, g->flags);
-	memcpy(out + 8, g->mac, GVM_MAC_SIZE);
+	memcpy(out + 8, g->nonce, GVM_NONCE_SIZE);
+	memcpy(out + 40, g->pub, GVM_PUB_SIZE);
+	memcpy(out + 72, g->mac, GVM_MAC_SIZE);
 }
 
 void gvm_hello_decode(const uint8_t in[GVM_HELLO_SIZE], struct gvm_hello *g)
 {
 	g->version = get32(in);
 	g->flags = get32(in + 4);
-	memcpy(g->mac, in + 8, GVM_MAC_SIZE);
+	memcpy(g->nonce, in + 8, GVM_NONCE_SIZE);
+	memcpy(g->pub, in + 40, GVM_PUB_SIZE);
+	memcpy(g->mac, in + 72, GVM_MAC_SIZE);
 }
 
 void gvm_stat_encode(const struct gvm_stat *s, uint8_t out[GVM_STAT_SIZE])

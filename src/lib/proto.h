@@ -21,11 +21,13 @@
 /* Largest page count in one READ/WRITE: bounds every buffer on both sides. */
 #define GVM_MAX_PAGES     1024u
 #define GVM_BITMAP_BYTES(n) ((((size_t)(n) + 63u) / 64u) * 8u)
-/* Largest payload any frame may carry (a full WRITE). */
-#define GVM_MAX_PAYLOAD   (GVM_BITMAP_BYTES(GVM_MAX_PAGES) + (size_t)GVM_MAX_PAGES * GVM_PAGE_SIZE)
+/* Largest payload any frame may carry (a full WRITE, with tags). */
+#define GVM_MAX_PAYLOAD   (GVM_BITMAP_BYTES(GVM_MAX_PAGES) + (size_t)GVM_MAX_PAGES * (GVM_PAGE_SIZE + 16u))
 #define GVM_KEY_SIZE      32u  /* region key, bytes */
 #define GVM_NONCE_SIZE    32u
 #define GVM_MAC_SIZE      32u  /* HMAC-SHA256 */
+#define GVM_PUB_SIZE      32u  /* X25519 public key */
+#define GVM_TAG_SIZE      16u  /* frame tag (GMAC), sealed-page tag (AES-GCM) */
 
 /* Ops. A reply carries the request's op with GVM_OP_REPLY set. */
 enum gvm_op {
@@ -51,28 +53,37 @@ struct gvm_hdr {
 	uint32_t count;   /* pages (READ/WRITE/LIST) */
 	int32_t  status;  /* replies: 0 or -errno; requests: 0 */
 	uint32_t len;     /* payload bytes that follow the header */
-	uint32_t flags;   /* op-specific; 0 unless documented */
+	uint32_t flags;   /* GVM_HF_TAGS on READ, its reply and WRITE; else 0 */
 };
+/* Header flag: the page payload carries a 16-byte tag per non-zero page,
+ * after the pages (sealed pages: the AES-GCM tags; the store keeps them). */
+#define GVM_HF_TAGS 1u
 
 /* Payloads with a fixed layout. */
 struct gvm_greeting {               /* 40 bytes */
 	uint32_t version;               /* highest version the server speaks */
-	uint32_t flags;                 /* GVM_GREET_AUTH: HELLO must carry a MAC */
+	uint32_t flags;                 /* GVM_GREET_* */
 	uint8_t  nonce[GVM_NONCE_SIZE];
 };
-#define GVM_GREET_AUTH 1u
+#define GVM_GREET_AUTH  1u  /* HELLO must carry a MAC */
+#define GVM_GREET_KEYED 2u  /* the server holds a token: a MAC'd HELLO starts a session */
 #define GVM_GREETING_SIZE 40u
 
-struct gvm_hello {                  /* 40 bytes */
+struct gvm_hello {                  /* 104 bytes */
 	uint32_t version;
-	uint32_t flags;                 /* GVM_HELLO_MAC: mac is set */
-	uint8_t  mac[GVM_MAC_SIZE];     /* HMAC-SHA256(token, nonce) */
+	uint32_t flags;                 /* GVM_HELLO_MAC: nonce, pub and mac are set */
+	uint8_t  nonce[GVM_NONCE_SIZE]; /* the client's */
+	uint8_t  pub[GVM_PUB_SIZE];     /* the client's ephemeral X25519 key */
+	uint8_t  mac[GVM_MAC_SIZE];     /* HMAC-SHA256(token, "giantvm hello" || transcript) */
 };
 #define GVM_HELLO_MAC 1u
-#define GVM_HELLO_SIZE 40u
+#define GVM_HELLO_SIZE 104u
+/* HELLO reply payload when a session starts: the server's ephemeral X25519
+ * key, then its proof. */
+#define GVM_PROOF_SIZE (GVM_PUB_SIZE + GVM_MAC_SIZE)
 
-/* OPEN payload: the region key. A region is bound to the key of its first
- * OPEN; every later OPEN must present the same key. */
+/* OPEN payload: the region's verifier (never the key), padded with a
+ * session-derived pad in an authenticated session (auth.h). */
 #define GVM_OPEN_SIZE GVM_KEY_SIZE
 
 struct gvm_stat {                   /* 64 bytes, STAT reply payload */
@@ -120,7 +131,10 @@ int gvm_bitmap_weight(const uint8_t *bm, unsigned count);
 /* Validate a page payload of `len` bytes for `count` pages. Returns the
  * number of non-zero pages or -EPROTO with *why set. */
 int gvm_pages_check(const uint8_t *payload, size_t len, unsigned count, const char **why);
-/* Expected payload length for `count` pages of which `nonzero` are non-zero. */
+/* The same for a payload that may carry tags (after the pages, one per non-zero page). */
+int gvm_pages_check_tagged(const uint8_t *payload, size_t len, unsigned count, int tagged,
+			   const char **why);
+/* Expected payload length for `count` pages of which `nonzero` are non-zero (no tags). */
 static inline size_t gvm_pages_len(unsigned count, unsigned nonzero)
 {
 	return GVM_BITMAP_BYTES(count) + (size_t)nonzero * GVM_PAGE_SIZE;

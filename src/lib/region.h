@@ -12,6 +12,7 @@
 
 #include "pagestate.h"
 #include "proto.h"
+#include "seal.h"
 
 /* Per-stripe flags (one byte per stripe, engine thread only). */
 #define STRIPE_WRITTEN  0x01  /* this engine wrote pages of it to the pool */
@@ -61,6 +62,13 @@ struct gvm_region {
 	unsigned rmw_tick;    /* read faults counted, to keep probing while installing dirty */
 	unsigned read_next;
 	uint64_t read_ring[GVM_READ_RING]; /* pages of recent protected read-fault installs */
+	/* Sealed pages (seal.h): */
+	uint32_t *ver;        /* per page: the version last written (atomics: write-back submitters and the engine) */
+	uint32_t *ver_done;   /* per page: the version of its last write-back the replicas acked; a
+	                       * node may still hold any version from this one to ver (a flush in
+	                       * flight while the page was dropped clean) */
+	uint8_t seal_key[32]; /* AES-256-GCM key of this region's pages */
+	struct gvm_sealer *opener; /* engine thread: checks and decrypts READ replies */
 };
 
 

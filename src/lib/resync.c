@@ -99,6 +99,7 @@ void gvm_resync_pump(struct gvm_engine *e, uint64_t now)
 		}
 		uint64_t p0 = s * GVM_STRIPE_PAGES;
 		struct gvm_hdr h = { .op = GVM_OP_READ, .region = rg->id, .page = p0,
+				     .flags = e->seal ? GVM_HF_TAGS : 0,
 				     .count = (uint32_t)GVM_MIN((uint64_t)GVM_STRIPE_PAGES, rg->npages - p0) };
 		if (gvm_transport_send(&e->tp, src, &h, NULL, 0, j)) {
 			free(j);
@@ -124,8 +125,10 @@ void gvm_resync_on_reply(struct gvm_engine *e, struct gvm_resync *j, const struc
 			return;
 		}
 		for (unsigned i = 0; i < j->n_targets; i++) {
+			/* Ciphertext and tags as they came: a copy needs no key. */
 			struct gvm_hdr w = { .op = GVM_OP_WRITE, .region = req->region, .page = req->page,
-					     .count = req->count, .len = h->len };
+					     .count = req->count, .len = h->len,
+					     .flags = h->flags & GVM_HF_TAGS };
 			if (gvm_transport_send(&e->tp, j->targets[i], &w, &iov, 1, j) == 0)
 				j->outstanding++;
 		}

@@ -79,6 +79,8 @@ int gvm_engine_stats(struct gvm_engine *e, struct gvm_stats *out)
 		.window_pages = (uint32_t)__atomic_load_n(&e->ctr.window, __ATOMIC_RELAXED),
 		.rmw_installs = __atomic_load_n(&e->ctr.rmw_installs, __ATOMIC_RELAXED),
 		.room_waits = __atomic_load_n(&e->ctr.room_waits, __ATOMIC_RELAXED),
+		.pages_rejected = __atomic_load_n(&e->ctr.pages_rejected, __ATOMIC_RELAXED),
+		.sealed = e->seal,
 		.resident_pages = pg_resident(&e->pages),
 		.budget_pages = e->budget_pages,
 		.fault_p50_ns = hist_pct(e, 0.50),
@@ -93,6 +95,11 @@ int gvm_engine_stats(struct gvm_engine *e, struct gvm_stats *out)
 		out->fault_lat_counts[i] = __atomic_load_n(&e->lat[i], __ATOMIC_RELAXED);
 	out->fault_lat_sum_ns = __atomic_load_n(&e->lat_sum_ns, __ATOMIC_RELAXED);
 	out->missing_faults = missing_faults(e, out->faults, out->wp_faults);
+	if (e->seal) {
+		unsigned nreg = __atomic_load_n(&e->n_regions, __ATOMIC_ACQUIRE);
+		for (unsigned i = 0; i < nreg; i++)
+			out->seal_bytes += e->regions[i]->npages * 2 * sizeof(*e->regions[i]->ver);
+	}
 	/* Racy reads of the engine thread's connection states: display only. */
 	for (uint32_t i = 0; i < e->tp.n_nodes; i++) {
 		struct gvm_conn *c = __atomic_load_n(&e->tp.conns[i], __ATOMIC_ACQUIRE);
@@ -118,11 +125,11 @@ int gvm_engine_nodes_json(struct gvm_engine *e, char *buf, size_t len)
 		n = snprintf(buf + off, len - off,
 			     "%s{\"node\":\"%s\",\"state\":\"%s\",\"requests\":%" PRIu64
 			     ",\"pages_in\":%" PRIu64 ",\"bytes_in\":%" PRIu64 ",\"bytes_out\":%" PRIu64
-			     ",\"errors\":%" PRIu64 ",\"rtt_us\":%.1f}",
+			     ",\"errors\":%" PRIu64 ",\"pages_rejected\":%" PRIu64 ",\"rtt_us\":%.1f}",
 			     off > 1 ? "," : "", gvm_node_name(&e->pool->cfg, i),
 			     c->state == GVM_CONN_READY ? "up" : c->state == GVM_CONN_DOWN ? "down" :
 			     c->state == GVM_CONN_IDLE ? "idle" : "connecting",
-			     c->reqs, c->pages_in, c->bytes_in, c->bytes_out, c->errors,
+			     c->reqs, c->pages_in, c->bytes_in, c->bytes_out, c->errors, c->pages_rejected,
 			     (double)c->rtt_ewma_ns / 1000.0);
 		if (n < 0 || (size_t)n >= len - off)
 			return -ENOSPC;

@@ -32,12 +32,14 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+
 #include "auth.h"
 #include "log.h"
 #include "util.h"
 
 #define IN_INITIAL   (256u * 1024u)
-#define IN_FULL      (GVM_HDR_SIZE + GVM_MAX_PAYLOAD)
+#define IN_FULL      (GVM_HDR_SIZE + GVM_MAX_PAYLOAD + GVM_TAG_SIZE)
 #define BACKOFF_MIN_NS  (50ull * 1000000ull)
 #define BACKOFF_MAX_NS  (2000ull * 1000000ull)
 
@@ -83,6 +85,7 @@ static void conn_close_fd(struct gvm_transport *t, struct gvm_conn *c)
 static void conn_free(struct gvm_transport *t, struct gvm_conn *c)
 {
 	conn_close_fd(t, c);
+	gvm_session_fini(&c->sess);
 	free(c->out);
 	free(c->ext);
 	free(c->in);
@@ -111,7 +114,8 @@ int gvm_transport_add_key(struct gvm_transport *t, uint64_t region, const uint8_
 	if (n >= GVM_TRANSPORT_MAX_KEYS)
 		return -ENOSPC;
 	t->keys[n].region = region;
-	memcpy(t->keys[n].key, key, GVM_KEY_SIZE);
+	if (gvm_region_verifier(key, region, t->keys[n].verifier) < 0)
+		return -EIO;
 	__atomic_store_n(&t->n_keys, n + 1, __ATOMIC_RELEASE);
 	return 0;
 }
@@ -324,6 +328,8 @@ static int conn_start(struct gvm_transport *t, struct gvm_conn *c)
 	c->fd = fd;
 	c->epoll_out = 1;
 	c->state = GVM_CONN_CONNECTING;
+	gvm_session_fini(&c->sess);
+	gvm_session_init(&c->sess);
 	c->n_opened = 0;
 	t->n_open++;
 	return 0;
@@ -360,9 +366,11 @@ int gvm_transport_usable(const struct gvm_transport *t, uint32_t node, uint64_t 
 static int queue_frame(struct gvm_transport *t, struct gvm_conn *c, struct gvm_hdr *h,
 		       const struct iovec *iov, int iovcnt, const void *ref, size_t ref_len, void *ctx)
 {
-	uint8_t hb[GVM_HDR_SIZE];
+	uint8_t hb[GVM_HDR_SIZE], tag[GVM_TAG_SIZE], open_pad[GVM_KEY_SIZE];
+	struct iovec pad_iov = { open_pad, GVM_KEY_SIZE };
 	struct gvm_req r = { .region = h->region, .page = h->page, .count = h->count,
-			     .op = h->op, .ctx = ctx, .sent_ns = gvm_now_ns() };
+			     .op = h->op, .ctx = ctx, .sent_ns = gvm_now_ns(),
+			     .tagged = !!(h->flags & GVM_HF_TAGS) };
 	/* For a rollback: out_append may rebase (out_off changes), but the
 	 * unsent inline bytes before this frame stay the same. */
 	size_t pending_before = c->out_len - c->out_off;
@@ -374,11 +382,31 @@ static int queue_frame(struct gvm_transport *t, struct gvm_conn *c, struct gvm_h
 	h->version = GVM_PROTO_VERSION;
 	h->id = r.id = t->next_id++;
 	gvm_hdr_encode(h, hb);
+	/* In a session the frame is tagged now; before the server's proof it
+	 * waits untagged (and an OPEN unpadded) for frames_seal(). */
+	if (c->sess.on) {
+		err = gvm_session_tag_begin(&c->sess, hb) < 0 ? -EIO : 0;
+		if (!err && h->op == GVM_OP_OPEN)
+			err = gvm_session_open_pad(&c->sess, h->region, c->sess.seq_out - 1,
+						   iov[0].iov_base, open_pad) < 0 ? -EIO : 0;
+		if (!err && h->op == GVM_OP_OPEN)
+			iov = &pad_iov;
+		for (int i = 0; !err && i < iovcnt; i++)
+			err = gvm_session_tag_add(&c->sess, iov[i].iov_base, iov[i].iov_len) < 0 ? -EIO : 0;
+		if (!err && ref_len)
+			err = gvm_session_tag_add(&c->sess, ref, ref_len) < 0 ? -EIO : 0;
+		if (!err)
+			err = gvm_session_tag_end(&c->sess, tag) < 0 ? -EIO : 0;
+		if (err)
+			return err; /* the sequence number is spent: the connection must go */
+	}
 	err = out_append(c, hb, sizeof(hb));
 	for (int i = 0; !err && i < iovcnt; i++)
 		err = out_append(c, iov[i].iov_base, iov[i].iov_len);
 	if (!err && ref_len)
 		err = ext_push(c, ref, ref_len);
+	if (!err && c->sess.on)
+		err = out_append(c, tag, sizeof(tag));
 	r.end = c->tx_queued;
 	if (!err)
 		err = q_push(c, &r);
@@ -407,13 +435,17 @@ static int ensure_open(struct gvm_transport *t, struct gvm_conn *c, uint64_t reg
 	for (uint32_t i = 0; i < nk; i++) {
 		if (t->keys[i].region != region)
 			continue;
-		iov.iov_base = t->keys[i].key;
+		iov.iov_base = t->keys[i].verifier;
 		iov.iov_len = GVM_KEY_SIZE;
 		o = realloc(c->opened, (c->n_opened + 1) * sizeof(*o));
 		if (!o)
 			return -ENOMEM;
 		c->opened = o;
 		int r = queue_frame(t, c, &h, &iov, 1, NULL, 0, NULL);
+		if (r == -EIO) {
+			conn_fail(t, c, r, "tagging a frame");
+			return -EHOSTDOWN;
+		}
 		if (r)
 			return r;
 		c->opened[c->n_opened++] = region;
@@ -446,7 +478,12 @@ static int send_frame(struct gvm_transport *t, uint32_t node, struct gvm_hdr *h,
 		if (r)
 			return r;
 	}
-	return queue_frame(t, c, h, iov, iovcnt, ref, ref_len, ctx);
+	r = queue_frame(t, c, h, iov, iovcnt, ref, ref_len, ctx);
+	if (r == -EIO) {
+		conn_fail(t, c, r, "tagging a frame");
+		return -EHOSTDOWN;
+	}
+	return r;
 }
 
 int gvm_transport_send(struct gvm_transport *t, uint32_t node, struct gvm_hdr *h,
@@ -479,6 +516,8 @@ static void conn_fail(struct gvm_transport *t, struct gvm_conn *c, int err, cons
 	out_reset(c);
 	c->in_len = c->in_off = 0;
 	c->n_opened = 0;
+	gvm_session_fini(&c->sess);
+	gvm_session_init(&c->sess);
 	/* Hand every outstanding request back; the owner may re-send to another
 	 * replica from inside on_fail, which never touches this connection
 	 * because it is DOWN now. */
@@ -497,6 +536,8 @@ static void conn_idle_close(struct gvm_transport *t, struct gvm_conn *c)
 	out_reset(c);
 	c->in_len = c->in_off = 0;
 	c->n_opened = 0;
+	gvm_session_fini(&c->sess);
+	gvm_session_init(&c->sess);
 	/* Give the memory of an idle node back: a 10,000-node pool keeps only
 	 * the struct while idle. */
 	free(c->in); c->in = NULL; c->in_cap = 0;
@@ -540,6 +581,11 @@ static int conn_write(struct gvm_transport *t, struct gvm_conn *c)
 		size_t ipos = c->out_off;
 		uint32_t k = 0;
 		int n = 0;
+		/* Before the server's proof only HELLO may leave. */
+		uint64_t cap = c->state == GVM_CONN_HELLO ? c->hello_end - c->tx_sent : UINT64_MAX;
+
+		if (!cap)
+			return set_events(t, c, 0);
 
 		while (n < 32) {
 			size_t stop = k < c->ext_len ? ext_at(c, k)->pos : c->out_len;
@@ -557,6 +603,14 @@ static int conn_write(struct gvm_transport *t, struct gvm_conn *c)
 		}
 		if (!n)
 			break;
+		for (int i = 0; i < n; i++) {
+			if (iov[i].iov_len >= cap) {
+				iov[i].iov_len = cap;
+				n = i + 1;
+				break;
+			}
+			cap -= iov[i].iov_len;
+		}
 		mh.msg_iovlen = (size_t)n;
 		ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
 		if (w < 0) {
@@ -580,7 +634,7 @@ void gvm_transport_flush(struct gvm_transport *t)
 
 		t->dirty = c->next_dirty;
 		c->dirty = 0;
-		if (c->state != GVM_CONN_READY || c->fd < 0)
+		if ((c->state != GVM_CONN_READY && c->state != GVM_CONN_HELLO) || c->fd < 0)
 			continue; /* written once the handshake is done */
 		r = conn_write(t, c);
 		if (r < 0)
@@ -591,24 +645,30 @@ void gvm_transport_flush(struct gvm_transport *t)
 static int on_greeting(struct gvm_transport *t, struct gvm_conn *c, const uint8_t *payload)
 {
 	struct gvm_greeting g;
-	struct gvm_hello hello = { .version = GVM_PROTO_VERSION };
+	struct gvm_hello hello;
 	struct gvm_hdr h = { .op = GVM_OP_HELLO, .len = GVM_HELLO_SIZE };
 	uint8_t hb[GVM_HDR_SIZE], pb[GVM_HELLO_SIZE];
 	uint8_t *queued;
 	size_t queued_len;
+	int r;
 
 	gvm_greeting_decode(payload, &g);
-	if (g.flags & GVM_GREET_AUTH) {
-		if (!t->token) {
-			pr_err("node %s requires a token and the pool has none",
-			       gvm_node_name(t->cfg, c->node));
-			return -EACCES;
-		}
-		hello.flags = GVM_HELLO_MAC;
-		if (gvm_auth_mac(t->token, t->token_len, g.nonce, hello.mac))
-			return -EIO;
+	if ((g.flags & GVM_GREET_AUTH) && !t->token) {
+		pr_err("node %s requires a token and the pool has none", gvm_node_name(t->cfg, c->node));
+		return -EACCES;
 	}
+	/* Holding a token, talk only to a node that can prove it holds it too:
+	 * a node that does not offer a session may be anyone. */
+	if (t->token && !(g.flags & GVM_GREET_KEYED)) {
+		pr_err("node %s does not offer an authenticated session (a token is configured): "
+		       "refusing it", gvm_node_name(t->cfg, c->node));
+		return -EACCES;
+	}
+	r = gvm_session_hello(&c->sess, t->token, t->token_len, payload, &hello);
+	if (r < 0)
+		return r;
 	gvm_hello_encode(&hello, pb);
+	OPENSSL_cleanse(&hello, sizeof(hello));
 	h.magic = GVM_PROTO_MAGIC;
 	h.version = GVM_PROTO_VERSION;
 	h.id = 0;
@@ -631,8 +691,78 @@ static int on_greeting(struct gvm_transport *t, struct gvm_conn *c, const uint8_
 	c->tx_queued += sizeof(hb) + sizeof(pb);
 	c->out_off = 0;
 	c->out_len = queued_len + sizeof(hb) + sizeof(pb);
-	c->state = GVM_CONN_READY;
+	c->hello_end = c->tx_sent + sizeof(hb) + sizeof(pb);
+	c->state = t->token ? GVM_CONN_HELLO : GVM_CONN_READY;
 	mark_dirty(t, c);
+	return 0;
+}
+
+/*
+ * The server proved itself: tag the frames queued before (pad the OPENs) in
+ * order, rebuilding the unsent output. Only HELLO has been written, so every
+ * frame from out_off on is whole; a frame's payload is either inline after
+ * its header or the referenced payload that starts right there. Each frame
+ * has a FIFO entry, in the same order, whose end offset moves with it.
+ */
+static int frames_seal(struct gvm_transport *t, struct gvm_conn *c)
+{
+	uint8_t *nb = NULL;
+	size_t nlen = 0, ncap = 0, pos = c->out_off;
+	uint64_t stream = c->tx_sent;  /* tx offset of nb[nlen] */
+	uint32_t k = 0, qi = 0;
+	int r = 0;
+
+	(void)t;
+	while (pos < c->out_len || k < c->ext_len) {
+		const uint8_t *hb = c->out + pos, *pl;
+		uint8_t tag[GVM_TAG_SIZE], pad[GVM_KEY_SIZE];
+		struct gvm_hdr h;
+		const char *why;
+		int ext;
+
+		if (c->out_len - pos < GVM_HDR_SIZE || gvm_hdr_decode(hb, 0, &h, &why) < 0 || qi >= c->q_len)
+			return -EPROTO; /* our own queue: cannot happen */
+		pos += GVM_HDR_SIZE;
+		ext = h.len && k < c->ext_len && ext_at(c, k)->pos == pos;
+		pl = ext ? ext_at(c, k)->p : c->out + pos;
+		if (h.op == GVM_OP_OPEN) {
+			if (gvm_session_open_pad(&c->sess, h.region, c->sess.seq_out, pl, pad) < 0)
+				return -EIO;
+			pl = pad;
+		}
+		if (gvm_session_tag_begin(&c->sess, hb) < 0 || gvm_session_tag_add(&c->sess, pl, h.len) < 0 ||
+		    gvm_session_tag_end(&c->sess, tag) < 0) {
+			r = -EIO;
+			break;
+		}
+		if ((r = buf_reserve(&nb, &ncap, nlen + GVM_HDR_SIZE + (ext ? 0 : h.len) + GVM_TAG_SIZE)) < 0)
+			break;
+		memcpy(nb + nlen, hb, GVM_HDR_SIZE);
+		nlen += GVM_HDR_SIZE;
+		if (ext) {
+			ext_at(c, k)->pos = nlen;
+			k++;
+			stream += h.len;
+		} else {
+			memcpy(nb + nlen, pl, h.len);
+			nlen += h.len;
+			pos += h.len;
+		}
+		memcpy(nb + nlen, tag, GVM_TAG_SIZE);
+		nlen += GVM_TAG_SIZE;
+		c->q[(c->q_head + qi) % c->q_cap].end = stream + nlen;
+		qi++;
+	}
+	if (r < 0) {
+		free(nb);
+		return r;
+	}
+	free(c->out);
+	c->out = nb;
+	c->out_cap = ncap;
+	c->out_off = 0;
+	c->out_len = nlen;
+	c->tx_queued = stream + nlen;
 	return 0;
 }
 
@@ -649,9 +779,10 @@ static int conn_parse(struct gvm_transport *t, struct gvm_conn *c)
 			pr_err("node %s: bad frame: %s", gvm_node_name(t->cfg, c->node), why);
 			return -EPROTO;
 		}
-		if (c->in_len - c->in_off < GVM_HDR_SIZE + (size_t)h.len) {
+		size_t tag = c->sess.on ? GVM_TAG_SIZE : 0;
+		if (c->in_len - c->in_off < GVM_HDR_SIZE + (size_t)h.len + tag) {
 			/* Make room for the whole frame. */
-			size_t need = GVM_HDR_SIZE + (size_t)h.len;
+			size_t need = GVM_HDR_SIZE + (size_t)h.len + tag;
 			if (c->in_off) {
 				memmove(c->in, c->in + c->in_off, c->in_len - c->in_off);
 				c->in_len -= c->in_off;
@@ -661,8 +792,13 @@ static int conn_parse(struct gvm_transport *t, struct gvm_conn *c)
 				return -ENOMEM;
 			return 0;
 		}
+		if (tag && gvm_session_check(&c->sess, p, p + GVM_HDR_SIZE, h.len, p + GVM_HDR_SIZE + h.len) < 0) {
+			pr_err("node %s: frame tag does not verify (altered, replayed or relayed)",
+			       gvm_node_name(t->cfg, c->node));
+			return -EBADMSG;
+		}
 		p += GVM_HDR_SIZE;
-		c->in_off += GVM_HDR_SIZE + h.len;
+		c->in_off += GVM_HDR_SIZE + h.len + tag;
 		if (h.op == GVM_OP_GREETING) {
 			if (c->state != GVM_CONN_GREETING)
 				return -EPROTO;
@@ -676,6 +812,20 @@ static int conn_parse(struct gvm_transport *t, struct gvm_conn *c)
 				pr_err("node %s refused HELLO: %s", gvm_node_name(t->cfg, c->node),
 				       strerror(-h.status));
 				return h.status;
+			}
+			if (c->state == GVM_CONN_HELLO) {
+				if (h.len != GVM_PROOF_SIZE ||
+				    gvm_session_confirm(&c->sess, t->token, t->token_len, p) < 0) {
+					pr_err("node %s did not prove it holds the pool token: refusing it",
+					       gvm_node_name(t->cfg, c->node));
+					return -EACCES;
+				}
+				if ((r = frames_seal(t, c)) < 0)
+					return r;
+				c->state = GVM_CONN_READY;
+				mark_dirty(t, c);
+			} else if (c->state != GVM_CONN_READY || h.len) {
+				return -EPROTO;
 			}
 			if (c->failures && t->ops.on_up) {
 				pr_info("node %s is back", gvm_node_name(t->cfg, c->node));
@@ -705,7 +855,7 @@ static int conn_parse(struct gvm_transport *t, struct gvm_conn *c)
 		if (h.status == 0 && h.len) {
 			const char *w = NULL;
 			if ((h.op & ~GVM_OP_REPLY) == GVM_OP_READ &&
-			    gvm_pages_check(p, h.len, h.count, &w) < 0) {
+			    gvm_pages_check_tagged(p, h.len, h.count, h.flags & GVM_HF_TAGS, &w) < 0) {
 				pr_err("node %s: bad READ payload: %s", gvm_node_name(t->cfg, c->node), w);
 				return -EPROTO;
 			}
@@ -815,7 +965,7 @@ void gvm_transport_event(struct gvm_transport *t, struct gvm_conn *c, uint32_t e
 			return;
 		}
 	}
-	if ((events & EPOLLOUT) && c->state == GVM_CONN_READY) {
+	if ((events & EPOLLOUT) && (c->state == GVM_CONN_READY || c->state == GVM_CONN_HELLO)) {
 		r = conn_write(t, c);
 		if (r < 0)
 			conn_fail(t, c, r, "send");
@@ -840,7 +990,8 @@ int gvm_transport_tick(struct gvm_transport *t, uint64_t now, uint64_t idle_ns)
 				continue;
 			}
 			next = GVM_MIN(next, due);
-		} else if (c->state == GVM_CONN_CONNECTING || c->state == GVM_CONN_GREETING) {
+		} else if (c->state == GVM_CONN_CONNECTING || c->state == GVM_CONN_GREETING ||
+			   c->state == GVM_CONN_HELLO) {
 			uint64_t due = c->last_used + tmo;
 			if (now >= due) {
 				conn_fail(t, c, -ETIMEDOUT, "handshake");

@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
+#include "auth.h"
 #include "config.h"
 #include "proto.h"
 
@@ -23,6 +24,7 @@ enum gvm_conn_state {
 	GVM_CONN_CONNECTING,  /* connect() in progress */
 	GVM_CONN_GREETING,    /* waiting for the server's GREETING */
 	GVM_CONN_READY,       /* HELLO sent; requests flow */
+	GVM_CONN_HELLO,       /* with a token: HELLO sent, nothing else until the server's proof */
 	GVM_CONN_DOWN,        /* failed; retry not before retry_at */
 };
 
@@ -35,6 +37,7 @@ struct gvm_req {
 	uint16_t op;
 	void *ctx;            /* the engine's object waiting for this reply */
 	uint64_t end;         /* tx_queued after this frame: its reply is only valid once sent */
+	uint8_t tagged;       /* a READ that asked for the pages' tags */
 };
 
 struct gvm_out_ext {          /* payload sent from the caller's memory, not copied */
@@ -63,11 +66,14 @@ struct gvm_conn {
 	uint32_t q_head, q_len, q_cap;
 	uint64_t *opened;     /* region ids OPENed on this connection */
 	uint32_t n_opened;
+	struct gvm_session sess; /* with a token: the frame keys once the server proved itself */
+	uint64_t hello_end;   /* tx_queued at the end of HELLO: all that may leave before the proof */
 	int epoll_out;        /* EPOLLOUT armed */
 	int dirty;            /* on the flush list */
 	struct gvm_conn *next_dirty;
 	/* statistics */
 	uint64_t reqs, pages_in, bytes_in, bytes_out, errors;
+	uint64_t pages_rejected; /* sealed pages from this node that failed verification */
 	uint64_t rtt_ewma_ns;
 };
 
@@ -86,7 +92,7 @@ struct gvm_transport_ops {
 
 struct gvm_region_key_ent {
 	uint64_t region;
-	uint8_t key[GVM_KEY_SIZE];
+	uint8_t verifier[GVM_KEY_SIZE]; /* what OPEN proves (auth.h); the key is not kept */
 };
 
 struct gvm_transport {

@@ -39,15 +39,17 @@
  */
 #define WB_SPARES 64u
 #define WB_WINDOW (1024u * 1024u)
+/* Room for the pages' tags too (sealed). */
 #define WB_BYTES  (sizeof(struct gvm_wb) + GVM_BITMAP_BYTES(GVM_STRIPE_PAGES) + \
-		   (size_t)GVM_STRIPE_PAGES * GVM_PAGE_SIZE)
+		   (size_t)GVM_STRIPE_PAGES * (GVM_PAGE_SIZE + GVM_TAG_SIZE + sizeof(uint32_t)))
 
 static struct gvm_wb *wb_alloc(struct gvm_engine *e, uint32_t n)
 {
 	struct gvm_wb *w = NULL;
 
 	if (n > GVM_STRIPE_PAGES) {
-		w = malloc(sizeof(*w) + GVM_BITMAP_BYTES(n) + (size_t)n * GVM_PAGE_SIZE);
+		w = malloc(sizeof(*w) + GVM_BITMAP_BYTES(n) +
+			   (size_t)n * (GVM_PAGE_SIZE + GVM_TAG_SIZE + sizeof(uint32_t)));
 		if (w)
 			w->pooled = 0;
 		return w;
@@ -89,6 +91,15 @@ static void wb_done(struct gvm_engine *e, struct gvm_wb *w)
 	if (w->acks && w->acks < w->nreplicas && w->rg)
 		gvm_resync_mark_degraded(e, w->rg, w->page / GVM_STRIPE_PAGES);
 
+	/* What the replicas now hold: verification accepts it from here on. */
+	if (w->tagged && w->acks && w->rg) {
+		for (uint32_t i = 0; i < w->count; i++) {
+			uint32_t *d = &w->rg->ver_done[w->page + i];
+			uint32_t o = __atomic_load_n(d, __ATOMIC_RELAXED);
+			if (gvm_seal_order(w->vers[i]) > gvm_seal_order(o))
+				__atomic_store_n(d, w->vers[i], __ATOMIC_RELAXED);
+		}
+	}
 	if (w->acks == 0 && !w->err)
 		w->err = -EHOSTUNREACH;
 	if (w->err)
@@ -121,7 +132,8 @@ static void wb_send(struct gvm_engine *e, struct gvm_wb *w)
 	}
 	for (unsigned i = 0; i < nr; i++) {
 		struct gvm_hdr h = { .op = GVM_OP_WRITE, .region = w->region, .page = w->page,
-				     .count = w->count, .len = (uint32_t)w->len };
+				     .count = w->count, .len = (uint32_t)w->len,
+				     .flags = w->tagged ? GVM_HF_TAGS : 0 };
 		if (!gvm_transport_usable(&e->tp, nodes[i], now))
 			continue;
 		/* Sent from w->payload itself: w lives until every replica has
@@ -244,6 +256,50 @@ static void post_wb(struct gvm_engine *e, struct gvm_wb *w)
  * Build a WRITE for pages [p, p+n) (all resident, within one stripe),
  * reading guest memory on this (non-engine) thread, and hand it over.
  */
+/*
+ * Seal a write-back's pages in place (on the submitting thread, so sealing
+ * runs beside the engine thread, not on it) and put their tags after them.
+ * Each non-zero page takes its next version; a zero page keeps its count,
+ * marked zero (seal.h). Two submitters may race on a page (a flush during an
+ * eviction): the version is taken with a CAS, so each seals under its own.
+ */
+static int wb_seal(struct gvm_region *rg, uint64_t p, uint32_t n, uint8_t *payload, uint32_t nz,
+		   uint32_t *vers)
+{
+	uint8_t *data = payload + GVM_BITMAP_BYTES(n), *tags = data + (size_t)nz * GVM_PAGE_SIZE;
+	struct gvm_sealer s;
+	uint32_t k = 0;
+	int r = gvm_sealer_init(&s, rg->seal_key, rg->id);
+
+	for (uint32_t i = 0; i < n && r == 0; i++) {
+		uint32_t *vp = &rg->ver[p + i];
+		uint32_t v = __atomic_load_n(vp, __ATOMIC_RELAXED), nv;
+		int set = gvm_bitmap_test(payload, i);
+		do {
+			if (!set)
+				nv = v ? (v | GVM_SEAL_ZERO) : 0;
+			else if ((v & ~GVM_SEAL_ZERO) >= GVM_SEAL_MAX_VER)
+				nv = 0; /* a nonce would repeat: refuse */
+			else
+				nv = (v & ~GVM_SEAL_ZERO) + 1;
+			if (set && !nv) {
+				r = -EOVERFLOW;
+				break;
+			}
+		} while (!__atomic_compare_exchange_n(vp, &v, nv, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+		vers[i] = nv;
+		if (r || !set)
+			continue;
+		r = gvm_seal_page(&s, p + i, nv, data + (size_t)k * GVM_PAGE_SIZE, tags + (size_t)k * GVM_TAG_SIZE);
+		k++;
+	}
+	gvm_sealer_fini(&s);
+	if (r == -EOVERFLOW)
+		pr_err("region %016" PRIx64 ": a page was written back %u times in this run: its next "
+		       "nonce would repeat; refusing to write it", rg->id, GVM_SEAL_MAX_VER);
+	return r;
+}
+
 int gvm_wb_submit(struct gvm_engine *e, struct gvm_region *rg, uint64_t p, uint32_t n,
 		  struct gvm_waiter *wt)
 {
@@ -269,19 +325,38 @@ int gvm_wb_submit(struct gvm_engine *e, struct gvm_region *rg, uint64_t p, uint3
 			nz++;
 		}
 	}
+	w->len = bm + (size_t)nz * GVM_PAGE_SIZE;
+	if (e->seal) {
+		/* The versions go after the largest payload (bitmap, pages, tags).
+		 * Versions are taken and the write-back queued under seal_mu, so
+		 * write-backs of a page from two threads (a flush during an
+		 * eviction) reach every node in version order: the last one a
+		 * node keeps is the version the engine expects. */
+		w->vers = (uint32_t *)(w->payload + bm + (size_t)n * (GVM_PAGE_SIZE + GVM_TAG_SIZE));
+		pthread_mutex_lock(&e->seal_mu);
+		int r = wb_seal(rg, p, n, w->payload, nz, w->vers);
+		if (r < 0) {
+			pthread_mutex_unlock(&e->seal_mu);
+			wb_release(e, w);
+			return r;
+		}
+		w->tagged = 1;
+		w->len += (size_t)nz * GVM_TAG_SIZE;
+	}
 	w->kind = CTX_WB;
 	w->rg = rg;
 	w->region = rg->id;
 	w->page = p;
 	w->count = n;
 	w->nonzero = nz;
-	w->len = bm + (size_t)nz * GVM_PAGE_SIZE;
 	w->waiter = wt;
 	w->start_ns = gvm_now_ns();
 	pthread_mutex_lock(&wt->mu);
 	wt->pending++;
 	pthread_mutex_unlock(&wt->mu);
 	post_wb(e, w);
+	if (e->seal)
+		pthread_mutex_unlock(&e->seal_mu);
 	return 0;
 }
 

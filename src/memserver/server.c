@@ -63,7 +63,8 @@
 #define DEFAULT_LISTEN    "127.0.0.1:9999"
 #define FD_RESERVE        64             /* descriptors kept for the server itself */
 #define LOG_BURST         10             /* rate-limited warnings: this many per second */
-#define SMALL_REPLY       GVM_HDR_SIZE   /* replies allowed over the budget (see DESIGN) */
+/* replies allowed over the budget (see DESIGN): a status, or HELLO's proof */
+#define SMALL_REPLY       (GVM_HDR_SIZE + GVM_PROOF_SIZE)
 #define PEER_BUDGET_SHARE 4              /* one address may hold 1/4 of the buffer budget */
 
 #define DEF_MAX_CONN_REGIONS 1024u
@@ -158,7 +159,7 @@ struct conn {
 	struct link ulink;   /* on s->unauthed while !authed */
 	struct link slink;   /* on s->starved while starved */
 	struct peer *peer;   /* its address's share of connections and buffers */
-	uint8_t nonce[GVM_NONCE_SIZE];
+	struct gvm_session sess; /* nonce; after an authenticated HELLO, the frame keys */
 	char addr[ADDR_LEN];
 };
 
@@ -181,6 +182,9 @@ struct gvm_memserver {
 	uint8_t *admin_token;
 	size_t admin_token_len;
 	uint8_t *rbuf;
+	uint8_t *tagbuf;           /* a READ's tags (GVM_MAX_PAGES of them), before they follow its pages */
+	size_t (*test_read_hook)(void *, uint64_t, uint64_t, unsigned, int, uint8_t *, size_t, size_t);
+	void *test_hook_arg;
 	struct out_spares spares;
 	struct conn *conns;
 	struct conn *zombies;      /* closed during an event batch that may still name them */
@@ -474,11 +478,13 @@ static void out_release(struct conn *c)
 	c->out_off = c->out_len = c->out_hw = 0;
 }
 
-/* Room for n more output bytes at c->out + c->out_len, or NULL. */
+/* Room for n more output bytes at c->out + c->out_len (and the frame's tag
+ * after them), or NULL. */
 static uint8_t *out_reserve(struct conn *c, size_t n)
 {
 	struct gvm_memserver *s = c->srv;
 
+	n += GVM_TAG_SIZE;
 	if (c->out_off == c->out_len)
 		c->out_off = c->out_len = 0;
 	if (!c->out && s->spares.n) {
@@ -509,6 +515,8 @@ static void reply_commit(struct conn *c, const struct gvm_hdr *req, int status, 
 		.magic = GVM_PROTO_MAGIC, .version = GVM_PROTO_VERSION,
 		.op = (uint16_t)(req->op | GVM_OP_REPLY), .id = req->id, .region = req->region,
 		.page = req->page, .count = req->count, .status = status, .len = (uint32_t)len,
+		/* A READ asked with tags is answered with them. */
+		.flags = status == 0 && req->op == GVM_OP_READ ? (req->flags & GVM_HF_TAGS) : 0,
 	};
 
 	if (!out_pending(c))
@@ -519,6 +527,16 @@ static void reply_commit(struct conn *c, const struct gvm_hdr *req, int status, 
 	}
 	gvm_hdr_encode(&h, c->out + c->out_len);
 	c->out_len += GVM_HDR_SIZE + len;
+	if (c->sess.on) {
+		/* out_reserve() left room for it. A failure leaves a wrong tag:
+		 * the client drops the connection, which is what we want. */
+		uint8_t *f = c->out + c->out_len - GVM_HDR_SIZE - len;
+		if (gvm_session_tag_begin(&c->sess, f) < 0 ||
+		    gvm_session_tag_add(&c->sess, f + GVM_HDR_SIZE, len) < 0 ||
+		    gvm_session_tag_end(&c->sess, c->out + c->out_len) < 0)
+			memset(c->out + c->out_len, 0, GVM_TAG_SIZE);
+		c->out_len += GVM_TAG_SIZE;
+	}
 	c->out_hw = GVM_MAX(c->out_hw, c->out_len);
 }
 
@@ -607,12 +625,18 @@ static void unauthed_del(struct gvm_memserver *s, struct conn *c)
 	c->peer->unauthed--;
 }
 
+/*
+ * HELLO: with a token configured, the client's MAC must prove the token (or
+ * the admin token); the reply then carries the server's ephemeral key and
+ * proof, and every later frame in both directions is tagged (auth.h).
+ */
 static int handle_hello(struct gvm_memserver *s, struct conn *c, const struct gvm_hdr *h,
 			const uint8_t *payload)
 {
 	struct gvm_hello hello;
+	uint8_t reply[GVM_PROOF_SIZE];
 	const char *fail = NULL;
-	int status = 0, admin = 0, r;
+	int status = 0, admin = 0, session = 0, r;
 
 	if (c->authed)
 		return reply_status(c, h, -EALREADY);
@@ -621,32 +645,48 @@ static int handle_hello(struct gvm_memserver *s, struct conn *c, const struct gv
 		status = -EPROTONOSUPPORT;
 		fail = "HELLO with another protocol version";
 	} else if (s->token || s->admin_token) {
-		uint8_t mac[GVM_MAC_SIZE];
-
 		if (!(hello.flags & GVM_HELLO_MAC)) {
 			if (s->token) {
 				status = -EACCES;
 				fail = "HELLO without a MAC";
 			}
 		} else if (s->admin_token &&
-			   gvm_auth_mac(s->admin_token, s->admin_token_len, c->nonce, mac) == 0 &&
-			   gvm_auth_equal(mac, hello.mac, GVM_MAC_SIZE)) {
-			admin = 1;
+			   (r = gvm_session_accept(&c->sess, s->admin_token, s->admin_token_len, &hello,
+						   reply)) != 0) {
+			if (r < 0) {
+				status = r == -EACCES ? -EACCES : -EIO;
+				fail = "the session handshake failed";
+			} else {
+				admin = session = 1;
+			}
 		} else if (!s->token) {
-			/* A MAC nobody asked for: not the admin's, so an ordinary client. */
-		} else if (gvm_auth_mac(s->token, s->token_len, c->nonce, mac) < 0) {
-			status = -EIO;
-			fail = "computing the HMAC failed";
-		} else if (!gvm_auth_equal(mac, hello.mac, GVM_MAC_SIZE)) {
+			/* A MAC nobody asked for: not the admin's, so an ordinary client
+			 * (one that holds a token will not accept the missing proof). */
+		} else if ((r = gvm_session_accept(&c->sess, s->token, s->token_len, &hello, reply)) < 0) {
+			status = r == -EACCES ? -EACCES : -EIO;
+			fail = "the session handshake failed";
+		} else if (r == 0) {
 			status = -EACCES;
 			fail = "HELLO with a wrong MAC";
+		} else {
+			session = 1;
 		}
-		OPENSSL_cleanse(mac, sizeof(mac));
 	}
+	OPENSSL_cleanse(&hello, sizeof(hello));
 	if (fail && ratelimit_ok(&s->rl_hello, "failed HELLOs"))
 		pr_warn("client %s: %s, closing", c->addr, fail);
-	if ((r = reply_status(c, h, status)) < 0)
+	if (session && !status) {
+		uint8_t *p = out_reserve(c, GVM_HDR_SIZE + GVM_PROOF_SIZE);
+		if (!p) {
+			pr_warn("client %s: out of memory for a reply, closing", c->addr);
+			return -ENOMEM;
+		}
+		memcpy(p + GVM_HDR_SIZE, reply, GVM_PROOF_SIZE);
+		reply_commit(c, h, 0, GVM_PROOF_SIZE);
+		c->sess.on = 1;  /* every frame after this reply and after the HELLO */
+	} else if ((r = reply_status(c, h, status)) < 0) {
 		return r;
+	}
 	if (status) {
 		c->closing = 1;
 	} else {
@@ -701,7 +741,8 @@ static int conn_handle(struct gvm_memserver *s, struct conn *c, const struct gvm
 	c->last_req_ns = gvm_now_ns();
 	if (h->op == GVM_OP_READ || h->op == GVM_OP_WRITE || h->op == GVM_OP_FREE ||
 	    h->op == GVM_OP_LIST) {
-		if (h->op == GVM_OP_WRITE && gvm_pages_check(payload, h->len, h->count, &why) < 0)
+		if (h->op == GVM_OP_WRITE &&
+		    gvm_pages_check_tagged(payload, h->len, h->count, h->flags & GVM_HF_TAGS, &why) < 0)
 			return conn_reject(c, why); /* malformed payloads are framing errors */
 		if (h->op == GVM_OP_READ) {
 			s->reads++;
@@ -717,22 +758,46 @@ static int conn_handle(struct gvm_memserver *s, struct conn *c, const struct gvm
 	switch (h->op) {
 	case GVM_OP_HELLO:
 		return handle_hello(s, c, h, payload);
-	case GVM_OP_OPEN:
-		return reply_status(c, h, conn_add_region(s, c, h->region, payload));
+	case GVM_OP_OPEN: {
+		/* The region's verifier, unpadded (the key itself never comes). */
+		uint8_t v[GVM_KEY_SIZE];
+		memcpy(v, payload, GVM_KEY_SIZE);
+		if (c->sess.on && gvm_session_open_pad(&c->sess, h->region, c->sess.seq_last_in, v, v) < 0)
+			status = -EIO;
+		else
+			status = conn_add_region(s, c, h->region, v);
+		OPENSSL_cleanse(v, sizeof(v));
+		return reply_status(c, h, status);
+	}
 	case GVM_OP_READ: {
-		p = out_reserve(c, GVM_HDR_SIZE + gvm_pages_len(h->count, h->count));
+		uint8_t *tags = s->tagbuf;
+		int tagged = h->flags & GVM_HF_TAGS;
+		p = out_reserve(c, GVM_HDR_SIZE + gvm_pages_len(h->count, h->count) +
+				   (tagged ? (size_t)h->count * GVM_TAG_SIZE : 0));
 		if (!p)
 			return reply_status(c, h, -ENOMEM);
-		ssize_t n = gvm_store_read(s->store, h->region, rg->key, h->page, h->count, p + GVM_HDR_SIZE);
+		ssize_t n = gvm_store_read_tagged(s->store, h->region, rg->key, h->page, h->count,
+						  p + GVM_HDR_SIZE, tagged ? tags : NULL);
 		if (n < 0)
 			return reply_status(c, h, (int)n);
+		if (tagged) {
+			size_t tl = ((size_t)n - GVM_BITMAP_BYTES(h->count)) / GVM_PAGE_SIZE * GVM_TAG_SIZE;
+			memcpy(p + GVM_HDR_SIZE + n, tags, tl);
+			n += (ssize_t)tl;
+		}
+		if (s->test_read_hook)
+			n = (ssize_t)s->test_read_hook(s->test_hook_arg, h->region, h->page, h->count, tagged,
+						       p + GVM_HDR_SIZE, (size_t)n,
+						       gvm_pages_len(h->count, h->count) +
+						       (tagged ? (size_t)h->count * GVM_TAG_SIZE : 0));
 		reply_commit(c, h, 0, (size_t)n);
 		return 0;
 	}
 	case GVM_OP_WRITE:
 		/* A region this creates counts against the client's address's quotas. */
 		gvm_store_set_owner(s->store, c->peer->owner);
-		status = gvm_store_write(s->store, h->region, rg->key, h->page, h->count, payload, h->len);
+		status = gvm_store_write_tagged(s->store, h->region, rg->key, h->page, h->count, payload,
+						h->len, h->flags & GVM_HF_TAGS);
 		return reply_status(c, h, status);
 	case GVM_OP_STAT:
 		return handle_stat(s, c, h);
@@ -754,13 +819,21 @@ static int conn_handle(struct gvm_memserver *s, struct conn *c, const struct gvm
 	}
 }
 
+/* Bytes on the wire of the frame whose header is at hdr (tag included). */
+static size_t frame_size(const struct conn *c, const uint8_t *hdr)
+{
+	return GVM_HDR_SIZE + (size_t)le32(hdr + 40) + (c->sess.on ? GVM_TAG_SIZE : 0);
+}
+
 /* Bytes of the reply a request makes (an upper bound). */
 static size_t reply_size(const struct gvm_hdr *h)
 {
 	switch (h->op) {
-	case GVM_OP_READ: return GVM_HDR_SIZE + gvm_pages_len(h->count, h->count);
-	case GVM_OP_LIST: return GVM_HDR_SIZE + GVM_BITMAP_BYTES(h->count);
-	case GVM_OP_STAT: return GVM_HDR_SIZE + GVM_STAT_SIZE;
+	case GVM_OP_READ: return GVM_HDR_SIZE + gvm_pages_len(h->count, h->count) + GVM_TAG_SIZE +
+				  ((h->flags & GVM_HF_TAGS) ? (size_t)h->count * GVM_TAG_SIZE : 0);
+	case GVM_OP_LIST: return GVM_HDR_SIZE + GVM_BITMAP_BYTES(h->count) + GVM_TAG_SIZE;
+	case GVM_OP_STAT: return GVM_HDR_SIZE + GVM_STAT_SIZE + GVM_TAG_SIZE;
+	case GVM_OP_HELLO: return GVM_HDR_SIZE + GVM_PROOF_SIZE;
 	default: return GVM_HDR_SIZE;
 	}
 }
@@ -799,7 +872,8 @@ static ssize_t conn_parse(struct gvm_memserver *s, struct conn *c, const uint8_t
 			c->closing = 1;
 			break;
 		}
-		if (len - off - GVM_HDR_SIZE < h.len)
+		size_t tag = c->sess.on ? GVM_TAG_SIZE : 0;
+		if (len - off - GVM_HDR_SIZE < h.len + tag)
 			break;
 		/* Over the budget, only header-sized replies, and only with nothing
 		 * else pending: whoever waits holds nothing that grows. */
@@ -810,13 +884,16 @@ static ssize_t conn_parse(struct gvm_memserver *s, struct conn *c, const uint8_t
 				conn_starve(s, c);
 			break;
 		}
+		if (tag && gvm_session_check(&c->sess, buf + off, buf + off + GVM_HDR_SIZE, h.len,
+					     buf + off + GVM_HDR_SIZE + h.len) < 0)
+			return conn_reject(c, "frame tag does not verify (altered, replayed or another session's)");
 		int r = conn_handle(s, c, &h, buf + off + GVM_HDR_SIZE);
 		if (r < 0)
 			return r;
 		metrics_latency(s, gvm_now_ns() - c->last_req_ns); /* conn_handle set it on entry */
-		off += GVM_HDR_SIZE + h.len;
-		s->bytes_in += GVM_HDR_SIZE + h.len;
-		c->bytes_in += GVM_HDR_SIZE + h.len;
+		off += GVM_HDR_SIZE + h.len + tag;
+		s->bytes_in += GVM_HDR_SIZE + h.len + tag;
+		c->bytes_in += GVM_HDR_SIZE + h.len + tag;
 		if (out_pending(c) > OUT_HIGH)
 			c->paused = 1;
 	}
@@ -875,7 +952,7 @@ static int conn_recv_error(struct conn *c)
 static int conn_read(struct gvm_memserver *s, struct conn *c)
 {
 	for (int iter = 0; iter < READS_PER_EVENT && !c->closing && !c->paused && !c->starved; iter++) {
-		size_t need = c->in_len >= GVM_HDR_SIZE ? GVM_HDR_SIZE + le32(c->in + 40) : 0;
+		size_t need = c->in_len >= GVM_HDR_SIZE ? frame_size(c, c->in) : 0;
 		ssize_t n;
 
 		/* Over the budget nothing more is taken in: wait for buffers to drain. */
@@ -1012,8 +1089,8 @@ static int conn_pump(struct gvm_memserver *s, struct conn *c)
 		if (!c->in_len)
 			break;
 		/* A large frame still arriving is not parsed until it is whole. */
-		if (c->in_len >= GVM_HDR_SIZE && c->in_len < GVM_HDR_SIZE + (size_t)le32(c->in + 40) &&
-		    GVM_HDR_SIZE + (size_t)le32(c->in + 40) > RBUF_SIZE)
+		if (c->in_len >= GVM_HDR_SIZE && c->in_len < frame_size(c, c->in) &&
+		    frame_size(c, c->in) > RBUF_SIZE)
 			break;
 		ssize_t used = conn_parse(s, c, c->in, c->in_len);
 		if (used < 0)
@@ -1032,6 +1109,7 @@ static void conn_free(struct conn *c)
 		OPENSSL_cleanse(c->regions, c->cap_regions * sizeof(*c->regions));
 		free(c->regions);
 	}
+	gvm_session_fini(&c->sess);
 	free(c);
 }
 
@@ -1121,7 +1199,7 @@ static void wake_starved(struct gvm_memserver *s)
 		fifo_del(&s->starved, c, &c->slink, SLINK);
 		c->starved = 0;
 		if (c->in_len) {
-			size_t need = c->in_len >= GVM_HDR_SIZE ? GVM_HDR_SIZE + le32(c->in + 40) : 0;
+			size_t need = c->in_len >= GVM_HDR_SIZE ? frame_size(c, c->in) : 0;
 			if (need <= RBUF_SIZE || c->in_len >= need) {
 				ssize_t used = conn_parse(s, c, c->in, c->in_len);
 				if (used < 0)
@@ -1184,7 +1262,8 @@ static int unauthed_make_room(struct gvm_memserver *s, const uint8_t addr[16])
 
 static void conn_new(struct gvm_memserver *s, int fd, const struct sockaddr *sa)
 {
-	struct gvm_greeting g = { .version = GVM_PROTO_VERSION, .flags = s->token ? GVM_GREET_AUTH : 0 };
+	struct gvm_greeting g;
+	uint32_t gflags = (s->token ? GVM_GREET_AUTH : 0) | (s->token || s->admin_token ? GVM_GREET_KEYED : 0);
 	struct gvm_hdr h = {
 		.magic = GVM_PROTO_MAGIC, .version = GVM_PROTO_VERSION, .op = GVM_OP_GREETING,
 		.len = GVM_GREETING_SIZE,
@@ -1241,14 +1320,13 @@ static void conn_new(struct gvm_memserver *s, int fd, const struct sockaddr *sa)
 		    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt)) < 0)
 			pr_debug("client %s: keepalive: %s", c->addr, strerror(errno));
 	}
-	r = gvm_random(c->nonce, sizeof(c->nonce));
+	r = gvm_session_greet(&c->sess, gflags, &g);
 	p = out_reserve(c, GVM_HDR_SIZE + GVM_GREETING_SIZE);
 	if (r < 0 || !p) {
 		pr_err("client %s: cannot prepare the greeting: %s", c->addr,
 		       strerror(r < 0 ? -r : ENOMEM));
 		goto out_free;
 	}
-	memcpy(g.nonce, c->nonce, GVM_NONCE_SIZE);
 	gvm_hdr_encode(&h, p);
 	gvm_greeting_encode(&g, p + GVM_HDR_SIZE);
 	c->out_len = c->out_hw = GVM_HDR_SIZE + GVM_GREETING_SIZE;
@@ -1626,6 +1704,8 @@ int gvm_memserver_open(struct gvm_memserver **out, const struct gvm_memserver_op
 		(uint64_t)(opts->idle_timeout_ms ? opts->idle_timeout_ms : DEF_IDLE_TIMEOUT_MS) * 1000000ull;
 	s->io_timeout_ns = (uint64_t)(opts->io_timeout_ms > 0 ? opts->io_timeout_ms : DEF_IO_TIMEOUT_MS) * 1000000ull;
 	s->keepalive_s = opts->keepalive_s < 0 ? 0 : opts->keepalive_s ? opts->keepalive_s : DEF_KEEPALIVE_S;
+	s->test_read_hook = opts->test_read_hook;
+	s->test_hook_arg = opts->test_hook_arg;
 	s->budget = opts->buffer_budget ? opts->buffer_budget : DEF_BUFFER_BUDGET;
 	s->peer_budget = s->budget / PEER_BUDGET_SHARE;
 	s->max_conn_regions = opts->max_conn_regions ? opts->max_conn_regions : DEF_MAX_CONN_REGIONS;
@@ -1686,7 +1766,8 @@ int gvm_memserver_open(struct gvm_memserver **out, const struct gvm_memserver_op
 	}
 	r = -ENOMEM;
 	s->rbuf = malloc(RBUF_SIZE);
-	if (!s->rbuf)
+	s->tagbuf = malloc(GVM_MAX_PAGES * GVM_TAG_SIZE);
+	if (!s->rbuf || !s->tagbuf)
 		goto out_close;
 	s->epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (s->epfd < 0) {
@@ -1892,6 +1973,7 @@ void gvm_memserver_close(struct gvm_memserver *s)
 		OPENSSL_cleanse(s->rbuf, RBUF_SIZE);
 		free(s->rbuf);
 	}
+	free(s->tagbuf);
 	while (s->spares.n) {
 		s->spares.n--;
 		OPENSSL_cleanse(s->spares.buf[s->spares.n], s->spares.cap[s->spares.n]);

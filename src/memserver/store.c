@@ -44,6 +44,7 @@ struct chunk {
 		uint32_t *fr;   /* RAM: frame of each stored page, in page order (popcount entries) */
 		uint64_t slot;  /* backing file slot */
 	} u;
+	uint8_t *tags;    /* RAM: the pages' 16-byte tags (64 of them), NULL = all zero */
 };
 
 /*
@@ -150,6 +151,7 @@ static struct chunk *chunk_insert(struct region *rg, uint64_t index)
 	rg->tab[i].index = index;
 	rg->tab[i].bitmap = 0;
 	rg->tab[i].u.fr = NULL;
+	rg->tab[i].tags = NULL;
 	rg->tab_n++;
 	return &rg->tab[i];
 }
@@ -212,6 +214,8 @@ static void chunk_delete(struct region *rg, struct chunk *c)
 {
 	size_t mask = rg->tab_cap - 1, i = (size_t)(c - rg->tab), j = i;
 
+	free(c->tags);
+	c->tags = NULL;
 	for (;;) {
 		j = (j + 1) & mask;
 		if (rg->tab[j].index == EMPTY_INDEX)
@@ -562,6 +566,12 @@ static uint64_t slot_off(uint64_t slot)
 static uint64_t slot_data_off(uint64_t slot, unsigned page)
 {
 	return slot_off(slot) + GVM_STORE_HDR_BYTES + (uint64_t)page * GVM_PAGE_SIZE;
+}
+
+/* The pages' tags live in the slot's header block, after the header. */
+static uint64_t slot_tag_off(uint64_t slot, unsigned page)
+{
+	return slot_off(slot) + GVM_STORE_TAG_OFF + (uint64_t)page * GVM_TAG_SIZE;
 }
 
 static int pwrite_full(struct gvm_store *st, const void *buf, size_t len, uint64_t off)
@@ -1092,8 +1102,10 @@ void gvm_store_close(struct gvm_store *st)
 			continue;
 		if (st->fd < 0)
 			for (size_t j = 0; j < rg->tab_cap; j++)
-				if (rg->tab[j].index != EMPTY_INDEX)
+				if (rg->tab[j].index != EMPTY_INDEX) {
 					free(rg->tab[j].u.fr);
+					free(rg->tab[j].tags);
+				}
 		region_destroy(rg);
 	}
 	for (size_t i = 0; i < st->n_arenas; i++)
@@ -1130,7 +1142,9 @@ struct wplan {
 	int fresh;       /* backing: slot allocated below for a new chunk */
 	uint64_t slot;   /* backing: the chunk's slot */
 	uint32_t *nfr;   /* RAM: the chunk's new frame array, when its pages change */
+	uint8_t *ntags;  /* RAM: a tag array for a chunk that had none */
 	const uint8_t *src[GVM_CHUNK_PAGES];
+	const uint8_t *tag[GVM_CHUNK_PAGES]; /* each stored page's tag (NULL: zero) */
 };
 
 static void plan_release(struct gvm_store *st, struct wplan *pl, unsigned from, unsigned to)
@@ -1141,6 +1155,8 @@ static void plan_release(struct gvm_store *st, struct wplan *pl, unsigned from, 
 		pl[k].fresh = 0;
 		free(pl[k].nfr);
 		pl[k].nfr = NULL;
+		free(pl[k].ntags);
+		pl[k].ntags = NULL;
 	}
 }
 
@@ -1160,7 +1176,42 @@ static int plan_write_file(struct gvm_store *st, const struct wplan *p)
 			return r;
 		bits &= ~(lowbits(end) & ~lowbits(start));
 	}
+	/* Tags go with the data, before the header flips (zero when none came). */
+	for (bits = p->set; bits;) {
+		unsigned start = (unsigned)__builtin_ctzll(bits), end = start;
+		uint8_t t[GVM_CHUNK_PAGES * GVM_TAG_SIZE];
+		while (end < 64 && (bits >> end & 1)) {
+			if (p->tag[end])
+				memcpy(t + (end - start) * GVM_TAG_SIZE, p->tag[end], GVM_TAG_SIZE);
+			else
+				memset(t + (end - start) * GVM_TAG_SIZE, 0, GVM_TAG_SIZE);
+			end++;
+		}
+		int r = pwrite_full(st, t, (size_t)(end - start) * GVM_TAG_SIZE, slot_tag_off(p->slot, start));
+		if (r < 0)
+			return r;
+		bits &= ~(lowbits(end) & ~lowbits(start));
+	}
 	return 0;
+}
+
+/* RAM: the tags of a chunk's written pages. */
+static void plan_apply_tags(struct chunk *c, struct wplan *w)
+{
+	if (!c->tags && w->ntags) {
+		c->tags = w->ntags;
+		w->ntags = NULL;
+		memset(c->tags, 0, GVM_CHUNK_PAGES * GVM_TAG_SIZE);
+	}
+	if (!c->tags)
+		return;
+	for (uint64_t bits = w->set; bits; bits &= bits - 1) {
+		unsigned b = (unsigned)__builtin_ctzll(bits);
+		if (w->tag[b])
+			memcpy(c->tags + b * GVM_TAG_SIZE, w->tag[b], GVM_TAG_SIZE);
+		else
+			memset(c->tags + b * GVM_TAG_SIZE, 0, GVM_TAG_SIZE);
+	}
 }
 
 /* Index of page `bit`'s frame in a chunk's frame array. */
@@ -1221,6 +1272,12 @@ static void region_drop_if_empty(struct gvm_store *st, struct region *rg)
 int gvm_store_write(struct gvm_store *st, uint64_t region, const uint8_t key[GVM_KEY_SIZE],
 		    uint64_t page, unsigned count, const uint8_t *payload, size_t len)
 {
+	return gvm_store_write_tagged(st, region, key, page, count, payload, len, 0);
+}
+
+int gvm_store_write_tagged(struct gvm_store *st, uint64_t region, const uint8_t key[GVM_KEY_SIZE],
+			   uint64_t page, unsigned count, const uint8_t *payload, size_t len, int tagged)
+{
 	struct wplan pl[MAX_WRITE_CHUNKS];
 	struct region *rg;
 	const uint8_t *data;
@@ -1233,8 +1290,10 @@ int gvm_store_write(struct gvm_store *st, uint64_t region, const uint8_t key[GVM
 
 	if ((r = check_range(page, count, GVM_MAX_PAGES)) < 0)
 		return r;
-	if (gvm_pages_check(payload, len, count, &why) < 0)
+	int nz = gvm_pages_check_tagged(payload, len, count, tagged, &why);
+	if (nz < 0)
 		return -EINVAL;
+	const uint8_t *tags = tagged ? payload + GVM_BITMAP_BYTES(count) + (size_t)nz * GVM_PAGE_SIZE : NULL;
 	rg = region_find(st, region, key);
 
 	uint64_t first = page / GVM_CHUNK_PAGES;
@@ -1244,6 +1303,7 @@ int gvm_store_write(struct gvm_store *st, uint64_t region, const uint8_t key[GVM
 		pl[k].range = pl[k].set = pl[k].old = 0;
 		pl[k].fresh = 0;
 		pl[k].nfr = NULL;
+		pl[k].ntags = NULL;
 	}
 	data = payload + GVM_BITMAP_BYTES(count);
 	for (unsigned i = 0; i < count; i++) {
@@ -1258,8 +1318,11 @@ int gvm_store_write(struct gvm_store *st, uint64_t region, const uint8_t key[GVM
 		if (!gvm_page_is_zero(data)) {
 			w->set |= 1ull << bit;
 			w->src[bit] = data;
+			w->tag[bit] = tags;
 		}
 		data += GVM_PAGE_SIZE;
+		if (tags)
+			tags += GVM_TAG_SIZE;
 	}
 	for (k = 0; k < n_plan; k++) {
 		struct chunk *c = rg ? chunk_find(rg, pl[k].index) : NULL;
@@ -1311,6 +1374,16 @@ int gvm_store_write(struct gvm_store *st, uint64_t region, const uint8_t key[GVM
 			pl[k].nfr = malloc(fr_cap((unsigned)__builtin_popcountll(nb)) * sizeof(uint32_t));
 			if (!pl[k].nfr) {
 				plan_release(st, pl, 0, k);
+				r = -ENOMEM;
+				goto out_created;
+			}
+		}
+		for (k = 0; tagged && k < n_plan; k++) {
+			struct chunk *c = pl[k].old ? chunk_find(rg, pl[k].index) : NULL;
+			if (!pl[k].set || (c && c->tags))
+				continue;
+			if (!(pl[k].ntags = malloc(GVM_CHUNK_PAGES * GVM_TAG_SIZE))) {
+				plan_release(st, pl, 0, n_plan);
 				r = -ENOMEM;
 				goto out_created;
 			}
@@ -1380,6 +1453,9 @@ int gvm_store_write(struct gvm_store *st, uint64_t region, const uint8_t key[GVM
 				punch_pages(st, w->slot, w->old & ~nb);
 		} else {
 			plan_apply_ram(st, c, w, nb);
+			plan_apply_tags(c, w);
+			free(w->ntags);
+			w->ntags = NULL;
 		}
 		c->bitmap = nb;
 		if (!nb) {
@@ -1410,6 +1486,12 @@ out_created:
 ssize_t gvm_store_read(struct gvm_store *st, uint64_t region, const uint8_t key[GVM_KEY_SIZE],
 		       uint64_t page, unsigned count, uint8_t *out)
 {
+	return gvm_store_read_tagged(st, region, key, page, count, out, NULL);
+}
+
+ssize_t gvm_store_read_tagged(struct gvm_store *st, uint64_t region, const uint8_t key[GVM_KEY_SIZE],
+			      uint64_t page, unsigned count, uint8_t *out, uint8_t *tags)
+{
 	size_t bm_bytes = GVM_BITMAP_BYTES(count);
 	uint8_t *data = out + bm_bytes;
 	struct region *rg;
@@ -1434,6 +1516,18 @@ ssize_t gvm_store_read(struct gvm_store *st, uint64_t region, const uint8_t key[
 				e++;
 			}
 			size_t len = (size_t)(e - s) * GVM_PAGE_SIZE;
+			if (tags) {
+				size_t tl = (size_t)(e - s) * GVM_TAG_SIZE;
+				if (st->fd >= 0) {
+					if ((r = pread_full(st, tags, tl, slot_tag_off(c->u.slot, bit + s))) < 0)
+						return r;
+				} else if (c->tags) {
+					memcpy(tags, c->tags + (bit + s) * GVM_TAG_SIZE, tl);
+				} else {
+					memset(tags, 0, tl);
+				}
+				tags += tl;
+			}
 			if (st->fd >= 0) {
 				if ((r = pread_full(st, data, len, slot_data_off(c->u.slot, bit + s))) < 0)
 					return r;

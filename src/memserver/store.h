@@ -33,6 +33,7 @@
 #define GVM_STORE_HDR_BYTES  4096u  /* file header, and each slot header block */
 #define GVM_STORE_SLOT_BYTES ((uint64_t)GVM_STORE_HDR_BYTES + GVM_CHUNK_BYTES)
 #define GVM_STORE_SLOT_HDR_SIZE 72u /* bytes of a slot header that are used */
+#define GVM_STORE_TAG_OFF    128u /* the pages' tags (16 bytes each) in the header block */
 
 struct gvm_store;
 
@@ -74,12 +75,22 @@ void gvm_store_close(struct gvm_store *st);
 int gvm_store_write(struct gvm_store *st, uint64_t region, const uint8_t key[GVM_KEY_SIZE],
 		    uint64_t page, unsigned count, const uint8_t *payload, size_t len);
 
+/* The same for a tagged payload (tagged: bitmap, pages, then a 16-byte tag per
+ * non-zero page, kept next to the page; see PROTOCOL.md, sealed pages). An
+ * untagged write stores zero tags. */
+int gvm_store_write_tagged(struct gvm_store *st, uint64_t region, const uint8_t key[GVM_KEY_SIZE],
+			   uint64_t page, unsigned count, const uint8_t *payload, size_t len, int tagged);
+
 /*
  * Fill `out` (room for gvm_pages_len(count, count) bytes) with bitmap +
  * stored pages of [page, page+count). Returns the payload length or -errno.
  */
 ssize_t gvm_store_read(struct gvm_store *st, uint64_t region, const uint8_t key[GVM_KEY_SIZE],
 		       uint64_t page, unsigned count, uint8_t *out);
+/* The same, and the stored pages' tags into `tags` (room for count tags), in
+ * the order of the pages. Returns the page payload length (without tags). */
+ssize_t gvm_store_read_tagged(struct gvm_store *st, uint64_t region, const uint8_t key[GVM_KEY_SIZE],
+			      uint64_t page, unsigned count, uint8_t *out, uint8_t *tags);
 
 /* Bitmap (GVM_BITMAP_BYTES(count) bytes) of stored pages; count <= 2^20. */
 int gvm_store_list(struct gvm_store *st, uint64_t region, const uint8_t key[GVM_KEY_SIZE],

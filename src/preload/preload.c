@@ -244,6 +244,8 @@ static int engine_start(char *err, size_t errlen)
 		eo.prefetch = (unsigned)n;
 	if ((v = getenv(GVM_ENV_LOCAL_MEM)) && !gvm_parse_size(v, &n) && n >= GVM_CTL_LOCAL_MEM_MIN)
 		eo.local_mem = n;
+	if ((v = getenv(GVM_ENV_SEAL)))
+		eo.seal = !strcmp(v, "on") ? GVM_SEAL_ON : !strcmp(v, "off") ? GVM_SEAL_OFF : GVM_SEAL_AUTO;
 	if ((v = getenv(GVM_ENV_DEADLINE_MS)) &&
 	    !gvm_parse_u64(v, GVM_CTL_DEADLINE_MS_MIN, GVM_CTL_DEADLINE_MS_MAX, &n))
 		po.fault_deadline_ms = (int)n;

@@ -87,7 +87,7 @@ static inline long fz_bitmap_weight(const uint8_t *bm, uint64_t count)
  * (READ, WRITE, LIST and their replies).
  */
 #define FZ_MAGIC        0x314d5647u
-#define FZ_MAX_PAYLOAD  (128u + 1024u * 4096u)
+#define FZ_MAX_PAYLOAD  (128u + 1024u * (4096u + 16u)) /* a full WRITE with its tags */
 #define FZ_PAGE_LIMIT   (1ull << 52)
 
 static inline int fz_range_ok(uint64_t page, uint32_t count, uint32_t max)
@@ -97,10 +97,11 @@ static inline int fz_range_ok(uint64_t page, uint32_t count, uint32_t max)
 	return page < FZ_PAGE_LIMIT && page + count <= FZ_PAGE_LIMIT;
 }
 
-static inline int fz_pages_len_ok(uint32_t len, uint32_t count)
+/* tagged: a 16-byte tag follows the pages for each of them (sealed pages). */
+static inline int fz_pages_len_ok(uint32_t len, uint32_t count, int tagged)
 {
-	size_t bm = fz_bitmap_bytes(count);
-	return len >= bm && (len - bm) % 4096 == 0 && (len - bm) / 4096 <= count;
+	size_t bm = fz_bitmap_bytes(count), per = tagged ? 4096 + 16 : 4096;
+	return len >= bm && (len - bm) % per == 0 && (len - bm) / per <= count;
 }
 
 static inline int fz_ref_hdr_ok(const uint8_t *b, int from_server)
@@ -111,16 +112,19 @@ static inline int fz_ref_hdr_ok(const uint8_t *b, int from_server)
 	uint64_t page = fz_le64(b + 24);
 	int32_t status = (int32_t)fz_le32(b + 36);
 
-	if (magic != FZ_MAGIC || version != 1 || flags != 0 || len > FZ_MAX_PAYLOAD)
+	/* Flag bit 0 (tags) only on READ, its reply and WRITE. */
+	if (magic != FZ_MAGIC || version != 1 || (flags & ~1u) || len > FZ_MAX_PAYLOAD)
+		return 0;
+	if (flags && (op & 0x7fff) != 4 && op != 5)
 		return 0;
 	if (!from_server) {
 		if (status != 0)
 			return 0;
 		switch (op) {
-		case 2: return len == 40;                                   /* HELLO */
+		case 2: return len == 104;                                  /* HELLO */
 		case 3: return len == 32;                                   /* OPEN */
 		case 4: return len == 0 && fz_range_ok(page, count, 1024);  /* READ */
-		case 5: return fz_range_ok(page, count, 1024) && fz_pages_len_ok(len, count);
+		case 5: return fz_range_ok(page, count, 1024) && fz_pages_len_ok(len, count, (int)flags);
 		case 8: return len == 0 && fz_range_ok(page, count, 1u << 20); /* LIST */
 		case 6: case 7: case 9: return len == 0;                    /* STAT FREE PING */
 		default: return 0;
@@ -136,9 +140,10 @@ static inline int fz_ref_hdr_ok(const uint8_t *b, int from_server)
 	if (status != 0)
 		return len == 0;
 	switch (op) {
-	case 4: return fz_range_ok(page, count, 1024) && fz_pages_len_ok(len, count);
+	case 4: return fz_range_ok(page, count, 1024) && fz_pages_len_ok(len, count, (int)flags);
 	case 8: return fz_range_ok(page, count, 1u << 20) && len == fz_bitmap_bytes(count);
 	case 6: return len == 64;
+	case 2: return len == 0 || len == 64;                               /* HELLO: key + proof */
 	default: return len == 0;
 	}
 }

@@ -35,7 +35,7 @@ static int cmp_name(const void *a, const void *b)
 
 static void check_empty(const struct gvm_config *c)
 {
-	CHECK(c->n_nodes == 0 && c->nodes == NULL && c->strings == NULL && c->path == NULL);
+	CHECK(c->n_nodes == 0 && c->nodes == NULL && c->strings == NULL && c->path == NULL && c->seal == 0);
 }
 
 static void check_node(const struct gvm_config *c, uint32_t i)
@@ -158,6 +158,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	CHECK(memchr(err, '\0', sizeof(err)) != NULL);
 	if (r == 0) {
 		CHECK(cfg.n_nodes > 0);
+		CHECK(cfg.seal >= 0 && cfg.seal <= 2); /* `seal =`: not given, on, off */
 		CHECK(cfg.n_nodes <= cfg.cap_nodes);
 		CHECK(cfg.strings_len <= cfg.strings_cap);
 		CHECK(cfg.path && strcmp(cfg.path, PATH) == 0);

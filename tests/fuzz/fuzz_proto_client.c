@@ -40,12 +40,15 @@ static long packed_index(const uint8_t *bm, unsigned i)
 static void check_read_reply(const struct gvm_hdr *h, const uint8_t *p)
 {
 	const char *why = NULL;
-	int w = gvm_pages_check(p, h->len, h->count, &why);
+	int tagged = !!(h->flags & GVM_HF_TAGS);
+	int w = gvm_pages_check_tagged(p, h->len, h->count, tagged, &why);
 	long ref = fz_bitmap_weight(p, h->count);
-	const uint8_t *data = p + GVM_BITMAP_BYTES(h->count), *end = p + h->len;
+	const uint8_t *data = p + GVM_BITMAP_BYTES(h->count);
+	const uint8_t *end = p + h->len - (w > 0 && tagged ? (size_t)w * GVM_TAG_SIZE : 0);
 	long k = 0;
 
-	CHECK((w >= 0) == (ref >= 0 && h->len == gvm_pages_len(h->count, (unsigned)ref)));
+	CHECK((w >= 0) == (ref >= 0 && h->len == gvm_pages_len(h->count, (unsigned)ref) +
+						   (tagged ? (size_t)ref * GVM_TAG_SIZE : 0)));
 	if (w < 0) {
 		CHECK(why && *why);
 		return; /* the client drops the connection */
@@ -113,6 +116,11 @@ static void check_frame(const struct gvm_hdr *h, const uint8_t *p)
 		CHECK(s.pages_stored == fz_le64(p) && s.bytes_in == fz_le64(p + 56));
 		break;
 	}
+	case GVM_OP_HELLO:
+		/* The server's ephemeral key and proof; a client holding a token
+		 * checks it (gvm_session_confirm), here: the size only. */
+		CHECK(h->len == 0 || h->len == GVM_PROOF_SIZE);
+		break;
 	default:
 		CHECK(h->len == 0);
 	}

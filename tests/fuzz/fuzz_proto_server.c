@@ -40,6 +40,7 @@ struct shadow_page {
 	uint64_t region, page;
 	const uint8_t *key;  /* GVM_KEY_SIZE bytes inside the fuzzer input */
 	const uint8_t *data; /* 4096 bytes inside the fuzzer input */
+	const uint8_t *tag;  /* its 16-byte tag inside the input, NULL: written without (zero) */
 };
 
 /* An id OPENed on this connection and the key it names (the last OPEN's). */
@@ -168,8 +169,11 @@ static void check_read(struct model *m, uint64_t region, const uint8_t *key, uin
 {
 	size_t room = gvm_pages_len(count, count);
 	uint8_t *out = read_buf + read_buf_len - room;
+	static uint8_t tags[GVM_MAX_PAGES * GVM_TAG_SIZE];
+	const uint8_t *tg = tags;
 	const char *why = NULL;
-	ssize_t n = gvm_store_read(m->st, region, key, page, count, out);
+	/* Tags come back with the pages they were written with (zero if none). */
+	ssize_t n = gvm_store_read_tagged(m->st, region, key, page, count, out, tags);
 	size_t expect = shadow_count_range(m, region, key, page, count);
 	const uint8_t *data;
 	int w;
@@ -187,6 +191,12 @@ static void check_read(struct model *m, uint64_t region, const uint8_t *key, uin
 			continue;
 		CHECK(!gvm_page_is_zero(data));
 		CHECK(memcmp(data, sp->data, GVM_PAGE_SIZE) == 0);
+		if (sp->tag)
+			CHECK(memcmp(tg, sp->tag, GVM_TAG_SIZE) == 0);
+		else
+			for (unsigned b = 0; b < GVM_TAG_SIZE; b++)
+				CHECK(tg[b] == 0);
+		tg += GVM_TAG_SIZE;
 		data += GVM_PAGE_SIZE;
 	}
 	CHECK(data == out + n);
@@ -219,6 +229,8 @@ static void do_write(struct model *m, const struct gvm_hdr *h, const uint8_t *ke
 	unsigned count = h->count;
 	const uint8_t *d = orig + GVM_BITMAP_BYTES(count);
 	size_t old = shadow_count_range(m, h->region, key, h->page, count), fresh = 0;
+	int tagged = !!(h->flags & GVM_HF_TAGS);
+	const uint8_t *t = orig + GVM_BITMAP_BYTES(count) + (size_t)weight * GVM_PAGE_SIZE;
 	int64_t delta;
 	int expect, r;
 
@@ -228,7 +240,7 @@ static void do_write(struct model *m, const struct gvm_hdr *h, const uint8_t *ke
 		fresh += !gvm_page_is_zero(d);
 		d += GVM_PAGE_SIZE;
 	}
-	CHECK(d == orig + h->len);
+	CHECK(d + (tagged ? (size_t)weight * GVM_TAG_SIZE : 0) == orig + h->len);
 	CHECK((long)weight == fz_bitmap_weight(orig, count));
 	delta = (int64_t)fresh - (int64_t)old;
 	if (delta > 0 && m->capacity && m->n_pages + (uint64_t)delta > m->capacity)
@@ -236,7 +248,7 @@ static void do_write(struct model *m, const struct gvm_hdr *h, const uint8_t *ke
 	else
 		expect = 0;
 
-	r = gvm_store_write(m->st, h->region, key, h->page, count, copy, h->len);
+	r = gvm_store_write_tagged(m->st, h->region, key, h->page, count, copy, h->len, tagged);
 	if (r != expect)
 		fprintf(stderr, "WRITE region %llu page %llu count %u: got %d, model says %d\n",
 			(unsigned long long)h->region, (unsigned long long)h->page, count, r, expect);
@@ -250,9 +262,11 @@ static void do_write(struct model *m, const struct gvm_hdr *h, const uint8_t *ke
 			continue;
 		if (!gvm_page_is_zero(d)) {
 			m->pages = grow(m->pages, &m->cap_pages, m->n_pages, sizeof(*m->pages));
-			m->pages[m->n_pages++] = (struct shadow_page){ h->region, h->page + i, key, d };
+			m->pages[m->n_pages++] = (struct shadow_page){ h->region, h->page + i, key, d,
+								       tagged ? t : NULL };
 		}
 		d += GVM_PAGE_SIZE;
+		t += GVM_TAG_SIZE;
 	}
 }
 
@@ -299,9 +313,11 @@ static int handle(struct model *m, const struct gvm_hdr *h, const uint8_t *orig)
 			check_read(m, h->region, key, h->page, h->count);
 		break;
 	case GVM_OP_WRITE: {
-		int w = gvm_pages_check(p, h->len, h->count, &why);
+		int tagged = !!(h->flags & GVM_HF_TAGS);
+		int w = gvm_pages_check_tagged(p, h->len, h->count, tagged, &why);
 		long ref = fz_bitmap_weight(orig, h->count);
-		int ref_ok = ref >= 0 && h->len == gvm_pages_len(h->count, (unsigned)ref);
+		int ref_ok = ref >= 0 && h->len == gvm_pages_len(h->count, (unsigned)ref) +
+						   (tagged ? (size_t)ref * GVM_TAG_SIZE : 0);
 
 		CHECK((w >= 0) == ref_ok);
 		if (w < 0) {

@@ -70,13 +70,14 @@ static void save_str(const char *harness, const char *name, const char *s)
 /* ------------------------------------------------------------ frames */
 
 static uint64_t next_id;
+static uint32_t next_flags; /* header flags of the next frames (GVM_HF_TAGS) */
 
 static void frame(struct buf *b, uint16_t op, uint64_t region, uint64_t page, uint32_t count,
 		  int32_t status, const void *payload, uint32_t len)
 {
 	struct gvm_hdr h = { .magic = GVM_PROTO_MAGIC, .version = GVM_PROTO_VERSION, .op = op,
 			     .id = next_id++, .region = region, .page = page, .count = count,
-			     .status = status, .len = len };
+			     .status = status, .len = len, .flags = next_flags };
 	uint8_t raw[GVM_HDR_SIZE];
 
 	gvm_hdr_encode(&h, raw);
@@ -146,6 +147,25 @@ static void write_pages(struct buf *b, uint64_t region, uint64_t page, unsigned 
 	free(p.p);
 }
 
+/* The same with a 16-byte tag after the pages for each page sent (sealed pages). */
+static void write_pages_tagged(struct buf *b, uint64_t region, uint64_t page, unsigned count,
+			       uint64_t mask, uint64_t zero_set, uint8_t fill)
+{
+	struct buf p = pages_payload(count, mask, zero_set, fill);
+	uint8_t tag[GVM_TAG_SIZE];
+
+	for (unsigned i = 0; i < count && i < 64; i++) {
+		if (!((mask | zero_set) >> i & 1))
+			continue;
+		memset(tag, (int)(0xa0 + i), sizeof(tag));
+		put(&p, tag, sizeof(tag));
+	}
+	next_flags = GVM_HF_TAGS;
+	frame(b, GVM_OP_WRITE, region, page, count, 0, p.p, (uint32_t)p.len);
+	next_flags = 0;
+	free(p.p);
+}
+
 static void simple(struct buf *b, uint16_t op, uint64_t region, uint64_t page, uint32_t count)
 {
 	frame(b, op, region, page, count, 0, NULL, 0);
@@ -166,6 +186,27 @@ static void gen_server(void)
 	start(0); hello(&b, 1); simple(&b, GVM_OP_FREE, 1, 0, 0); save_buf(H, "free_unopened", &b);
 	start(0); hello(&b, 1); simple(&b, GVM_OP_LIST, 1, 0, 64); save_buf(H, "list_unopened", &b);
 	start(0); hello(&b, 1); write_pages(&b, 9, 0, 2, 1, 0, 1); save_buf(H, "write_unbound", &b);
+
+	/* Sealed pages: a tagged WRITE, a tagged READ back, a WRITE whose tags are short. */
+	start(0);
+	hello(&b, 1);
+	open_region(&b, 1, 0xaa);
+	write_pages_tagged(&b, 1, 0, 3, 0x5, 0x2, 0x10);
+	next_flags = GVM_HF_TAGS;
+	simple(&b, GVM_OP_READ, 1, 0, 3);
+	next_flags = 0;
+	write_pages(&b, 1, 1, 1, 0x1, 0, 0x30);
+	simple(&b, GVM_OP_READ, 1, 0, 3);
+	save_buf(H, "write_read_tagged", &b);
+	start(0); hello(&b, 1); open_region(&b, 1, 0xaa);
+	{
+		struct buf p = pages_payload(2, 0x3, 0, 0x40);
+		next_flags = GVM_HF_TAGS;
+		frame(&b, GVM_OP_WRITE, 1, 0, 2, 0, p.p, (uint32_t)p.len + 0); /* no tags: a framing error */
+		next_flags = 0;
+		free(p.p);
+	}
+	save_buf(H, "write_tags_missing", &b);
 
 	/* The full life of a region, unlimited capacity. */
 	start(0);
@@ -300,6 +341,28 @@ static void gen_client(void)
 
 	start(1); frame(&b, GVM_OP_HELLO | GVM_OP_REPLY, 0, 0, 0, 0, NULL, 0); save_buf(H, "hello_reply", &b);
 	start(1); frame(&b, GVM_OP_HELLO | GVM_OP_REPLY, 0, 0, 0, -EACCES, NULL, 0); save_buf(H, "hello_eacces", &b);
+	{
+		uint8_t proof[GVM_PROOF_SIZE];
+		memset(proof, 0x42, sizeof(proof));
+		start(1); frame(&b, GVM_OP_HELLO | GVM_OP_REPLY, 0, 0, 0, 0, proof, sizeof(proof));
+		save_buf(H, "hello_reply_proof", &b);
+		g.flags = GVM_GREET_AUTH | GVM_GREET_KEYED;
+		gvm_greeting_encode(&g, gp);
+		start(0); frame(&b, GVM_OP_GREETING, 0, 0, 0, 0, gp, sizeof(gp)); save_buf(H, "greeting_keyed", &b);
+		g.flags = GVM_GREET_AUTH;
+		gvm_greeting_encode(&g, gp);
+		/* A tagged READ reply: 2 pages, then their tags. */
+		struct buf tp = pages_payload(3, 0x5, 0, 0x10);
+		uint8_t tag[GVM_TAG_SIZE];
+		memset(tag, 0x77, sizeof(tag));
+		put(&tp, tag, sizeof(tag));
+		put(&tp, tag, sizeof(tag));
+		next_flags = GVM_HF_TAGS;
+		start(3); frame(&b, GVM_OP_READ | GVM_OP_REPLY, 1, 0, 3, 0, tp.p, (uint32_t)tp.len);
+		next_flags = 0;
+		save_buf(H, "read_reply_tagged", &b);
+		free(tp.p);
+	}
 	start(2); frame(&b, GVM_OP_OPEN | GVM_OP_REPLY, 1, 0, 0, 0, NULL, 0); save_buf(H, "open_reply", &b);
 	start(3); frame(&b, GVM_OP_READ | GVM_OP_REPLY, 1, 0, 3, 0, rp.p, (uint32_t)rp.len); save_buf(H, "read_reply", &b);
 	start(3); frame(&b, GVM_OP_READ | GVM_OP_REPLY, 1, 0, 1024, 0, (uint8_t[128]){ 0 }, 128); save_buf(H, "read_reply_zero", &b);
@@ -344,6 +407,11 @@ static void gen_config(void)
 		{ "mixed", "# giantvm pool\n\n  node-a.example.com:7000  # first\r\n[::1]:9999\n"
 			   "[2001:db8::1]\n[::ffff:1.2.3.4]:65535\n\tNode-B.Example.COM\n192.168.1.20:9000\n" },
 		{ "one", "localhost" },
+		{ "seal_on", "seal = on\n10.0.0.1\n" },
+		{ "seal_off", "# sealed pages\n10.0.0.1\n  seal=off  # loopback only\n" },
+		{ "bad_seal_twice", "seal = on\nseal = off\n10.0.0.1\n" },
+		{ "bad_seal_value", "seal = maybe\n10.0.0.1\n" },
+		{ "bad_setting", "sealed = on\n10.0.0.1\n" },
 		{ "crlf", "10.1.1.1:9999\r\n10.1.1.2:9999\r\n" },
 		{ "leading_zero_port", "h1:09999\nh2:00001\n" },
 		{ "ipv6_forms", "[0:0:0:0:0:0:0:1]:1\n[fe80::1%eth0]:2\n[::]:3\n" },

@@ -267,27 +267,28 @@ static int child_stop(struct child *ch)
 /* Connected from src, GREETING read, HELLO (with token's MAC if given) answered 0. */
 static int raw_session(const char *src, int port, const char *token)
 {
-	uint8_t pl[GVM_GREETING_SIZE], f[GVM_HDR_SIZE + GVM_HELLO_SIZE];
+	uint8_t pl[GVM_GREETING_SIZE], f[GVM_HDR_SIZE + GVM_HELLO_SIZE], proof[GVM_PROOF_SIZE];
 	struct gvm_hello hello = { .version = GVM_PROTO_VERSION };
-	struct gvm_greeting g;
+	struct gvm_session sess;
 	struct gvm_hdr h;
 	int fd = tcp_from(src, port, TIMEOUT_MS);
 
 	if (fd < 0)
 		return fd;
+	gvm_session_init(&sess);
 	if (raw_reply(fd, &h, pl, sizeof(pl)) < 0 || h.op != GVM_OP_GREETING)
 		goto fail;
-	gvm_greeting_decode(pl, &g);
-	if (token) {
-		hello.flags = GVM_HELLO_MAC;
-		gvm_auth_mac(token, strlen(token), g.nonce, hello.mac);
-	}
+	/* With a token the session's keys are not kept: nothing is said after HELLO. */
+	if (token && gvm_session_hello(&sess, token, strlen(token), pl, &hello) < 0)
+		goto fail;
 	mk_hdr(f, GVM_OP_HELLO, 1, 0, 0, 0, GVM_HELLO_SIZE);
 	gvm_hello_encode(&hello, f + GVM_HDR_SIZE);
-	if (send_all(fd, f, sizeof(f)) < 0 || raw_reply(fd, &h, NULL, 0) < 0 || h.status)
+	if (send_all(fd, f, sizeof(f)) < 0 || raw_reply(fd, &h, proof, sizeof(proof)) < 0 || h.status)
 		goto fail;
+	gvm_session_fini(&sess);
 	return fd;
 fail:
+	gvm_session_fini(&sess);
 	close(fd);
 	return -EPROTO;
 }
@@ -297,8 +298,10 @@ static int raw_open(int fd, uint64_t region, const uint8_t *key)
 	uint8_t f[GVM_HDR_SIZE + GVM_KEY_SIZE];
 	struct gvm_hdr h;
 
+	/* OPEN carries the region's verifier, never its key. */
 	mk_hdr(f, GVM_OP_OPEN, 2, region, 0, 0, GVM_KEY_SIZE);
-	memcpy(f + GVM_HDR_SIZE, key, GVM_KEY_SIZE);
+	if (gvm_region_verifier(key, region, f + GVM_HDR_SIZE) < 0)
+		return -1000;
 	if (send_all(fd, f, sizeof(f)) < 0 || raw_reply(fd, &h, NULL, 0) < 0)
 		return -1000;
 	return h.status;

@@ -219,6 +219,44 @@ static int test_errors(void)
 	return 0;
 }
 
+/* `seal = on|off` (sealed pages) and what loopback means for its default. */
+static int test_seal_setting(void)
+{
+	static const struct { const char *text; const char *want; } bad[] = {
+		{ "10.0.0.1\nseal = maybe\n", PATH ":2: seal must be 'on' or 'off': 'seal = maybe'" },
+		{ "seal = on\n10.0.0.1\nseal=off\n", PATH ":3: 'seal' given twice (first on line 1)" },
+		{ "sealed = on\n10.0.0.1\n", PATH ":1: unknown setting (the only one is 'seal = on|off')" },
+		{ "seal =\n10.0.0.1\n", PATH ":1: seal must be 'on' or 'off'" },
+		{ "seal = on\n", PATH ": no memory nodes" },
+	};
+	struct gvm_config c;
+
+	gvm_config_init(&c);
+	CHECK_EQ(parse(&c, "10.0.0.1\n"), 0);
+	CHECK_EQ(c.seal, 0);
+	CHECK_EQ(gvm_config_all_loopback(&c), 0);
+	CHECK_EQ(parse(&c, "  seal = on  # always\n127.0.0.1:7000\n"), 0);
+	CHECK_EQ(c.seal, 1);
+	CHECK_EQ(c.n_nodes, 1);
+	CHECK_EQ(gvm_config_all_loopback(&c), 1);
+	CHECK_EQ(parse(&c, "127.0.0.2\n[::1]:9\nlocalhost\nseal=off\n"), 0);
+	CHECK_EQ(c.seal, 2);
+	CHECK_EQ(gvm_config_all_loopback(&c), 1);
+	CHECK_EQ(parse(&c, "127.0.0.1\nmem1.example\n"), 0);
+	CHECK_EQ(gvm_config_all_loopback(&c), 0);
+	for (size_t i = 0; i < GVM_ARRAY_SIZE(bad); i++) {
+		CHECK_EQ(parse(&c, bad[i].text), -EINVAL);
+		if (strncmp(err, bad[i].want, strlen(bad[i].want))) {
+			fprintf(stderr, "  case %zu: got '%s'\n  want prefix '%s'\n", i, err, bad[i].want);
+			CHECK(0);
+		}
+		CHECK(is_empty(&c));
+		CHECK_EQ(c.seal, 0);
+	}
+	gvm_config_fini(&c);
+	return 0;
+}
+
 static int test_hostname_limits(void)
 {
 	struct gvm_config c;
@@ -553,6 +591,7 @@ static const struct gvm_test tests[] = {
 	{ "canonical", test_canonical },
 	{ "duplicates", test_duplicates },
 	{ "errors", test_errors },
+	{ "seal_setting", test_seal_setting },
 	{ "hostname_limits", test_hostname_limits },
 	{ "line_limits", test_line_limits },
 	{ "add", test_add },

@@ -76,6 +76,7 @@ static int expect_bad(const struct gvm_hdr *h, int from_server, int code, int li
 
 static struct gvm_hdr with_status(struct gvm_hdr h, int32_t s) { h.status = s; return h; }
 static struct gvm_hdr with_page(struct gvm_hdr h, uint64_t p) { h.page = p; return h; }
+static struct gvm_hdr with_tags(struct gvm_hdr h) { h.flags = GVM_HF_TAGS; return h; }
 
 static int test_constants(void)
 {
@@ -84,10 +85,12 @@ static int test_constants(void)
 	CHECK_EQ(GVM_BITMAP_BYTES(64), 8);
 	CHECK_EQ(GVM_BITMAP_BYTES(65), 16);
 	CHECK_EQ(GVM_BITMAP_BYTES(1024), 128);
-	CHECK_EQ(GVM_MAX_PAYLOAD, 128 + 1024 * 4096); /* PROTOCOL.md: len <= 128 + 1024*4096 */
+	CHECK_EQ(GVM_MAX_PAYLOAD, 128 + 1024 * (4096 + 16)); /* PROTOCOL.md: len <= 128 + 1024*(4096+16) */
 	CHECK_EQ(gvm_pages_len(64, 3), 8 + 3 * 4096);
 	CHECK_EQ(GVM_GREETING_SIZE, 40);
-	CHECK_EQ(GVM_HELLO_SIZE, 40);
+	CHECK_EQ(GVM_HELLO_SIZE, 104);
+	CHECK_EQ(GVM_PROOF_SIZE, 64);
+	CHECK_EQ(GVM_TAG_SIZE, 16);
 	CHECK_EQ(GVM_OPEN_SIZE, 32);
 	CHECK_EQ(GVM_STAT_SIZE, 64);
 	/* Op numbers are never reused: pin them. */
@@ -150,7 +153,15 @@ static int test_roundtrip_requests(void)
 	/* WRITE: bitmap + k pages for every k in 0..count. */
 	for (uint32_t k = 0; k <= 70; k++)
 		OK(mk(GVM_OP_WRITE, 70, (uint32_t)gvm_pages_len(70, k)), REQ);
-	OK(mk(GVM_OP_WRITE, GVM_MAX_PAGES, (uint32_t)GVM_MAX_PAYLOAD), REQ);
+	OK(mk(GVM_OP_WRITE, GVM_MAX_PAGES, (uint32_t)gvm_pages_len(GVM_MAX_PAGES, GVM_MAX_PAGES)), REQ);
+	/* Tagged (sealed pages): a 16-byte tag per page after the pages. */
+	OK(with_tags(mk(GVM_OP_WRITE, GVM_MAX_PAGES, (uint32_t)GVM_MAX_PAYLOAD)), REQ);
+	OK(with_tags(mk(GVM_OP_WRITE, 70, (uint32_t)(gvm_pages_len(70, 3) + 3 * 16))), REQ);
+	BAD(with_tags(mk(GVM_OP_WRITE, 70, (uint32_t)gvm_pages_len(70, 3))), REQ, -EPROTO);
+	BAD(mk(GVM_OP_WRITE, 70, (uint32_t)(gvm_pages_len(70, 3) + 3 * 16)), REQ, -EPROTO);
+	OK(with_tags(mk(GVM_OP_READ, 8, 0)), REQ);
+	BAD(with_tags(mk(GVM_OP_LIST, 8, 0)), REQ, -EPROTO);
+	BAD(with_tags(mk(GVM_OP_PING, 0, 0)), REQ, -EPROTO);
 	OK(mk(GVM_OP_WRITE, 1, 8), REQ);
 	/* Extremes of the id/region fields and the last legal page range. */
 	{
@@ -177,6 +188,7 @@ static int test_roundtrip_replies(void)
 
 	OK(mk(GVM_OP_GREETING, 0, GVM_GREETING_SIZE), REP);
 	OK(mk(R(GVM_OP_HELLO), 0, 0), REP);
+	OK(mk(R(GVM_OP_HELLO), 0, GVM_PROOF_SIZE), REP); /* the server's key and proof */
 	OK(mk(R(GVM_OP_OPEN), 0, 0), REP);
 	OK(mk(R(GVM_OP_WRITE), 64, 0), REP);
 	OK(mk(R(GVM_OP_FREE), 0, 0), REP);
@@ -184,7 +196,9 @@ static int test_roundtrip_replies(void)
 	OK(mk(R(GVM_OP_STAT), 0, GVM_STAT_SIZE), REP);
 	for (uint32_t k = 0; k <= 64; k += 8)
 		OK(mk(R(GVM_OP_READ), 64, (uint32_t)gvm_pages_len(64, k)), REP);
-	OK(mk(R(GVM_OP_READ), GVM_MAX_PAGES, (uint32_t)GVM_MAX_PAYLOAD), REP);
+	OK(mk(R(GVM_OP_READ), GVM_MAX_PAGES, (uint32_t)gvm_pages_len(GVM_MAX_PAGES, GVM_MAX_PAGES)), REP);
+	OK(with_tags(mk(R(GVM_OP_READ), GVM_MAX_PAGES, (uint32_t)GVM_MAX_PAYLOAD)), REP);
+	BAD(with_tags(mk(R(GVM_OP_WRITE), 1, 0)), REP, -EPROTO);
 	OK(mk(R(GVM_OP_LIST), 1, 8), REP);
 	OK(mk(R(GVM_OP_LIST), 65, 16), REP);
 	OK(mk(R(GVM_OP_LIST), MAX_LIST, MAX_LIST / 8), REP);
@@ -409,8 +423,11 @@ static int test_pages_check(void)
 	/* A full WRITE: 1024 non-zero pages. */
 	memset(buf, 0xff, 128);
 	CHECK_EQ(gvm_bitmap_weight(buf, 1024), 1024);
-	CHECK_EQ(gvm_pages_check(buf, GVM_MAX_PAYLOAD, 1024, &why), 1024);
-	CHECK_EQ(gvm_pages_check(buf, GVM_MAX_PAYLOAD - 4096, 1024, &why), -EPROTO);
+	CHECK_EQ(gvm_pages_check(buf, gvm_pages_len(1024, 1024), 1024, &why), 1024);
+	CHECK_EQ(gvm_pages_check(buf, gvm_pages_len(1024, 1024) - 4096, 1024, &why), -EPROTO);
+	CHECK_EQ(gvm_pages_check(buf, GVM_MAX_PAYLOAD, 1024, &why), -EPROTO);
+	CHECK_EQ(gvm_pages_check_tagged(buf, GVM_MAX_PAYLOAD, 1024, 1, &why), 1024);
+	CHECK_EQ(gvm_pages_check_tagged(buf, GVM_MAX_PAYLOAD - 16, 1024, 1, &why), -EPROTO);
 	CHECK_EQ(gvm_bitmap_weight(buf, 1023), -EPROTO);
 	free(buf);
 	return 0;
@@ -443,10 +460,12 @@ static int test_greeting_hello_stat(void)
 	struct gvm_greeting g = { .version = 0x01020304, .flags = GVM_GREET_AUTH }, g2;
 	struct gvm_hello h = { .version = 1, .flags = GVM_HELLO_MAC }, h2;
 	struct gvm_stat s = { 1, 2, 3, 4, 5, 6, UINT64_MAX, 0x0102030405060708ull }, s2;
-	uint8_t buf[64];
+	uint8_t buf[128];
 
 	for (int i = 0; i < 32; i++) {
 		g.nonce[i] = (uint8_t)(0xa0 + i);
+		h.nonce[i] = (uint8_t)(0x30 + i);
+		h.pub[i] = (uint8_t)(0x50 + i);
 		h.mac[i] = (uint8_t)(0x10 + i);
 	}
 	memset(buf, 0xcc, sizeof(buf));
@@ -463,12 +482,16 @@ static int test_greeting_hello_stat(void)
 	memset(buf, 0xcc, sizeof(buf));
 	gvm_hello_encode(&h, buf);
 	CHECK(!memcmp(buf, "\x01\x00\x00\x00\x01\x00\x00\x00", 8));
-	CHECK(!memcmp(buf + 8, h.mac, 32));
-	CHECK_EQ(buf[40], 0xcc);
+	CHECK(!memcmp(buf + 8, h.nonce, 32));
+	CHECK(!memcmp(buf + 40, h.pub, 32));
+	CHECK(!memcmp(buf + 72, h.mac, 32));
+	CHECK_EQ(buf[104], 0xcc);
 	memset(&h2, 0, sizeof(h2));
 	gvm_hello_decode(buf, &h2);
 	CHECK_EQ(h2.version, 1);
 	CHECK_EQ(h2.flags, GVM_HELLO_MAC);
+	CHECK(!memcmp(h2.nonce, h.nonce, 32));
+	CHECK(!memcmp(h2.pub, h.pub, 32));
 	CHECK(!memcmp(h2.mac, h.mac, 32));
 
 	gvm_stat_encode(&s, buf);
