@@ -143,6 +143,10 @@ static const struct simple simples[] = {
 	  "Stripes some replica may lack (re-sync pending).", 1, 0 },
 	{ "giantvm_vm_resynced_stripes_total", "counter", "resynced_stripes",
 	  "Stripes copied to a replica that came back.", 1, 0 },
+	{ "giantvm_vm_rejected_pages_total", "counter", "pages_rejected",
+	  "Sealed pages a node returned that failed verification (never installed).", 1, 0 },
+	{ "giantvm_vm_seal_version_bytes", "gauge", "seal_version_bytes",
+	  "Engine memory for sealed pages' versions; absent when pages are not sealed.", 1, 1 },
 };
 
 /* Per-node figures: from the objects of "per_node". */
@@ -157,6 +161,8 @@ static const struct per_node per_nodes[] = {
 	{ "giantvm_vm_node_sent_bytes_total", "counter", "bytes_out", "Bytes sent to the node.", 1 },
 	{ "giantvm_vm_node_errors_total", "counter", "errors", "Failed requests and connection losses.", 1 },
 	{ "giantvm_vm_node_rtt_seconds", "gauge", "rtt_us", "Smoothed round-trip time to the node.", 1e-6 },
+	{ "giantvm_vm_node_rejected_pages_total", "counter", "pages_rejected",
+	  "Sealed pages this node returned that failed verification.", 1 },
 };
 
 /* Calls fn for each per-node object of a reply: [obj, end) and its name. */
