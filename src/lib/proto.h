@@ -15,7 +15,7 @@
 #include "giantvm.h"  /* GVM_PAGE_SIZE */
 
 #define GVM_PROTO_MAGIC   0x314d5647u /* "GVM1" read as little-endian u32 */
-#define GVM_PROTO_VERSION 1u
+#define GVM_PROTO_VERSION 2u
 #define GVM_HDR_SIZE      48u
 #define GVM_PAGE_SHIFT    12u
 /* Largest page count in one READ/WRITE: bounds every buffer on both sides. */

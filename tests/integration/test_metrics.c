@@ -416,7 +416,7 @@ static int t_memserver_values_move(void)
 		goto out;
 	CHECK(value(a, "giantvm_memserver_stored_pages") == 0);
 	CHECK(value(a, "giantvm_memserver_requests_total{op=\"write\"}") == 0);
-	CHECK(value(a, "giantvm_memserver_build_info{version=\"" "0.1.0" "\"}") == 1);
+	CHECK(value(a, "giantvm_memserver_build_info{version=\"" GVM_VERSION "\"}") == 1);
 	CHECK(value(a, "giantvm_memserver_start_time_seconds") > 1.6e9);
 
 	CHECK(engine_up() == 0);

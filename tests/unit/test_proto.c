@@ -230,10 +230,13 @@ static int test_bad_framing(void)
 	h = mk(GVM_OP_PING, 0, 0);
 	h.version = 0;
 	BAD(h, REQ, -EPROTO);
-	h.version = 2;
+	h.version = GVM_PROTO_VERSION - 1; /* the protocol before sealed pages */
 	BAD(h, REQ, -EPROTO);
 	BAD(h, REP, -EPROTO);
-	h.version = 0x0100; /* 1 byte-swapped */
+	h.version = GVM_PROTO_VERSION + 1;
+	BAD(h, REQ, -EPROTO);
+	BAD(h, REP, -EPROTO);
+	h.version = (uint16_t)(GVM_PROTO_VERSION << 8); /* byte-swapped */
 	BAD(h, REQ, -EPROTO);
 	h = mk(GVM_OP_PING, 0, 0);
 	for (int bit = 0; bit < 32; bit++) {
@@ -539,7 +542,7 @@ static int test_random_headers(void)
 		}
 		/* Keep the framing valid half the time so the op checks get exercised. */
 		if (i & 1) {
-			static const uint8_t magic_ver[6] = { 'G', 'V', 'M', '1', 1, 0 };
+			static const uint8_t magic_ver[6] = { 'G', 'V', 'M', '1', GVM_PROTO_VERSION, 0 };
 			memcpy(wire, magic_ver, 6);
 			memset(wire + 44, 0, 4);
 			wire[6] = (uint8_t)(x % 11);
