@@ -113,7 +113,7 @@ static inline int fz_ref_hdr_ok(const uint8_t *b, int from_server)
 	int32_t status = (int32_t)fz_le32(b + 36);
 
 	/* Flag bit 0 (tags) only on READ, its reply and WRITE. */
-	if (magic != FZ_MAGIC || version != 1 || (flags & ~1u) || len > FZ_MAX_PAYLOAD)
+	if (magic != FZ_MAGIC || version != 2 || (flags & ~1u) || len > FZ_MAX_PAYLOAD)
 		return 0;
 	if (flags && (op & 0x7fff) != 4 && op != 5)
 		return 0;
