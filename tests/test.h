@@ -31,6 +31,43 @@
 
 #include "uffd.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Writes len bytes to path (created or truncated; mode applied even to a
+ * file that existed). 0 or -errno. */
+static inline int test_write_file(const char *path, const void *data, size_t len, mode_t mode)
+{
+	const char *d = data;
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+
+	if (fd < 0)
+		return -errno;
+	if (fchmod(fd, mode) < 0) {
+		int e = -errno;
+		close(fd);
+		return e;
+	}
+	while (len) {
+		ssize_t n = write(fd, d, len);
+		if (n < 0) {
+			int e = -errno;
+			close(fd);
+			return e;
+		}
+		d += n;
+		len -= (size_t)n;
+	}
+	return close(fd) < 0 ? -errno : 0;
+}
+
+/* A text file only its owner can read (tokens, configs). 0 or -errno. */
+static inline int test_write_text(const char *path, const char *text)
+{
+	return test_write_file(path, text, strlen(text), 0600);
+}
+
 /* Tables may leave `needs` out ({ name, fn }: no kernel feature needed). */
 #pragma GCC diagnostic ignored "-Wmissing-field-initializers"
 

@@ -82,13 +82,12 @@ static const char *tmp_path(const char *name)
 	return path;
 }
 
-static int write_file(const char *path, const char *text, mode_t mode);
 
 static const char *admin_token_file(void)
 {
 	if (!admin_path[0]) {
 		const char *p = tmp_path("admin-token");
-		if (!p || write_file(p, token_admin, 0600) < 0)
+		if (!p || test_write_file(p, token_admin, strlen(token_admin), 0600) < 0)
 			return NULL;
 		snprintf(admin_path, sizeof(admin_path), "%s", p);
 	}
@@ -678,21 +677,6 @@ static int test_capacity(void)
 	return 0;
 }
 
-static int write_file(const char *path, const char *text, mode_t mode)
-{
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-	int r = 0;
-
-	if (fd < 0)
-		return -errno;
-	if (fchmod(fd, mode) < 0 || send_all(fd, text, strlen(text)) < 0) {
-		/* send() fails on a file; fall back to write */
-		if (write(fd, text, strlen(text)) != (ssize_t)strlen(text))
-			r = -EIO;
-	}
-	close(fd);
-	return r;
-}
 
 static int test_token(void)
 {
@@ -708,8 +692,9 @@ static int test_token(void)
 	CHECK(p);
 	snprintf(path, sizeof(path), "%s", p);
 	snprintf(bad_path, sizeof(bad_path), "%s.public", path);
-	CHECK_EQ(write_file(path, "0123456789abcdef-correct-token\n", 0600), 0);
-	CHECK_EQ(write_file(bad_path, "0123456789abcdef-correct-token\n", 0644), 0);
+	static const char tok[] = "0123456789abcdef-correct-token\n";
+	CHECK_EQ(test_write_file(path, tok, sizeof(tok) - 1, 0600), 0);
+	CHECK_EQ(test_write_file(bad_path, tok, sizeof(tok) - 1, 0644), 0);
 
 	/* A token file others can read is refused. */
 	o.listen[0] = "127.0.0.1:0";

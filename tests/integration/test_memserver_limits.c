@@ -80,17 +80,6 @@ static const char *tmp_path(const char *name)
 	return path;
 }
 
-static int write_file(const char *path, const char *text)
-{
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	ssize_t n;
-
-	if (fd < 0)
-		return -errno;
-	n = write(fd, text, strlen(text));
-	close(fd);
-	return n == (ssize_t)strlen(text) ? 0 : -EIO;
-}
 
 /* ---------------------------------------------------------------- server child */
 
@@ -180,7 +169,7 @@ static const char *admin_file(void)
 
 	if (!path[0]) {
 		const char *p = tmp_path("admin-token");
-		if (!p || write_file(p, token_admin) < 0)
+		if (!p || test_write_text(p, token_admin) < 0)
 			return NULL;
 		snprintf(path, sizeof(path), "%s", p);
 	}
@@ -193,7 +182,7 @@ static const char *tenant_file(void)
 
 	if (!path[0]) {
 		const char *p = tmp_path("tenant-token");
-		if (!p || write_file(p, token_tenant) < 0)
+		if (!p || test_write_text(p, token_tenant) < 0)
 			return NULL;
 		snprintf(path, sizeof(path), "%s", p);
 	}

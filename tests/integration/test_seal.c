@@ -161,17 +161,6 @@ static void *liar_main(void *a)
 	return NULL;
 }
 
-static int write_file(const char *path, const char *text)
-{
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	ssize_t n;
-
-	if (fd < 0)
-		return -errno;
-	n = write(fd, text, strlen(text));
-	close(fd);
-	return n == (ssize_t)strlen(text) ? 0 : -EIO;
-}
 
 static int liars_up(void)
 {
@@ -844,7 +833,7 @@ int main(int argc, char **argv)
 	strcpy(slash, "/../giantvm");
 	signal(SIGPIPE, SIG_IGN);
 	snprintf(token_path, sizeof(token_path), "/tmp/gvm-seal-token-%d", (int)getpid());
-	if (write_file(token_path, token) < 0)
+	if (test_write_text(token_path, token) < 0)
 		return 1;
 	r = gvm_test_main(argc, argv, tests, sizeof(tests) / sizeof(tests[0]));
 	liars_down();

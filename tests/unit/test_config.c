@@ -34,23 +34,6 @@ static int find(const struct gvm_config *c, const char *name)
 	return -1;
 }
 
-static int write_file(const char *path, const char *data, size_t len)
-{
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd < 0)
-		return -errno;
-	while (len) {
-		ssize_t n = write(fd, data, len);
-		if (n < 0) {
-			int e = -errno;
-			close(fd);
-			return e;
-		}
-		data += n;
-		len -= (size_t)n;
-	}
-	return close(fd) < 0 ? -errno : 0;
-}
 
 static int test_node_size(void)
 {
@@ -400,7 +383,7 @@ static int test_load(void)
 
 	CHECK_EQ(make_tmpdir(dir, sizeof(dir)), 0);
 	snprintf(path, sizeof(path), "%s/pool.conf", dir);
-	CHECK_EQ(write_file(path, text, sizeof(text) - 1), 0);
+	CHECK_EQ(test_write_file(path, text, sizeof(text) - 1, 0600), 0);
 	gvm_config_init(&c);
 	CHECK_EQ(gvm_config_load(&c, path, err, sizeof(err)), 0);
 	CHECK_EQ(c.n_nodes, 2);
@@ -408,7 +391,7 @@ static int test_load(void)
 	CHECK(!strcmp(gvm_node_name(&c, 1), "[::1]:9000"));
 
 	/* Parse errors carry the file path. */
-	CHECK_EQ(write_file(path, "10.0.0.1\n\n10.0.0.300\n", 21), 0);
+	CHECK_EQ(test_write_file(path, "10.0.0.1\n\n10.0.0.300\n", 21, 0600), 0);
 	CHECK_EQ(gvm_config_load(&c, path, err, sizeof(err)), -EINVAL);
 	{
 		char want[256];
@@ -418,7 +401,7 @@ static int test_load(void)
 	CHECK(is_empty(&c));
 
 	/* Empty file. */
-	CHECK_EQ(write_file(path, "", 0), 0);
+	CHECK_EQ(test_write_file(path, "", 0, 0600), 0);
 	CHECK_EQ(gvm_config_load(&c, path, err, sizeof(err)), -EINVAL);
 	CHECK(strstr(err, ": no memory nodes"));
 
@@ -466,7 +449,7 @@ static int test_locate(void)
 		goto out;
 
 	/* ./cluster_uffd.conf in the cwd. */
-	if (write_file(CLI_POOL_FILE_DEFAULT, "10.0.0.1\n", 9))
+	if (test_write_file(CLI_POOL_FILE_DEFAULT, "10.0.0.1\n", 9, 0600))
 		goto out;
 	p = cli_pool_locate(NULL, &src);
 	if (!p || strcmp(p, "cluster_uffd.conf") || strcmp(src, "./cluster_uffd.conf"))

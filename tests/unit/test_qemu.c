@@ -234,15 +234,6 @@ static int test_local_ram_forms(void)
 	return 0;
 }
 
-static int write_file(const char *path, const char *text)
-{
-	FILE *f = fopen(path, "w");
-
-	if (!f)
-		return -1;
-	fputs(text, f);
-	return fclose(f);
-}
 
 /* giantvm-qemu.conf: defaults, values, and errors naming file:line. */
 static int test_wrapper_conf(void)
@@ -257,26 +248,26 @@ static int test_wrapper_conf(void)
 	CHECK_EQ(gvm_wrapper_conf_parse(path, &c, err, sizeof(err)), 0); /* missing: defaults */
 	CHECK(!c.found && !c.pool[0] && !strcmp(c.qemu, "/usr/bin/qemu-system-x86_64"));
 	CHECK(!strcmp(c.run_dir, GVM_WRAPPER_RUN_DIR) && !strcmp(c.log_dir, GVM_WRAPPER_RUN_DIR));
-	CHECK_EQ(write_file(path, "# example\n\npool = /etc/giantvm/cluster_uffd.conf  # the pool\n"
+	CHECK_EQ(test_write_text(path, "# example\n\npool = /etc/giantvm/cluster_uffd.conf  # the pool\n"
 				 "token-file=/etc/giantvm/token\nlocal-mem = 256M\nreplicas = 2\nprefetch = 8\n"
 				 "log-dir = /var/log/giantvm\nqemu = /opt/qemu/bin/qemu-system-x86_64\n"), 0);
 	CHECK_EQ(gvm_wrapper_conf_parse(path, &c, err, sizeof(err)), 0);
 	CHECK(c.found && !strcmp(c.pool, "/etc/giantvm/cluster_uffd.conf") && !strcmp(c.token, "/etc/giantvm/token"));
 	CHECK(!strcmp(c.local_mem, "256M") && c.replicas == 2 && c.prefetch == 8);
 	CHECK(!strcmp(c.log_dir, "/var/log/giantvm") && !strcmp(c.qemu, "/opt/qemu/bin/qemu-system-x86_64"));
-	CHECK_EQ(write_file(path, "pool = /p\n\nprefetch = 3\n"), 0);
+	CHECK_EQ(test_write_text(path, "pool = /p\n\nprefetch = 3\n"), 0);
 	CHECK_EQ(gvm_wrapper_conf_parse(path, &c, err, sizeof(err)), -1);
 	CHECK(strstr(err, path) && strstr(err, ":3: prefetch '3'"));
-	CHECK_EQ(write_file(path, "pool = /p\npools = /q\n"), 0);
+	CHECK_EQ(test_write_text(path, "pool = /p\npools = /q\n"), 0);
 	CHECK_EQ(gvm_wrapper_conf_parse(path, &c, err, sizeof(err)), -1);
 	CHECK(strstr(err, ":2: unknown key 'pools'"));
-	CHECK_EQ(write_file(path, "pool\n"), 0);
+	CHECK_EQ(test_write_text(path, "pool\n"), 0);
 	CHECK_EQ(gvm_wrapper_conf_parse(path, &c, err, sizeof(err)), -1);
 	CHECK(strstr(err, ":1: 'pool': want KEY = VALUE"));
-	CHECK_EQ(write_file(path, "pool = relative.conf\n"), 0);
+	CHECK_EQ(test_write_text(path, "pool = relative.conf\n"), 0);
 	CHECK_EQ(gvm_wrapper_conf_parse(path, &c, err, sizeof(err)), -1);
 	CHECK(strstr(err, ":1: 'relative.conf': an absolute path"));
-	CHECK_EQ(write_file(path, "local-mem = 1M\n"), 0);
+	CHECK_EQ(test_write_text(path, "local-mem = 1M\n"), 0);
 	CHECK_EQ(gvm_wrapper_conf_parse(path, &c, err, sizeof(err)), -1);
 	CHECK(strstr(err, ":1: local-mem"));
 	unlink(path);
