@@ -175,18 +175,6 @@ static uint64_t install_run(struct gvm_engine *e, struct gvm_region *rg, uint64_
 	return installed;
 }
 
-/* Index (in packed data) of page i of a page payload, or -1 for zero. */
-static long packed_index(const uint8_t *bm, unsigned i)
-{
-	long k = 0;
-
-	if (!gvm_bitmap_test(bm, i))
-		return -1;
-	for (unsigned b = 0; b < i; b++)
-		k += gvm_bitmap_test(bm, b);
-	return k;
-}
-
 /* Install a READ reply's pages: the faulting page first (its thread
  * resumes at once), then runs of equal kind. A window fetched for a
  * writing run (`writable`: a write fault, or mostly write faults lately)
@@ -239,7 +227,7 @@ static uint64_t probe_hold(struct gvm_engine *e, struct gvm_region *rg, uint64_t
 	if (pr->page != UINT64_MAX)
 		probe_retire(e, rg, pr);
 	e->reserved++; /* promised room until it is touched or forgotten */
-	pi = packed_index(bm, (unsigned)(probe - page0));
+	pi = gvm_packed_index(bm, (unsigned)(probe - page0));
 	pr->zero = pi < 0;
 	if (pi >= 0)
 		memcpy(pr->buf, data + ((size_t)pi << GVM_PAGE_SHIFT), GVM_PAGE_SIZE);
@@ -258,7 +246,7 @@ static void install_payload(struct gvm_engine *e, struct gvm_region *rg, uint64_
 	long k = 0;
 
 	if (fault_page >= page0 && fault_page < page0 + count) {
-		long fi = packed_index(bm, (unsigned)(fault_page - page0));
+		long fi = gvm_packed_index(bm, (unsigned)(fault_page - page0));
 		install_run(e, rg, fault_page, 1, fi < 0 ? NULL : data + ((size_t)fi << GVM_PAGE_SHIFT),
 			    wr | (write_fault ? IR_DIRTY : 0));
 	}
@@ -266,7 +254,7 @@ static void install_payload(struct gvm_engine *e, struct gvm_region *rg, uint64_
 	 * faulted on it while in flight is woken by the install alone. */
 	if (hold_page >= page0 && hold_page < page0 + count &&
 	    !(pg_get(rg->pg, hold_page) & (PG_RESIDENT | PG_WANTED))) {
-		long hi = packed_index(bm, (unsigned)(hold_page - page0));
+		long hi = gvm_packed_index(bm, (unsigned)(hold_page - page0));
 		if (rg->held != UINT64_MAX && !(pg_get(rg->pg, rg->held) & PG_RESIDENT))
 			install_run(e, rg, rg->held, 1, rg->held_zero ? NULL : rg->held_buf, wr);
 		if (rg->held == UINT64_MAX)
@@ -836,7 +824,7 @@ static int seal_verify(struct gvm_engine *e, struct gvm_conn *c, struct gvm_fetc
 	if (!notags && f->fault_page >= f->page && f->fault_page < f->page + f->count &&
 	    !(pg_get(rg->pg, f->fault_page) & PG_RESIDENT)) {
 		unsigned fi = (unsigned)(f->fault_page - f->page);
-		long pi = packed_index(bm, fi);
+		long pi = gvm_packed_index(bm, fi);
 		uint8_t *pd = pi < 0 ? NULL : data + ((size_t)pi << GVM_PAGE_SHIFT);
 		if (seal_open_one(rg, f->fault_page, pi >= 0, pd, pi < 0 ? NULL : tags + (size_t)pi * GVM_TAG_SIZE))
 			install_run(e, rg, f->fault_page, 1, pd,

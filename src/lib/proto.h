@@ -126,6 +126,17 @@ static inline void gvm_bitmap_set(uint8_t *bm, unsigned i)
 {
 	bm[i >> 3] |= (uint8_t)(1u << (i & 7));
 }
+/* Index in the packed data of page i of a page payload, or -1 for a zero page. */
+static inline long gvm_packed_index(const uint8_t *bm, unsigned i)
+{
+	long k = 0;
+
+	if (!gvm_bitmap_test(bm, i))
+		return -1;
+	for (unsigned b = 0; b < i; b++)
+		k += gvm_bitmap_test(bm, b);
+	return k;
+}
 /* Number of set bits among the first `count`; -EPROTO if any bit >= count is set. */
 int gvm_bitmap_weight(const uint8_t *bm, unsigned count);
 /* Validate a page payload of `len` bytes for `count` pages. Returns the

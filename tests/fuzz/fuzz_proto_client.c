@@ -25,18 +25,6 @@
 #include "fuzz_common.h"
 #include "proto.h"
 
-/* Like install_payload() in src/lib/fault.c: the packed index of page i, or -1. */
-static long packed_index(const uint8_t *bm, unsigned i)
-{
-	long k = 0;
-
-	if (!gvm_bitmap_test(bm, i))
-		return -1;
-	for (unsigned b = 0; b < i; b++)
-		k += gvm_bitmap_test(bm, b);
-	return k;
-}
-
 static void check_read_reply(const struct gvm_hdr *h, const uint8_t *p)
 {
 	const char *why = NULL;
@@ -57,7 +45,7 @@ static void check_read_reply(const struct gvm_hdr *h, const uint8_t *p)
 	/* Unpack the way client.c does (sequentially) and engine.c does (by index;
 	 * quadratic, so only for the first pages and the last). */
 	for (unsigned i = 0; i < h->count; i++) {
-		long pi = (i < 64 || i + 1 == h->count) ? packed_index(p, i) : -2;
+		long pi = (i < 64 || i + 1 == h->count) ? gvm_packed_index(p, i) : -2;
 		if (!gvm_bitmap_test(p, i)) {
 			CHECK(pi == -1 || pi == -2);
 			continue;
