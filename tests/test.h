@@ -62,6 +62,23 @@ static inline int test_write_file(const char *path, const void *data, size_t len
 	return close(fd) < 0 ? -errno : 0;
 }
 
+/* The giantvm command built beside this test binary (BUILD/tests/x ->
+ * BUILD/giantvm) into buf. 0, or -1 if it cannot be found or run. */
+static inline int test_giantvm_path(char *buf, size_t len)
+{
+	ssize_t n = len > 16 ? readlink("/proc/self/exe", buf, len - 16) : -1;
+	char *slash;
+
+	if (n < 0)
+		return -1;
+	buf[n] = 0;
+	slash = strrchr(buf, '/');
+	if (!slash)
+		return -1;
+	strcpy(slash, "/../giantvm");
+	return access(buf, X_OK) ? -1 : 0;
+}
+
 /* A text file only its owner can read (tokens, configs). 0 or -errno. */
 static inline int test_write_text(const char *path, const char *text)
 {

@@ -225,17 +225,7 @@ static const struct gvm_test tests[] = {
 
 int main(int argc, char **argv)
 {
-	ssize_t n = readlink("/proc/self/exe", giantvm, sizeof(giantvm) - 16);
-	char *slash;
-
-	if (n < 0)
-		return 1;
-	giantvm[n] = 0;
-	slash = strrchr(giantvm, '/');
-	if (!slash)
-		return 1;
-	strcpy(slash, "/../giantvm");
-	if (access(giantvm, X_OK)) {
+	if (test_giantvm_path(giantvm, sizeof(giantvm))) {
 		fprintf(stderr, "test_failover: %s not built\n", giantvm);
 		return 1;
 	}
