@@ -51,7 +51,7 @@
 
 #define MAX_EVENTS 64
 
-static char uffd_tag, cmd_tag; /* epoll data.ptr sentinels */
+static char uffd_tag, cmd_tag, open_tag; /* epoll data.ptr sentinels */
 
 /* ------------------------------------------------------ transport glue */
 
@@ -180,6 +180,8 @@ static void *engine_thread(void *arg)
 				continue;
 			if (p == &cmd_tag)
 				run_commands(e);
+			else if (p == &open_tag)
+				gvm_opener_complete(e);
 			else
 				gvm_transport_event(&e->tp, p, evs[i].events);
 			gvm_fault_drain(e);
@@ -293,6 +295,21 @@ int gvm_engine_open(struct gvm_engine **out, struct gvm_pool *pool, const struct
 		pr_perror("epoll_ctl(eventfd)");
 		goto err_close;
 	}
+	/* Sealed: a thread to open replies beside this one (opener.c);
+	 * $GIANTVM_OPEN_INLINE=1 keeps it all on the engine thread (to
+	 * measure one against the other). */
+	const char *oi = getenv("GIANTVM_OPEN_INLINE");
+	if (e->seal && !(oi && *oi == '1')) {
+		r = gvm_opener_start(&e->opener);
+		if (r)
+			goto err_close;
+		ev.data.ptr = &open_tag;
+		if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, gvm_opener_fd(e->opener), &ev) < 0) {
+			r = -errno;
+			pr_perror("epoll_ctl(opener eventfd)");
+			goto err_close;
+		}
+	}
 	e->suspect = calloc(pool->cfg.n_nodes, 1);
 	if (!e->suspect) {
 		r = -ENOMEM;
@@ -345,6 +362,7 @@ int gvm_engine_open(struct gvm_engine **out, struct gvm_pool *pool, const struct
 err_tp:
 	gvm_transport_fini(&e->tp);
 err_close:
+	gvm_opener_stop(e->opener);
 	if (e->evfd >= 0)
 		close(e->evfd);
 	if (e->epfd >= 0)
@@ -506,6 +524,7 @@ void gvm_engine_close(struct gvm_engine *e)
 		pthread_join(e->thread, NULL);
 	}
 	gvm_evictor_free(e->ev); /* only now: the engine thread kicked it until it ended */
+	gvm_opener_stop(e->opener); /* its jobs' fetches are freed below */
 	for (unsigned i = 0; i < e->n_regions; i++) {
 		struct gvm_region *rg = e->regions[i];
 		struct uffdio_range r = { rg->base, rg->len };

@@ -47,6 +47,7 @@ struct gvm_fetch {            /* one READ of a window, until installed */
 	uint64_t fault_ns;    /* when that fault was read (0: readahead) */
 	uint64_t start_ns;    /* first attempt, for the deadline */
 	uint64_t retry_ns;    /* parked until */
+	uint8_t timed;        /* fault_page installed and its latency recorded (sealed, before the rest) */
 	struct gvm_fetch *next;
 	struct gvm_fetch *all_next; /* every fetch ever allocated (e->all_fetches), for the close:
 	                             * one in flight then is owned by no list */
@@ -119,6 +120,7 @@ struct gvm_engine {
 	uint64_t high_pages;      /* evictor starts above this ... */
 	uint64_t low_pages;       /* ... and stops at this */
 	int wp;                   /* regions registered with write-protect (dirty tracking) */
+	struct gvm_opener *opener; /* sealed: opens READ replies off this thread (opener.c) */
 	struct gvm_evictor *ev;   /* with a budget */
 	struct gvm_region *regions[GVM_MAX_REGIONS];
 	unsigned n_regions;       /* published with release after regions[] */
@@ -202,6 +204,43 @@ void gvm_fault_retry_parked(struct gvm_engine *e, uint64_t now);
  * deferred on a dropped page are woken. */
 void gvm_fault_resume(struct gvm_engine *e);
 void gvm_fault_fini(struct gvm_engine *e);
+
+/* A sealed READ reply handed to the opener (opener.c): the engine thread
+ * fills it and gets it back; the opener thread writes buf (in place), bad
+ * and nbad. */
+struct gvm_open_job {
+	struct gvm_open_job *next;
+	struct gvm_conn *c;           /* the node that served it */
+	struct gvm_fetch *f;
+	struct gvm_region *rg;
+	uint64_t page;
+	uint32_t count;
+	unsigned npages;              /* pages to open (set in todo) */
+	unsigned nbad;                /* pages that failed */
+	int inline_open;              /* the opener could not: open on the engine thread */
+	uint8_t todo[GVM_BITMAP_BYTES(GVM_MAX_PAGES)];
+	uint8_t bad[GVM_BITMAP_BYTES(GVM_MAX_PAGES)];
+	uint8_t *buf;                 /* the payload: bitmap, pages, tags */
+	size_t cap;
+};
+
+/* fault.c: open (check and decrypt in place) the pages set in todo of a
+ * sealed READ payload; sets each failing one in bad; returns how many
+ * failed. Any thread, with its own sealer. */
+unsigned gvm_seal_open_window(struct gvm_sealer *s, struct gvm_region *rg, uint64_t page0,
+			      unsigned count, uint8_t *payload, const uint8_t *todo, uint8_t *bad);
+/* fault.c (engine thread): the opener finished a job. */
+void gvm_fault_on_opened(struct gvm_engine *e, struct gvm_open_job *j);
+
+/* opener.c */
+int gvm_opener_start(struct gvm_opener **out);
+int gvm_opener_fd(const struct gvm_opener *o);
+void gvm_opener_stop(struct gvm_opener *o);   /* after the engine thread has ended */
+/* Engine thread: queue the rest of a window (payload copied); -EAGAIN when
+ * the queue is full (open inline then). */
+int gvm_opener_submit(struct gvm_opener *o, struct gvm_conn *c, struct gvm_fetch *f,
+		      const uint8_t *payload, size_t len, const uint8_t *todo, unsigned npages);
+void gvm_opener_complete(struct gvm_engine *e);  /* engine thread: its eventfd is readable */
 
 /* writeback.c: gvm_wb_submit on any thread but the engine's, the rest on it */
 int gvm_wb_submit(struct gvm_engine *e, struct gvm_region *rg, uint64_t p, uint32_t n,

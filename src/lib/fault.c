@@ -762,9 +762,10 @@ void gvm_fault_drain(struct gvm_engine *e)
  * `tag`) a version this engine wrote? Normally only the last one (ver); while
  * a write-back is still in flight (a flush of a page that was then dropped
  * clean) the versions back to the last one acked (ver_done) too. Decrypts in
- * place; 1 if good.
+ * place; 1 if good. Any thread (versions are read with atomics).
  */
-static int seal_open_one(struct gvm_region *rg, uint64_t p, int set, uint8_t *data, const uint8_t *tag)
+static int seal_open_one(struct gvm_sealer *s, struct gvm_region *rg, uint64_t p, int set,
+			 uint8_t *data, const uint8_t *tag)
 {
 	uint32_t cur = __atomic_load_n(&rg->ver[p], __ATOMIC_RELAXED);
 	uint32_t done = __atomic_load_n(&rg->ver_done[p], __ATOMIC_RELAXED);
@@ -774,7 +775,7 @@ static int seal_open_one(struct gvm_region *rg, uint64_t p, int set, uint8_t *da
 
 	if (lo >= hi) {
 		uint32_t v = gvm_seal_live(cur);
-		return set ? v && gvm_open_page(rg->opener, p, v, data, tag) == 0 : v == 0;
+		return set ? v && gvm_open_page(s, p, v, data, tag) == 0 : v == 0;
 	}
 	if (!set)   /* zero: right if the page was zero at either end */
 		return !gvm_seal_live(cur) || !gvm_seal_live(done) || !done;
@@ -784,70 +785,47 @@ static int seal_open_one(struct gvm_region *rg, uint64_t p, int set, uint8_t *da
 			continue;  /* a zero state: not this */
 		if (tries++)
 			memcpy(data, save, GVM_PAGE_SIZE);
-		if (gvm_open_page(rg->opener, p, (uint32_t)(o >> 1), data, tag) == 0)
+		if (gvm_open_page(s, p, (uint32_t)(o >> 1), data, tag) == 0)
 			return 1;
 	}
 	return 0;
 }
 
-/*
- * Sealed pages: check and decrypt a READ reply in place (the payload is the
- * connection's receive buffer, consumed with this reply). Pages resident
- * here are skipped: they are not installed, and their version may be moving
- * (a write-back in flight). A page that fails (altered, another page's or
- * region's, an older version, or claimed zero when it was written) is never
- * installed: the read goes to the next replica, as if this one had failed;
- * with none left, the failing pages are poisoned and the rest installed.
- * Returns 0 (install the payload) or -EBADMSG (the fetch was handled).
- */
-static int seal_verify(struct gvm_engine *e, struct gvm_conn *c, struct gvm_fetch *f,
-		       const struct gvm_hdr *h, uint8_t *payload)
+unsigned gvm_seal_open_window(struct gvm_sealer *s, struct gvm_region *rg, uint64_t page0,
+			      unsigned count, uint8_t *payload, const uint8_t *todo, uint8_t *bad)
 {
-	struct gvm_region *rg = f->rg;
 	const uint8_t *bm = payload;
-	unsigned nz = 0, bad = 0;
-	uint8_t badmap[GVM_BITMAP_BYTES(GVM_MAX_PAGES)] = { 0 };
+	unsigned nz = 0, nbad = 0;
 
-	for (unsigned i = 0; i < f->count; i++)
+	for (unsigned i = 0; i < count; i++)
 		nz += gvm_bitmap_test(bm, i);
-	uint8_t *data = payload + GVM_BITMAP_BYTES(f->count);
+	uint8_t *data = payload + GVM_BITMAP_BYTES(count);
 	const uint8_t *tags = data + (size_t)nz * GVM_PAGE_SIZE;
-	int notags = !(h->flags & GVM_HF_TAGS);
-	if (notags) {
-		bad = f->count; /* a node that drops the tags proves nothing */
-		memset(badmap, 0xff, GVM_BITMAP_BYTES(f->count));
-	}
-	/* The page a thread waits for first: checked, opened and installed
-	 * before the rest of the window is decrypted (AES-GCM costs about 2 us
-	 * a page here; a 32-page window would otherwise add ~60 us to the
-	 * fault). If it fails, so does the reply, below. */
-	if (!notags && f->fault_page >= f->page && f->fault_page < f->page + f->count &&
-	    !(pg_get(rg->pg, f->fault_page) & PG_RESIDENT)) {
-		unsigned fi = (unsigned)(f->fault_page - f->page);
-		long pi = gvm_packed_index(bm, fi);
-		uint8_t *pd = pi < 0 ? NULL : data + ((size_t)pi << GVM_PAGE_SHIFT);
-		if (seal_open_one(rg, f->fault_page, pi >= 0, pd, pi < 0 ? NULL : tags + (size_t)pi * GVM_TAG_SIZE))
-			install_run(e, rg, f->fault_page, 1, pd,
-				    (f->writable ? IR_WRITABLE | IR_DIRTY : 0) | (f->write_fault ? IR_DIRTY : 0));
-	}
-	/* Every page, even after a failure: the good ones are installed if no
-	 * replica is left, so each must be opened (or be left out). */
-	for (unsigned i = 0, k = 0; i < f->count && !notags; i++) {
-		uint64_t p = f->page + i;
+	for (unsigned i = 0, k = 0; i < count; i++) {
 		int set = gvm_bitmap_test(bm, i);
-		int ok = 1;
-
-		if (!(pg_get(rg->pg, p) & PG_RESIDENT))
-			ok = seal_open_one(rg, p, set, data + ((size_t)k << GVM_PAGE_SHIFT),
-					   tags + (size_t)k * GVM_TAG_SIZE);
-		if (!ok) {
-			gvm_bitmap_set(badmap, i);
-			bad++;
+		if (gvm_bitmap_test(todo, i) &&
+		    !seal_open_one(s, rg, page0 + i, set, data + ((size_t)k << GVM_PAGE_SHIFT),
+				   tags + (size_t)k * GVM_TAG_SIZE)) {
+			gvm_bitmap_set(bad, i);
+			nbad++;
 		}
 		k += set;
 	}
-	if (!bad)
-		return 0;
+	return nbad;
+}
+
+/*
+ * Some pages of a sealed reply failed (altered, another page's or region's,
+ * an older version, or claimed zero when it was written): none is ever
+ * installed. The read goes to the next replica, as if this one had failed;
+ * with none left, the failing pages are poisoned and the rest installed.
+ * Returns 0 (install the rest) or -EBADMSG (the fetch was handled).
+ */
+static int seal_reject(struct gvm_engine *e, struct gvm_conn *c, struct gvm_fetch *f,
+		       const uint8_t *badmap, unsigned bad)
+{
+	struct gvm_region *rg = f->rg;
+
 	c->pages_rejected += bad;
 	CTR_ADD(e, pages_rejected, bad);
 	CTR_ADD(e, errors, 1);
@@ -884,6 +862,82 @@ static int seal_verify(struct gvm_engine *e, struct gvm_conn *c, struct gvm_fetc
 	return 0;
 }
 
+/* Hand the rest of a window to the opener when it has at least this many
+ * pages to open (below, the hand-over costs more than it saves). */
+#define OPEN_ASYNC_MIN 4u
+
+/*
+ * Sealed pages: check and decrypt a READ reply (the payload is the
+ * connection's receive buffer, consumed with this reply). Pages resident
+ * here are skipped: they are not installed, and their version may be moving
+ * (a write-back in flight). Returns 0 (install the payload), -EBADMSG (the
+ * fetch was handled) or -EINPROGRESS (handed to the opener:
+ * gvm_fault_on_opened installs it).
+ */
+static int seal_verify(struct gvm_engine *e, struct gvm_conn *c, struct gvm_fetch *f,
+		       const struct gvm_hdr *h, uint8_t *payload)
+{
+	struct gvm_region *rg = f->rg;
+	const uint8_t *bm = payload;
+	unsigned nz = 0, bad, ntodo = 0;
+	uint8_t badmap[GVM_BITMAP_BYTES(GVM_MAX_PAGES)] = { 0 };
+	uint8_t todo[GVM_BITMAP_BYTES(GVM_MAX_PAGES)] = { 0 };
+
+	if (!(h->flags & GVM_HF_TAGS)) {
+		/* A node that drops the tags proves nothing. */
+		memset(badmap, 0xff, GVM_BITMAP_BYTES(f->count));
+		return seal_reject(e, c, f, badmap, f->count);
+	}
+	for (unsigned i = 0; i < f->count; i++)
+		nz += gvm_bitmap_test(bm, i);
+	uint8_t *data = payload + GVM_BITMAP_BYTES(f->count);
+	const uint8_t *tags = data + (size_t)nz * GVM_PAGE_SIZE;
+	/* The page a thread waits for first: checked, opened and installed
+	 * before the rest of the window is decrypted (AES-GCM costs about 1.5
+	 * us a page here; a 32-page window would otherwise add ~50 us to the
+	 * fault). If it fails, so does the reply, below. */
+	if (f->fault_page >= f->page && f->fault_page < f->page + f->count &&
+	    !(pg_get(rg->pg, f->fault_page) & PG_RESIDENT)) {
+		unsigned fi = (unsigned)(f->fault_page - f->page);
+		long pi = gvm_packed_index(bm, fi);
+		uint8_t *pd = pi < 0 ? NULL : data + ((size_t)pi << GVM_PAGE_SHIFT);
+		if (seal_open_one(rg->opener, rg, f->fault_page, pi >= 0, pd,
+				  pi < 0 ? NULL : tags + (size_t)pi * GVM_TAG_SIZE)) {
+			install_run(e, rg, f->fault_page, 1, pd,
+				    (f->writable ? IR_WRITABLE | IR_DIRTY : 0) | (f->write_fault ? IR_DIRTY : 0));
+			if (f->fault_ns) {
+				gvm_hist_add(e, gvm_now_ns() - f->fault_ns);
+				f->timed = 1;
+			}
+		}
+	}
+	/* Every page not resident, even after a failure: the good ones are
+	 * installed if no replica is left, so each must be opened (or be left
+	 * out). */
+	for (unsigned i = 0; i < f->count; i++)
+		if (!(pg_get(rg->pg, f->page + i) & PG_RESIDENT)) {
+			gvm_bitmap_set(todo, i);
+			ntodo++;
+		}
+	if (e->opener && ntodo >= OPEN_ASYNC_MIN &&
+	    gvm_opener_submit(e->opener, c, f, payload, h->len, todo, ntodo) == 0)
+		return -EINPROGRESS;
+	bad = gvm_seal_open_window(rg->opener, rg, f->page, f->count, payload, todo, badmap);
+	return bad ? seal_reject(e, c, f, badmap, bad) : 0;
+}
+
+/* A reply's pages are open and checked: install them, free the fetch. */
+static void fetch_installed(struct gvm_engine *e, struct gvm_fetch *f, const uint8_t *payload)
+{
+	install_payload(e, f->rg, f->page, f->count, payload, f->fault_page,
+			f->hold ? f->page : UINT64_MAX, f->probe_page, f->writable, f->write_fault);
+	if (!f->fault_ns)
+		CTR_ADD(e, readahead_pages, f->count);
+	else if (!f->timed)
+		gvm_hist_add(e, gvm_now_ns() - f->fault_ns);
+	fetch_free(e, f);
+}
+
 /* A READ reply: install it, or try the next replica. */
 void gvm_fault_on_reply(struct gvm_engine *e, struct gvm_conn *c, struct gvm_fetch *f,
 			const struct gvm_hdr *h, const uint8_t *payload)
@@ -901,17 +955,30 @@ void gvm_fault_on_reply(struct gvm_engine *e, struct gvm_conn *c, struct gvm_fet
 		fetch_send(e, f);
 		return;
 	}
-	if (e->seal && seal_verify(e, c, f, h, (uint8_t *)payload) < 0)
-		return;
+	if (e->seal) {
+		int r = seal_verify(e, c, f, h, (uint8_t *)payload);
+		if (r == -EBADMSG)
+			return;
+		if (r == -EINPROGRESS) {
+			c->pages_in += f->count;
+			CTR_ADD(e, bytes_in, h->len);
+			return;
+		}
+	}
 	c->pages_in += f->count;
 	CTR_ADD(e, bytes_in, h->len);
-	install_payload(e, f->rg, f->page, f->count, payload, f->fault_page,
-			f->hold ? f->page : UINT64_MAX, f->probe_page, f->writable, f->write_fault);
-	if (f->fault_ns)
-		gvm_hist_add(e, gvm_now_ns() - f->fault_ns);
-	else
-		CTR_ADD(e, readahead_pages, f->count);
-	fetch_free(e, f);
+	fetch_installed(e, f, payload);
+}
+
+void gvm_fault_on_opened(struct gvm_engine *e, struct gvm_open_job *j)
+{
+	struct gvm_fetch *f = j->f;
+
+	if (j->inline_open)
+		j->nbad = gvm_seal_open_window(f->rg->opener, f->rg, j->page, j->count, j->buf, j->todo, j->bad);
+	if (j->nbad && seal_reject(e, j->c, f, j->bad, j->nbad) < 0)
+		return;
+	fetch_installed(e, f, j->buf);
 }
 
 /* The connection failed with the READ outstanding: try the next replica. */
