@@ -16,6 +16,7 @@
  *     memory server's memory or its backing file (and does, unsealed: the
  *     scan works).
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -325,6 +326,36 @@ static void read_all(const uint8_t *m, uint64_t seed, uint32_t ver, unsigned *go
  * node 1) and the lies are counted; with both lying, pages are poisoned, and
  * never is a wrong byte seen.
  */
+/* Threads of this process named `name` (the engine names its threads). */
+static int threads_named(const char *name)
+{
+	char path[300], comm[32];
+	DIR *d = opendir("/proc/self/task");
+	struct dirent *de;
+	int n = 0;
+
+	if (!d)
+		return -1;
+	while ((de = readdir(d))) {
+		if (de->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/task/%s/comm", de->d_name);
+		FILE *f = fopen(path, "r");
+		if (!f)
+			continue;
+		if (fgets(comm, sizeof(comm), f) && !strncmp(comm, name, strlen(name)))
+			n++;
+		fclose(f);
+	}
+	closedir(d);
+	return n;
+}
+
+/* Sealed READ replies are opened on the opener thread (opener.c), unless
+ * $GIANTVM_OPEN_INLINE=1 keeps them on the engine thread: each lie is
+ * caught either way. */
+static int inline_open;
+
 static int lie(int mode)
 {
 	const char *nodes[2];
@@ -339,6 +370,7 @@ static int lie(int mode)
 	nodes[1] = liars[1].name;
 	if (vm_open(&v, nodes, 2, mode == T_FOREIGN, 2000))
 		return 1;
+	CHECK_EQ(threads_named("gvm-opener"), inline_open ? 0 : 1);
 	write_all(v.m, v.seed, ver);
 	if (mode == T_STALE) {
 		/* Record what the nodes hold now, then write everything again. */
@@ -398,6 +430,20 @@ static int lie(int mode)
 }
 
 static int test_flip(void) { return lie(T_FLIP); }
+
+static int test_lies_inline(void)
+{
+	int r = 0;
+
+	inline_open = 1;
+	if (setenv("GIANTVM_OPEN_INLINE", "1", 1))
+		return 1;
+	for (int mode = T_FLIP; mode <= T_ZERO && !r; mode++)
+		r = lie(mode);
+	unsetenv("GIANTVM_OPEN_INLINE");
+	inline_open = 0;
+	return r;
+}
 static int test_swap(void) { return lie(T_SWAP); }
 static int test_stale(void) { return lie(T_STALE); }
 static int test_foreign(void) { return lie(T_FOREIGN); }
@@ -811,6 +857,7 @@ static const struct gvm_test tests[] = {
 	{ "stale_version", test_stale, WP },
 	{ "another_regions_page", test_foreign, WP },
 	{ "written_page_claimed_zero", test_zero, WP },
+	{ "every_lie_opened_on_the_engine_thread", test_lies_inline, WP },
 	{ "greeting_without_auth_flag", test_greeting_without_auth, WP },
 	{ "server_proof_fails", test_bad_server_proof, WP },
 	{ "sniffed_open_replayed", test_open_replay },
