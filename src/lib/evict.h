@@ -19,6 +19,7 @@ struct gvm_waiter {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	uint64_t pending;
+	uint64_t wake_at;     /* the waiter wants a wake-up when pending falls to this (under mu) */
 	int err;
 };
 

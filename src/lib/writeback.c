@@ -110,7 +110,11 @@ static void wb_done(struct gvm_engine *e, struct gvm_wb *w)
 	if (w->err && !wt->err)
 		wt->err = w->err;
 	wt->pending--;
-	pthread_cond_broadcast(&wt->cv);
+	/* Only when the waiter can go on: the evictor waits for a whole batch
+	 * (up to 512 single-page write-backs with random victims), and each
+	 * wake-up of a sleeping thread is an IPI and a halt exit here. */
+	if (wt->pending <= wt->wake_at)
+		pthread_cond_broadcast(&wt->cv);
 	pthread_mutex_unlock(&wt->mu);
 	wb_release(e, w);
 }
@@ -240,15 +244,20 @@ void gvm_wb_retry_parked(struct gvm_engine *e, uint64_t now)
 static void post_wb(struct gvm_engine *e, struct gvm_wb *w)
 {
 	uint64_t one = 1;
+	int was_empty;
 
 	pthread_mutex_lock(&e->cmd_mu);
+	was_empty = !e->cmd_head;
 	if (e->cmd_tail)
 		e->cmd_tail->next = w;
 	else
 		e->cmd_head = w;
 	e->cmd_tail = w;
 	pthread_mutex_unlock(&e->cmd_mu);
-	if (write(e->evfd, &one, sizeof(one)) < 0)
+	/* The engine takes the whole queue after each eventfd read, so only
+	 * the write-back that finds it empty needs to wake it (an evictor
+	 * batch of random victims queues hundreds in a row). */
+	if (was_empty && write(e->evfd, &one, sizeof(one)) < 0)
 		pr_perror("write(eventfd)");
 }
 
@@ -363,6 +372,7 @@ int gvm_wb_submit(struct gvm_engine *e, struct gvm_region *rg, uint64_t p, uint3
 static int waiter_wait(struct gvm_waiter *wt, uint64_t below)
 {
 	pthread_mutex_lock(&wt->mu);
+	wt->wake_at = below;
 	while (wt->pending > below)
 		pthread_cond_wait(&wt->cv, &wt->mu);
 	pthread_mutex_unlock(&wt->mu);
