@@ -1,0 +1,251 @@
+/*
+ * AEGIS-256 with AES-NI. See aegis.h. The names follow the draft
+ * (draft-irtf-cfrg-aegis-aead-18): state S0..S5, Update, Init, Absorb, Enc,
+ * Dec, DecPartial, Finalize; AESRound(in, rk) is one AESENC.
+ *
+ * Only the functions that use AES-NI carry target("aes,sse4.1"): the rest of
+ * the build keeps its own flags, and nothing here runs an AES instruction
+ * before gvm_aegis256_available() said the CPU has them.
+ */
+#include "aegis.h"
+
+#include <errno.h>
+#include <string.h>
+
+#include <openssl/crypto.h> /* CRYPTO_memcmp, OPENSSL_cleanse */
+
+#if defined(__x86_64__)
+
+#include <immintrin.h>
+#include <wmmintrin.h>
+
+#define AEGIS_TARGET __attribute__((target("aes,sse4.1")))
+#define AEGIS_INLINE static inline __attribute__((always_inline, target("aes,sse4.1")))
+
+int gvm_aegis256_available(void)
+{
+	static int cached = -1; /* -1: not asked yet; a race only asks twice */
+	int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+
+	if (v < 0) {
+		__builtin_cpu_init(); /* we may run from a constructor */
+		v = __builtin_cpu_supports("aes") && __builtin_cpu_supports("sse4.1");
+		__atomic_store_n(&cached, v, __ATOMIC_RELAXED);
+	}
+	return v;
+}
+
+struct aegis_state { __m128i s0, s1, s2, s3, s4, s5; };
+
+/* Update(M): S'0 = AESRound(S5, S0 ^ M), S'i = AESRound(S(i-1), Si). */
+AEGIS_INLINE void update(struct aegis_state *st, __m128i m)
+{
+	__m128i t = st->s5;
+
+	st->s5 = _mm_aesenc_si128(st->s4, st->s5);
+	st->s4 = _mm_aesenc_si128(st->s3, st->s4);
+	st->s3 = _mm_aesenc_si128(st->s2, st->s3);
+	st->s2 = _mm_aesenc_si128(st->s1, st->s2);
+	st->s1 = _mm_aesenc_si128(st->s0, st->s1);
+	st->s0 = _mm_aesenc_si128(t, _mm_xor_si128(st->s0, m));
+}
+
+AEGIS_INLINE void init(struct aegis_state *st, const uint8_t nonce[32], const uint8_t key[32])
+{
+	static const uint8_t c0b[16] = { 0x00, 0x01, 0x01, 0x02, 0x03, 0x05, 0x08, 0x0d,
+					 0x15, 0x22, 0x37, 0x59, 0x90, 0xe9, 0x79, 0x62 };
+	static const uint8_t c1b[16] = { 0xdb, 0x3d, 0x18, 0x55, 0x6d, 0xc2, 0x2f, 0xf1,
+					 0x20, 0x11, 0x31, 0x42, 0x73, 0xb5, 0x28, 0xdd };
+	const __m128i c0 = _mm_loadu_si128((const __m128i *)c0b);
+	const __m128i c1 = _mm_loadu_si128((const __m128i *)c1b);
+	const __m128i k0 = _mm_loadu_si128((const __m128i *)key);
+	const __m128i k1 = _mm_loadu_si128((const __m128i *)(key + 16));
+	const __m128i k0n0 = _mm_xor_si128(k0, _mm_loadu_si128((const __m128i *)nonce));
+	const __m128i k1n1 = _mm_xor_si128(k1, _mm_loadu_si128((const __m128i *)(nonce + 16)));
+
+	st->s0 = k0n0;
+	st->s1 = k1n1;
+	st->s2 = c1;
+	st->s3 = c0;
+	st->s4 = _mm_xor_si128(k0, c0);
+	st->s5 = _mm_xor_si128(k1, c1);
+	for (int i = 0; i < 4; i++) {
+		update(st, k0);
+		update(st, k1);
+		update(st, k0n0);
+		update(st, k1n1);
+	}
+}
+
+/* The keystream block: z = S1 ^ S4 ^ S5 ^ (S2 & S3). */
+AEGIS_INLINE __m128i keystream(const struct aegis_state *st)
+{
+	return _mm_xor_si128(_mm_xor_si128(st->s1, st->s4),
+			     _mm_xor_si128(st->s5, _mm_and_si128(st->s2, st->s3)));
+}
+
+/* Absorb the associated data: every 16-byte block, the last one zero-padded. */
+AEGIS_INLINE void absorb_ad(struct aegis_state *st, const uint8_t *ad, size_t adlen)
+{
+	size_t i;
+
+	for (i = 0; i + 16 <= adlen; i += 16)
+		update(st, _mm_loadu_si128((const __m128i *)(ad + i)));
+	if (i < adlen) {
+		uint8_t pad[16] = { 0 };
+
+		memcpy(pad, ad + i, adlen - i);
+		update(st, _mm_loadu_si128((const __m128i *)pad));
+		OPENSSL_cleanse(pad, sizeof(pad));
+	}
+}
+
+/* Finalize with the 128-bit tag: t = S3 ^ (LE64(ad bits) || LE64(msg bits)),
+ * 7 x Update(t), tag = S0 ^ S1 ^ S2 ^ S3 ^ S4 ^ S5. */
+AEGIS_INLINE __m128i finalize(struct aegis_state *st, size_t adlen, size_t mlen)
+{
+	/* x86 is little-endian: the low 64 bits are the first 8 bytes. */
+	const __m128i t = _mm_xor_si128(st->s3, _mm_set_epi64x((long long)((uint64_t)mlen << 3),
+							      (long long)((uint64_t)adlen << 3)));
+
+	for (int i = 0; i < 7; i++)
+		update(st, t);
+	return _mm_xor_si128(_mm_xor_si128(_mm_xor_si128(st->s0, st->s1), _mm_xor_si128(st->s2, st->s3)),
+			     _mm_xor_si128(st->s4, st->s5));
+}
+
+static AEGIS_TARGET void encrypt_aesni(uint8_t *c, uint8_t tag[16], const uint8_t *m, size_t mlen,
+				       const uint8_t *ad, size_t adlen, const uint8_t nonce[32],
+				       const uint8_t key[32])
+{
+	struct aegis_state st;
+	size_t i;
+
+	init(&st, nonce, key);
+	absorb_ad(&st, ad, adlen);
+	/* Enc(xi): z from the state before Update(xi); ci = xi ^ z. Each block
+	 * is read before it is written: c == m works. */
+	for (i = 0; i + 16 <= mlen; i += 16) {
+		const __m128i x = _mm_loadu_si128((const __m128i *)(m + i));
+		const __m128i z = keystream(&st);
+
+		update(&st, x);
+		_mm_storeu_si128((__m128i *)(c + i), _mm_xor_si128(x, z));
+	}
+	if (i < mlen) { /* the last partial block: ZeroPad, Enc, Truncate */
+		uint8_t pad[16] = { 0 };
+		const __m128i z = keystream(&st);
+		__m128i x;
+
+		memcpy(pad, m + i, mlen - i);
+		x = _mm_loadu_si128((const __m128i *)pad);
+		update(&st, x);
+		_mm_storeu_si128((__m128i *)pad, _mm_xor_si128(x, z));
+		memcpy(c + i, pad, mlen - i);
+		OPENSSL_cleanse(pad, sizeof(pad));
+	}
+	_mm_storeu_si128((__m128i *)tag, finalize(&st, adlen, mlen));
+}
+
+/* Decrypts and writes the tag the ciphertext should have. */
+static AEGIS_TARGET void decrypt_aesni(uint8_t *m, uint8_t tag[16], const uint8_t *c, size_t clen,
+				       const uint8_t *ad, size_t adlen, const uint8_t nonce[32],
+				       const uint8_t key[32])
+{
+	struct aegis_state st;
+	size_t i;
+
+	init(&st, nonce, key);
+	absorb_ad(&st, ad, adlen);
+	/* Dec(ci): xi = ci ^ z, Update(xi). */
+	for (i = 0; i + 16 <= clen; i += 16) {
+		const __m128i x = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(c + i)), keystream(&st));
+
+		update(&st, x);
+		_mm_storeu_si128((__m128i *)(m + i), x);
+	}
+	if (i < clen) { /* DecPartial(cn): the state absorbs ZeroPad(xn), not the keystream's tail */
+		uint8_t pad[16] = { 0 };
+		const size_t n = clen - i;
+
+		memcpy(pad, c + i, n);
+		_mm_storeu_si128((__m128i *)pad,
+				 _mm_xor_si128(_mm_loadu_si128((const __m128i *)pad), keystream(&st)));
+		memset(pad + n, 0, sizeof(pad) - n);
+		update(&st, _mm_loadu_si128((const __m128i *)pad));
+		memcpy(m + i, pad, n);
+		OPENSSL_cleanse(pad, sizeof(pad));
+	}
+	_mm_storeu_si128((__m128i *)tag, finalize(&st, adlen, clen));
+}
+
+int gvm_aegis256_encrypt(uint8_t *c, uint8_t tag[GVM_AEGIS256_TAG_SIZE], const uint8_t *m,
+			 size_t mlen, const uint8_t *ad, size_t adlen,
+			 const uint8_t nonce[GVM_AEGIS256_NONCE_SIZE],
+			 const uint8_t key[GVM_AEGIS256_KEY_SIZE])
+{
+	if (!gvm_aegis256_available()) {
+		if (mlen)
+			memset(c, 0, mlen);
+		memset(tag, 0, GVM_AEGIS256_TAG_SIZE);
+		return -ENOSYS;
+	}
+	encrypt_aesni(c, tag, m, mlen, ad, adlen, nonce, key);
+	return 0;
+}
+
+int gvm_aegis256_decrypt(uint8_t *m, const uint8_t *c, size_t clen,
+			 const uint8_t tag[GVM_AEGIS256_TAG_SIZE], const uint8_t *ad, size_t adlen,
+			 const uint8_t nonce[GVM_AEGIS256_NONCE_SIZE],
+			 const uint8_t key[GVM_AEGIS256_KEY_SIZE])
+{
+	uint8_t expected[GVM_AEGIS256_TAG_SIZE];
+	int bad;
+
+	if (!gvm_aegis256_available()) {
+		if (clen)
+			memset(m, 0, clen);
+		return -ENOSYS;
+	}
+	decrypt_aesni(m, expected, c, clen, ad, adlen, nonce, key);
+	bad = CRYPTO_memcmp(expected, tag, sizeof(expected)) != 0;
+	OPENSSL_cleanse(expected, sizeof(expected));
+	if (bad) {
+		if (clen)
+			OPENSSL_cleanse(m, clen); /* zeroes, and is not optimised away */
+		return -EBADMSG;
+	}
+	return 0;
+}
+
+#else /* !__x86_64__: no AES-NI; callers use AES-256-GCM */
+
+int gvm_aegis256_available(void)
+{
+	return 0;
+}
+
+int gvm_aegis256_encrypt(uint8_t *c, uint8_t tag[GVM_AEGIS256_TAG_SIZE], const uint8_t *m,
+			 size_t mlen, const uint8_t *ad, size_t adlen,
+			 const uint8_t nonce[GVM_AEGIS256_NONCE_SIZE],
+			 const uint8_t key[GVM_AEGIS256_KEY_SIZE])
+{
+	(void)m, (void)ad, (void)adlen, (void)nonce, (void)key;
+	if (mlen)
+		memset(c, 0, mlen);
+	memset(tag, 0, GVM_AEGIS256_TAG_SIZE);
+	return -ENOSYS;
+}
+
+int gvm_aegis256_decrypt(uint8_t *m, const uint8_t *c, size_t clen,
+			 const uint8_t tag[GVM_AEGIS256_TAG_SIZE], const uint8_t *ad, size_t adlen,
+			 const uint8_t nonce[GVM_AEGIS256_NONCE_SIZE],
+			 const uint8_t key[GVM_AEGIS256_KEY_SIZE])
+{
+	(void)c, (void)tag, (void)ad, (void)adlen, (void)nonce, (void)key;
+	if (clen)
+		memset(m, 0, clen);
+	return -ENOSYS;
+}
+
+#endif
