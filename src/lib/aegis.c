@@ -10,6 +10,7 @@
 #include "aegis.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <openssl/crypto.h> /* CRYPTO_memcmp, OPENSSL_cleanse */
@@ -22,32 +23,45 @@
 #define AEGIS_TARGET __attribute__((target("aes,sse4.1")))
 #define AEGIS_INLINE static inline __attribute__((always_inline, target("aes,sse4.1")))
 
-int gvm_aegis256_available(void)
+/* 0: no AES-NI; 1: AES-NI + SSE4.1; 2: and AVX (the OS saves its registers). */
+static int aegis_level(void)
 {
 	static int cached = -1; /* -1: not asked yet; a race only asks twice */
 	int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
 
 	if (v < 0) {
 		__builtin_cpu_init(); /* we may run from a constructor */
-		v = __builtin_cpu_supports("aes") && __builtin_cpu_supports("sse4.1");
+		v = !__builtin_cpu_supports("aes") || !__builtin_cpu_supports("sse4.1") ? 0
+		    : __builtin_cpu_supports("avx") ? 2 : 1;
+		if (getenv("GIANTVM_AEGIS_NO_AVX") && v > 1) /* tests and the bench: the SSE form */
+			v = 1;
 		__atomic_store_n(&cached, v, __ATOMIC_RELAXED);
 	}
 	return v;
 }
 
+int gvm_aegis256_available(void)
+{
+	return aegis_level() > 0;
+}
+
 struct aegis_state { __m128i s0, s1, s2, s3, s4, s5; };
 
-/* Update(M): S'0 = AESRound(S5, S0 ^ M), S'i = AESRound(S(i-1), Si). */
+/* Update(M): S'0 = AESRound(S5, S0 ^ M), S'i = AESRound(S(i-1), Si).
+ * AESRound(in, rk) ends with "^ rk", so S'0 = AESRound(S5, S0) ^ M: the same
+ * value, but M (in decryption, the plaintext just computed from the state)
+ * then reaches S'0 through one XOR instead of an XOR and an AESENC, which
+ * shortens the longest dependency chain per block. */
 AEGIS_INLINE void update(struct aegis_state *st, __m128i m)
 {
-	__m128i t = st->s5;
+	const __m128i t = st->s5;
 
 	st->s5 = _mm_aesenc_si128(st->s4, st->s5);
 	st->s4 = _mm_aesenc_si128(st->s3, st->s4);
 	st->s3 = _mm_aesenc_si128(st->s2, st->s3);
 	st->s2 = _mm_aesenc_si128(st->s1, st->s2);
 	st->s1 = _mm_aesenc_si128(st->s0, st->s1);
-	st->s0 = _mm_aesenc_si128(t, _mm_xor_si128(st->s0, m));
+	st->s0 = _mm_xor_si128(_mm_aesenc_si128(t, st->s0), m);
 }
 
 AEGIS_INLINE void init(struct aegis_state *st, const uint8_t nonce[32], const uint8_t key[32])
@@ -114,7 +128,7 @@ AEGIS_INLINE __m128i finalize(struct aegis_state *st, size_t adlen, size_t mlen)
 			     _mm_xor_si128(st->s4, st->s5));
 }
 
-static AEGIS_TARGET void encrypt_aesni(uint8_t *c, uint8_t tag[16], const uint8_t *m, size_t mlen,
+AEGIS_INLINE void encrypt_body(uint8_t *c, uint8_t tag[16], const uint8_t *m, size_t mlen,
 				       const uint8_t *ad, size_t adlen, const uint8_t nonce[32],
 				       const uint8_t key[32])
 {
@@ -148,7 +162,7 @@ static AEGIS_TARGET void encrypt_aesni(uint8_t *c, uint8_t tag[16], const uint8_
 }
 
 /* Decrypts and writes the tag the ciphertext should have. */
-static AEGIS_TARGET void decrypt_aesni(uint8_t *m, uint8_t tag[16], const uint8_t *c, size_t clen,
+AEGIS_INLINE void decrypt_body(uint8_t *m, uint8_t tag[16], const uint8_t *c, size_t clen,
 				       const uint8_t *ad, size_t adlen, const uint8_t nonce[32],
 				       const uint8_t key[32])
 {
@@ -179,18 +193,42 @@ static AEGIS_TARGET void decrypt_aesni(uint8_t *m, uint8_t tag[16], const uint8_
 	_mm_storeu_si128((__m128i *)tag, finalize(&st, adlen, clen));
 }
 
+/* Each body twice: with SSE encodings, and with AVX (VEX) encodings where the
+ * CPU has AVX. AESENC overwrites its input, and every state block is both the
+ * input of one round and the round key of the next, so the SSE form needs a
+ * register copy per round; VAESENC's three operands need none (about a third
+ * fewer instructions per block: ~1.4x here). No wider instruction is used. */
+#define AEGIS_ARGS(out, in, len) uint8_t *out, uint8_t tag[16], const uint8_t *in, size_t len, \
+	const uint8_t *ad, size_t adlen, const uint8_t nonce[32], const uint8_t key[32]
+static AEGIS_TARGET void encrypt_sse(AEGIS_ARGS(c, m, mlen))
+{
+	encrypt_body(c, tag, m, mlen, ad, adlen, nonce, key);
+}
+static __attribute__((target("aes,avx"))) void encrypt_avx(AEGIS_ARGS(c, m, mlen))
+{
+	encrypt_body(c, tag, m, mlen, ad, adlen, nonce, key);
+}
+static AEGIS_TARGET void decrypt_sse(AEGIS_ARGS(m, c, clen))
+{
+	decrypt_body(m, tag, c, clen, ad, adlen, nonce, key);
+}
+static __attribute__((target("aes,avx"))) void decrypt_avx(AEGIS_ARGS(m, c, clen))
+{
+	decrypt_body(m, tag, c, clen, ad, adlen, nonce, key);
+}
+
 int gvm_aegis256_encrypt(uint8_t *c, uint8_t tag[GVM_AEGIS256_TAG_SIZE], const uint8_t *m,
 			 size_t mlen, const uint8_t *ad, size_t adlen,
 			 const uint8_t nonce[GVM_AEGIS256_NONCE_SIZE],
 			 const uint8_t key[GVM_AEGIS256_KEY_SIZE])
 {
-	if (!gvm_aegis256_available()) {
+	if (!aegis_level()) {
 		if (mlen)
 			memset(c, 0, mlen);
 		memset(tag, 0, GVM_AEGIS256_TAG_SIZE);
 		return -ENOSYS;
 	}
-	encrypt_aesni(c, tag, m, mlen, ad, adlen, nonce, key);
+	(aegis_level() > 1 ? encrypt_avx : encrypt_sse)(c, tag, m, mlen, ad, adlen, nonce, key);
 	return 0;
 }
 
@@ -202,12 +240,12 @@ int gvm_aegis256_decrypt(uint8_t *m, const uint8_t *c, size_t clen,
 	uint8_t expected[GVM_AEGIS256_TAG_SIZE];
 	int bad;
 
-	if (!gvm_aegis256_available()) {
+	if (!aegis_level()) {
 		if (clen)
 			memset(m, 0, clen);
 		return -ENOSYS;
 	}
-	decrypt_aesni(m, expected, c, clen, ad, adlen, nonce, key);
+	(aegis_level() > 1 ? decrypt_avx : decrypt_sse)(m, expected, c, clen, ad, adlen, nonce, key);
 	bad = CRYPTO_memcmp(expected, tag, sizeof(expected)) != 0;
 	OPENSSL_cleanse(expected, sizeof(expected));
 	if (bad) {
