@@ -256,6 +256,31 @@ int gvm_aegis256_decrypt(uint8_t *m, const uint8_t *c, size_t clen,
 	return 0;
 }
 
+static AEGIS_TARGET void update_sse(uint8_t state[96], const uint8_t m[16])
+{
+	struct aegis_state st = {
+		_mm_loadu_si128((const __m128i *)state), _mm_loadu_si128((const __m128i *)(state + 16)),
+		_mm_loadu_si128((const __m128i *)(state + 32)), _mm_loadu_si128((const __m128i *)(state + 48)),
+		_mm_loadu_si128((const __m128i *)(state + 64)), _mm_loadu_si128((const __m128i *)(state + 80)),
+	};
+
+	update(&st, _mm_loadu_si128((const __m128i *)m));
+	_mm_storeu_si128((__m128i *)state, st.s0);
+	_mm_storeu_si128((__m128i *)(state + 16), st.s1);
+	_mm_storeu_si128((__m128i *)(state + 32), st.s2);
+	_mm_storeu_si128((__m128i *)(state + 48), st.s3);
+	_mm_storeu_si128((__m128i *)(state + 64), st.s4);
+	_mm_storeu_si128((__m128i *)(state + 80), st.s5);
+}
+
+int gvm_aegis256_update_for_test(uint8_t state[96], const uint8_t m[16])
+{
+	if (!aegis_level())
+		return -ENOSYS;
+	update_sse(state, m);
+	return 0;
+}
+
 #else /* !__x86_64__: no AES-NI; callers use AES-256-GCM */
 
 int gvm_aegis256_available(void)
@@ -283,6 +308,12 @@ int gvm_aegis256_decrypt(uint8_t *m, const uint8_t *c, size_t clen,
 	(void)c, (void)tag, (void)ad, (void)adlen, (void)nonce, (void)key;
 	if (clen)
 		memset(m, 0, clen);
+	return -ENOSYS;
+}
+
+int gvm_aegis256_update_for_test(uint8_t state[96], const uint8_t m[16])
+{
+	(void)state, (void)m;
 	return -ENOSYS;
 }
 

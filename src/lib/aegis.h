@@ -11,6 +11,10 @@
  * do nothing but fail with -ENOSYS.
  *
  * As with any AEAD: never encrypt twice under one (key, nonce).
+ *
+ * Where the CPU has AVX, the same code is used with VEX encodings (faster:
+ * no register copies); GIANTVM_AEGIS_NO_AVX=1 in the environment when the
+ * process first uses AEGIS keeps the SSE form (for the tests and the bench).
  */
 #ifndef GVM_AEGIS_H
 #define GVM_AEGIS_H
@@ -43,5 +47,9 @@ int gvm_aegis256_decrypt(uint8_t *m, const uint8_t *c, size_t clen,
 			 const uint8_t tag[GVM_AEGIS256_TAG_SIZE], const uint8_t *ad, size_t adlen,
 			 const uint8_t nonce[GVM_AEGIS256_NONCE_SIZE],
 			 const uint8_t key[GVM_AEGIS256_KEY_SIZE]);
+
+/* For tests (the draft's "Update Test Vector"): one Update(m) of the state
+ * S0..S5, 16 bytes each in state[0..95]. 0, or -ENOSYS without AES-NI. */
+int gvm_aegis256_update_for_test(uint8_t state[96], const uint8_t m[16]);
 
 #endif
