@@ -3,9 +3,14 @@
  * (draft-irtf-cfrg-aegis-aead-18): state S0..S5, Update, Init, Absorb, Enc,
  * Dec, DecPartial, Finalize; AESRound(in, rk) is one AESENC.
  *
- * Only the functions that use AES-NI carry target("aes,sse4.1"): the rest of
- * the build keeps its own flags, and nothing here runs an AES instruction
- * before gvm_aegis256_available() said the CPU has them.
+ * Only the functions that use AES-NI carry a target attribute ("aes,sse4.1",
+ * or "aes,avx" for the VEX-encoded copy): the rest of the build keeps its own
+ * flags, and nothing here runs an AES (or AVX) instruction before
+ * aegis_level() saw that the CPU (and, for AVX, the kernel) supports it.
+ *
+ * Not wiped: the cipher state lives in XMM registers (and, if the compiler
+ * spills, on the stack) and is not cleared on return; the zero-padded copies
+ * of partial blocks and the expected tag are (OPENSSL_cleanse).
  */
 #include "aegis.h"
 
