@@ -147,8 +147,8 @@ AEGIS_INLINE __m128i finalize(struct aegis_state *st, size_t adlen, size_t mlen)
 }
 
 AEGIS_INLINE void encrypt_body(uint8_t *c, uint8_t tag[16], const uint8_t *m, size_t mlen,
-				       const uint8_t *ad, size_t adlen, const uint8_t nonce[32],
-				       const uint8_t key[32])
+			       const uint8_t *ad, size_t adlen, const uint8_t nonce[32],
+			       const uint8_t key[32])
 {
 	struct aegis_state st;
 	size_t i;
@@ -181,8 +181,8 @@ AEGIS_INLINE void encrypt_body(uint8_t *c, uint8_t tag[16], const uint8_t *m, si
 
 /* Decrypts and writes the tag the ciphertext should have. */
 AEGIS_INLINE void decrypt_body(uint8_t *m, uint8_t tag[16], const uint8_t *c, size_t clen,
-				       const uint8_t *ad, size_t adlen, const uint8_t nonce[32],
-				       const uint8_t key[32])
+			       const uint8_t *ad, size_t adlen, const uint8_t nonce[32],
+			       const uint8_t key[32])
 {
 	struct aegis_state st;
 	size_t i;
