@@ -48,6 +48,9 @@ unsigned gvm_pool_replicas(const struct gvm_pool *pool);
 /* 1 if an engine with seal = GVM_SEAL_AUTO seals this pool's pages: the
  * pool file says `seal = on`, or says nothing and a node is not on loopback. */
 int gvm_pool_sealed(const struct gvm_pool *pool);
+/* The page cipher sealed pages use in this process: "aegis-256" where the
+ * CPU has AES-NI, else "aes-256-gcm" ($GIANTVM_SEAL_CIPHER chooses). */
+const char *gvm_seal_cipher(void);
 /* The nodes holding stripe `stripe` (pages stripe*GVM_STRIPE_PAGES...) of
  * `region`, primary first, into nodes[GVM_MAX_REPLICAS]; returns how many. */
 unsigned gvm_pool_stripe_nodes(const struct gvm_pool *pool, uint64_t region, uint64_t stripe,

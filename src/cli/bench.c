@@ -785,6 +785,8 @@ int cmd_bench(int argc, char **argv)
 			rmw_print("rmw_hotcold", &ev.skew, 1);
 		}
 		printf("\"sealed\":\"%s\",", o.seal == SEAL_BOTH ? "both" : bench_seal ? "on" : "off");
+		if (o.seal == SEAL_BOTH || bench_seal)
+			printf("\"seal_cipher\":\"%s\",", gvm_seal_cipher());
 		if (o.seal == SEAL_BOTH)
 			printf("\"sealed_remote_fault_p50_us\":%.1f,\"sealed_remote_fault_p99_us\":%.1f,"
 			       "\"sealed_seq_GBps\":%.3f,\"seal_seq_ratio\":%.3f,\"seal_p50_delta_us\":%.1f,"
@@ -823,7 +825,7 @@ int cmd_bench(int argc, char **argv)
 			rmw_print("rmw_hotcold", &ev.skew, 0);
 		}
 		if (o.seal == SEAL_BOTH) {
-			printf("  sealed (AES-256-GCM per page), the same passes:\n");
+			printf("  sealed (%s per page), the same passes:\n", gvm_seal_cipher());
 			printf("  %-34s %10.1f us  (%+.1f us)\n", "sealed_remote_fault_p50_us", s_p50, s_p50 - remote_p50);
 			printf("  %-34s %10.1f us\n", "sealed_remote_fault_p99_us", s_p99);
 			printf("  %-34s %10.3f GB/s  (%.2fx unsealed)\n", "sealed_seq_GBps", gb / s_seq_secs,

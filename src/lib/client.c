@@ -334,7 +334,7 @@ static int check_echo(struct gvm_client *c, const struct gvm_hdr *rep, uint64_t 
 int gvm_client_read_bm(struct gvm_client *c, uint64_t region, uint64_t page, unsigned count,
 		       void *buf, uint8_t *bitmap)
 {
-	int sealed = c->seal.ctx && c->seal.region == region;
+	int sealed = gvm_sealer_ready(&c->seal) && c->seal.region == region;
 	struct gvm_hdr h = { .op = GVM_OP_READ, .region = region, .page = page, .count = count,
 			     .flags = sealed ? GVM_HF_TAGS : 0 }, rep;
 	const uint8_t *data, *tags;
@@ -378,7 +378,7 @@ int gvm_client_read(struct gvm_client *c, uint64_t region, uint64_t page, unsign
 int gvm_client_write(struct gvm_client *c, uint64_t region, uint64_t page, unsigned count,
 		     const void *buf)
 {
-	int sealed = c->seal.ctx && c->seal.region == region;
+	int sealed = gvm_sealer_ready(&c->seal) && c->seal.region == region;
 	struct gvm_hdr h = { .op = GVM_OP_WRITE, .region = region, .page = page, .count = count,
 			     .flags = sealed ? GVM_HF_TAGS : 0 }, rep;
 	uint8_t tags[GVM_MAX_PAGES * GVM_TAG_SIZE];

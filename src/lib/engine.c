@@ -231,7 +231,10 @@ int gvm_engine_open(struct gvm_engine **out, struct gvm_pool *pool, const struct
 	e->lost_policy = o ? o->lost_policy : GVM_LOST_POISON;
 	/* Sealed unless said otherwise, or unless every node is on this host. */
 	e->seal = o && o->seal == GVM_SEAL_ON ? 1 : o && o->seal == GVM_SEAL_OFF ? 0 : gvm_pool_sealed(pool);
-	pr_debug("pages %s", e->seal ? "sealed (AES-256-GCM)" : "not sealed");
+	if (e->seal)
+		pr_info("pages sealed with %s", gvm_seal_cipher());
+	else
+		pr_debug("pages not sealed");
 	if (!pool->token && !gvm_config_all_loopback(&pool->cfg))
 		pr_warn("no pool token: connections to the memory nodes are not authenticated "
 			"(anyone on the network can act as a node; docs/SECURITY.md)");

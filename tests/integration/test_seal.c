@@ -36,11 +36,13 @@
 
 #include <openssl/crypto.h>
 
+#include "aegis.h"
 #include "auth.h"
 #include "client.h"
 #include "giantvm.h"
 #include "giantvm_memserver.h"
 #include "rawsock.h"
+#include "seal.h"
 #include "test.h"
 #include "util.h"
 
@@ -371,6 +373,9 @@ static int lie(int mode)
 	if (vm_open(&v, nodes, 2, mode == T_FOREIGN, 2000))
 		return 1;
 	CHECK_EQ(threads_named("gvm-opener"), inline_open ? 0 : 1);
+	/* The page cipher: AEGIS-256 where the CPU has AES-NI, unless chosen. */
+	const char *want = getenv("GIANTVM_SEAL_CIPHER");
+	CHECK(!strcmp(gvm_seal_cipher(), want ? want : gvm_aegis256_available() ? "aegis-256" : "aes-256-gcm"));
 	write_all(v.m, v.seed, ver);
 	if (mode == T_STALE) {
 		/* Record what the nodes hold now, then write everything again. */
@@ -430,6 +435,31 @@ static int lie(int mode)
 }
 
 static int test_flip(void) { return lie(T_FLIP); }
+
+/* The AES-256-GCM fallback (CPUs without AES-NI) catches them too: the
+ * cipher is chosen once per process, so in a child. */
+static char self_path[PATH_MAX];
+
+static int test_lies_gcm(void)
+{
+	const char *cases[] = { "flip_a_bit", "stale_version", "written_page_claimed_zero" };
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		pid_t pid = fork();
+		int st;
+		CHECK(pid >= 0);
+		if (pid == 0) {
+			setenv("GIANTVM_SEAL_CIPHER", "aes-256-gcm", 1);
+			execl(self_path, self_path, "-f", cases[i], (char *)NULL);
+			_exit(127);
+		}
+		CHECK(waitpid(pid, &st, 0) == pid);
+		fprintf(stderr, "  %s with aes-256-gcm: %s\n", cases[i],
+			WIFEXITED(st) && WEXITSTATUS(st) == 0 ? "ok" : "FAILED");
+		CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	}
+	return 0;
+}
 
 static int test_lies_inline(void)
 {
@@ -858,6 +888,7 @@ static const struct gvm_test tests[] = {
 	{ "another_regions_page", test_foreign, WP },
 	{ "written_page_claimed_zero", test_zero, WP },
 	{ "every_lie_opened_on_the_engine_thread", test_lies_inline, WP },
+	{ "lies_caught_with_aes_256_gcm", test_lies_gcm, WP },
 	{ "greeting_without_auth_flag", test_greeting_without_auth, WP },
 	{ "server_proof_fails", test_bad_server_proof, WP },
 	{ "sniffed_open_replayed", test_open_replay },
@@ -874,6 +905,10 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	signal(SIGPIPE, SIG_IGN);
+	if (!realpath("/proc/self/exe", self_path)) {
+		perror("test_seal: /proc/self/exe");
+		return 1;
+	}
 	snprintf(token_path, sizeof(token_path), "/tmp/gvm-seal-token-%d", (int)getpid());
 	if (test_write_text(token_path, token) < 0)
 		return 1;
