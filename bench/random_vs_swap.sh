@@ -4,7 +4,7 @@
 # zram vs a swap file on the local disk vs giantvm --local-mem, at equal
 # local memory, every result verified.
 #
-#   bench/random_vs_swap.sh [--json] [--runs N] [--workloads LIST] [--ways LIST]
+#   bench/random_vs_swap.sh [--json] [--runs N] [--workloads LIST] [--ways LIST] [--seal on|off]
 #                           [--local-mem MIB] [--cgroup-mem MIB|auto] [--mem MIB]
 #                           [--cgroup-floor MIB] [--oom-retries N] [--thp]
 #                           [--ops K] [--seed S] [--redis-keys K]
@@ -48,6 +48,9 @@
 # boot (never both); another active swap area is reported (other_swap in the
 # JSON), since it would take part.  Everything is set up by the script and
 # removed at the end, also on error or signal.
+#
+# --seal on|off (default off: the servers are on loopback) is giantvm run's
+# --seal: sealed pages (AEGIS-256, docs/SECURITY.md) in the giantvm way.
 #
 # --pin-qemu CPULIST runs QEMU (and in the giantvm way `giantvm run` with the
 # engine and evictor threads inside QEMU) under `taskset -c CPULIST`, in every
@@ -103,7 +106,7 @@ SWAPLIB_NAME=random_vs_swap.sh
 json=0 runs=1 workloads=u2x,u4x,zipf ways=local,giantvm,zram,disk
 thp=0 budget=128 cg_arg=auto cg_floor=192 oom_retries=3 oom_step=32 mem='' ops=200000 seed=1 to=900
 rkeys='' rvalue=4000 rops=30000 swapfile=/var/tmp/gvm-random-swap.$$
-zram_size=2G servers=prealloc pin_qemu=''
+zram_size=2G servers=prealloc pin_qemu='' seal=off
 BUILD=${GVM_BUILD_DIR:-$ROOT/build}
 while (($#)); do
     case $1 in
@@ -126,6 +129,7 @@ while (($#)); do
     --zram-size) zram_size=${2:?}; shift ;;
     --servers) servers=${2:?}; shift ;;
     --pin-qemu) pin_qemu=${2:?}; shift ;;
+    --seal) seal=${2:?}; shift ;;
     --timeout) to=${2:?}; shift ;;
     -h | --help) awk 'NR > 1 && /^#/ && !/^# shellcheck/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "random_vs_swap.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
@@ -144,6 +148,7 @@ done
 [[ $oom_retries =~ ^[0-9]+$ ]] || usage_die "--oom-retries wants a count, got '$oom_retries'"
 [[ $seed =~ ^[0-9]+$ ]] || usage_die "--seed wants an integer, got '$seed'"
 [[ $servers == prealloc || $servers == lazy ]] || usage_die "--servers wants prealloc or lazy"
+[[ $seal == on || $seal == off ]] || usage_die "--seal wants on or off, got '$seal'"
 IFS=, read -ra WL <<<"$workloads"
 IFS=, read -ra WAYS <<<"$ways"
 [[ $cg_arg == auto && ,$ways, != *,giantvm,* ]] && cg_arg=$((budget + 192))
@@ -285,7 +290,7 @@ one() {
         rm -f "$TMP/stats.json"
         ((thp)) || prefix=("$NOTHP")
         prefix+=(env "GIANTVM_STATS_OUT=$TMP/stats.json" "$G" run --pool "$TMP/pool.conf"
-            --local-mem "${budget}M" --vm-id "randbench-$$-$wl-$round" --)
+            --local-mem "${budget}M" --seal "$seal" --vm-id "randbench-$$-$wl-$round" --)
         ;;
     esac
     sw0=$(vmstat_swp)
@@ -451,8 +456,8 @@ if ((json)); then
     {
         printf '{"commit":"%s","config":{"mem_mib":%s,"local_mem_mib":%s,"cgroup_mem":"%s","ops":%s,"seed":%s,"runs":%s,' \
             "$COMMIT" "$mem" "$budget" "$cg_arg" "$ops" "$seed" "$runs"
-        printf '"redis_keys":%s,"redis_value":%s,"redis_ops":%s,"thp":%s,"servers":"%s","pin_qemu":"%s","kernel":"%s","cgroup":"%s","zram_comp":"%s","page_cluster":%s,"other_swap":"%s"},"results":[' \
-            "$rkeys" "$rvalue" "$rops" "$( ((thp)) && echo true || echo false)" "$servers" "$pin_qemu" "$GVM_KERNEL_PKG" "${CG_KIND:-}" "${Z_COMP:-}" "$(cat /proc/sys/vm/page-cluster)" "$OTHER_SWAP"
+        printf '"redis_keys":%s,"redis_value":%s,"redis_ops":%s,"thp":%s,"servers":"%s","seal":"%s","pin_qemu":"%s","kernel":"%s","cgroup":"%s","zram_comp":"%s","page_cluster":%s,"other_swap":"%s"},"results":[' \
+            "$rkeys" "$rvalue" "$rops" "$( ((thp)) && echo true || echo false)" "$servers" "$seal" "$pin_qemu" "$GVM_KERNEL_PKG" "${CG_KIND:-}" "${Z_COMP:-}" "$(cat /proc/sys/vm/page-cluster)" "$OTHER_SWAP"
         sep=''
         while IFS=$'\t' read -r "${F_AGG[@]}"; do
             undash "${F_AGG[@]}"
