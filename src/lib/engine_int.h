@@ -237,9 +237,10 @@ int gvm_opener_start(struct gvm_opener **out);
 int gvm_opener_fd(const struct gvm_opener *o);
 void gvm_opener_stop(struct gvm_opener *o);   /* after the engine thread has ended */
 /* Engine thread: queue the rest of a window (payload copied); -EAGAIN when
- * the queue is full (open inline then). */
+ * the queue is full, or not empty and only_if_idle (open inline then). */
 int gvm_opener_submit(struct gvm_opener *o, struct gvm_conn *c, struct gvm_fetch *f,
-		      const uint8_t *payload, size_t len, const uint8_t *todo, unsigned npages);
+		      const uint8_t *payload, size_t len, const uint8_t *todo, unsigned npages,
+		      int only_if_idle);
 void gvm_opener_complete(struct gvm_engine *e);  /* engine thread: its eventfd is readable */
 
 /* writeback.c: gvm_wb_submit on any thread but the engine's, the rest on it */

@@ -19,6 +19,10 @@
  * engine's own check does. The only shared state is the two job lists,
  * under `mu`.
  *
+ * Which windows: the rest of a window a thread faulted in, always (up to
+ * the bound below); a readahead window only when this thread is idle, so
+ * the two share a sequential stream (fault.c seal_verify).
+ *
  * Back-pressure: at most OPEN_QUEUE_PAGES pages wait here; beyond that the
  * engine opens inline, as before, so a burst cannot grow memory without
  * bound and the engine never waits on this thread.
@@ -168,11 +172,14 @@ void gvm_opener_stop(struct gvm_opener *o)
 }
 
 int gvm_opener_submit(struct gvm_opener *o, struct gvm_conn *c, struct gvm_fetch *f,
-		      const uint8_t *payload, size_t len, const uint8_t *todo, unsigned npages)
+		      const uint8_t *payload, size_t len, const uint8_t *todo, unsigned npages,
+		      int only_if_idle)
 {
 	struct gvm_open_job *j;
 
-	if (__atomic_load_n(&o->queued_pages, __ATOMIC_RELAXED) + npages > OPEN_QUEUE_PAGES)
+	unsigned queued = __atomic_load_n(&o->queued_pages, __ATOMIC_RELAXED);
+
+	if ((only_if_idle && queued) || queued + npages > OPEN_QUEUE_PAGES)
 		return -EAGAIN;
 	j = o->spare;
 	if (j) {
