@@ -48,6 +48,13 @@ struct gvm_fetch {            /* one READ of a window, until installed */
 	uint64_t start_ns;    /* first attempt, for the deadline */
 	uint64_t retry_ns;    /* parked until */
 	uint8_t timed;        /* fault_page installed and its latency recorded (sealed, before the rest) */
+	/* Pages this fetch claimed (set INFLIGHT): only it installs them. A
+	 * page of the window already in flight in another fetch, or resident
+	 * when this one started, is that fetch's or nobody's: installing it
+	 * from this reply could put back data older than a write-back that
+	 * completed meanwhile (a reply opened on the opener thread is
+	 * installed after later replies and acks were handled). */
+	uint8_t own[GVM_BITMAP_BYTES(GVM_MAX_PAGES)];
 	struct gvm_fetch *next;
 	struct gvm_fetch *all_next; /* every fetch ever allocated (e->all_fetches), for the close:
 	                             * one in flight then is owned by no list */

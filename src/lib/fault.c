@@ -236,8 +236,15 @@ static uint64_t probe_hold(struct gvm_engine *e, struct gvm_region *rg, uint64_t
 	return probe;
 }
 
+/* Pages of the window this fetch owns (gvm_fetch.own) are the only ones
+ * installed, held or probed. */
+static int owned(const uint8_t *own, uint64_t page0, unsigned count, uint64_t p)
+{
+	return p >= page0 && p < page0 + count && gvm_bitmap_test(own, (unsigned)(p - page0));
+}
+
 static void install_payload(struct gvm_engine *e, struct gvm_region *rg, uint64_t page0,
-			    unsigned count, const uint8_t *payload, uint64_t fault_page,
+			    unsigned count, const uint8_t *payload, const uint8_t *own, uint64_t fault_page,
 			    uint64_t hold_page, uint64_t probe_page, int writable, int write_fault)
 {
 	const uint8_t *bm = payload, *data = payload + GVM_BITMAP_BYTES(count);
@@ -245,7 +252,11 @@ static void install_payload(struct gvm_engine *e, struct gvm_region *rg, uint64_
 	unsigned i = 0;
 	long k = 0;
 
-	if (fault_page >= page0 && fault_page < page0 + count) {
+	if (!owned(own, page0, count, hold_page))
+		hold_page = UINT64_MAX;
+	if (!owned(own, page0, count, probe_page))
+		probe_page = UINT64_MAX;
+	if (owned(own, page0, count, fault_page)) {
 		long fi = gvm_packed_index(bm, (unsigned)(fault_page - page0));
 		install_run(e, rg, fault_page, 1, fi < 0 ? NULL : data + ((size_t)fi << GVM_PAGE_SHIFT),
 			    wr | (write_fault ? IR_DIRTY : 0));
@@ -268,11 +279,12 @@ static void install_payload(struct gvm_engine *e, struct gvm_region *rg, uint64_
 	if (probe_page != fault_page)
 		probe_page = probe_hold(e, rg, page0, count, bm, data, probe_page);
 	while (i < count) {
-		int nz = gvm_bitmap_test(bm, i);
+		int nz = gvm_bitmap_test(bm, i), mine = gvm_bitmap_test(own, i);
 		unsigned j = i;
-		while (j < count && gvm_bitmap_test(bm, j) == nz)
+		while (j < count && gvm_bitmap_test(bm, j) == nz && gvm_bitmap_test(own, j) == mine)
 			j++;
-		install_run(e, rg, page0 + i, j - i, nz ? data + ((size_t)k << GVM_PAGE_SHIFT) : NULL, wr);
+		if (mine)
+			install_run(e, rg, page0 + i, j - i, nz ? data + ((size_t)k << GVM_PAGE_SHIFT) : NULL, wr);
 		if (nz)
 			k += j - i;
 		i = j;
@@ -435,9 +447,15 @@ static void fetch_local(struct gvm_engine *e, struct gvm_fetch *f)
 	int wflag = f->writable ? IR_WRITABLE : 0;
 	uint64_t n = 0;
 
-	if (f->fault_page != UINT64_MAX)
+	if (owned(f->own, f->page, f->count, f->fault_page))
 		n += install_run(e, rg, f->fault_page, 1, NULL, wflag | (f->write_fault ? IR_DIRTY : 0));
-	n += install_run(e, rg, f->page, f->count, NULL, wflag);
+	for (uint32_t i = 0, j; i < f->count; i = j) {
+		int mine = gvm_bitmap_test(f->own, i);
+		for (j = i + 1; j < f->count && gvm_bitmap_test(f->own, j) == mine; j++)
+			;
+		if (mine)
+			n += install_run(e, rg, f->page + i, j - i, NULL, wflag);
+	}
 	/* Not fetched: counted apart from what came over the network. */
 	__atomic_fetch_sub(&e->ctr.pages_fetched, n, __ATOMIC_RELAXED);
 	__atomic_fetch_sub(&e->ctr.zero_pages, n, __ATOMIC_RELAXED);
@@ -497,8 +515,10 @@ static void fetch_start(struct gvm_engine *e, struct gvm_region *rg, uint64_t pa
 		return;
 	}
 	for (uint32_t i = 0; i < count; i++)
-		if (!(pg_get(rg->pg, page + i) & (PG_RESIDENT | PG_INFLIGHT)))
+		if (!(pg_get(rg->pg, page + i) & (PG_RESIDENT | PG_INFLIGHT))) {
 			pg_set(rg->pg, page + i, PG_INFLIGHT);
+			gvm_bitmap_set(f->own, i);
+		}
 	f->rg = rg;
 	f->page = page;
 	f->count = count;
@@ -845,7 +865,7 @@ static int seal_reject(struct gvm_engine *e, struct gvm_conn *c, struct gvm_fetc
 	       " intact: poisoning the %u failing page(s)", rg->id, f->page, f->page + f->count - 1, bad);
 	for (unsigned i = 0; i < f->count; i++) {
 		uint64_t p = f->page + i;
-		if (!gvm_bitmap_test(badmap, i) || (pg_get(rg->pg, p) & PG_RESIDENT))
+		if (!gvm_bitmap_test(badmap, i) || !gvm_bitmap_test(f->own, i) || (pg_get(rg->pg, p) & PG_RESIDENT))
 			continue;
 		struct uffdio_poison po = { .range = { rg->base + (p << GVM_PAGE_SHIFT), GVM_PAGE_SIZE } };
 		if (!(e->features & UFFD_FEATURE_POISON) || (ioctl(e->uffd, UFFDIO_POISON, &po) < 0 && errno != EEXIST)) {
@@ -896,7 +916,7 @@ static int seal_verify(struct gvm_engine *e, struct gvm_conn *c, struct gvm_fetc
 	 * before the rest of the window is decrypted (AES-GCM costs about 1.5
 	 * us a page here; a 32-page window would otherwise add ~50 us to the
 	 * fault). If it fails, so does the reply, below. */
-	if (f->fault_page >= f->page && f->fault_page < f->page + f->count &&
+	if (owned(f->own, f->page, f->count, f->fault_page) &&
 	    !(pg_get(rg->pg, f->fault_page) & PG_RESIDENT)) {
 		unsigned fi = (unsigned)(f->fault_page - f->page);
 		long pi = gvm_packed_index(bm, fi);
@@ -911,11 +931,11 @@ static int seal_verify(struct gvm_engine *e, struct gvm_conn *c, struct gvm_fetc
 			}
 		}
 	}
-	/* Every page not resident, even after a failure: the good ones are
-	 * installed if no replica is left, so each must be opened (or be left
-	 * out). */
+	/* Every page of ours not resident, even after a failure: the good ones
+	 * are installed if no replica is left, so each must be opened (or be
+	 * left out). */
 	for (unsigned i = 0; i < f->count; i++)
-		if (!(pg_get(rg->pg, f->page + i) & PG_RESIDENT)) {
+		if (gvm_bitmap_test(f->own, i) && !(pg_get(rg->pg, f->page + i) & PG_RESIDENT)) {
 			gvm_bitmap_set(todo, i);
 			ntodo++;
 		}
@@ -936,7 +956,7 @@ static int seal_verify(struct gvm_engine *e, struct gvm_conn *c, struct gvm_fetc
 /* A reply's pages are open and checked: install them, free the fetch. */
 static void fetch_installed(struct gvm_engine *e, struct gvm_fetch *f, const uint8_t *payload)
 {
-	install_payload(e, f->rg, f->page, f->count, payload, f->fault_page,
+	install_payload(e, f->rg, f->page, f->count, payload, f->own, f->fault_page,
 			f->hold ? f->page : UINT64_MAX, f->probe_page, f->writable, f->write_fault);
 	if (!f->fault_ns)
 		CTR_ADD(e, readahead_pages, f->count);

@@ -69,11 +69,15 @@ static void *random_writer(void *a)
 	return NULL;
 }
 
+/* The _sealed cases: pages sealed (their READ replies opened on the opener
+ * thread and installed after later replies and acks were handled). */
+static int sealed;
+
 static int open_engine(struct gvm_pool **pool, struct gvm_engine **e, uint8_t **m, uint64_t region,
 		       const uint8_t *key, int use_move)
 {
 	struct gvm_pool_opts po = { .nodes = test_nodes, .n_nodes = 3, .replicas = 2 };
-	struct gvm_engine_opts eo = { .local_mem = BUDGET };
+	struct gvm_engine_opts eo = { .local_mem = BUDGET, .seal = sealed ? GVM_SEAL_ON : GVM_SEAL_OFF };
 	char err[256];
 
 	if (use_move)
@@ -455,6 +459,22 @@ static int test_window_dontneed(void) { return window_adapts(0); }
 static int test_rmw_move(void) { return rmw_under_eviction(1); }
 static int test_rmw_dontneed(void) { return rmw_under_eviction(0); }
 static int test_random_writes_move(void) { return random_writes(1); }
+
+static int test_random_writes_sealed(void)
+{
+	sealed = 1;
+	int r = random_writes(1);
+	sealed = 0;
+	return r;
+}
+
+static int test_rmw_sealed(void)
+{
+	sealed = 1;
+	int r = rmw_under_eviction(1);
+	sealed = 0;
+	return r;
+}
 static int test_random_writes_dontneed(void) { return random_writes(0); }
 static int test_write_during_eviction_move(void) { return write_during_eviction(1); }
 static int test_write_during_eviction_dontneed(void) { return write_during_eviction(0); }
@@ -481,6 +501,8 @@ static const struct gvm_test tests[] = {
 	{ "window_adapts_dontneed", test_window_dontneed, WP },
 	{ "rmw_under_eviction_move", test_rmw_move, MOVE },
 	{ "rmw_under_eviction_dontneed", test_rmw_dontneed, WP },
+	{ "random_writes_4x_budget_sealed", test_random_writes_sealed, MOVE },
+	{ "rmw_under_eviction_sealed", test_rmw_sealed, MOVE },
 };
 
 int main(int argc, char **argv)
