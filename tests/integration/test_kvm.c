@@ -496,11 +496,12 @@ static int passes(struct vm *v, struct gvm_engine *e, uint8_t *mem)
 
 /* Pool, engine, a region of REGION_SIZE attached to it, a VM on the region;
  * then the passes. single_page: no prefetch and no readahead, so that every
- * page the guest touches is a fault of its own raised in KVM. */
-static int guest_over_budget(int use_move, int single_page)
+ * page the guest touches is a fault of its own raised in KVM. sealed:
+ * pages sealed (docs/SECURITY.md), replies opened on the opener thread. */
+static int guest_over_budget(int use_move, int single_page, int sealed)
 {
 	struct gvm_pool_opts po = { .nodes = test_nodes, .n_nodes = 3, .replicas = 2 };
-	struct gvm_engine_opts eo = { .local_mem = BUDGET };
+	struct gvm_engine_opts eo = { .local_mem = BUDGET, .seal = sealed ? GVM_SEAL_ON : GVM_SEAL_OFF };
 	struct gvm_pool *pool;
 	struct gvm_engine *e;
 	struct vm v;
@@ -531,7 +532,8 @@ static int guest_over_budget(int use_move, int single_page)
 		goto close_pool;
 	}
 	printf("  engine: %s\n", gvm_engine_features(e));
-	snprintf(name, sizeof(name), "ram-%s%s", use_move ? "move" : "dontneed", single_page ? "-single" : "");
+	snprintf(name, sizeof(name), "ram-%s%s%s", use_move ? "move" : "dontneed", single_page ? "-single" : "",
+		 sealed ? "-sealed" : "");
 	rc = gvm_engine_attach(e, gvm_region_id("test-kvm", name), key, mem, REGION_SIZE);
 	if (rc) {
 		fprintf(stderr, "  FAIL %s:%d: gvm_engine_attach: %s\n", __FILE__, __LINE__, strerror(-rc));
@@ -558,16 +560,18 @@ unmap_mem:
 	return r;
 }
 
-static int test_guest_over_budget_move(void) { return guest_over_budget(1, 0); }
-static int test_guest_over_budget_dontneed(void) { return guest_over_budget(0, 0); }
-static int test_guest_single_page_move(void) { return guest_over_budget(1, 1); }
-static int test_guest_single_page_dontneed(void) { return guest_over_budget(0, 1); }
+static int test_guest_over_budget_move(void) { return guest_over_budget(1, 0, 0); }
+static int test_guest_over_budget_dontneed(void) { return guest_over_budget(0, 0, 0); }
+static int test_guest_single_page_move(void) { return guest_over_budget(1, 1, 0); }
+static int test_guest_single_page_dontneed(void) { return guest_over_budget(0, 1, 0); }
+static int test_guest_over_budget_sealed(void) { return guest_over_budget(1, 0, 1); }
 
 static const struct gvm_test tests[] = {
 	{ "guest_4x_budget_move", test_guest_over_budget_move },
 	{ "guest_4x_budget_dontneed", test_guest_over_budget_dontneed },
 	{ "guest_4x_budget_single_page_faults_move", test_guest_single_page_move },
 	{ "guest_4x_budget_single_page_faults_dontneed", test_guest_single_page_dontneed },
+	{ "guest_4x_budget_sealed", test_guest_over_budget_sealed },
 };
 
 int main(int argc, char **argv)
