@@ -41,6 +41,7 @@
 #   evicted      final JSON: evictions > 0, writebacks > 0
 #   budget       final JSON: budget_pages == --local-mem / 4 KiB, resident_pages <= it
 #   no_errors    final JSON: errors == 0 and lost_pages == 0
+#   sealed       final JSON: sealed true, seal_version_bytes > 0, pages_rejected == 0
 #   noticed      final JSON: errors > 0 or nodes_down >= 1 (the cut was seen)
 #   no_lost      final JSON: lost_pages == 0 (a replica was always up)
 #   resync       resynced_stripes > 0 or under_replicated_stripes == 0; a FAIL
@@ -93,6 +94,7 @@ EG_TABLE='
 # name        | servers        | guest | workload | local | timeout | run                                                                          | cut          | checks
 pool          | netns 3 +token | 512   | 256 7 1  | 160M  | 600     |                                                                              | -            | token_file needs_token wrong_token result banner pool_line ram_line engine_line per_node evicted budget no_errors alive plain
 local_mem     | loopback 2     | 1024  | 512 5 1  | 128M  | 900     |                                                                              | -            | result stat_live evicted budget no_errors alive plain memory
+sealed        | loopback 2     | 512   | 320 5 2  | 96M   | 300     | --seal on                                                                    | -            | result evicted budget no_errors sealed
 cut           | netns 3 +token | 512   | 320 9 3  | 96M   | 180     | --replicas 2 --timeout-ms 500 --deadline-ms 20000                            | 2 @wb        | result noticed no_lost evicted budget
 cut_heal      | netns 3 +token | 512   | 320 9 3  | 96M   | 180     | --replicas 2 --timeout-ms 500 --deadline-ms 20000                            | 2 @wb heal=5 | result resync evicted budget
 down          | netns 2 +token | 512   | 320 9 3  | 96M   | 120     | --replicas 2 --timeout-ms 300 --deadline-ms 3000                             | 1,2 @wb      | gave_up sigbus_if_poison
@@ -591,6 +593,15 @@ chk_no_errors() {
     eg_stats || return
     er=$(jtop "$JS" errors) lost=$(jtop "$JS" lost_pages)
     [[ $er == 0 && $lost == 0 ]] && ok "$L: errors=0 lost_pages=0" || bad "$L: errors '$er', lost_pages '$lost' (want 0)"
+}
+
+chk_sealed() {
+    local se vb rj
+    eg_stats || return
+    se=$(grep -o '"sealed":[a-z]*' <<<"${JS%%\"per_node\"*}" | head -n1 | cut -d: -f2) vb=$(jtop "$JS" seal_version_bytes) rj=$(jtop "$JS" pages_rejected)
+    [[ $se == true && -n $vb ]] && ((vb > 0)) && [[ $rj == 0 ]] &&
+        ok "$L: sealed, seal_version_bytes=$vb, pages_rejected=0" ||
+        bad "$L: sealed '$se', seal_version_bytes '$vb', pages_rejected '$rj' (want true, > 0, 0)"
 }
 
 chk_noticed() {
