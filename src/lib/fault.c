@@ -359,7 +359,8 @@ static void fetch_give_up(struct gvm_engine *e, struct gvm_fetch *f)
 		pr_err("those pages are poisoned: a guest access gets SIGBUS (memory error)");
 		for (uint32_t i = 0; i < f->count; i++) {
 			uint64_t p = f->page + i;
-			if (pg_get(rg->pg, p) & PG_RESIDENT)
+			/* Pages another fetch claimed are its to serve or lose. */
+			if (!gvm_bitmap_test(f->own, i) || (pg_get(rg->pg, p) & PG_RESIDENT))
 				continue;
 			struct uffdio_poison po = { .range = { rg->base + (p << GVM_PAGE_SHIFT), GVM_PAGE_SIZE } };
 			if (ioctl(e->uffd, UFFDIO_POISON, &po) < 0 && errno != EEXIST)
