@@ -79,11 +79,11 @@ void gvm_sealer_fini(struct gvm_sealer *s)
 	s->aegis = 0;
 }
 
-/* AEGIS-256: nonce le64(page) || le32(version) || 0, AAD as for GCM. */
-static void aegis_params(const struct gvm_sealer *s, uint64_t page, uint32_t version,
-			 uint8_t nonce[GVM_AEGIS256_NONCE_SIZE], uint8_t aad[20])
+/* Nonce: le64(page) || le32(version) (12 bytes; AEGIS-256 pads it with
+ * zeros to 32). AAD: le64(region) || le64(page) || le32(version). */
+static void nonce_aad(const struct gvm_sealer *s, uint64_t page, uint32_t version, uint8_t nonce[12],
+		      uint8_t aad[20])
 {
-	memset(nonce, 0, GVM_AEGIS256_NONCE_SIZE);
 	for (int i = 0; i < 8; i++) {
 		nonce[i] = (uint8_t)(page >> (8 * i));
 		aad[i] = (uint8_t)(s->region >> (8 * i));
@@ -93,19 +93,19 @@ static void aegis_params(const struct gvm_sealer *s, uint64_t page, uint32_t ver
 		nonce[8 + i] = aad[16 + i] = (uint8_t)(version >> (8 * i));
 }
 
-/* Nonce: le64(page) || le32(version). AAD: le64(region) || le64(page) || le32(version). */
+static void aegis_params(const struct gvm_sealer *s, uint64_t page, uint32_t version,
+			 uint8_t nonce[GVM_AEGIS256_NONCE_SIZE], uint8_t aad[20])
+{
+	memset(nonce, 0, GVM_AEGIS256_NONCE_SIZE);
+	nonce_aad(s, page, version, nonce, aad);
+}
+
 static int start(struct gvm_sealer *s, int enc, uint64_t page, uint32_t version)
 {
 	uint8_t iv[12], aad[20];
 	int outl;
 
-	for (int i = 0; i < 8; i++) {
-		iv[i] = (uint8_t)(page >> (8 * i));
-		aad[i] = (uint8_t)(s->region >> (8 * i));
-		aad[8 + i] = iv[i];
-	}
-	for (int i = 0; i < 4; i++)
-		iv[8 + i] = aad[16 + i] = (uint8_t)(version >> (8 * i));
+	nonce_aad(s, page, version, iv, aad);
 	if (EVP_CipherInit_ex(s->ctx, NULL, NULL, NULL, iv, enc) != 1 ||
 	    EVP_CipherUpdate(s->ctx, NULL, &outl, aad, sizeof(aad)) != 1)
 		return -EIO;
