@@ -926,6 +926,11 @@ static int seal_verify(struct gvm_engine *e, struct gvm_conn *c, struct gvm_fetc
 				  pi < 0 ? NULL : tags + (size_t)pi * GVM_TAG_SIZE)) {
 			install_run(e, rg, f->fault_page, 1, pd,
 				    (f->writable ? IR_WRITABLE | IR_DIRTY : 0) | (f->write_fault ? IR_DIRTY : 0));
+			/* Installed: no longer this fetch's. The rest of the window
+			 * may be installed much later (opener, next replica), by
+			 * when the page may have been written, written back and
+			 * dropped: it must not come back from this copy. */
+			gvm_bitmap_clear(f->own, fi);
 			if (f->fault_ns) {
 				gvm_hist_add(e, gvm_now_ns() - f->fault_ns);
 				f->timed = 1;
@@ -983,18 +988,15 @@ void gvm_fault_on_reply(struct gvm_engine *e, struct gvm_conn *c, struct gvm_fet
 		fetch_send(e, f);
 		return;
 	}
-	if (e->seal) {
-		int r = seal_verify(e, c, f, h, (uint8_t *)payload);
-		if (r == -EBADMSG)
-			return;
-		if (r == -EINPROGRESS) {
-			c->pages_in += f->count;
-			CTR_ADD(e, bytes_in, h->len);
-			return;
-		}
-	}
+	/* What came over the network, installed or not (a reply that fails
+	 * verification was received too). */
 	c->pages_in += f->count;
 	CTR_ADD(e, bytes_in, h->len);
+	if (e->seal) {
+		int r = seal_verify(e, c, f, h, (uint8_t *)payload);
+		if (r == -EBADMSG || r == -EINPROGRESS)
+			return;
+	}
 	fetch_installed(e, f, payload);
 }
 

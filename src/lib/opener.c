@@ -23,9 +23,19 @@
  * the bound below); a readahead window only when this thread is idle, so
  * the two share a sequential stream (fault.c seal_verify).
  *
- * Back-pressure: at most OPEN_QUEUE_PAGES pages wait here; beyond that the
- * engine opens inline, as before, so a burst cannot grow memory without
- * bound and the engine never waits on this thread.
+ * Back-pressure: at most OPEN_QUEUE_PAGES pages to open wait here; beyond
+ * that the engine opens inline, as before, so a burst cannot grow memory
+ * without bound and the engine never waits on this thread. The bound is in
+ * pages to open, and each job copies its whole reply (up to ~132 KiB), so
+ * queued jobs hold at most ~128 replies (~17 MiB); finished jobs wait for
+ * the engine, at most one per fetch in flight.
+ *
+ * Only the fetch's own pages are opened and installed (gvm_fetch.own): the
+ * job is installed after later replies and acks were handled, so a page
+ * another fetch installed, or that was resident when the READ left (and
+ * may have been written back and dropped since), must not be put back from
+ * this older copy. $GIANTVM_OPENER_DELAY_US (tests) holds each job back
+ * that long to make such interleavings likely.
  */
 #define LOG_PREFIX "engine: "
 #include <errno.h>
@@ -55,6 +65,7 @@ struct gvm_opener {
 	/* the thread's own cipher context, for the last region it opened */
 	struct gvm_sealer s;
 	const struct gvm_region *s_rg;
+	unsigned delay_us;             /* $GIANTVM_OPENER_DELAY_US: tests widen the window with it */
 };
 
 static void job_free(struct gvm_open_job *j)
@@ -81,6 +92,8 @@ static void *opener_thread(void *arg)
 			o->todo_tail = &o->todo;
 		pthread_mutex_unlock(&o->mu);
 
+		if (o->delay_us)
+			usleep(o->delay_us);
 		if (o->s_rg != j->rg) {
 			gvm_sealer_fini(&o->s);
 			o->s_rg = NULL;
@@ -99,7 +112,7 @@ static void *opener_thread(void *arg)
 		j->next = NULL;
 		*o->done_tail = j;
 		o->done_tail = &j->next;
-		o->queued_pages -= j->npages;
+		__atomic_fetch_sub(&o->queued_pages, j->npages, __ATOMIC_RELAXED);
 		if (write(o->efd, &one, sizeof(one)) < 0)
 			pr_perror("write(opener eventfd)");
 	}
@@ -118,6 +131,9 @@ int gvm_opener_start(struct gvm_opener **out)
 		return -ENOMEM;
 	o->todo_tail = &o->todo;
 	o->done_tail = &o->done;
+	const char *d = getenv("GIANTVM_OPENER_DELAY_US");
+	if (d && *d)
+		o->delay_us = (unsigned)strtoul(d, NULL, 10);
 	o->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (o->efd < 0) {
 		r = -errno;
@@ -211,7 +227,7 @@ int gvm_opener_submit(struct gvm_opener *o, struct gvm_conn *c, struct gvm_fetch
 	j->next = NULL;
 
 	pthread_mutex_lock(&o->mu);
-	o->queued_pages += npages;
+	__atomic_fetch_add(&o->queued_pages, npages, __ATOMIC_RELAXED);
 	*o->todo_tail = j;
 	o->todo_tail = &j->next;
 	pthread_cond_signal(&o->cv);

@@ -126,6 +126,10 @@ static inline void gvm_bitmap_set(uint8_t *bm, unsigned i)
 {
 	bm[i >> 3] |= (uint8_t)(1u << (i & 7));
 }
+static inline void gvm_bitmap_clear(uint8_t *bm, unsigned i)
+{
+	bm[i >> 3] &= (uint8_t)~(1u << (i & 7));
+}
 /* Index in the packed data of page i of a page payload, or -1 for a zero page. */
 static inline long gvm_packed_index(const uint8_t *bm, unsigned i)
 {

@@ -475,6 +475,23 @@ static int test_rmw_sealed(void)
 	sealed = 0;
 	return r;
 }
+
+/* The opener holds each job back 20 ms: the page a thread faulted on is
+ * installed at once, written, written back and dropped while the rest of
+ * its window waits; the window must not put it back. */
+static int sealed_slow_opener(int rmw)
+{
+	sealed = 1;
+	if (setenv("GIANTVM_OPENER_DELAY_US", "20000", 1))
+		return 1;
+	int r = rmw ? rmw_under_eviction(1) : random_writes(1);
+	unsetenv("GIANTVM_OPENER_DELAY_US");
+	sealed = 0;
+	return r;
+}
+
+static int test_rmw_sealed_slow_opener(void) { return sealed_slow_opener(1); }
+static int test_random_writes_sealed_slow_opener(void) { return sealed_slow_opener(0); }
 static int test_random_writes_dontneed(void) { return random_writes(0); }
 static int test_write_during_eviction_move(void) { return write_during_eviction(1); }
 static int test_write_during_eviction_dontneed(void) { return write_during_eviction(0); }
@@ -503,6 +520,8 @@ static const struct gvm_test tests[] = {
 	{ "rmw_under_eviction_dontneed", test_rmw_dontneed, WP },
 	{ "random_writes_4x_budget_sealed", test_random_writes_sealed, MOVE },
 	{ "rmw_under_eviction_sealed", test_rmw_sealed, MOVE },
+	{ "rmw_under_eviction_sealed_slow_opener", test_rmw_sealed_slow_opener, MOVE },
+	{ "random_writes_4x_budget_sealed_slow_opener", test_random_writes_sealed_slow_opener, MOVE },
 };
 
 int main(int argc, char **argv)
