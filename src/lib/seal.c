@@ -2,6 +2,7 @@
  * Sealed pages: AEGIS-256 or AES-256-GCM per page. See seal.h and
  * docs/SECURITY.md.
  */
+#define LOG_PREFIX "seal: "
 #include "seal.h"
 
 #include <errno.h>
@@ -11,6 +12,7 @@
 
 #include "aegis.h"
 #include "giantvm.h"
+#include "log.h"
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -40,6 +42,11 @@ static void cipher_choose(void)
 	const char *c = getenv("GIANTVM_SEAL_CIPHER");
 
 	use_aegis = gvm_aegis256_available() && !(c && !strcmp(c, "aes-256-gcm"));
+	if (c && *c && strcmp(c, "aes-256-gcm") && strcmp(c, "aegis-256"))
+		pr_warn("GIANTVM_SEAL_CIPHER='%s': not aegis-256 or aes-256-gcm; using %s", c,
+			use_aegis ? "aegis-256" : "aes-256-gcm");
+	else if (c && !strcmp(c, "aegis-256") && !use_aegis)
+		pr_warn("GIANTVM_SEAL_CIPHER=aegis-256: this CPU has no AES-NI; using aes-256-gcm");
 }
 
 const char *gvm_seal_cipher(void)
