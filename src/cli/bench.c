@@ -603,7 +603,8 @@ static void usage(FILE *f)
 	      "loopback). --seal both: the random and sequential passes run unsealed, then\n"
 	      "again on a sealed copy of the region (sealed_remote_fault_p50_us,\n"
 	      "sealed_seq_GBps, seal_seq_ratio, seal_p50_delta_us, seal_version_bytes_per_page);\n"
-	      "the eviction phase runs sealed.\n", f);
+	      "the eviction phase runs sealed. Sealed runs report seal_cipher (aegis-256 where\n"
+	      "the CPU has AES-NI, else aes-256-gcm; GIANTVM_SEAL_CIPHER chooses).\n", f);
 }
 
 int cmd_bench(int argc, char **argv)
