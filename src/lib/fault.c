@@ -812,16 +812,25 @@ static int seal_open_one(struct gvm_sealer *s, struct gvm_region *rg, uint64_t p
 	return 0;
 }
 
+/* A sealed READ payload of count pages: its packed pages and, after them,
+ * one tag per non-zero page. */
+static uint8_t *sealed_layout(uint8_t *payload, unsigned count, const uint8_t **tags)
+{
+	unsigned nz = 0;
+
+	for (unsigned i = 0; i < count; i++)
+		nz += gvm_bitmap_test(payload, i);
+	*tags = payload + GVM_BITMAP_BYTES(count) + (size_t)nz * GVM_PAGE_SIZE;
+	return payload + GVM_BITMAP_BYTES(count);
+}
+
 unsigned gvm_seal_open_window(struct gvm_sealer *s, struct gvm_region *rg, uint64_t page0,
 			      unsigned count, uint8_t *payload, const uint8_t *todo, uint8_t *bad)
 {
-	const uint8_t *bm = payload;
-	unsigned nz = 0, nbad = 0;
+	const uint8_t *bm = payload, *tags;
+	uint8_t *data = sealed_layout(payload, count, &tags);
+	unsigned nbad = 0;
 
-	for (unsigned i = 0; i < count; i++)
-		nz += gvm_bitmap_test(bm, i);
-	uint8_t *data = payload + GVM_BITMAP_BYTES(count);
-	const uint8_t *tags = data + (size_t)nz * GVM_PAGE_SIZE;
 	for (unsigned i = 0, k = 0; i < count; i++) {
 		int set = gvm_bitmap_test(bm, i);
 		if (gvm_bitmap_test(todo, i) &&
@@ -900,7 +909,7 @@ static int seal_verify(struct gvm_engine *e, struct gvm_conn *c, struct gvm_fetc
 {
 	struct gvm_region *rg = f->rg;
 	const uint8_t *bm = payload;
-	unsigned nz = 0, bad, ntodo = 0;
+	unsigned bad, ntodo = 0;
 	uint8_t badmap[GVM_BITMAP_BYTES(GVM_MAX_PAGES)] = { 0 };
 	uint8_t todo[GVM_BITMAP_BYTES(GVM_MAX_PAGES)] = { 0 };
 
@@ -909,10 +918,8 @@ static int seal_verify(struct gvm_engine *e, struct gvm_conn *c, struct gvm_fetc
 		memset(badmap, 0xff, GVM_BITMAP_BYTES(f->count));
 		return seal_reject(e, c, f, badmap, f->count);
 	}
-	for (unsigned i = 0; i < f->count; i++)
-		nz += gvm_bitmap_test(bm, i);
-	uint8_t *data = payload + GVM_BITMAP_BYTES(f->count);
-	const uint8_t *tags = data + (size_t)nz * GVM_PAGE_SIZE;
+	const uint8_t *tags;
+	uint8_t *data = sealed_layout(payload, f->count, &tags);
 	/* The page a thread waits for first: checked, opened and installed
 	 * before the rest of the window is decrypted (AES-GCM costs about 1.5
 	 * us a page here; a 32-page window would otherwise add ~50 us to the
