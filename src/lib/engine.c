@@ -431,6 +431,7 @@ int gvm_engine_attach_flags(struct gvm_engine *e, uint64_t region,
 	rg->len = len;
 	rg->npages = len >> GVM_PAGE_SHIFT;
 	rg->last_win = UINT64_MAX;
+	rg->last_p = UINT64_MAX;
 	rg->held = UINT64_MAX;
 	rg->win = e->prefetch;
 	for (unsigned i = 0; i < GVM_PROBES; i++)

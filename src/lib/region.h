@@ -46,6 +46,8 @@ struct gvm_region {
 	uint32_t *estamp;     /* with a budget: eviction clock when each page was last dropped (0: never; evictor writes) */
 	uint8_t *hot;         /* with a budget: 1 = refaulted soon after a drop (engine sets, evictor clears) */
 	uint64_t last_win;    /* last faulting window (UINT64_MAX: none) */
+	uint64_t last_p;      /* page of the last missing-page fault (UINT64_MAX: none) ... */
+	uint64_t next_p;      /* ... and the first page after what it fetched */
 	uint64_t ra_next;     /* first window readahead has not requested */
 	int write_bias;       /* recent faults: +1 per write, -1 per read, in [0, 16] */
 	uint64_t held;        /* readahead marker page held back, or UINT64_MAX (evictor reads it racily: skips it) */
