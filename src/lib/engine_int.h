@@ -35,7 +35,8 @@ struct gvm_fetch {            /* one READ of a window, until installed */
 	struct gvm_region *rg;
 	uint64_t page;        /* first page */
 	uint32_t count;
-	uint8_t tries;        /* replicas tried this round */
+	uint8_t tries;        /* replicas asked this round ... */
+	uint32_t tried[GVM_MAX_REPLICAS]; /* ... which (a trust change may reorder the list between tries) */
 	uint8_t parked;
 	uint8_t room;         /* parked waiting for room under the budget */
 	uint8_t hold;         /* readahead marker window: hold its first page */

@@ -356,25 +356,35 @@ static void fetch_give_up(struct gvm_engine *e, struct gvm_fetch *f)
 	       (unsigned long)(rg->base + (f->page << GVM_PAGE_SHIFT)),
 	       (unsigned long)(rg->base + ((f->page + f->count) << GVM_PAGE_SHIFT) - 1), rg->id,
 	       f->page, f->page + f->count - 1, e->pool->deadline_ms, who);
+	uint32_t unpoisoned = f->count;
 	if (e->lost_policy == GVM_LOST_POISON && (e->features & UFFD_FEATURE_POISON)) {
 		/* Said first: the accessor may die of the SIGBUS at once. */
 		pr_err("those pages are poisoned: a guest access gets SIGBUS (memory error)");
+		unpoisoned = 0;
 		for (uint32_t i = 0; i < f->count; i++) {
 			uint64_t p = f->page + i;
 			/* Pages another fetch claimed are its to serve or lose. */
 			if (!gvm_bitmap_test(f->own, i) || (pg_get(rg->pg, p) & PG_RESIDENT))
 				continue;
 			struct uffdio_poison po = { .range = { rg->base + (p << GVM_PAGE_SHIFT), GVM_PAGE_SIZE } };
-			if (ioctl(e->uffd, UFFDIO_POISON, &po) < 0 && errno != EEXIST)
+			if (ioctl(e->uffd, UFFDIO_POISON, &po) < 0 && errno != EEXIST) {
+				/* Not poisoned, so not answered: a thread waiting on
+				 * it would hang. Handled as without POISON below. */
 				pr_perror("UFFDIO_POISON");
+				unpoisoned++;
+				continue;
+			}
+			gvm_bitmap_clear(f->own, i);
 			pg_set(rg->pg, p, PG_RESIDENT | PG_LOST);
 			pg_clear(rg->pg, p, PG_INFLIGHT);
 			CTR_ADD(e, lost_pages, 1);
 		}
-		fetch_free(e, f);
-		return;
+		if (!unpoisoned) {
+			fetch_free(e, f);
+			return;
+		}
 	}
-	CTR_ADD(e, lost_pages, f->count);
+	CTR_ADD(e, lost_pages, unpoisoned);
 	if (e->on_fatal) {
 		char why[512];
 		snprintf(why, sizeof(why), "guest memory lost: every replica (%s) unreachable for %d ms",
@@ -382,6 +392,7 @@ static void fetch_give_up(struct gvm_engine *e, struct gvm_fetch *f)
 		e->on_fatal(why, e->fatal_arg);
 	}
 	/* No poison and the fatal hook returned: keep trying; the log says why. */
+	f->tries = 0;
 	f->start_ns = gvm_now_ns();
 	fetch_park(e, f, f->start_ns, 50ull * 1000000ull);
 }
@@ -408,21 +419,38 @@ static unsigned replicas_ordered(struct gvm_engine *e, struct gvm_region *rg, ui
 	return nr;
 }
 
-/* Send the fetch to the first usable replica from f->tries on. */
+/* The replicas of f's stripe not asked yet this round, in the order to ask
+ * them. By node, not by position: the order changes when a node's trust
+ * does, and a position would then skip one node and ask another twice. */
+static unsigned untried(struct gvm_engine *e, struct gvm_fetch *f, uint32_t *out)
+{
+	uint32_t nodes[GVM_MAX_REPLICAS];
+	unsigned nr = replicas_ordered(e, f->rg, f->page / GVM_STRIPE_PAGES, nodes), k = 0;
+
+	for (unsigned i = 0; i < nr; i++) {
+		unsigned j = 0;
+		while (j < f->tries && f->tried[j] != nodes[i])
+			j++;
+		if (j == f->tries)
+			out[k++] = nodes[i];
+	}
+	return k;
+}
+
+/* Send the fetch to the first usable replica not asked yet this round. */
 static void fetch_send(struct gvm_engine *e, struct gvm_fetch *f)
 {
 	uint32_t nodes[GVM_MAX_REPLICAS];
-	unsigned nr = replicas_ordered(e, f->rg, f->page / GVM_STRIPE_PAGES, nodes);
+	unsigned nr = untried(e, f, nodes);
 	uint64_t now = gvm_now_ns();
 
-	while (f->tries < nr) {
+	for (unsigned i = 0; i < nr && f->tries < GVM_MAX_REPLICAS; i++) {
 		struct gvm_hdr h = { .op = GVM_OP_READ, .region = f->rg->id, .page = f->page,
 				     .count = f->count, .flags = e->seal ? GVM_HF_TAGS : 0 };
-		uint32_t node = nodes[f->tries];
-		if (gvm_transport_usable(&e->tp, node, now) &&
-		    gvm_transport_send(&e->tp, node, &h, NULL, 0, f) == 0)
+		f->tried[f->tries++] = nodes[i];
+		if (gvm_transport_usable(&e->tp, nodes[i], now) &&
+		    gvm_transport_send(&e->tp, nodes[i], &h, NULL, 0, f) == 0)
 			return;
-		f->tries++;
 	}
 	if (now - f->start_ns >= (uint64_t)e->pool->deadline_ms * 1000000ull) {
 		fetch_give_up(e, f);
@@ -894,9 +922,7 @@ static int seal_reject(struct gvm_engine *e, struct gvm_conn *c, struct gvm_fetc
 		" failed verification (altered, swapped, stale or foreign): not installed",
 		gvm_node_name(&e->pool->cfg, c->node), bad, rg->id, f->page, f->page + f->count - 1);
 	uint32_t nodes[GVM_MAX_REPLICAS];
-	unsigned nr = replicas_ordered(e, rg, f->page / GVM_STRIPE_PAGES, nodes);
-	f->tries++;
-	if (f->tries < nr) {
+	if (untried(e, f, nodes)) {
 		fetch_send(e, f);
 		return -EBADMSG;
 	}
@@ -1022,7 +1048,6 @@ void gvm_fault_on_reply(struct gvm_engine *e, struct gvm_conn *c, struct gvm_fet
 			fetch_give_up(e, f);
 			return;
 		}
-		f->tries++;
 		fetch_send(e, f);
 		return;
 	}
@@ -1052,7 +1077,6 @@ void gvm_fault_on_opened(struct gvm_engine *e, struct gvm_open_job *j)
 /* The connection failed with the READ outstanding: try the next replica. */
 void gvm_fault_on_fail(struct gvm_engine *e, struct gvm_fetch *f)
 {
-	f->tries++;
 	fetch_send(e, f);
 }
 
