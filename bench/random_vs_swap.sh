@@ -80,7 +80,8 @@
 #   peak_anon_shmem_mib,
 #   cg_limit_mib, cg_peak_mib; swap ways: pswpin/pswpout (host /proc/vmstat deltas, pages);
 #   giantvm: faults, pages_fetched, readahead_pages, bytes_in, bytes_out,
-#   evictions, writebacks, fault_p50_us/p99_us (GIANTVM_STATS_OUT, the stats
+#   evictions, writebacks, fault_p50_us/p99_us, poll_ms (the poller's CPU
+#   time, docs/DESIGN.md) (GIANTVM_STATS_OUT, the stats
 #   giantvm run prints at exit) and bytes_in_per_fault_page = bytes_in /
 #   (faults x 4096).
 # Every boot must print verify=ok (rand: with the checksum the host computes
@@ -341,25 +342,26 @@ one() {
     pin=$(awk -v a="$sw0" -v b="$sw1" 'BEGIN { split(a, x, " "); split(b, y, " "); print y[1] - x[1] }')
     pout=$(awk -v a="$sw0" -v b="$sw1" 'BEGIN { split(a, x, " "); split(b, y, " "); print y[2] - x[2] }')
     [[ $cgp =~ ^[0-9]+$ ]] && cgp=$((cgp >> 20)) || cgp=''
-    local f='' pf='' ra='' bi='' bo='' ev='' wb='' p50='' p99=''
+    local f='' pf='' ra='' bi='' bo='' ev='' wb='' p50='' p99='' pm=''
     if [[ $way == giantvm ]]; then
         [[ -s $TMP/stats.json ]] || { echo "random_vs_swap.sh: $wl/giantvm: no GIANTVM_STATS_OUT stats" >&2; return 1; }
         st=$(sed 's/"per_node".*//' "$TMP/stats.json")
         f=$(jnum faults "$st") pf=$(jnum pages_fetched "$st") ra=$(jnum readahead_pages "$st")
         bi=$(jnum bytes_in "$st") bo=$(jnum bytes_out "$st") ev=$(jnum evictions "$st")
         wb=$(jnum writebacks "$st") p50=$(jnum fault_p50_us "$st") p99=$(jnum fault_p99_us "$st")
+        pm=$(jnum poll_ms "$st")
     fi
     local cgl=''
     [[ $way == zram || $way == disk ]] && cgl=$CG_LIMIT || { pin='' pout=''; }
     [[ $way == giantvm ]] && GV_HWM[$wl]=$(((anon + 1023) >> 10))
     # empty fields are '-' (tab is whitespace to read, so empty ones would merge)
     local fields=("$wl" "$way" "$round" "$wall" "$ops_s" "$ops_ms" "$((hwm >> 10))" "$((anon >> 10))" "$cgl" "$cgp" "$pin" "$pout"
-        "$f" "$pf" "$ra" "$bi" "$bo" "$ev" "$wb" "$p50" "$p99") i
+        "$f" "$pf" "$ra" "$bi" "$bo" "$ev" "$wb" "$p50" "$p99" "$pm") i
     for i in "${!fields[@]}"; do [[ -n ${fields[i]} ]] || fields[i]=-; done
     (IFS=$'\t'; echo "${fields[*]}") >>"$RAW"
     local line="  $wl/$way: ${wall}s wall, ${ops_s} ops/s (${ops_ms} ms), peak RSS $((hwm >> 10)) MiB (anon+shmem $((anon >> 10)) MiB)"
     [[ -n $cgp ]] && line+=", cgroup limit $cgl peak $cgp MiB, swap in/out $pin/$pout pages"
-    [[ -n $f ]] && line+=", $f faults, $pf pages fetched ($ra readahead), $(awk -v b="$bi" 'BEGIN { printf "%.1f", b / 1048576 }') MiB in, $(awk -v b="$bo" 'BEGIN { printf "%.1f", b / 1048576 }') MiB out, $ev evictions, fault p50 ${p50} us"
+    [[ -n $f ]] && line+=", $f faults, $pf pages fetched ($ra readahead), $(awk -v b="$bi" 'BEGIN { printf "%.1f", b / 1048576 }') MiB in, $(awk -v b="$bo" 'BEGIN { printf "%.1f", b / 1048576 }') MiB out, $ev evictions, fault p50 ${p50} us, poller ${pm:-0} ms CPU"
     say "$line"
     say "    ${res#GIANTVM-RESULT }"
     [[ $wl == redis ]] && say "    $(tr -d '\r' <"$log" | grep '^GIANTVM-REDIS used_memory' | head -n1)"
@@ -416,7 +418,7 @@ agg() {
     {
         key = $1 "\t" $2
         if (!(key in seen)) { seen[key] = 1; order[++nk] = key }
-        for (c = 4; c <= 21; c++) if ($c != "-") v[key, c] = v[key, c] (v[key, c] == "" ? "" : " ") $c
+        for (c = 4; c <= 22; c++) if ($c != "-") v[key, c] = v[key, c] (v[key, c] == "" ? "" : " ") $c
         if ($7 + 0 > mx[key, 7]) mx[key, 7] = $7 + 0
         if ($8 + 0 > mx[key, 8]) mx[key, 8] = $8 + 0
     }
@@ -424,7 +426,7 @@ agg() {
         for (i = 1; i <= nk; i++) {
             k = order[i]
             printf "%s", k
-            for (c = 4; c <= 21; c++) { m = (c == 7 || c == 8) ? mx[k, c] : med(k SUBSEP c); printf "\t%s", (m == "") ? "-" : m }
+            for (c = 4; c <= 22; c++) { m = (c == 7 || c == 8) ? mx[k, c] : med(k SUBSEP c); printf "\t%s", (m == "") ? "-" : m }
             printf "\n"
         }
     }' "$RAW"
@@ -435,7 +437,7 @@ local_wall() { awk -F'\t' -v w="$1" -v y="$2" '$1 == w && $2 == y { print $3 }' 
 say ""
 say "median of $runs: workload way wall ops/s peak_RSS peak_anon+shmem [cgroup limit/peak, swap in/out pages] [giantvm: faults, pages fetched, MiB in, bytes_in/(faults*4096)]"
 undash() { local v; for v in "$@"; do [[ ${!v} == - ]] && printf -v "$v" ''; done; }
-F_AGG=(wl way wall ops_s ops_ms hwm anon cgl cgp pin pout f pf ra bi bo ev wb p50 p99)
+F_AGG=(wl way wall ops_s ops_ms hwm anon cgl cgp pin pout f pf ra bi bo ev wb p50 p99 pm)
 while IFS=$'\t' read -r "${F_AGG[@]}"; do
     undash "${F_AGG[@]}"
     l=$(printf '  %-5s %-7s %8.1f s %9s ops/s %5s MiB RSS %5s MiB anon+shmem' "$wl" "$way" "$wall" "$ops_s" "$hwm" "$anon")
@@ -463,8 +465,8 @@ if ((json)); then
             undash "${F_AGG[@]}"
             printf '%s{"workload":"%s","way":"%s","mib":%s,"wall_s":%s,"ops_per_s":%s,"ops_ms":%s,"peak_rss_mib":%s,"peak_anon_shmem_mib":%s,"cg_limit_mib":%s,"cg_peak_mib":%s,"pswpin":%s,"pswpout":%s' \
                 "$sep" "$wl" "$way" "$(wl_mib "$wl")" "$wall" "$(num "$ops_s")" "$(num "$ops_ms")" "$(num "$hwm")" "$(num "$anon")" "$(num "$cgl")" "$(num "$cgp")" "$(num "$pin")" "$(num "$pout")"
-            printf ',"faults":%s,"pages_fetched":%s,"readahead_pages":%s,"bytes_in":%s,"bytes_out":%s,"evictions":%s,"writebacks":%s,"fault_p50_us":%s,"fault_p99_us":%s' \
-                "$(num "$f")" "$(num "$pf")" "$(num "$ra")" "$(num "$bi")" "$(num "$bo")" "$(num "$ev")" "$(num "$wb")" "$(num "$p50")" "$(num "$p99")"
+            printf ',"faults":%s,"pages_fetched":%s,"readahead_pages":%s,"bytes_in":%s,"bytes_out":%s,"evictions":%s,"writebacks":%s,"fault_p50_us":%s,"fault_p99_us":%s,"poll_ms":%s' \
+                "$(num "$f")" "$(num "$pf")" "$(num "$ra")" "$(num "$bi")" "$(num "$bo")" "$(num "$ev")" "$(num "$wb")" "$(num "$p50")" "$(num "$p99")" "$(num "$pm")"
             if [[ -n $f ]]; then
                 printf ',"bytes_in_per_fault_page":%s' "$(awk -v f="$f" -v b="$bi" 'BEGIN { printf "%.3f", (f > 0) ? b / (f * 4096) : 0 }')"
             fi
@@ -482,7 +484,7 @@ if ((json)); then
         done
         printf '],"runs":['
         sep=''
-        F_RAW=(wl way round wall ops_s ops_ms hwm anon cgl cgp pin pout f pf ra bi bo ev wb p50 p99)
+        F_RAW=(wl way round wall ops_s ops_ms hwm anon cgl cgp pin pout f pf ra bi bo ev wb p50 p99 pm)
         while IFS=$'\t' read -r "${F_RAW[@]}"; do
             undash "${F_RAW[@]}"
             printf '%s{"workload":"%s","way":"%s","round":%s,"wall_s":%s,"ops_per_s":%s,"ops_ms":%s,"peak_rss_mib":%s,"peak_anon_shmem_mib":%s,"cg_limit_mib":%s,"cg_peak_mib":%s,"faults":%s,"pages_fetched":%s,"bytes_in":%s}' \

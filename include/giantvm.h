@@ -166,6 +166,7 @@ struct gvm_stats {
 	uint64_t pages_rejected;      /* sealed pages a node returned that failed verification */
 	int sealed;                   /* pages are sealed (1) or sent in clear (0) */
 	uint64_t seal_bytes;          /* engine memory for page versions (4 bytes a guest page) */
+	uint64_t poll_ns;             /* CPU time the poller spent keeping a CPU awake (SCHED_IDLE) */
 };
 int gvm_engine_stats(struct gvm_engine *e, struct gvm_stats *st);
 /* Per-node figures as a JSON array into buf (nodes with traffic only). */

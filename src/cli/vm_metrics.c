@@ -126,6 +126,8 @@ static const struct simple simples[] = {
 	  "Evicted pages dropped without a write (the pool had them).", 1, 0 },
 	{ "giantvm_vm_room_waits_total", "counter", "room_waits",
 	  "Faults that waited for the evictor to make room under the budget.", 1, 0 },
+	{ "giantvm_vm_poll_cpu_seconds_total", "counter", "poll_ms",
+	  "CPU time the poller spent keeping a CPU awake through fault bursts (SCHED_IDLE).", 0.001, 0 },
 	{ "giantvm_vm_received_bytes_total", "counter", "bytes_in", "Page bytes received from the pool.", 1, 0 },
 	{ "giantvm_vm_sent_bytes_total", "counter", "bytes_out", "Page bytes written to the pool.", 1, 0 },
 	{ "giantvm_vm_errors_total", "counter", "errors", "Failed requests and lost connections.", 1, 0 },

@@ -8,7 +8,8 @@
  * One event thread owns the userfaultfd, every node connection (transport.c)
  * and all fetch state; it blocks in epoll_wait on the uffd, an eventfd
  * (commands and quit) and the node sockets, so it never spins and needs no
- * lock on the fault path. Concurrency comes from pipelining, not threads: a
+ * lock on the fault path. (What keeps a CPU awake through fault bursts is
+ * the poller, poller.c: a SCHED_IDLE thread that touches nothing.) Concurrency comes from pipelining, not threads: a
  * fault sends READ for its window and the thread goes back to epoll, so any
  * number of faults (vCPUs, readahead, several regions) are in flight at once
  * over one connection per node.
@@ -205,6 +206,24 @@ static void *engine_thread(void *arg)
 
 /* ----------------------------------------------------------------- API */
 
+/* A time in microseconds from the environment (0..10000), or def. */
+static unsigned long env_us(const char *name, unsigned long def)
+{
+	const char *v = getenv(name);
+	char *end = NULL;
+	unsigned long us;
+
+	if (!v)
+		return def;
+	errno = 0;
+	us = strtoul(v, &end, 10);
+	if (!*v || *end || errno || us > 10000) {
+		pr_warn("%s=%s: not a number of microseconds from 0 to 10000; using %lu", name, v, def);
+		return def;
+	}
+	return us;
+}
+
 int gvm_engine_open(struct gvm_engine **out, struct gvm_pool *pool, const struct gvm_engine_opts *o)
 {
 	struct gvm_engine *e = calloc(1, sizeof(*e));
@@ -342,6 +361,11 @@ int gvm_engine_open(struct gvm_engine **out, struct gvm_pool *pool, const struct
 	if (nr)
 		pr_debug("pthread_setname_np: %s", strerror(nr));
 	e->running = 1;
+	/* A CPU kept awake through fault bursts (poller.c); $GIANTVM_POLL_US
+	 * sets for how long after each fault, 0 = no poller. */
+	unsigned long poll_us = env_us("GIANTVM_POLL_US", GVM_POLL_US_DEFAULT);
+	if (poll_us)
+		gvm_poller_start(&e->poller, (uint64_t)poll_us * 1000u); /* a failure is said; runs without */
 	if (e->budget_pages) {
 		struct gvm_evict_params ep = {
 			.uffd = e->uffd, .use_move = !!(e->features & UFFD_FEATURE_MOVE),
@@ -527,6 +551,7 @@ void gvm_engine_close(struct gvm_engine *e)
 			pr_perror("write(eventfd)");
 		pthread_join(e->thread, NULL);
 	}
+	gvm_poller_stop(e->poller);
 	gvm_evictor_free(e->ev); /* only now: the engine thread kicked it until it ended */
 	gvm_opener_stop(e->opener); /* its jobs' fetches are freed below */
 	for (unsigned i = 0; i < e->n_regions; i++) {

@@ -18,6 +18,7 @@
 #include "giantvm.h"
 #include "evict.h"
 #include "placement.h"
+#include "poller.h"
 #include "pool_int.h"
 #include "proto.h"
 #include "region.h"
@@ -163,6 +164,8 @@ struct gvm_engine {
 	uint64_t rs_stripe;       /* ... and stripe */
 	unsigned rs_inflight;     /* re-sync copies in flight ... */
 	struct gvm_resync *rs_jobs; /* ... listed */
+
+	struct gvm_poller *poller; /* keeps a CPU awake through fault bursts (poller.c), or NULL */
 
 	/* written by the engine thread, read by stats.c */
 	struct gvm_engine_counters ctr;

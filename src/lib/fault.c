@@ -690,6 +690,7 @@ static void on_fault(struct gvm_engine *e, uintptr_t addr, int write, int wp, ui
 		return;
 	}
 	CTR_ADD(e, faults, 1);
+	gvm_poller_kick(e->poller, now); /* a burst: keep a CPU awake for the hand-offs to come */
 	p = (addr - rg->base) >> GVM_PAGE_SHIFT;
 	if (wp) {
 		CTR_ADD(e, wp_faults, 1);

@@ -1,0 +1,27 @@
+/*
+ * The poller: keeps one CPU awake while faults come in bursts (poller.c).
+ */
+#ifndef GVM_POLLER_H
+#define GVM_POLLER_H
+
+#include <stdint.h>
+
+#define GVM_POLL_US_DEFAULT 500u
+
+struct gvm_poller;
+
+/*
+ * Start a poller that stays awake for poll_ns after each kick. Returns 0
+ * with *out set, or a negative errno (nothing started, *out NULL): the
+ * thread could not be created or made SCHED_IDLE (a poller at normal
+ * priority would take CPU from the guest, so there is none then).
+ */
+int gvm_poller_start(struct gvm_poller **out, uint64_t poll_ns);
+/* A fault arrived at `now` (ns): stay awake until now + poll_ns. Any thread; NULL is a no-op. */
+void gvm_poller_kick(struct gvm_poller *p, uint64_t now);
+/* Time spent awake, ns (statistics). */
+uint64_t gvm_poller_busy_ns(const struct gvm_poller *p);
+/* Stop and free (NULL is a no-op). */
+void gvm_poller_stop(struct gvm_poller *p);
+
+#endif
