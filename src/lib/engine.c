@@ -8,11 +8,11 @@
  * One event thread owns the userfaultfd, every node connection (transport.c)
  * and all fetch state; it blocks in epoll_wait on the uffd, an eventfd
  * (commands and quit) and the node sockets, so it never spins and needs no
- * lock on the fault path. (What keeps a CPU awake through fault bursts is
- * the poller, poller.c: a SCHED_IDLE thread that touches nothing.) Concurrency comes from pipelining, not threads: a
- * fault sends READ for its window and the thread goes back to epoll, so any
- * number of faults (vCPUs, readahead, several regions) are in flight at once
- * over one connection per node.
+ * lock on the fault path. Concurrency comes from pipelining, not threads:
+ * a fault sends READ for its window and the thread goes back to epoll, so
+ * any number of faults (vCPUs, readahead, several regions) are in flight at
+ * once over one connection per node. (What keeps a CPU awake through fault
+ * bursts is the poller, poller.c: a SCHED_IDLE thread that touches nothing.)
  *
  * Rule: the event thread never reads or writes guest memory. Guest memory
  * that it believes resident may have been discarded by the owner (e.g. QEMU
@@ -34,6 +34,7 @@
  */
 #define LOG_PREFIX "engine: "
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -364,6 +365,20 @@ int gvm_engine_open(struct gvm_engine **out, struct gvm_pool *pool, const struct
 	/* A CPU kept awake through fault bursts (poller.c); $GIANTVM_POLL_US
 	 * sets for how long after each fault, 0 = no poller. */
 	unsigned long poll_us = env_us("GIANTVM_POLL_US", GVM_POLL_US_DEFAULT);
+	if (poll_us && !getenv("GIANTVM_POLL_US")) {
+		/* Under a CPU quota, spinning spends what the guest needs. */
+		char self[4096] = "", where[1600];
+		int fd = open("/proc/self/cgroup", O_RDONLY | O_CLOEXEC);
+		ssize_t n = fd < 0 ? -1 : read(fd, self, sizeof(self) - 1);
+		if (fd >= 0)
+			close(fd);
+		self[n > 0 ? n : 0] = 0;
+		if (gvm_cpu_quota(self, "/sys/fs/cgroup", where, sizeof(where))) {
+			pr_info("no poller: a CPU quota applies (%s); GIANTVM_POLL_US=%u turns it on", where,
+				GVM_POLL_US_DEFAULT);
+			poll_us = 0;
+		}
+	}
 	if (poll_us)
 		gvm_poller_start(&e->poller, (uint64_t)poll_us * 1000u); /* a failure is said; runs without */
 	if (e->budget_pages) {

@@ -357,6 +357,7 @@ static void fetch_give_up(struct gvm_engine *e, struct gvm_fetch *f)
 	       (unsigned long)(rg->base + ((f->page + f->count) << GVM_PAGE_SHIFT) - 1), rg->id,
 	       f->page, f->page + f->count - 1, e->pool->deadline_ms, who);
 	uint32_t unpoisoned = f->count;
+	int poison_err = 0;
 	if (e->lost_policy == GVM_LOST_POISON && (e->features & UFFD_FEATURE_POISON)) {
 		/* Said first: the accessor may die of the SIGBUS at once. */
 		pr_err("those pages are poisoned: a guest access gets SIGBUS (memory error)");
@@ -367,9 +368,13 @@ static void fetch_give_up(struct gvm_engine *e, struct gvm_fetch *f)
 			if (!gvm_bitmap_test(f->own, i) || (pg_get(rg->pg, p) & PG_RESIDENT))
 				continue;
 			struct uffdio_poison po = { .range = { rg->base + (p << GVM_PAGE_SHIFT), GVM_PAGE_SIZE } };
-			if (ioctl(e->uffd, UFFDIO_POISON, &po) < 0 && errno != EEXIST) {
+			if (ioctl(e->uffd, UFFDIO_POISON, &po) < 0 && errno != EEXIST &&
+			    errno != ENOENT && errno != ESRCH) {
 				/* Not poisoned, so not answered: a thread waiting on
-				 * it would hang. Handled as without POISON below. */
+				 * it would hang. Handled as without POISON below.
+				 * (ENOENT, ESRCH: the range is unmapped or the process
+				 * exiting; nobody can be waiting on it.) */
+				poison_err = errno;
 				pr_perror("UFFDIO_POISON");
 				unpoisoned++;
 				continue;
@@ -387,8 +392,11 @@ static void fetch_give_up(struct gvm_engine *e, struct gvm_fetch *f)
 	CTR_ADD(e, lost_pages, unpoisoned);
 	if (e->on_fatal) {
 		char why[512];
-		snprintf(why, sizeof(why), "guest memory lost: every replica (%s) unreachable for %d ms",
-			 who, e->pool->deadline_ms);
+		snprintf(why, sizeof(why), "guest memory lost: every replica (%s) unreachable for %d ms%s%s%s",
+			 who, e->pool->deadline_ms,
+			 poison_err ? " and UFFDIO_POISON failed (" : !(e->features & UFFD_FEATURE_POISON) ?
+			 " (no UFFDIO_POISON on this kernel)" : "",
+			 poison_err ? strerror(poison_err) : "", poison_err ? ")" : "");
 		e->on_fatal(why, e->fatal_arg);
 	}
 	/* No poison and the fatal hook returned: keep trying; the log says why. */

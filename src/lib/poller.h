@@ -4,6 +4,7 @@
 #ifndef GVM_POLLER_H
 #define GVM_POLLER_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #define GVM_POLL_US_DEFAULT 500u
@@ -19,8 +20,15 @@ struct gvm_poller;
 int gvm_poller_start(struct gvm_poller **out, uint64_t poll_ns);
 /* A fault arrived at `now` (ns): stay awake until now + poll_ns. Any thread; NULL is a no-op. */
 void gvm_poller_kick(struct gvm_poller *p, uint64_t now);
-/* Time spent awake, ns (statistics). */
-uint64_t gvm_poller_busy_ns(const struct gvm_poller *p);
+/* CPU time spent awake, ns (statistics). */
+uint64_t gvm_poller_cpu_ns(const struct gvm_poller *p);
+/*
+ * 1 if a CPU quota applies to a process whose /proc/self/cgroup reads
+ * `self`, with cgroups mounted at `root` (/sys/fs/cgroup): cgroup v2 cpu.max
+ * or v1 cpu.cfs_quota_us on its cgroup or an ancestor; the file is put in
+ * where. 0 if none is found.
+ */
+int gvm_cpu_quota(const char *self, const char *root, char *where, size_t len);
 /* Stop and free (NULL is a no-op). */
 void gvm_poller_stop(struct gvm_poller *p);
 

@@ -214,7 +214,7 @@ static void reply(int fd, const char *fmt, ...)
 static void on_fatal(const char *why, void *arg)
 {
 	(void)arg;
-	die(75, "giantvm: preload: FATAL: %s; stopping the VM (no UFFDIO_POISON on this kernel)", why);
+	die(75, "giantvm: preload: FATAL: %s; stopping the VM", why);
 }
 
 static int engine_start(char *err, size_t errlen)

@@ -408,7 +408,7 @@ static int test_poller_idle_priority(void)
 			usleep(300000);
 			long long c1 = thread_cpu_ns(tid);
 			gvm_engine_stats(e, &st);
-			printf("  poller: SCHED_IDLE, %.1f ms awake during the burst, %.3f ms in the 300 ms after\n",
+			printf("  poller: SCHED_IDLE, %.1f ms of CPU in the burst, %.3f ms in the 300 ms after\n",
 			       (double)st.poll_ns / 1e6, (double)(c1 - c0) / 1e6);
 			CHECK(c0 >= 0 && c1 >= c0 && c1 - c0 < 5000000);
 		}
