@@ -31,6 +31,7 @@
 
 #include "uffd.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -83,6 +84,32 @@ static inline int test_giantvm_path(char *buf, size_t len)
 static inline int test_write_text(const char *path, const char *text)
 {
 	return test_write_file(path, text, strlen(text), 0600);
+}
+
+/* Threads of this process whose name starts with `name` (the engine names
+ * its threads); the first one's id in *tid if tid. -1 if /proc is unreadable. */
+static inline int test_threads_named(const char *name, pid_t *tid)
+{
+	char path[300], comm[32];
+	DIR *d = opendir("/proc/self/task");
+	struct dirent *de;
+	int n = 0;
+
+	if (!d)
+		return -1;
+	while ((de = readdir(d))) {
+		if (de->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/task/%s/comm", de->d_name);
+		FILE *f = fopen(path, "r");
+		if (!f)
+			continue;
+		if (fgets(comm, sizeof(comm), f) && !strncmp(comm, name, strlen(name)) && n++ == 0 && tid)
+			*tid = (pid_t)atoi(de->d_name);
+		fclose(f);
+	}
+	closedir(d);
+	return n;
 }
 
 /* Tables may leave `needs` out ({ name, fn }: no kernel feature needed). */

@@ -3,7 +3,6 @@
  * on their own threads, port 0). A second *process* (this binary re-executed
  * with "child ...") attaches the same region and must read back every byte.
  */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -330,31 +329,6 @@ static int all_down(int disable_poison)
 	return 0;
 }
 
-/* The thread named `name` of this process, or -1. */
-static pid_t thread_named(const char *name)
-{
-	char path[300], comm[32];
-	pid_t found = -1;
-	DIR *d = opendir("/proc/self/task");
-	struct dirent *de;
-
-	if (!d)
-		return -1;
-	while (found < 0 && (de = readdir(d))) {
-		if (de->d_name[0] == '.')
-			continue;
-		snprintf(path, sizeof(path), "/proc/self/task/%s/comm", de->d_name);
-		FILE *f = fopen(path, "r");
-		if (!f)
-			continue;
-		if (fgets(comm, sizeof(comm), f) && !strncmp(comm, name, strlen(name)) &&
-		    comm[strlen(name)] == '\n')
-			found = (pid_t)atoi(de->d_name);
-		fclose(f);
-	}
-	closedir(d);
-	return found;
-}
 
 /* ns a thread of this process has run (schedstat), or -1. */
 static long long thread_cpu_ns(pid_t tid)
@@ -397,11 +371,12 @@ static int test_poller_idle_priority(void)
 		CHECK(gvm_engine_attach(e, gvm_region_id("test-engine", off ? "poll-off" : "poll"), key, m, len) == 0);
 		for (size_t o = 0; o < len; o += 4096) /* a burst of faults */
 			m[o] = 1;
-		pid_t tid = thread_named("gvm-poll");
+		pid_t tid = -1;
+		int n = test_threads_named("gvm-poll", &tid);
 		if (off) {
-			CHECK(tid < 0);
+			CHECK_EQ(n, 0);
 		} else {
-			CHECK(tid > 0);
+			CHECK(n == 1 && tid > 0);
 			CHECK_EQ(sched_getscheduler(tid), SCHED_IDLE);
 			usleep(20000); /* past the 500 us after the last fault */
 			long long c0 = thread_cpu_ns(tid);

@@ -328,30 +328,6 @@ static void read_all(const uint8_t *m, uint64_t seed, uint32_t ver, unsigned *go
  * node 1) and the lies are counted; with both lying, pages are poisoned, and
  * never is a wrong byte seen.
  */
-/* Threads of this process named `name` (the engine names its threads). */
-static int threads_named(const char *name)
-{
-	char path[300], comm[32];
-	DIR *d = opendir("/proc/self/task");
-	struct dirent *de;
-	int n = 0;
-
-	if (!d)
-		return -1;
-	while ((de = readdir(d))) {
-		if (de->d_name[0] == '.')
-			continue;
-		snprintf(path, sizeof(path), "/proc/self/task/%s/comm", de->d_name);
-		FILE *f = fopen(path, "r");
-		if (!f)
-			continue;
-		if (fgets(comm, sizeof(comm), f) && !strncmp(comm, name, strlen(name)))
-			n++;
-		fclose(f);
-	}
-	closedir(d);
-	return n;
-}
 
 /* Sealed READ replies are opened on the opener thread (opener.c), unless
  * $GIANTVM_OPEN_INLINE=1 keeps them on the engine thread: each lie is
@@ -372,7 +348,7 @@ static int lie(int mode)
 	nodes[1] = liars[1].name;
 	if (vm_open(&v, nodes, 2, mode == T_FOREIGN, 2000))
 		return 1;
-	CHECK_EQ(threads_named("gvm-opener"), inline_open ? 0 : 1);
+	CHECK_EQ(test_threads_named("gvm-opener", NULL), inline_open ? 0 : 1);
 	/* The page cipher: AEGIS-256 where the CPU has AES-NI, unless chosen. */
 	const char *want = getenv("GIANTVM_SEAL_CIPHER");
 	CHECK(!strcmp(gvm_seal_cipher(), want ? want : gvm_aegis256_available() ? "aegis-256" : "aes-256-gcm"));
