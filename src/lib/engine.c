@@ -34,7 +34,6 @@
  */
 #define LOG_PREFIX "engine: "
 #include <errno.h>
-#include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -207,24 +206,6 @@ static void *engine_thread(void *arg)
 
 /* ----------------------------------------------------------------- API */
 
-/* A time in microseconds from the environment (0..10000), or def. */
-static unsigned long env_us(const char *name, unsigned long def)
-{
-	const char *v = getenv(name);
-	char *end = NULL;
-	unsigned long us;
-
-	if (!v)
-		return def;
-	errno = 0;
-	us = strtoul(v, &end, 10);
-	if (!*v || *end || errno || us > 10000) {
-		pr_warn("%s=%s: not a number of microseconds from 0 to 10000; using %lu", name, v, def);
-		return def;
-	}
-	return us;
-}
-
 int gvm_engine_open(struct gvm_engine **out, struct gvm_pool *pool, const struct gvm_engine_opts *o)
 {
 	struct gvm_engine *e = calloc(1, sizeof(*e));
@@ -362,25 +343,7 @@ int gvm_engine_open(struct gvm_engine **out, struct gvm_pool *pool, const struct
 	if (nr)
 		pr_debug("pthread_setname_np: %s", strerror(nr));
 	e->running = 1;
-	/* A CPU kept awake through fault bursts (poller.c); $GIANTVM_POLL_US
-	 * sets for how long after each fault, 0 = no poller. */
-	unsigned long poll_us = env_us("GIANTVM_POLL_US", GVM_POLL_US_DEFAULT);
-	if (poll_us && !getenv("GIANTVM_POLL_US")) {
-		/* Under a CPU quota, spinning spends what the guest needs. */
-		char self[4096] = "", where[1600];
-		int fd = open("/proc/self/cgroup", O_RDONLY | O_CLOEXEC);
-		ssize_t n = fd < 0 ? -1 : read(fd, self, sizeof(self) - 1);
-		if (fd >= 0)
-			close(fd);
-		self[n > 0 ? n : 0] = 0;
-		if (gvm_cpu_quota(self, "/sys/fs/cgroup", where, sizeof(where))) {
-			pr_info("no poller: a CPU quota applies (%s); GIANTVM_POLL_US=%u turns it on", where,
-				GVM_POLL_US_DEFAULT);
-			poll_us = 0;
-		}
-	}
-	if (poll_us)
-		gvm_poller_start(&e->poller, (uint64_t)poll_us * 1000u); /* a failure is said; runs without */
+	gvm_poller_configured(&e->poller); /* a CPU kept awake through fault bursts, or none */
 	if (e->budget_pages) {
 		struct gvm_evict_params ep = {
 			.uffd = e->uffd, .use_move = !!(e->features & UFFD_FEATURE_MOVE),

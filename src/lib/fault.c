@@ -21,15 +21,18 @@
  * (the aligned window around it), and win adapts to what the guest does
  * with them. A read of a resident page is invisible, so the engine learns
  * by holding one prefetched page of each such window back in a buffer (a
- * probe, GVM_PROBES per region) instead of installing it: if the guest
- * touches it, the fault is served from the buffer at once and counts as a
- * hit (win doubles); a probe still untouched when its slot is needed again
+ * probe, GVM_PROBES per region; the page farthest from the fault, which a
+ * guest using the window reaches and one reading a short record does not)
+ * instead of installing it: if the guest touches it, the fault is served
+ * from the buffer at once and counts as a hit (win doubles); a probe still untouched when its slot is needed again
  * is a miss (win halves, down to one page) and is simply forgotten: the
  * page is clean, the pool has it. Linux's swap readahead grows and shrinks
  * its window on readahead hits the same way. At one page there is nothing to
- * probe, so every EXPLORE_EVERY-th such fault fetches two. Each fault that
- * continues a run doubles win too (a run is locality), and fetches whole
- * windows, with readahead as above once a second fault confirms the run.
+ * probe, so every EXPLORE_EVERY-th such fault fetches two. A run starts
+ * with a fault at most a page past what the last fault fetched, and ramps
+ * up: 2, 4, 8, 16 pages from the fault, then whole windows (each such step
+ * doubles win too: a run is locality), with readahead as above once whole
+ * windows follow each other.
  *
  * Writes after reads: with a local memory budget, pages are installed
  * write-protected and the first write to each is a write-protect fault that

@@ -31,6 +31,7 @@
  */
 #define LOG_PREFIX "engine: "
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/futex.h>
 #include <pthread.h>
 #include <sched.h>
@@ -264,4 +265,45 @@ next:
 		line = nl ? nl + 1 : NULL;
 	}
 	return 0;
+}
+
+/* A time in microseconds from the environment (0..10000), or def. */
+static unsigned long env_us(const char *name, unsigned long def)
+{
+	const char *v = getenv(name);
+	char *end = NULL;
+	unsigned long us;
+
+	if (!v)
+		return def;
+	errno = 0;
+	us = strtoul(v, &end, 10);
+	if (!*v || *end || errno || us > 10000) {
+		pr_warn("%s=%s: not a number of microseconds from 0 to 10000; using %lu", name, v, def);
+		return def;
+	}
+	return us;
+}
+
+void gvm_poller_configured(struct gvm_poller **out)
+{
+	unsigned long us = env_us("GIANTVM_POLL_US", GVM_POLL_US_DEFAULT);
+
+	*out = NULL;
+	if (us && !getenv("GIANTVM_POLL_US")) {
+		/* Under a CPU quota, spinning spends what the guest needs. */
+		char self[4096] = "", where[1600];
+		int fd = open("/proc/self/cgroup", O_RDONLY | O_CLOEXEC);
+		ssize_t n = fd < 0 ? -1 : read(fd, self, sizeof(self) - 1);
+		if (fd >= 0)
+			close(fd);
+		self[n > 0 ? n : 0] = 0;
+		if (gvm_cpu_quota(self, "/sys/fs/cgroup", where, sizeof(where))) {
+			pr_info("no poller: a CPU quota applies (%s); GIANTVM_POLL_US=%u turns it on", where,
+				GVM_POLL_US_DEFAULT);
+			us = 0;
+		}
+	}
+	if (us)
+		gvm_poller_start(out, (uint64_t)us * 1000u); /* a failure is said; runs without */
 }

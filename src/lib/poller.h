@@ -18,6 +18,12 @@ struct gvm_poller;
  * priority would take CPU from the guest, so there is none then).
  */
 int gvm_poller_start(struct gvm_poller **out, uint64_t poll_ns);
+/*
+ * Start one as configured, or none (*out NULL): $GIANTVM_POLL_US (default
+ * GVM_POLL_US_DEFAULT, 0 = none); by default none where a CPU quota applies
+ * (gvm_cpu_quota on /proc/self/cgroup), which is said in the log.
+ */
+void gvm_poller_configured(struct gvm_poller **out);
 /* A fault arrived at `now` (ns): stay awake until now + poll_ns. Any thread; NULL is a no-op. */
 void gvm_poller_kick(struct gvm_poller *p, uint64_t now);
 /* CPU time spent awake, ns (statistics). */
