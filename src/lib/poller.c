@@ -62,9 +62,6 @@ struct gvm_poller {
 	int quit;               /* atomic */
 	uint64_t cpu_ns;        /* CPU time spent awake (atomic) */
 	pthread_t thread;
-	pthread_mutex_t mu;     /* start-up only: */
-	pthread_cond_t cv;
-	int started, err;
 };
 
 static uint64_t thread_cpu_ns(void)
@@ -89,16 +86,7 @@ static uint64_t thread_cpu_ns(void)
 static void *poller_main(void *arg)
 {
 	struct gvm_poller *p = arg;
-	struct sched_param sp = { .sched_priority = 0 };
-	int err = sched_setscheduler(0, SCHED_IDLE, &sp) < 0 ? -errno : 0;
 
-	pthread_mutex_lock(&p->mu);
-	p->started = 1;
-	p->err = err;
-	pthread_cond_broadcast(&p->cv);
-	pthread_mutex_unlock(&p->mu);
-	if (err)
-		return NULL;
 	while (!__atomic_load_n(&p->quit, __ATOMIC_SEQ_CST)) {
 		uint32_t s = __atomic_load_n(&p->seq, __ATOMIC_SEQ_CST);
 		__atomic_store_n(&p->sleeping, 1, __ATOMIC_SEQ_CST);
@@ -138,8 +126,7 @@ int gvm_poller_start(struct gvm_poller **out, uint64_t poll_ns)
 	if (!p)
 		return -ENOMEM;
 	p->poll_ns = poll_ns;
-	pthread_mutex_init(&p->mu, NULL);
-	pthread_cond_init(&p->cv, NULL);
+	/* It starts asleep (until = 0), so it never spins before SCHED_IDLE. */
 	r = pthread_create(&p->thread, NULL, poller_main, p);
 	if (r) {
 		pr_warn("no poller: pthread_create: %s", strerror(r));
@@ -149,16 +136,12 @@ int gvm_poller_start(struct gvm_poller **out, uint64_t poll_ns)
 	r = pthread_setname_np(p->thread, "gvm-poll"); /* for top -H; a failure only loses the name */
 	if (r)
 		pr_debug("pthread_setname_np: %s", strerror(r));
-	pthread_mutex_lock(&p->mu);
-	while (!p->started)
-		pthread_cond_wait(&p->cv, &p->mu);
-	r = p->err;
-	pthread_mutex_unlock(&p->mu);
+	struct sched_param sp = { .sched_priority = 0 };
+	r = pthread_setschedparam(p->thread, SCHED_IDLE, &sp);
 	if (r) {
-		pr_warn("no poller: cannot make it SCHED_IDLE: %s", strerror(-r));
-		pthread_join(p->thread, NULL);
-		free(p);
-		return r;
+		pr_warn("no poller: cannot make it SCHED_IDLE: %s", strerror(r));
+		gvm_poller_stop(p);
+		return -r;
 	}
 	*out = p;
 	return 0;
@@ -187,8 +170,6 @@ void gvm_poller_stop(struct gvm_poller *p)
 	__atomic_store_n(&p->quit, 1, __ATOMIC_SEQ_CST);
 	poller_wake(p);
 	pthread_join(p->thread, NULL);
-	pthread_mutex_destroy(&p->mu);
-	pthread_cond_destroy(&p->cv);
 	free(p);
 }
 
