@@ -337,6 +337,33 @@ static void fetch_park(struct gvm_engine *e, struct gvm_fetch *f, uint64_t now, 
 	e->parked = f;
 }
 
+/*
+ * Poison page p: the thread waiting on it (and any later access) gets
+ * SIGBUS. Counted in lost_pages before the ioctl: the woken thread may read
+ * the stats at once. EEXIST (already there), ENOENT and ESRCH (the range
+ * unmapped, the process exiting: nobody can be waiting on it) are not
+ * failures. Returns 0, or -1 with errno (not poisoned, not counted).
+ */
+static int poison_page(struct gvm_engine *e, struct gvm_region *rg, uint64_t p)
+{
+	struct uffdio_poison po = { .range = { rg->base + (p << GVM_PAGE_SHIFT), GVM_PAGE_SIZE } };
+
+	if (!(e->features & UFFD_FEATURE_POISON)) {
+		errno = ENOTSUP;
+		return -1;
+	}
+	CTR_ADD(e, lost_pages, 1);
+	if (ioctl(e->uffd, UFFDIO_POISON, &po) < 0 && errno != EEXIST && errno != ENOENT && errno != ESRCH) {
+		int err = errno;
+		CTR_ADD(e, lost_pages, (uint64_t)-1);
+		errno = err;
+		return -1;
+	}
+	pg_set(rg->pg, p, PG_RESIDENT | PG_LOST);
+	pg_clear(rg->pg, p, PG_INFLIGHT | PG_WANTED);
+	return 0;
+}
+
 /* Poison (or report) the pages of a fetch that cannot be served. */
 static void fetch_give_up(struct gvm_engine *e, struct gvm_fetch *f)
 {
@@ -370,22 +397,15 @@ static void fetch_give_up(struct gvm_engine *e, struct gvm_fetch *f)
 			/* Pages another fetch claimed are its to serve or lose. */
 			if (!gvm_bitmap_test(f->own, i) || (pg_get(rg->pg, p) & PG_RESIDENT))
 				continue;
-			struct uffdio_poison po = { .range = { rg->base + (p << GVM_PAGE_SHIFT), GVM_PAGE_SIZE } };
-			if (ioctl(e->uffd, UFFDIO_POISON, &po) < 0 && errno != EEXIST &&
-			    errno != ENOENT && errno != ESRCH) {
+			if (poison_page(e, rg, p) < 0) {
 				/* Not poisoned, so not answered: a thread waiting on
-				 * it would hang. Handled as without POISON below.
-				 * (ENOENT, ESRCH: the range is unmapped or the process
-				 * exiting; nobody can be waiting on it.) */
+				 * it would hang. Handled as without POISON below. */
 				poison_err = errno;
 				pr_perror("UFFDIO_POISON");
 				unpoisoned++;
 				continue;
 			}
 			gvm_bitmap_clear(f->own, i);
-			pg_set(rg->pg, p, PG_RESIDENT | PG_LOST);
-			pg_clear(rg->pg, p, PG_INFLIGHT);
-			CTR_ADD(e, lost_pages, 1);
 		}
 		if (!unpoisoned) {
 			fetch_free(e, f);
@@ -946,17 +966,13 @@ static int seal_reject(struct gvm_engine *e, struct gvm_conn *c, struct gvm_fetc
 		uint64_t p = f->page + i;
 		if (!gvm_bitmap_test(badmap, i) || !gvm_bitmap_test(f->own, i) || (pg_get(rg->pg, p) & PG_RESIDENT))
 			continue;
-		struct uffdio_poison po = { .range = { rg->base + (p << GVM_PAGE_SHIFT), GVM_PAGE_SIZE } };
-		if (!(e->features & UFFD_FEATURE_POISON) || (ioctl(e->uffd, UFFDIO_POISON, &po) < 0 && errno != EEXIST)) {
+		if (poison_page(e, rg, p) < 0) {
 			/* Cannot poison: keep it unresolved rather than install it. */
-			pr_err("cannot poison page %#lx: %s", (unsigned long)po.range.start,
+			pr_err("cannot poison page %#lx: %s", (unsigned long)(rg->base + (p << GVM_PAGE_SHIFT)),
 			       (e->features & UFFD_FEATURE_POISON) ? strerror(errno) : "no UFFDIO_POISON");
 			fetch_give_up(e, f);
 			return -EBADMSG;
 		}
-		pg_set(rg->pg, p, PG_RESIDENT | PG_LOST);
-		pg_clear(rg->pg, p, PG_INFLIGHT | PG_WANTED);
-		CTR_ADD(e, lost_pages, 1);
 	}
 	return 0;
 }
