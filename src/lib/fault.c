@@ -117,6 +117,7 @@ static void mark_refault(struct gvm_engine *e, struct gvm_region *rg, uint64_t p
 
 #define IR_WRITABLE 1 /* zero pages allocated (UFFDIO_COPY), not the shared zero page */
 #define IR_DIRTY    2 /* being written right now: install unprotected, already dirty */
+#define IR_LOCAL    4 /* zero pages that never left this engine: counted in local_zero_pages */
 
 /* Install pages [p, p+n) of a region that are not resident yet; src NULL
  * means zero pages. */
@@ -157,9 +158,16 @@ static uint64_t install_run(struct gvm_engine *e, struct gvm_region *rg, uint64_
 				       (j - i) << GVM_PAGE_SHIFT, protect);
 		}
 		if (ok == 0) {
-			if (!src)
-				CTR_ADD(e, zero_pages, j - i);
-			CTR_ADD(e, pages_fetched, j - i);
+			/* zero_pages after pages_fetched, and read in the other
+			 * order (stats.c): a reader never sees more zero pages
+			 * than pages fetched. */
+			if (flags & IR_LOCAL) {
+				CTR_ADD(e, local_zero_pages, j - i);
+			} else {
+				CTR_ADD(e, pages_fetched, j - i);
+				if (!src)
+					__atomic_fetch_add(&e->ctr.zero_pages, j - i, __ATOMIC_RELEASE);
+			}
 			/* Counted before the evictor can see them resident, so its
 			 * `dropped` never passes `installed`. */
 			uint64_t res = pg_add_installed(&e->pages, j - i);
@@ -506,22 +514,17 @@ static int over_budget(struct gvm_engine *e, uint32_t more)
 static void fetch_local(struct gvm_engine *e, struct gvm_fetch *f)
 {
 	struct gvm_region *rg = f->rg;
-	int wflag = f->writable ? IR_WRITABLE : 0;
-	uint64_t n = 0;
+	int wflag = (f->writable ? IR_WRITABLE : 0) | IR_LOCAL;
 
 	if (owned(f->own, f->page, f->count, f->fault_page))
-		n += install_run(e, rg, f->fault_page, 1, NULL, wflag | (f->write_fault ? IR_DIRTY : 0));
+		install_run(e, rg, f->fault_page, 1, NULL, wflag | (f->write_fault ? IR_DIRTY : 0));
 	for (uint32_t i = 0, j; i < f->count; i = j) {
 		int mine = gvm_bitmap_test(f->own, i);
 		for (j = i + 1; j < f->count && gvm_bitmap_test(f->own, j) == mine; j++)
 			;
 		if (mine)
-			n += install_run(e, rg, f->page + i, j - i, NULL, wflag);
+			install_run(e, rg, f->page + i, j - i, NULL, wflag);
 	}
-	/* Not fetched: counted apart from what came over the network. */
-	__atomic_fetch_sub(&e->ctr.pages_fetched, n, __ATOMIC_RELAXED);
-	__atomic_fetch_sub(&e->ctr.zero_pages, n, __ATOMIC_RELAXED);
-	CTR_ADD(e, local_zero_pages, n);
 	if (f->fault_ns)
 		gvm_hist_add(e, gvm_now_ns() - f->fault_ns);
 	fetch_free(e, f);

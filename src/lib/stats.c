@@ -61,10 +61,12 @@ int gvm_engine_stats(struct gvm_engine *e, struct gvm_stats *out)
 	struct gvm_evict_counters evc;
 
 	gvm_evictor_counters(e->ev, &evc);
+	/* Before pages_fetched, which is counted first (fault.c install_run). */
+	uint64_t zero_pages = __atomic_load_n(&e->ctr.zero_pages, __ATOMIC_ACQUIRE);
 	*out = (struct gvm_stats){
 		.faults = __atomic_load_n(&e->ctr.faults, __ATOMIC_RELAXED),
 		.pages_fetched = __atomic_load_n(&e->ctr.pages_fetched, __ATOMIC_RELAXED),
-		.zero_pages = __atomic_load_n(&e->ctr.zero_pages, __ATOMIC_RELAXED),
+		.zero_pages = zero_pages,
 		.readahead_pages = __atomic_load_n(&e->ctr.readahead_pages, __ATOMIC_RELAXED),
 		.bytes_in = __atomic_load_n(&e->ctr.bytes_in, __ATOMIC_RELAXED),
 		.bytes_out = __atomic_load_n(&e->ctr.bytes_out, __ATOMIC_RELAXED),
