@@ -391,7 +391,12 @@ static int window_adapts(int use_move)
 	printf("  random two-page records: window %u, %" PRIu64 " faults, %" PRIu64 " pages received\n",
 	       r.window_pages, faults, pages_in);
 	CHECK(faults > 1000 && pages_in <= 2 * faults);
-	CHECK(r.window_pages <= 2);
+	/* A record starting on an even page fills a two-page window exactly:
+	 * its probe hits and the window doubles to 4, whose probe cannot hit
+	 * (it halves again at the next record). So the window seen at one
+	 * moment is 1, 2 or, about one time in twenty, 4: the bound is on
+	 * that, and what matters is the pages received per fault above. */
+	CHECK(r.window_pages <= 4);
 	b = r;
 	/* A sequential pass over a quarter of the region: whole windows again. */
 	for (uint64_t p = 0; p < PAGES / 4; p++)
