@@ -50,7 +50,7 @@ static int find_vm(const char *dir, char *name, size_t len, int n, char *vdir, s
 	struct dirent *de;
 
 	if (!d)
-		return 0;
+		return n;
 	while ((de = readdir(d))) {
 		size_t l = strlen(de->d_name);
 		char path[PATH_MAX];

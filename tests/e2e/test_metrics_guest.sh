@@ -84,8 +84,11 @@ mapfile -t args < <(gvm_guest_qemu_args "$MEM" "$MIB" "gvm.seed=$SEED")
 timeout -k 10 "$TIMEOUT" "$G" run --pool "$TMP/pool" --local-mem "$LOCAL" --vm-id "$VM" -- \
     qemu-system-x86_64 "${args[@]}" </dev/null >"$TMP/run.out" 2>"$TMP/run.err" &
 RUN_PID=$!
-n_vm=0 n_exp=0 stored_max=0
+n_vm=0 n_exp=0 n_only=0 stored_max=0
 while kill -0 "$RUN_PID" 2>/dev/null; do
+    # No VM named: the only one running is found (with no giantvm-qemu
+    # directory on this host, too).
+    "$G" stat --json 2>/dev/null | grep -q "^{\"vm\":\"$VM\"," && n_only=$((n_only + 1))
     if "$G" stat "$VM" --prometheus >"$TMP/vm.tmp" 2>/dev/null &&
         [[ $(val "$TMP/vm.tmp" "giantvm_vm_up{vm=\"$VM\"}") == 1 ]]; then
         n_vm=$((n_vm + 1))
@@ -115,6 +118,8 @@ if ((n_vm >= 2)); then ok "giantvm stat $VM --prometheus answered $n_vm times wh
     bad "giantvm stat $VM --prometheus answered $n_vm times (want >= 2)"; finish
 fi
 check_prom "$TMP/vm-last.prom" "stat --prometheus"
+if ((n_only >= 1)); then ok "giantvm stat --json (no VM named) found $VM $n_only times"; else
+    bad "giantvm stat --json (no VM named) never found $VM while it ran"; fi
 f1=$(val "$TMP/vm-first.prom" "giantvm_vm_faults_total{vm=\"$VM\",kind=\"missing\"}")
 f2=$(val "$TMP/vm-last.prom" "giantvm_vm_faults_total{vm=\"$VM\",kind=\"missing\"}")
 [[ -n $f1 && -n $f2 ]] && ((f2 > f1)) && ok "missing faults grew while the guest ran: $f1 -> $f2" ||
