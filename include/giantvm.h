@@ -118,6 +118,16 @@ int gvm_engine_attach_flags(struct gvm_engine *e, uint64_t region,
 /* Write every resident page of every region to the pool and wait for the
  * acknowledgements. Zero pages are not sent (the pool forgets them). */
 int gvm_engine_flush(struct gvm_engine *e);
+/*
+ * The owner is about to drop [addr, addr+len) with MADV_DONTNEED or
+ * MADV_REMOVE (a balloon, free page reporting): call this first, then
+ * madvise. Pages of attached regions in the range read as zero from then on,
+ * are never fetched again until written, stop counting against the local
+ * budget and are not written back (stats: discarded_pages). Waits for the
+ * engine thread; a range outside every region returns at once. 0 or
+ * -ENOMEM. (`giantvm run`'s preload library calls it for QEMU's madvise.)
+ */
+int gvm_engine_discard(struct gvm_engine *e, void *addr, size_t len);
 void gvm_engine_close(struct gvm_engine *e);
 
 /* Fixed latency buckets shared by every histogram giantvm exports (the
@@ -167,6 +177,8 @@ struct gvm_stats {
 	int sealed;                   /* pages are sealed (1) or sent in clear (0) */
 	uint64_t seal_bytes;          /* engine memory for page versions (4 bytes a guest page) */
 	uint64_t poll_ns;             /* CPU time the poller spent keeping a CPU awake (SCHED_IDLE) */
+	uint64_t discarded_pages;     /* pages the owner discarded (MADV_DONTNEED/MADV_REMOVE: a balloon,
+	                               * free page reporting): zero from then on, never fetched */
 };
 int gvm_engine_stats(struct gvm_engine *e, struct gvm_stats *st);
 /* Per-node figures as a JSON array into buf (nodes with traffic only). */

@@ -108,6 +108,8 @@ static const struct simple simples[] = {
 	  "Of the fetched pages, those the pool holds as zero (no page bytes sent).", 1, 0 },
 	{ "giantvm_vm_local_zero_pages_total", "counter", "local_zero_pages",
 	  "Pages of a fresh region zero-filled locally, without asking the pool.", 1, 0 },
+	{ "giantvm_vm_discarded_pages_total", "counter", "discarded_pages",
+	  "Pages the VM's owner discarded (balloon, free page reporting): zero from then on, never fetched.", 1, 0 },
 	{ "giantvm_vm_prefetched_pages_total", "counter", "readahead_pages",
 	  "Pages fetched ahead of any fault (readahead of sequential runs).", 1, 0 },
 	{ "giantvm_vm_prefetch_hits_total", "counter", "prefetch_hits",

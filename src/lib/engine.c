@@ -86,21 +86,70 @@ static void on_fail(void *owner, struct gvm_conn *c, const struct gvm_req *req, 
 
 /* ------------------------------------------------------------ commands */
 
-/* The eventfd: write-backs queued, or pages dropped by the evictor. */
+struct gvm_discard {
+	uintptr_t start, end;
+	struct gvm_discard *next;
+};
+
+/* The eventfd: write-backs queued, discards, or pages dropped by the
+ * evictor. A barrier is answered with what was asked before it: its number
+ * is read before the queues are taken. */
 static void run_commands(struct gvm_engine *e)
 {
-	uint64_t v;
+	struct gvm_discard *d;
+	uint64_t v, req;
 
 	if (read(e->evfd, &v, sizeof(v)) < 0 && errno != EAGAIN)
 		pr_perror("read(eventfd)");
+	pthread_mutex_lock(&e->cmd_mu);
+	req = e->barrier_req;
+	d = e->discards;
+	e->discards = NULL;
+	pthread_mutex_unlock(&e->cmd_mu);
+	while (d) {
+		struct gvm_discard *next = d->next;
+		gvm_fault_discard(e, d->start, d->end);
+		free(d);
+		d = next;
+	}
 	gvm_wb_run_queue(e);
 	gvm_fault_resume(e);
 	pthread_mutex_lock(&e->cmd_mu);
-	if (e->barrier_done != e->barrier_req) {
-		e->barrier_done = e->barrier_req;
+	if (e->barrier_done < req) {
+		e->barrier_done = req;
 		pthread_cond_broadcast(&e->barrier_cv);
 	}
 	pthread_mutex_unlock(&e->cmd_mu);
+}
+
+int gvm_engine_discard(struct gvm_engine *e, void *addr, size_t len)
+{
+	uintptr_t a = (uintptr_t)addr, b = a + len;
+	unsigned n = __atomic_load_n(&e->n_regions, __ATOMIC_ACQUIRE), i;
+	struct gvm_discard *d;
+
+	/* madvise refuses an unaligned start (and does nothing). */
+	if (!len || (a & (GVM_PAGE_SIZE - 1)) || b < a)
+		return 0;
+	for (i = 0; i < n; i++)
+		if (a < e->regions[i]->base + e->regions[i]->len && b > e->regions[i]->base)
+			break;
+	if (i == n)
+		return 0;
+	if (pthread_equal(pthread_self(), e->thread)) {
+		gvm_fault_discard(e, a, b);
+		return 0;
+	}
+	/* Freed by the engine thread once done (or by the close). */
+	if (!(d = malloc(sizeof(*d))))
+		return -ENOMEM;
+	*d = (struct gvm_discard){ .start = a, .end = b };
+	pthread_mutex_lock(&e->cmd_mu);
+	d->next = e->discards;
+	e->discards = d;
+	pthread_mutex_unlock(&e->cmd_mu);
+	gvm_engine_barrier(e);
+	return 0;
 }
 
 void gvm_engine_barrier(struct gvm_engine *e)
@@ -457,12 +506,13 @@ int gvm_engine_attach_flags(struct gvm_engine *e, uint64_t region,
 	rg->pg = calloc(rg->npages, 1);
 	rg->nstripes = (rg->npages + GVM_STRIPE_PAGES - 1) / GVM_STRIPE_PAGES;
 	rg->stripe = calloc(rg->nstripes, 1);
+	rg->zeroed = calloc(GVM_BITMAP_BYTES(rg->npages), 1);
 	vec = malloc(rg->npages);
 	if (e->budget_pages) {
 		rg->estamp = calloc(rg->npages, sizeof(*rg->estamp));
 		rg->hot = calloc(rg->npages, 1);
 	}
-	if (!rg->pg || !rg->stripe || !vec || (e->budget_pages && (!rg->estamp || !rg->hot))) {
+	if (!rg->pg || !rg->stripe || !rg->zeroed || !vec || (e->budget_pages && (!rg->estamp || !rg->hot))) {
 		r = -ENOMEM;
 		goto err_free;
 	}
@@ -512,6 +562,7 @@ err_free:
 	free(rg->hot);
 	free(rg->pg);
 	free(rg->stripe);
+	free(rg->zeroed);
 	free(rg);
 	return r;
 }
@@ -530,6 +581,11 @@ void gvm_engine_close(struct gvm_engine *e)
 		pthread_join(e->thread, NULL);
 	}
 	gvm_poller_stop(e->poller);
+	while (e->discards) { /* asked for as the engine stopped */
+		struct gvm_discard *d = e->discards;
+		e->discards = d->next;
+		free(d);
+	}
 	gvm_evictor_free(e->ev); /* only now: the engine thread kicked it until it ended */
 	gvm_opener_stop(e->opener); /* its jobs' fetches are freed below */
 	for (unsigned i = 0; i < e->n_regions; i++) {
@@ -543,6 +599,7 @@ void gvm_engine_close(struct gvm_engine *e)
 		free(rg->hot);
 		free(rg->pg);
 		free(rg->stripe);
+		free(rg->zeroed);
 		free(rg);
 	}
 	gvm_fault_fini(e);

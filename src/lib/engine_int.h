@@ -103,6 +103,7 @@ struct gvm_engine_counters {
 	uint64_t room_waits;               /* faults whose fetch waited for the evictor to make room */
 	uint64_t window;                   /* pages the last non-sequential fault fetched */
 	uint64_t pages_rejected;           /* sealed pages that failed verification */
+	uint64_t discarded_pages;          /* pages the owner discarded (UFFD_EVENT_REMOVE) */
 };
 
 struct gvm_engine {
@@ -151,6 +152,7 @@ struct gvm_engine {
 	uint64_t barrier_req, barrier_done;
 	pthread_mutex_t seal_mu;  /* sealed: taking versions and queueing a write-back, as one step */
 	struct gvm_wb *cmd_head, *cmd_tail;
+	struct gvm_discard *discards; /* gvm_engine_discard()s waiting for this thread */
 	struct gvm_wb *wb_spare;  /* stripe-sized write-back buffers for reuse */
 	unsigned n_wb_spare;
 	struct gvm_wb *parked_wb; /* write-backs no replica could take yet (engine thread) */
@@ -207,6 +209,7 @@ static inline int gvm_node_untrusted(struct gvm_engine *e, uint32_t node)
 
 /* fault.c (engine thread) */
 void gvm_fault_drain(struct gvm_engine *e);
+void gvm_fault_discard(struct gvm_engine *e, uintptr_t start, uintptr_t end);
 void gvm_fault_on_reply(struct gvm_engine *e, struct gvm_conn *c, struct gvm_fetch *f,
 			const struct gvm_hdr *h, const uint8_t *payload);
 void gvm_fault_on_fail(struct gvm_engine *e, struct gvm_fetch *f);

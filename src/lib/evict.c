@@ -243,8 +243,10 @@ static void drop(struct gvm_evictor *ev, struct gvm_region *rg, uint64_t p, uint
 	size_t len = n << GVM_PAGE_SHIFT;
 
 	if (ev->move_scratch) {
+		/* Holes: pages the owner dropped itself (a madvise that did not
+		 * go through gvm_engine_discard). */
 		struct uffdio_move mv = { .dst = (uintptr_t)ev->move_scratch + *moved, .src = a, .len = len,
-					  .mode = UFFDIO_MOVE_MODE_DONTWAKE };
+					  .mode = UFFDIO_MOVE_MODE_DONTWAKE | UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES };
 		if (ioctl(ev->p.uffd, UFFDIO_MOVE, &mv) == 0) {
 			*moved += len;
 			return;
@@ -256,14 +258,14 @@ static void drop(struct gvm_evictor *ev, struct gvm_region *rg, uint64_t p, uint
 		a += mv.move > 0 ? (size_t)mv.move : 0;
 		len -= mv.move > 0 ? (size_t)mv.move : 0;
 	}
-	if (len && madvise((void *)a, len, MADV_DONTNEED) < 0)
+	if (len && gvm_madvise(a, len, MADV_DONTNEED) < 0)
 		pr_perror("madvise(MADV_DONTNEED %#lx+%zu)", (unsigned long)a, len);
 }
 
 /* Free what a batch's drops moved to the scratch area. */
 static void scratch_empty(struct gvm_evictor *ev, size_t moved)
 {
-	if (moved && madvise(ev->move_scratch, moved, MADV_DONTNEED) < 0)
+	if (moved && gvm_madvise((uintptr_t)ev->move_scratch, moved, MADV_DONTNEED) < 0)
 		pr_perror("madvise(scratch)");
 }
 

@@ -115,9 +115,33 @@ static void mark_refault(struct gvm_engine *e, struct gvm_region *rg, uint64_t p
 		__atomic_store_n(&rg->hot[p], 1, __ATOMIC_RELAXED);
 }
 
+/* Discards (see "Discards" above): page p reads as zero, not as the pool's copy. */
+static int zeroed(const struct gvm_region *rg, uint64_t p)
+{
+	return (rg->zeroed[p >> 3] >> (p & 7)) & 1;
+}
+
+static void zeroed_clear(struct gvm_region *rg, uint64_t p)
+{
+	rg->zeroed[p >> 3] &= (uint8_t)~(1u << (p & 7));
+}
+
 #define IR_WRITABLE 1 /* zero pages allocated (UFFDIO_COPY), not the shared zero page */
 #define IR_DIRTY    2 /* being written right now: install unprotected, already dirty */
 #define IR_LOCAL    4 /* zero pages that never left this engine: counted in local_zero_pages */
+
+/* Count n pages installed (n < 0: take them back): zero-filled here
+ * (local), or received (zero: the pool holds them as zero). */
+static void count_install(struct gvm_engine *e, int local, int zero, int64_t n)
+{
+	if (local) {
+		CTR_ADD(e, local_zero_pages, (uint64_t)n);
+		return;
+	}
+	CTR_ADD(e, pages_fetched, (uint64_t)n);
+	if (zero)
+		__atomic_fetch_add(&e->ctr.zero_pages, (uint64_t)n, __ATOMIC_RELEASE);
+}
 
 /* Install pages [p, p+n) of a region that are not resident yet; src NULL
  * means zero pages. */
@@ -140,13 +164,22 @@ static uint64_t install_run(struct gvm_engine *e, struct gvm_region *rg, uint64_
 			i++;
 			continue;
 		}
-		for (j = i; j < n && !(pg_get(rg->pg, p + j) & PG_RESIDENT); j++)
+		/* A page discarded while its data was on the way reads as
+		 * zero: runs of data split at such pages. */
+		int z = src && zeroed(rg, p + i);
+		for (j = i; j < n && !(pg_get(rg->pg, p + j) & PG_RESIDENT) && (!src || zeroed(rg, p + j) == z); j++)
 			;
 		/* With write-protect tracking every page is installed protected
 		 * (UFFDIO_COPY_MODE_WP), zero pages too: a shared zero page could
 		 * be written without a fault, and the write would go unseen. */
-		const uint8_t *from = src ? src + (i << GVM_PAGE_SHIFT) :
+		const uint8_t *from = src && !z ? src + (i << GVM_PAGE_SHIFT) :
 				      (writable || e->wp) ? zero_window : NULL;
+		/* Counted before the fill wakes the waiting thread, which may
+		 * read the stats at once; zero_pages after pages_fetched, and
+		 * read in the other order (stats.c), so a reader never sees
+		 * more zero pages than pages fetched. Undone if the fill fails. */
+		int local = (flags & IR_LOCAL) || z;
+		count_install(e, local, !src, (int64_t)(j - i));
 		int ok = 0;
 		if (from == zero_window) {
 			for (uint64_t k = i; k < j && ok == 0; k += GVM_STRIPE_PAGES)
@@ -158,20 +191,13 @@ static uint64_t install_run(struct gvm_engine *e, struct gvm_region *rg, uint64_
 				       (j - i) << GVM_PAGE_SHIFT, protect);
 		}
 		if (ok == 0) {
-			/* zero_pages after pages_fetched, and read in the other
-			 * order (stats.c): a reader never sees more zero pages
-			 * than pages fetched. */
-			if (flags & IR_LOCAL) {
-				CTR_ADD(e, local_zero_pages, j - i);
-			} else {
-				CTR_ADD(e, pages_fetched, j - i);
-				if (!src)
-					__atomic_fetch_add(&e->ctr.zero_pages, j - i, __ATOMIC_RELEASE);
-			}
 			/* Counted before the evictor can see them resident, so its
 			 * `dropped` never passes `installed`. */
 			uint64_t res = pg_add_installed(&e->pages, j - i);
 			for (uint64_t k = i; k < j; k++) {
+				/* Dirty: the pool gets what it holds now before any drop. */
+				if (dirty)
+					zeroed_clear(rg, p + k);
 				mark_refault(e, rg, p + k);
 				pg_set(rg->pg, p + k, PG_RESIDENT | PG_REF | (dirty ? PG_DIRTY : 0));
 				pg_clear(rg->pg, p + k, PG_INFLIGHT | PG_WANTED);
@@ -180,6 +206,7 @@ static uint64_t install_run(struct gvm_engine *e, struct gvm_region *rg, uint64_
 			if (e->budget_pages && res > e->high_pages)
 				gvm_evictor_kick(e->ev);
 		} else {
+			count_install(e, local, !src, -(int64_t)(j - i));
 			for (uint64_t k = i; k < j; k++)
 				pg_clear(rg->pg, p + k, PG_INFLIGHT | PG_WANTED);
 		}
@@ -641,7 +668,8 @@ static void defer_fault(struct gvm_engine *e, uintptr_t addr, int write)
  * from the pool, which has the written-back data).
  */
 /* Mark a resident page written (it is about to be unprotected). 0 if it is
- * being dropped: the caller must not unprotect it. */
+ * being dropped: the caller must not unprotect it. A written page is written
+ * back before any drop, so the pool's copy is no longer stale. */
 static int mark_written(struct gvm_region *rg, uint64_t p)
 {
 	uint8_t s = pg_get(rg->pg, p);
@@ -649,8 +677,10 @@ static int mark_written(struct gvm_region *rg, uint64_t p)
 	for (;;) {
 		if (s & PG_DROPPING)
 			return 0;
-		if (pg_cas(rg->pg, p, &s, (uint8_t)(s | PG_DIRTY | PG_REF)))
+		if (pg_cas(rg->pg, p, &s, (uint8_t)(s | PG_DIRTY | PG_REF))) {
+			zeroed_clear(rg, p);
 			return 1;
+		}
 	}
 }
 
@@ -713,6 +743,77 @@ static int read_then_write(struct gvm_engine *e, struct gvm_region *rg, uint64_t
 	return 0;
 }
 
+/*
+ * A fault on a page the engine holds resident: either the page was
+ * installed after the fault was queued (UFFDIO_COPY fails with EEXIST: wake
+ * the thread), or its owner dropped it without telling us (a madvise that
+ * did not go through gvm_engine_discard): it reads as zero from now on, and
+ * since it is installed clean, the pool's copy must never come back.
+ */
+static void refill_zero(struct gvm_engine *e, struct gvm_region *rg, uint64_t p)
+{
+	uintptr_t a = rg->base + (p << GVM_PAGE_SHIFT);
+	int r;
+
+	if (e->wp) {
+		struct uffdio_copy c = { .dst = a, .src = (uintptr_t)zero_window, .len = GVM_PAGE_SIZE,
+					 .mode = UFFDIO_COPY_MODE_WP };
+		r = ioctl(e->uffd, UFFDIO_COPY, &c);
+	} else {
+		struct uffdio_zeropage z = { .range = { .start = a, .len = GVM_PAGE_SIZE } };
+		r = ioctl(e->uffd, UFFDIO_ZEROPAGE, &z);
+	}
+	if (r == 0) {
+		rg->zeroed[p >> 3] |= (uint8_t)(1u << (p & 7));
+		return;
+	}
+	if (errno == EEXIST)
+		uffd_wake(e, a, GVM_PAGE_SIZE);
+	else if (errno != ENOENT && errno != ESRCH)
+		pr_perror("refilling discarded page %#lx", (unsigned long)a);
+}
+
+/*
+ * Discards. The owner of a region (QEMU: a balloon, free page reporting,
+ * virtio-mem) gives pages up with MADV_DONTNEED or MADV_REMOVE: from then on
+ * they read as zero, and a guest may rely on it (init_on_free). Told first
+ * (gvm_engine_discard, before the madvise), the engine marks them `zeroed`:
+ * a later fault installs zero here instead of fetching the pool's stale
+ * copy (a data reply still on its way installs zero too), and the page
+ * stays zero through clean drops until it is written (a written page is
+ * written back before any drop, and the mark goes). Resident pages stop
+ * counting against the budget at once and are never written back: the
+ * madvise that follows takes them away. Pages the evictor owns are left to
+ * it: once dropped, they read as zero like the rest.
+ */
+void gvm_fault_discard(struct gvm_engine *e, uintptr_t start, uintptr_t end)
+{
+	uint64_t gone = 0;
+
+	for (unsigned i = 0; i < e->n_regions; i++) {
+		struct gvm_region *rg = e->regions[i];
+		uintptr_t a = GVM_MAX(start, rg->base), b = GVM_MIN(end, rg->base + rg->len);
+		if (a >= b)
+			continue;
+		for (uint64_t p = (a - rg->base) >> GVM_PAGE_SHIFT; p < (b - rg->base + GVM_PAGE_SIZE - 1) >> GVM_PAGE_SHIFT; p++) {
+			uint8_t s = pg_get(rg->pg, p);
+			rg->zeroed[p >> 3] |= (uint8_t)(1u << (p & 7));
+			CTR_ADD(e, discarded_pages, 1);
+			while ((s & PG_RESIDENT) && !(s & (PG_EVICTING | PG_DROPPING))) {
+				/* Poisoned pages were never counted resident. */
+				if (pg_cas(rg->pg, p, &s, (uint8_t)(s & ~(PG_RESIDENT | PG_DIRTY | PG_REF | PG_LOST)))) {
+					gone += !(s & PG_LOST);
+					break;
+				}
+			}
+		}
+	}
+	/* installed has one writer, this thread; the evictor never drops a page
+	 * that is not resident, so resident = installed - dropped stays >= 0. */
+	if (gone)
+		__atomic_fetch_sub(&e->pages.installed, gone, __ATOMIC_RELEASE);
+}
+
 static void on_fault(struct gvm_engine *e, uintptr_t addr, int write, int wp, uint64_t now)
 {
 	struct gvm_region *rg = region_of(e, addr);
@@ -769,13 +870,16 @@ static void on_fault(struct gvm_engine *e, uintptr_t addr, int write, int wp, ui
 		return;
 	}
 	if (fl & PG_RESIDENT) {
-		/* Filled since the fault was queued (wake it), or discarded by
-		 * the owner (zero is what a discarded page reads as). */
-		if (fl & PG_LOST)
-			return;
-		/* uffd_fill wakes the waiter on EEXIST; zero fills a discard. */
-		uffd_fill(e, addr & ~(uintptr_t)(GVM_PAGE_SIZE - 1), e->wp ? zero_window : NULL,
-			  GVM_PAGE_SIZE, e->wp);
+		/* Filled since the fault was queued (wake it), or dropped by
+		 * its owner behind our back (zero is what it reads as). */
+		if (!(fl & PG_LOST))
+			refill_zero(e, rg, p);
+		return;
+	}
+	if (zeroed(rg, p)) {
+		/* Discarded by the owner: zero, here, not the pool's copy. */
+		install_run(e, rg, p, 1, NULL, IR_LOCAL | (write ? IR_WRITABLE | IR_DIRTY : 0));
+		gvm_hist_add(e, gvm_now_ns() - now);
 		return;
 	}
 	/* A run goes on in the same window or the next ones; it starts only

@@ -45,6 +45,8 @@ struct gvm_region {
 	uint8_t *pg;          /* npages PG_* flag bytes */
 	uint32_t *estamp;     /* with a budget: eviction clock when each page was last dropped (0: never; evictor writes) */
 	uint8_t *hot;         /* with a budget: 1 = refaulted soon after a drop (engine sets, evictor clears) */
+	uint8_t *zeroed;      /* bitmap: discarded by the owner since last written, so it reads as
+	                       * zero and the pool's copy is stale (fault.c "Discards"; engine thread) */
 	uint64_t last_win;    /* last faulting window (UINT64_MAX: none) */
 	uint64_t last_p;      /* page of the last missing-page fault (UINT64_MAX: none) ... */
 	uint64_t next_p;      /* ... and the first page after what it fetched */

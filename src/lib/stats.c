@@ -82,6 +82,7 @@ int gvm_engine_stats(struct gvm_engine *e, struct gvm_stats *out)
 		.rmw_installs = __atomic_load_n(&e->ctr.rmw_installs, __ATOMIC_RELAXED),
 		.room_waits = __atomic_load_n(&e->ctr.room_waits, __ATOMIC_RELAXED),
 		.poll_ns = gvm_poller_cpu_ns(e->poller),
+		.discarded_pages = __atomic_load_n(&e->ctr.discarded_pages, __ATOMIC_RELAXED),
 		.pages_rejected = __atomic_load_n(&e->ctr.pages_rejected, __ATOMIC_RELAXED),
 		.sealed = e->seal,
 		.resident_pages = pg_resident(&e->pages),

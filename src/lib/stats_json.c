@@ -24,7 +24,7 @@ int gvm_stats_json(struct gvm_engine *e, const char *vm, double uptime_s, char *
 		     ",\"prefetch_misses\":%" PRIu64 ",\"prefetch_hit_rate\":%.3f,\"window_pages\":%u"
 		     ",\"rmw_installs\":%" PRIu64 ",\"room_waits\":%" PRIu64 ",\"missing_faults\":%" PRIu64
 		     ",\"sealed\":%s,\"pages_rejected\":%" PRIu64 ",\"seal_version_bytes\":%" PRIu64
-		     ",\"poll_ms\":%.1f,\"fault_latency_sum_ns\":%" PRIu64 ",\"fault_latency_le_ns\":[",
+		     ",\"poll_ms\":%.1f,\"discarded_pages\":%" PRIu64 ",\"fault_latency_sum_ns\":%" PRIu64 ",\"fault_latency_le_ns\":[",
 		     vm, uptime_s, gvm_engine_features(e), s.faults, s.wp_faults, s.pages_fetched, s.zero_pages,
 		     s.local_zero_pages,
 		     s.readahead_pages, s.bytes_in, s.bytes_out, s.resident_pages, s.budget_pages,
@@ -35,7 +35,7 @@ int gvm_stats_json(struct gvm_engine *e, const char *vm, double uptime_s, char *
 		     s.prefetch_hits + s.prefetch_misses ?
 			     (double)s.prefetch_hits / (double)(s.prefetch_hits + s.prefetch_misses) : 0.0,
 		     s.window_pages, s.rmw_installs, s.room_waits, s.missing_faults, s.sealed ? "true" : "false",
-		     s.pages_rejected, s.seal_bytes, (double)s.poll_ns / 1e6, s.fault_lat_sum_ns);
+		     s.pages_rejected, s.seal_bytes, (double)s.poll_ns / 1e6, s.discarded_pages, s.fault_lat_sum_ns);
 	if (n < 0 || (size_t)n >= len)
 		return -ENOSPC;
 	/* The fixed latency buckets: bounds, then counts (one more: above the last bound). */

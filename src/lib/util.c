@@ -7,6 +7,8 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 int gvm_parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out)
 {
@@ -156,4 +158,9 @@ int gvm_split_hostport(const char *spec, char *host, size_t hostlen, uint16_t *p
 uint64_t gvm_time_ns(void)
 {
 	return gvm_now_ns();
+}
+
+int gvm_madvise(uintptr_t addr, size_t len, int advice)
+{
+	return (int)syscall(SYS_madvise, addr, len, advice);
 }

@@ -30,5 +30,10 @@ uint64_t gvm_hash_bytes(const void *p, size_t n, uint64_t seed);
 int gvm_split_hostport(const char *spec, char *host, size_t hostlen, uint16_t *port,
 		       uint16_t defport);
 
+/* madvise(2) as the system call, never through the preload library's
+ * madvise (which tells the engine the owner discards guest memory): for the
+ * engine's own drops. */
+int gvm_madvise(uintptr_t addr, size_t len, int advice);
+
 
 #endif

@@ -184,6 +184,29 @@ __attribute__((visibility("default"))) int munmap(void *addr, size_t len)
 	return (int)r;
 }
 
+#ifndef MADV_DONTNEED_LOCKED
+#define MADV_DONTNEED_LOCKED 24 /* Linux 5.18; glibc headers before 2.36 lack it */
+#endif
+
+/* Set once guest RAM is attached; the engine is never closed before exit. */
+static struct gvm_engine *discard_engine;
+
+/*
+ * QEMU gives guest pages back with madvise (ram_block_discard_range: a
+ * balloon, free page reporting, virtio-mem): the engine is told first, so
+ * they read as zero and are never fetched from the pool again
+ * (gvm_engine_discard). The engine's own drops use the system call.
+ */
+__attribute__((visibility("default"))) int madvise(void *addr, size_t len, int advice)
+{
+	struct gvm_engine *e = __atomic_load_n(&discard_engine, __ATOMIC_ACQUIRE);
+
+	if (e && (advice == MADV_DONTNEED || advice == MADV_REMOVE || advice == MADV_DONTNEED_LOCKED) &&
+	    gvm_engine_discard(e, addr, len) < 0)
+		pr_warn("madvise(%p, %zu): the engine was not told of the discard: out of memory", addr, len);
+	return (int)syscall(SYS_madvise, addr, len, advice);
+}
+
 /* ------------------------------------------------------------ control */
 
 static void reply(int fd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -350,6 +373,7 @@ static void early_attach(void *addr, size_t len)
 	if (n_early == 0 && atexit(early_exit))
 		pr_warn("atexit: the regions will not be freed at exit");
 	early_regions[n_early++] = region;
+	__atomic_store_n(&discard_engine, engine, __ATOMIC_RELEASE);
 	pr_info("RAM block %s: %zu MiB at %p attached as QEMU mapped it (%zu pages resident before)", name,
 		len >> 20, addr, before);
 	in_attach = 0;
@@ -381,6 +405,7 @@ static void cmd_attach(int fd, char *args)
 		reply(fd, "ERR attach %s at %#llx (%llu bytes): %s\n", name, addr, len, strerror(-r));
 		return;
 	}
+	__atomic_store_n(&discard_engine, engine, __ATOMIC_RELEASE);
 	pr_info("guest RAM block '%s' (%llu MiB at %#llx) is in the pool", name, len >> 20, addr);
 	reply(fd, "OK\n");
 }

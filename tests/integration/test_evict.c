@@ -516,6 +516,182 @@ static int sealed_slow_opener(int rmw)
 	return r;
 }
 
+/* What QEMU does to give a page back (a balloon, free page reporting):
+ * tell the engine, then madvise. */
+static int discard_page(struct gvm_engine *e, uint8_t *m, uint64_t p)
+{
+	CHECK(gvm_engine_discard(e, m + p * 4096, 4096) == 0);
+	CHECK(madvise(m + p * 4096, 4096, MADV_DONTNEED) == 0);
+	return 0;
+}
+
+/* Wait until the evictor has stopped (nothing evicted for 60 ms). */
+static void settle(struct gvm_engine *e)
+{
+	struct gvm_stats st;
+	uint64_t last = UINT64_MAX;
+
+	for (int still = 0, i = 0; still < 3 && i < 500; i++) {
+		usleep(20000);
+		gvm_engine_stats(e, &st);
+		still = st.evictions == last ? still + 1 : 0;
+		last = st.evictions;
+	}
+}
+
+/*
+ * Discarded pages read as zero, whether they were resident (clean: the pool
+ * still has their old data; or dirty) or in the pool, and stay zero after
+ * they are evicted; reading one fetches nothing; one written after its
+ * discard keeps what was written.
+ */
+static int discard(int use_move)
+{
+	struct gvm_pool *pool;
+	struct gvm_engine *e;
+	struct gvm_stats a, b, c;
+	uint8_t *m;
+	uint64_t seed;
+	uint32_t *ver = calloc(PAGES, sizeof(*ver));
+	const uint64_t n = 64, clean0 = 1024, pooled0 = 2048, dirty0 = PAGES - 4 * 64;
+
+	CHECK(ver);
+	if (open_written(&pool, &e, &m, use_move ? "discard-move" : "discard-dn", use_move, &seed, ver))
+		return 1;
+	/* Read faults apart, so that reads no longer follow a writing run
+	 * (whose windows go in dirty): what is fetched next stays clean. */
+	for (uint64_t k = 0; k < 40; k++)
+		CHECK(check_page(m, seed, 5000 + 61 * k, 1) == 0);
+	for (uint64_t k = 0; k < n; k++) {
+		CHECK(check_page(m, seed, clean0 + 3 * k, 1) == 0); /* fetched back: clean */
+		CHECK(check_page(m, seed, clean0 + 3 * k + 1, 1) == 0);
+	}
+	for (uint64_t k = 0; k < n; k++)
+		fill(m + (dirty0 + 3 * k) * 4096, seed, dirty0 + 3 * k, ++ver[dirty0 + 3 * k]); /* dirty */
+	unsigned char inc;
+	CHECK(mincore(m + pooled0 * 4096, 4096, &inc) == 0 && !(inc & 1));
+	/* No page in the evictor's hands, so each discarded page is refilled
+	 * by a fault of its own (counted below). discard_under_eviction has
+	 * the races. */
+	settle(e);
+	gvm_engine_stats(e, &a);
+	for (uint64_t k = 0; k < n; k++) {
+		uint64_t pages[3] = { clean0 + 3 * k, pooled0 + 3 * k, dirty0 + 3 * k };
+		for (int i = 0; i < 3; i++) {
+			if (discard_page(e, m, pages[i]))
+				return 1;
+			ver[pages[i]] = 0;
+		}
+	}
+	gvm_engine_stats(e, &b);
+	CHECK_EQ(b.discarded_pages - a.discarded_pages, 3 * n);
+	/* Dropped behind the engine's back (madvise alone): a fault on a page
+	 * it holds resident finds it gone, and it reads as zero from then on,
+	 * also after it is evicted clean. */
+	for (uint64_t k = 0; k < n; k++) {
+		CHECK(madvise(m + (clean0 + 3 * k + 1) * 4096, 4096, MADV_DONTNEED) == 0);
+		ver[clean0 + 3 * k + 1] = 0;
+	}
+	for (uint64_t k = 0; k < n; k++) {
+		CHECK(check_page(m, seed, pooled0 + 3 * k, 0) == 0);
+		CHECK(check_page(m, seed, clean0 + 3 * k, 0) == 0);
+		CHECK(check_page(m, seed, dirty0 + 3 * k, 0) == 0);
+	}
+	gvm_engine_stats(e, &c);
+	printf("  %" PRIu64 " pages discarded and read back as zero, %" PRIu64 " of them zero-filled here\n",
+	       3 * n, c.local_zero_pages - b.local_zero_pages);
+	/* Each installed zero once, here (by its fault, or by a data reply that
+	 * was on its way), none fetched from the pool's copy. */
+	CHECK_EQ(c.local_zero_pages - b.local_zero_pages, 3 * n);
+	for (uint64_t k = 0; k < n; k++)
+		CHECK(check_page(m, seed, clean0 + 3 * k + 1, 0) == 0);
+	/* Half of the clean ones written again; then everything is pushed out
+	 * (reads of the whole region, 4x the budget) and checked. */
+	for (uint64_t k = 0; k < n; k += 2)
+		fill(m + (clean0 + 3 * k) * 4096, seed, clean0 + 3 * k, ver[clean0 + 3 * k] = 7);
+	if (verify_all(m, seed, ver) || verify_all(m, seed, ver))
+		return 1;
+	close_engine(pool, e, m);
+	free(ver);
+	return 0;
+}
+
+struct dctx {
+	struct ctx c;
+	struct gvm_engine *e;
+	uint32_t *gen;   /* versions written so far: a page never gets the same one twice */
+	unsigned discards;
+};
+
+/* Like random_writer, but one step in 8 discards the page instead. */
+static void *discarding_writer(void *a)
+{
+	struct dctx *d = a;
+	struct ctx *c = &d->c;
+	uint64_t x = gvm_mix64(c->seed + (uint64_t)c->id + 100);
+
+	for (unsigned i = 0; i < c->writes; i++) {
+		x = gvm_mix64(x);
+		uint64_t p = (x % (PAGES / THREADS)) * THREADS + (uint64_t)c->id;
+		if ((x >> 40) % 8 == 0) {
+			if (discard_page(d->e, c->m, p))
+				return (void *)1;
+			c->ver[p] = 0;
+			d->discards++;
+		} else {
+			c->ver[p] = ++d->gen[p];
+			fill(c->m + p * 4096, c->seed, p, c->ver[p]);
+		}
+	}
+	return NULL;
+}
+
+/* Writes and discards from 4 threads over 4x the budget while the evictor
+ * runs: every page reads back as last written, or zero if last discarded. */
+static int discard_under_eviction(int use_move)
+{
+	struct gvm_pool *pool;
+	struct gvm_engine *e;
+	struct gvm_stats st;
+	uint8_t *m;
+	uint64_t seed;
+	uint32_t *ver = calloc(PAGES, sizeof(*ver)), *gen = calloc(PAGES, sizeof(*gen));
+	pthread_t th[THREADS];
+	struct dctx d[THREADS];
+	unsigned discards = 0;
+	void *rv;
+
+	CHECK(ver && gen);
+	if (open_written(&pool, &e, &m, use_move ? "dstress-move" : "dstress-dn", use_move, &seed, ver))
+		return 1;
+	for (uint64_t p = 0; p < PAGES; p++)
+		gen[p] = 1;
+	for (int i = 0; i < THREADS; i++) {
+		d[i] = (struct dctx){ .c = { .m = m, .ver = ver, .seed = seed, .id = i, .writes = 6000 },
+				      .e = e, .gen = gen };
+		CHECK(pthread_create(&th[i], NULL, discarding_writer, &d[i]) == 0);
+	}
+	for (int i = 0; i < THREADS; i++) {
+		CHECK(pthread_join(th[i], &rv) == 0 && rv == NULL);
+		discards += d[i].discards;
+	}
+	gvm_engine_stats(e, &st);
+	printf("  %u discards among %u writes, evictions %" PRIu64 ", write-backs %" PRIu64 "\n", discards,
+	       THREADS * 6000 - discards, st.evictions, st.writebacks);
+	CHECK(st.evictions > 0 && discards > 1000);
+	if (verify_all(m, seed, ver))
+		return 1;
+	close_engine(pool, e, m);
+	free(ver);
+	free(gen);
+	return 0;
+}
+
+static int test_discard_move(void) { return discard(1); }
+static int test_discard_dontneed(void) { return discard(0); }
+static int test_discard_under_eviction_move(void) { return discard_under_eviction(1); }
+static int test_discard_under_eviction_dontneed(void) { return discard_under_eviction(0); }
+
 static int test_rmw_sealed_slow_opener(void) { return sealed_slow_opener(1); }
 static int test_random_writes_sealed_slow_opener(void) { return sealed_slow_opener(0); }
 static int test_random_writes_dontneed(void) { return random_writes(0); }
@@ -548,6 +724,10 @@ static const struct gvm_test tests[] = {
 	{ "rmw_under_eviction_sealed", test_rmw_sealed, MOVE },
 	{ "rmw_under_eviction_sealed_slow_opener", test_rmw_sealed_slow_opener, MOVE },
 	{ "random_writes_4x_budget_sealed_slow_opener", test_random_writes_sealed_slow_opener, MOVE },
+	{ "discard_move", test_discard_move, MOVE },
+	{ "discard_dontneed", test_discard_dontneed, WP },
+	{ "discard_under_eviction_move", test_discard_under_eviction_move, MOVE },
+	{ "discard_under_eviction_dontneed", test_discard_under_eviction_dontneed, WP },
 };
 
 int main(int argc, char **argv)
