@@ -877,9 +877,19 @@ static void on_fault(struct gvm_engine *e, uintptr_t addr, int write, int wp, ui
 		return;
 	}
 	if (zeroed(rg, p)) {
-		/* Discarded by the owner: zero, here, not the pool's copy. */
-		install_run(e, rg, p, 1, NULL, IR_LOCAL | (write ? IR_WRITABLE | IR_DIRTY : 0));
+		/* Discarded by the owner: zero, here, not the pool's copy; so are
+		 * the other discarded pages of its window (a guest reusing freed
+		 * memory goes through it in order), as for a fresh stripe. */
+		int wflag = IR_LOCAL | (write ? IR_WRITABLE : 0);
+		uint64_t w0 = p & ~(uint64_t)(e->prefetch - 1), w1 = GVM_MIN(w0 + e->prefetch, rg->npages);
+		install_run(e, rg, p, 1, NULL, wflag | (write ? IR_DIRTY : 0));
 		gvm_hist_add(e, gvm_now_ns() - now);
+		for (uint64_t k = w0, j; k < w1; k = j + 1) {
+			for (j = k; j < w1 && zeroed(rg, j) && !(pg_get(rg->pg, j) & (PG_RESIDENT | PG_INFLIGHT)); j++)
+				;
+			if (j > k)
+				install_run(e, rg, k, j - k, NULL, wflag);
+		}
 		return;
 	}
 	/* A run goes on in the same window or the next ones; it starts only

@@ -45,6 +45,14 @@
 #           (random read-modify-write over gvm.mib MiB) instead
 #         gvm.job=NAME: run /bin/job-NAME instead (an extra initramfs layer,
 #           see gvm_guest_prepare_redis); every gvm.K=V is exported as GVM_K=V
+#         gvm.runs=N gvm.pause=S: run the workload (or job) N times, S seconds
+#           apart (each run: seed + its index); the first failure's status
+#         gvm.balloon=1: load the guest kernel's virtio-balloon driver (its
+#           modules are in the initramfs when the kernel came from the Debian
+#           package) and add QEMU's -device virtio-balloon-pci with
+#           free-page-reporting=on: the guest hands memory it frees back to
+#           QEMU (in 2 MiB blocks, ~2 s after they are free). /init prints
+#           "GIANTVM-BALLOON ok" or "GIANTVM-BALLOON FAIL <why>".
 #       Use it as:
 #         mapfile -t args < <(gvm_guest_qemu_args 512 256 gvm.seed=3)
 #         timeout 300 qemu-system-x86_64 "${args[@]}" </dev/null
@@ -63,7 +71,8 @@
 # MEM_MIB >= MIB + 96 (256 MiB workload: OOM-killed at -m 336, ok at 352);
 # the PVH vmlinux needs -m >= 96 (at -m 64 it hangs silently before any output).
 # The kernel boots with no modules (8250 console, initramfs, devtmpfs, ACPI
-# power-off are built in); gvm.* words are ignored by the kernel (unknown
+# power-off are built in; the virtio modules are loaded only for
+# gvm.balloon=1); gvm.* words are ignored by the kernel (unknown
 # module parameters) and read by /init from /proc/cmdline.
 #
 # Guest serial output also carries "GIANTVM-BOOT uptime=<s>" (kernel uptime
@@ -300,24 +309,42 @@ for w in $(cat /proc/cmdline); do
     gvm.*=*) k=${w%%=*}; export "GVM_${k#gvm.}=${w#*=}" ;;
     esac
 done
-if [ -n "${GVM_job:-}" ]; then
-    # a job another initramfs layer brings (e.g. gvm_guest_prepare_redis)
-    if [ -x "/bin/job-$GVM_job" ]; then
-        "/bin/job-$GVM_job"
-    else
-        echo "GIANTVM-RESULT job=$GVM_job verify=FAIL reason=no_/bin/job-$GVM_job"
-        false
-    fi
-elif [ -n "${GVM_rand:-}" ]; then
-    set -- --rand "$GVM_rand" --mib "$mib" --seed "$seed" --ops "${GVM_ops:-1000000}"
-    [ -n "${GVM_expect:-}" ] && set -- "$@" --expect "$GVM_expect"
-    /bin/workload "$@"
-else
-    set -- --mib "$mib" --seed "$seed" --threads "$threads" --passes "$passes"
-    [ -n "$fault" ] && set -- "$@" --inject-fault "$fault"
-    /bin/workload "$@"
+if [ "${GVM_balloon:-}" = 1 ]; then
+    why=
+    for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_balloon; do
+        [ -r /lib/modules/$m.ko ] || { why="no_$m.ko_in_the_initramfs"; break; }
+        insmod /lib/modules/$m.ko || { why="insmod_${m}_failed"; break; }
+    done
+    [ -z "$why" ] && ! ls /sys/bus/virtio/drivers/virtio_balloon/virtio* >/dev/null 2>&1 && why=no_balloon_device
+    echo "GIANTVM-BALLOON ${why:+FAIL }${why:-ok}"
 fi
-rc=$?
+run_once() {
+    if [ -n "${GVM_job:-}" ]; then
+        # a job another initramfs layer brings (e.g. gvm_guest_prepare_redis)
+        if [ -x "/bin/job-$GVM_job" ]; then
+            "/bin/job-$GVM_job"
+        else
+            echo "GIANTVM-RESULT job=$GVM_job verify=FAIL reason=no_/bin/job-$GVM_job"
+            false
+        fi
+    elif [ -n "${GVM_rand:-}" ]; then
+        set -- --rand "$GVM_rand" --mib "$mib" --seed "$1" --ops "${GVM_ops:-1000000}"
+        [ -n "${GVM_expect:-}" ] && set -- "$@" --expect "$GVM_expect"
+        /bin/workload "$@"
+    else
+        set -- --mib "$mib" --seed "$1" --threads "$threads" --passes "$passes"
+        [ -n "$fault" ] && set -- "$@" --inject-fault "$fault"
+        /bin/workload "$@"
+    fi
+}
+i=0 rc=0
+while [ $i -lt "${GVM_runs:-1}" ]; do
+    [ $i -gt 0 ] && sleep "${GVM_pause:-0}"
+    run_once $((seed + i))
+    r=$?
+    [ $rc -eq 0 ] && rc=$r
+    i=$((i + 1))
+done
 echo "GIANTVM-EXIT rc=$rc"
 sync
 poweroff -f
@@ -341,6 +368,27 @@ _gvm_ensure_workload() {
     GVM_WORKLOAD=$out
 }
 
+# The virtio-balloon driver and what it needs, from the kernel's .deb (kept in
+# the cache next to boot/): prints the directory holding the .ko files, or
+# fails (a custom kernel, or no .deb: gvm.balloon=1 then reports FAIL).
+_gvm_balloon_modules() {
+    local kdir=${GVM_VMLINUZ%/boot/*} deb dir
+    dir=$kdir/virtio-modules
+    if [[ ! -s $dir/virtio_balloon.ko ]]; then
+        deb=$(ls -1 "$kdir"/*.deb 2>/dev/null | head -n1)
+        [[ -n $deb ]] || return 1
+        rm -rf "$dir.tmp.$$" && mkdir -p "$dir.tmp.$$" || return 1
+        dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$dir.tmp.$$" --wildcards \
+            './lib/modules/*/kernel/drivers/virtio/virtio.ko' './lib/modules/*/kernel/drivers/virtio/virtio_ring.ko' \
+            './lib/modules/*/kernel/drivers/virtio/virtio_pci*.ko' './lib/modules/*/kernel/drivers/virtio/virtio_balloon.ko' ||
+            { rm -rf "$dir.tmp.$$"; return 1; }
+        mkdir -p "$dir.tmp.$$/flat" && find "$dir.tmp.$$/lib" -name '*.ko' -exec mv {} "$dir.tmp.$$/flat/" \; &&
+            [[ -s $dir.tmp.$$/flat/virtio_balloon.ko ]] || { rm -rf "$dir.tmp.$$"; return 1; }
+        rm -rf "$dir" && mv "$dir.tmp.$$/flat" "$dir" && rm -rf "$dir.tmp.$$" || return 1
+    fi
+    echo "$dir"
+}
+
 _gvm_ensure_initrd() {
     local bb h out stage a
     bb=$(command -v busybox) || { _gvm_err "busybox not found"; return 1; }
@@ -349,7 +397,10 @@ _gvm_ensure_initrd() {
         _gvm_err "$bb is not statically linked (need busybox-static)"
         return 1
     fi
-    h=$({ _gvm_init_script; sha256sum <"$GVM_WORKLOAD"; sha256sum <"$bb"; } | sha256sum | cut -c1-16)
+    local mods
+    mods=$(_gvm_balloon_modules) || mods=
+    h=$({ _gvm_init_script; sha256sum <"$GVM_WORKLOAD"; sha256sum <"$bb"; [[ -z $mods ]] || cat "$mods"/*.ko; } |
+        sha256sum | cut -c1-16)
     out=$GVM_CACHE/initrd-$h.cpio.gz
     if [[ ! -s $out ]]; then
         stage=$(mktemp -d "$GVM_CACHE/.initrd.XXXXXX") || return 1
@@ -357,7 +408,8 @@ _gvm_ensure_initrd() {
             cp "$bb" "$stage/bin/busybox" &&
             cp "$GVM_WORKLOAD" "$stage/bin/workload" &&
             _gvm_init_script >"$stage/init" &&
-            chmod 755 "$stage/init" "$stage/bin/busybox" "$stage/bin/workload" || {
+            chmod 755 "$stage/init" "$stage/bin/busybox" "$stage/bin/workload" &&
+            { [[ -z $mods ]] || { mkdir -p "$stage/lib/modules" && cp "$mods"/*.ko "$stage/lib/modules/"; }; } || {
             rm -rf "$stage"
             _gvm_err "cannot stage the initramfs"
             return 1
@@ -532,11 +584,12 @@ gvm_guest_qemu_args() {
         _gvm_err "gvm_guest_qemu_args: GVM_KERNEL/GVM_INITRD unset; call gvm_guest_prepare first"
         return 1
     fi
-    local append="console=ttyS0 quiet panic=-1 gvm.mib=$mib"
+    local append="console=ttyS0 quiet panic=-1 gvm.mib=$mib" balloon=()
     (($#)) && append+=" $*"
+    [[ " $* " == *" gvm.balloon=1 "* ]] && balloon=(-device virtio-balloon-pci,free-page-reporting=on)
     printf '%s\n' \
         -machine pc -accel tcg -cpu max -smp 1 -m "$mem" \
-        -nographic -no-reboot -nic none \
+        -nographic -no-reboot -nic none ${balloon[@]+"${balloon[@]}"} \
         -kernel "$GVM_KERNEL" -initrd "$GVM_INITRD" \
         -append "$append"
 }
