@@ -142,7 +142,7 @@ struct gvm_stats {
 	uint64_t faults;              /* userfaultfd faults handled */
 	uint64_t pages_fetched;       /* pages installed from the pool (incl. zero) */
 	uint64_t zero_pages;          /* of which zero (nothing sent) */
-	uint64_t local_zero_pages;    /* of which zero-filled without asking the pool (fresh region) */
+	uint64_t local_zero_pages;    /* zero-filled without asking the pool (fresh region, discarded pages) */
 	uint64_t readahead_pages;     /* installed ahead of any fault */
 	uint64_t bytes_in;            /* page bytes received */
 	uint64_t bytes_out;           /* page bytes written to the pool */

@@ -107,7 +107,7 @@ static const struct simple simples[] = {
 	{ "giantvm_vm_fetched_zero_pages_total", "counter", "zero_pages",
 	  "Of the fetched pages, those the pool holds as zero (no page bytes sent).", 1, 0 },
 	{ "giantvm_vm_local_zero_pages_total", "counter", "local_zero_pages",
-	  "Pages of a fresh region zero-filled locally, without asking the pool.", 1, 0 },
+	  "Pages zero-filled locally, without asking the pool (a fresh region's, discarded ones).", 1, 0 },
 	{ "giantvm_vm_discarded_pages_total", "counter", "discarded_pages",
 	  "Pages the VM's owner discarded (balloon, free page reporting): zero from then on, never fetched.", 1, 0 },
 	{ "giantvm_vm_prefetched_pages_total", "counter", "readahead_pages",
