@@ -119,9 +119,9 @@ int gvm_engine_attach_flags(struct gvm_engine *e, uint64_t region,
  * acknowledgements. Zero pages are not sent (the pool forgets them). */
 int gvm_engine_flush(struct gvm_engine *e);
 /*
- * The owner is about to drop [addr, addr+len) with MADV_DONTNEED or
- * MADV_REMOVE (a balloon, free page reporting): call this first, then
- * madvise. Pages of attached regions in the range read as zero from then on,
+ * The owner dropped [addr, addr+len) with MADV_DONTNEED (a balloon, free
+ * page reporting): call this once madvise succeeded, before the pages are
+ * used again. Pages of attached regions in the range read as zero from then on,
  * are never fetched again until written, stop counting against the local
  * budget and are not written back (stats: discarded_pages). Waits for the
  * engine thread; a range outside every region returns at once. 0 or

@@ -103,7 +103,7 @@ struct gvm_engine_counters {
 	uint64_t room_waits;               /* faults whose fetch waited for the evictor to make room */
 	uint64_t window;                   /* pages the last non-sequential fault fetched */
 	uint64_t pages_rejected;           /* sealed pages that failed verification */
-	uint64_t discarded_pages;          /* pages the owner discarded (UFFD_EVENT_REMOVE) */
+	uint64_t discarded_pages;          /* pages the owner discarded (gvm_engine_discard) */
 };
 
 struct gvm_engine {

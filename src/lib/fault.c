@@ -55,6 +55,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "engine_int.h"
@@ -115,15 +116,21 @@ static void mark_refault(struct gvm_engine *e, struct gvm_region *rg, uint64_t p
 		__atomic_store_n(&rg->hot[p], 1, __ATOMIC_RELAXED);
 }
 
-/* Discards (see "Discards" above): page p reads as zero, not as the pool's copy. */
-static int zeroed(const struct gvm_region *rg, uint64_t p)
+/* Discards (see "Discards" below): page p reads as zero, not as the
+ * pool's copy. Written by this thread only, read by flush too: atomics. */
+static int zeroed(struct gvm_region *rg, uint64_t p)
 {
-	return (rg->zeroed[p >> 3] >> (p & 7)) & 1;
+	return gvm_region_zeroed(rg, p);
+}
+
+static void zeroed_set(struct gvm_region *rg, uint64_t p)
+{
+	__atomic_fetch_or(&rg->zeroed[p >> 3], (uint8_t)(1u << (p & 7)), __ATOMIC_RELEASE);
 }
 
 static void zeroed_clear(struct gvm_region *rg, uint64_t p)
 {
-	rg->zeroed[p >> 3] &= (uint8_t)~(1u << (p & 7));
+	__atomic_fetch_and(&rg->zeroed[p >> 3], (uint8_t)~(1u << (p & 7)), __ATOMIC_RELEASE);
 }
 
 #define IR_WRITABLE 1 /* zero pages allocated (UFFDIO_COPY), not the shared zero page */
@@ -138,8 +145,10 @@ static void count_install(struct gvm_engine *e, int local, int zero, int64_t n)
 		CTR_ADD(e, local_zero_pages, (uint64_t)n);
 		return;
 	}
+	if (n < 0 && zero) /* taken back: zero_pages first, the other way round */
+		__atomic_fetch_add(&e->ctr.zero_pages, (uint64_t)n, __ATOMIC_RELEASE);
 	CTR_ADD(e, pages_fetched, (uint64_t)n);
-	if (zero)
+	if (n > 0 && zero)
 		__atomic_fetch_add(&e->ctr.zero_pages, (uint64_t)n, __ATOMIC_RELEASE);
 }
 
@@ -383,6 +392,9 @@ static int poison_page(struct gvm_engine *e, struct gvm_region *rg, uint64_t p)
 {
 	struct uffdio_poison po = { .range = { rg->base + (p << GVM_PAGE_SHIFT), GVM_PAGE_SIZE } };
 
+	/* Discarded: no replica needed, it is zero. */
+	if (zeroed(rg, p) && install_run(e, rg, p, 1, NULL, IR_LOCAL) == 1)
+		return 0;
 	if (!(e->features & UFFD_FEATURE_POISON)) {
 		errno = ENOTSUP;
 		return -1;
@@ -668,8 +680,10 @@ static void defer_fault(struct gvm_engine *e, uintptr_t addr, int write)
  * from the pool, which has the written-back data).
  */
 /* Mark a resident page written (it is about to be unprotected). 0 if it is
- * being dropped: the caller must not unprotect it. A written page is written
- * back before any drop, so the pool's copy is no longer stale. */
+ * being dropped: the caller must not unprotect it; -1 if it is gone (dropped
+ * or discarded after the fault was queued: the thread must fault again, as
+ * missing). A written page is written back before any drop, so the pool's
+ * copy is no longer stale. */
 static int mark_written(struct gvm_region *rg, uint64_t p)
 {
 	uint8_t s = pg_get(rg->pg, p);
@@ -677,6 +691,8 @@ static int mark_written(struct gvm_region *rg, uint64_t p)
 	for (;;) {
 		if (s & PG_DROPPING)
 			return 0;
+		if (!(s & PG_RESIDENT))
+			return -1;
 		if (pg_cas(rg->pg, p, &s, (uint8_t)(s | PG_DIRTY | PG_REF))) {
 			zeroed_clear(rg, p);
 			return 1;
@@ -705,8 +721,12 @@ static void on_wp_fault(struct gvm_engine *e, struct gvm_region *rg, uint64_t p,
 		}
 	}
 
-	if (!mark_written(rg, p)) {
-		defer_fault(e, addr, 1);
+	int m = mark_written(rg, p);
+	if (m <= 0) {
+		if (m == 0)
+			defer_fault(e, addr, 1);
+		else
+			uffd_wake(e, addr & ~(uintptr_t)(GVM_PAGE_SIZE - 1), GVM_PAGE_SIZE);
 		return;
 	}
 	if (p > 0 && (pg_get(rg->pg, p - 1) & (PG_RESIDENT | PG_DIRTY)) == (PG_RESIDENT | PG_DIRTY)) {
@@ -714,7 +734,7 @@ static void on_wp_fault(struct gvm_engine *e, struct gvm_region *rg, uint64_t p,
 		while (end < lim) {
 			uint8_t s = pg_get(rg->pg, end);
 			if (!(s & PG_RESIDENT) || (s & (PG_INFLIGHT | PG_LOST)) || end == rg->held ||
-			    !mark_written(rg, end))
+			    mark_written(rg, end) <= 0)
 				break;
 			end++;
 		}
@@ -755,16 +775,20 @@ static void refill_zero(struct gvm_engine *e, struct gvm_region *rg, uint64_t p)
 	uintptr_t a = rg->base + (p << GVM_PAGE_SHIFT);
 	int r;
 
-	if (e->wp) {
-		struct uffdio_copy c = { .dst = a, .src = (uintptr_t)zero_window, .len = GVM_PAGE_SIZE,
-					 .mode = UFFDIO_COPY_MODE_WP };
-		r = ioctl(e->uffd, UFFDIO_COPY, &c);
-	} else {
-		struct uffdio_zeropage z = { .range = { .start = a, .len = GVM_PAGE_SIZE } };
-		r = ioctl(e->uffd, UFFDIO_ZEROPAGE, &z);
+	for (unsigned again = 0;; again++) {
+		if (e->wp) {
+			struct uffdio_copy c = { .dst = a, .src = (uintptr_t)zero_window, .len = GVM_PAGE_SIZE,
+						 .mode = UFFDIO_COPY_MODE_WP };
+			r = ioctl(e->uffd, UFFDIO_COPY, &c);
+		} else {
+			struct uffdio_zeropage z = { .range = { .start = a, .len = GVM_PAGE_SIZE } };
+			r = ioctl(e->uffd, UFFDIO_ZEROPAGE, &z);
+		}
+		if (r == 0 || errno != EAGAIN || again >= 100000)
+			break;
 	}
 	if (r == 0) {
-		rg->zeroed[p >> 3] |= (uint8_t)(1u << (p & 7));
+		zeroed_set(rg, p);
 		return;
 	}
 	if (errno == EEXIST)
@@ -775,16 +799,18 @@ static void refill_zero(struct gvm_engine *e, struct gvm_region *rg, uint64_t p)
 
 /*
  * Discards. The owner of a region (QEMU: a balloon, free page reporting,
- * virtio-mem) gives pages up with MADV_DONTNEED or MADV_REMOVE: from then on
- * they read as zero, and a guest may rely on it (init_on_free). Told first
- * (gvm_engine_discard, before the madvise), the engine marks them `zeroed`:
- * a later fault installs zero here instead of fetching the pool's stale
- * copy (a data reply still on its way installs zero too), and the page
- * stays zero through clean drops until it is written (a written page is
- * written back before any drop, and the mark goes). Resident pages stop
- * counting against the budget at once and are never written back: the
- * madvise that follows takes them away. Pages the evictor owns are left to
- * it: once dropped, they read as zero like the rest.
+ * virtio-mem) gives pages up with MADV_DONTNEED: from then on they read as
+ * zero, and a guest may rely on it (init_on_free). Told right after the
+ * madvise succeeded (gvm_engine_discard), the engine marks them `zeroed`: a
+ * later fault installs zero here instead of fetching the pool's stale copy
+ * (a data reply still on its way installs zero too), and the page stays
+ * zero through clean drops until it is written (a written page is written
+ * back before any drop, and the mark goes). Resident pages stop counting
+ * against the budget and are never written back; one that a reply
+ * installed again between the owner's madvise and now is dropped here.
+ * Pages the evictor owns are left to it: once dropped they read as zero
+ * like the rest. (The owner does not touch the pages meanwhile: a guest
+ * gets reported or ballooned pages back only after QEMU answered.)
  */
 void gvm_fault_discard(struct gvm_engine *e, uintptr_t start, uintptr_t end)
 {
@@ -793,18 +819,33 @@ void gvm_fault_discard(struct gvm_engine *e, uintptr_t start, uintptr_t end)
 	for (unsigned i = 0; i < e->n_regions; i++) {
 		struct gvm_region *rg = e->regions[i];
 		uintptr_t a = GVM_MAX(start, rg->base), b = GVM_MIN(end, rg->base + rg->len);
+		uint64_t run = 0, run0 = 0;
 		if (a >= b)
 			continue;
-		for (uint64_t p = (a - rg->base) >> GVM_PAGE_SHIFT; p < (b - rg->base + GVM_PAGE_SIZE - 1) >> GVM_PAGE_SHIFT; p++) {
-			uint8_t s = pg_get(rg->pg, p);
-			rg->zeroed[p >> 3] |= (uint8_t)(1u << (p & 7));
-			CTR_ADD(e, discarded_pages, 1);
-			while ((s & PG_RESIDENT) && !(s & (PG_EVICTING | PG_DROPPING))) {
-				/* Poisoned pages were never counted resident. */
-				if (pg_cas(rg->pg, p, &s, (uint8_t)(s & ~(PG_RESIDENT | PG_DIRTY | PG_REF | PG_LOST)))) {
-					gone += !(s & PG_LOST);
-					break;
+		uint64_t p0 = (a - rg->base) >> GVM_PAGE_SHIFT, p1 = (b - rg->base + GVM_PAGE_SIZE - 1) >> GVM_PAGE_SHIFT;
+		for (uint64_t p = p0; p <= p1; p++) {
+			int cleared = 0;
+			if (p < p1) {
+				uint8_t s = pg_get(rg->pg, p);
+				zeroed_set(rg, p);
+				CTR_ADD(e, discarded_pages, 1);
+				while ((s & PG_RESIDENT) && !(s & (PG_EVICTING | PG_DROPPING))) {
+					/* Poisoned pages were never counted resident. */
+					if (pg_cas(rg->pg, p, &s, (uint8_t)(s & ~(PG_RESIDENT | PG_DIRTY | PG_REF | PG_LOST)))) {
+						gone += !(s & PG_LOST);
+						cleared = 1;
+						break;
+					}
 				}
+			}
+			if (cleared) {
+				run0 = run ? run0 : p;
+				run++;
+			} else if (run) {
+				/* Mostly already gone; whatever was installed since is not. */
+				if (gvm_madvise(rg->base + (run0 << GVM_PAGE_SHIFT), run << GVM_PAGE_SHIFT, MADV_DONTNEED) < 0)
+					pr_perror("madvise(discarded pages)");
+				run = 0;
 			}
 		}
 	}

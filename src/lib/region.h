@@ -46,7 +46,8 @@ struct gvm_region {
 	uint32_t *estamp;     /* with a budget: eviction clock when each page was last dropped (0: never; evictor writes) */
 	uint8_t *hot;         /* with a budget: 1 = refaulted soon after a drop (engine sets, evictor clears) */
 	uint8_t *zeroed;      /* bitmap: discarded by the owner since last written, so it reads as
-	                       * zero and the pool's copy is stale (fault.c "Discards"; engine thread) */
+	                       * zero and the pool's copy is stale (fault.c "Discards"; written by
+	                       * the engine thread with atomics) */
 	uint64_t last_win;    /* last faulting window (UINT64_MAX: none) */
 	uint64_t last_p;      /* page of the last missing-page fault (UINT64_MAX: none) ... */
 	uint64_t next_p;      /* ... and the first page after what it fetched */
@@ -75,5 +76,11 @@ struct gvm_region {
 	struct gvm_sealer *opener; /* engine thread: checks and decrypts READ replies */
 };
 
+
+/* Page p was discarded since last written (gvm_region.zeroed); any thread. */
+static inline int gvm_region_zeroed(struct gvm_region *rg, uint64_t p)
+{
+	return (__atomic_load_n(&rg->zeroed[p >> 3], __ATOMIC_ACQUIRE) >> (p & 7)) & 1;
+}
 
 #endif

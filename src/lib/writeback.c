@@ -379,6 +379,15 @@ static int waiter_wait(struct gvm_waiter *wt, uint64_t below)
 	return wt->err;
 }
 
+/* Resident and not lost; or discarded, so the pool's copy is stale (reading
+ * it faults it in as zero, and zero goes to the pool). */
+static int flushable(struct gvm_region *rg, uint64_t p)
+{
+	uint8_t s = pg_get(rg->pg, p);
+
+	return ((s & PG_RESIDENT) && !(s & PG_LOST)) || (!(s & PG_RESIDENT) && gvm_region_zeroed(rg, p));
+}
+
 int gvm_engine_flush(struct gvm_engine *e)
 {
 	struct gvm_waiter wt = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
@@ -394,11 +403,11 @@ int gvm_engine_flush(struct gvm_engine *e)
 		while (p < rg->npages && !r) {
 			uint64_t end = GVM_MIN((p / GVM_STRIPE_PAGES + 1) * GVM_STRIPE_PAGES, rg->npages);
 			uint64_t s;
-			if (!(pg_get(rg->pg, p) & PG_RESIDENT) || (pg_get(rg->pg, p) & PG_LOST)) {
+			if (!flushable(rg, p)) {
 				p++;
 				continue;
 			}
-			for (s = p; s < end && (pg_get(rg->pg, s) & PG_RESIDENT) && !(pg_get(rg->pg, s) & PG_LOST); s++)
+			for (s = p; s < end && flushable(rg, s); s++)
 				;
 			r = gvm_wb_submit(e, rg, p, (uint32_t)(s - p), &wt);
 			p = s;

@@ -193,18 +193,22 @@ static struct gvm_engine *discard_engine;
 
 /*
  * QEMU gives guest pages back with madvise (ram_block_discard_range: a
- * balloon, free page reporting, virtio-mem): the engine is told first, so
- * they read as zero and are never fetched from the pool again
- * (gvm_engine_discard). The engine's own drops use the system call.
+ * balloon, free page reporting, virtio-mem): once that succeeded the engine
+ * is told, before QEMU answers the guest, so they read as zero and are never
+ * fetched from the pool again (gvm_engine_discard). The engine's own drops
+ * use the system call.
  */
 __attribute__((visibility("default"))) int madvise(void *addr, size_t len, int advice)
 {
 	struct gvm_engine *e = __atomic_load_n(&discard_engine, __ATOMIC_ACQUIRE);
+	long r = syscall(SYS_madvise, addr, len, advice);
+	int err = errno;
 
-	if (e && (advice == MADV_DONTNEED || advice == MADV_REMOVE || advice == MADV_DONTNEED_LOCKED) &&
+	if (r == 0 && e && (advice == MADV_DONTNEED || advice == MADV_REMOVE || advice == MADV_DONTNEED_LOCKED) &&
 	    gvm_engine_discard(e, addr, len) < 0)
 		pr_warn("madvise(%p, %zu): the engine was not told of the discard: out of memory", addr, len);
-	return (int)syscall(SYS_madvise, addr, len, advice);
+	errno = err;
+	return (int)r;
 }
 
 /* ------------------------------------------------------------ control */

@@ -517,11 +517,11 @@ static int sealed_slow_opener(int rmw)
 }
 
 /* What QEMU does to give a page back (a balloon, free page reporting):
- * tell the engine, then madvise. */
+ * madvise, then (the preload library's interposer) tell the engine. */
 static int discard_page(struct gvm_engine *e, uint8_t *m, uint64_t p)
 {
-	CHECK(gvm_engine_discard(e, m + p * 4096, 4096) == 0);
 	CHECK(madvise(m + p * 4096, 4096, MADV_DONTNEED) == 0);
+	CHECK(gvm_engine_discard(e, m + p * 4096, 4096) == 0);
 	return 0;
 }
 
