@@ -11,7 +11,7 @@
 #                           [--redis-value BYTES] [--redis-ops Q]
 #                           [--swapfile PATH] [--zram-size SIZE]
 #                           [--servers prealloc|lazy] [--timeout SEC]
-#                           [--pin-qemu CPULIST]
+#                           [--pin-qemu CPULIST] [--prefetch N] [--balloon]
 #
 # Workloads (--workloads, comma separated; default u2x,u4x,zipf):
 #   u2x   workload --rand uniform over 2 x local-mem MiB: a sequential fill,
@@ -33,7 +33,8 @@
 # fresh boot:
 #   local   plain QEMU, all guest RAM local
 #   giantvm giantvm run --local-mem local-mem on two loopback memory servers
-#           (replicas 2, prefetch default; --servers prealloc gives each
+#           (replicas 2, prefetch default or --prefetch N, giantvm run's
+#           largest window; --servers prealloc gives each
 #           --capacity <mem> --prealloc)
 #   zram    QEMU in a memory cgroup (see below), swap on a hot-added zram
 #           device (lz4 else zstd) at priority 32767
@@ -51,6 +52,11 @@
 #
 # --seal on|off (default off: the servers are on loopback) is giantvm run's
 # --seal: sealed pages (AEGIS-256, docs/SECURITY.md) in the giantvm way.
+#
+# --balloon gives every way's guest QEMU's virtio-balloon with free page
+# reporting (gvm.balloon=1, tests/e2e/guest.sh): memory the guest frees goes
+# back to the host (giantvm: discarded, never fetched again; swap ways: no
+# longer swapped). Each giantvm boot's line says how many pages were discarded.
 #
 # --pin-qemu CPULIST runs QEMU (and in the giantvm way `giantvm run` with the
 # engine and evictor threads inside QEMU) under `taskset -c CPULIST`, in every
@@ -107,7 +113,7 @@ SWAPLIB_NAME=random_vs_swap.sh
 json=0 runs=1 workloads=u2x,u4x,zipf ways=local,giantvm,zram,disk
 thp=0 budget=128 cg_arg=auto cg_floor=192 oom_retries=3 oom_step=32 mem='' ops=200000 seed=1 to=900
 rkeys='' rvalue=4000 rops=30000 swapfile=/var/tmp/gvm-random-swap.$$
-zram_size=2G servers=prealloc pin_qemu='' seal=off
+zram_size=2G servers=prealloc pin_qemu='' seal=off prefetch='' balloon=0
 BUILD=${GVM_BUILD_DIR:-$ROOT/build}
 while (($#)); do
     case $1 in
@@ -131,6 +137,8 @@ while (($#)); do
     --servers) servers=${2:?}; shift ;;
     --pin-qemu) pin_qemu=${2:?}; shift ;;
     --seal) seal=${2:?}; shift ;;
+    --prefetch) prefetch=${2:?}; shift ;;
+    --balloon) balloon=1 ;;
     --timeout) to=${2:?}; shift ;;
     -h | --help) awk 'NR > 1 && /^#/ && !/^# shellcheck/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "random_vs_swap.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
@@ -150,6 +158,7 @@ done
 [[ $seed =~ ^[0-9]+$ ]] || usage_die "--seed wants an integer, got '$seed'"
 [[ $servers == prealloc || $servers == lazy ]] || usage_die "--servers wants prealloc or lazy"
 [[ $seal == on || $seal == off ]] || usage_die "--seal wants on or off, got '$seal'"
+[[ -z $prefetch || $prefetch =~ ^[0-9]+$ ]] || usage_die "--prefetch wants a page count, got '$prefetch'"
 IFS=, read -ra WL <<<"$workloads"
 IFS=, read -ra WAYS <<<"$ways"
 [[ $cg_arg == auto && ,$ways, != *,giantvm,* ]] && cg_arg=$((budget + 192))
@@ -256,6 +265,7 @@ one() {
     esac
     GVM_INITRD=$BASE_INITRD
     [[ $wl == redis ]] && GVM_INITRD=$GVM_INITRD_REDIS
+    ((balloon)) && kargs+=(gvm.balloon=1)
     mapfile -t args < <(gvm_guest_qemu_args "$mem" "$(wl_mib "$wl")" "${kargs[@]}")
     ((${#args[@]})) || { echo "random_vs_swap.sh: gvm_guest_qemu_args failed" >&2; return 1; }
     case $way in
@@ -291,7 +301,7 @@ one() {
         rm -f "$TMP/stats.json"
         ((thp)) || prefix=("$NOTHP")
         prefix+=(env "GIANTVM_STATS_OUT=$TMP/stats.json" "$G" run --pool "$TMP/pool.conf"
-            --local-mem "${budget}M" --seal "$seal" --vm-id "randbench-$$-$wl-$round" --)
+            --local-mem "${budget}M" --seal "$seal" ${prefetch:+--prefetch "$prefetch"} --vm-id "randbench-$$-$wl-$round" --)
         ;;
     esac
     sw0=$(vmstat_swp)
@@ -342,14 +352,14 @@ one() {
     pin=$(awk -v a="$sw0" -v b="$sw1" 'BEGIN { split(a, x, " "); split(b, y, " "); print y[1] - x[1] }')
     pout=$(awk -v a="$sw0" -v b="$sw1" 'BEGIN { split(a, x, " "); split(b, y, " "); print y[2] - x[2] }')
     [[ $cgp =~ ^[0-9]+$ ]] && cgp=$((cgp >> 20)) || cgp=''
-    local f='' pf='' ra='' bi='' bo='' ev='' wb='' p50='' p99='' pm=''
+    local f='' pf='' ra='' bi='' bo='' ev='' wb='' p50='' p99='' pm='' hr='' dp=''
     if [[ $way == giantvm ]]; then
         [[ -s $TMP/stats.json ]] || { echo "random_vs_swap.sh: $wl/giantvm: no GIANTVM_STATS_OUT stats" >&2; return 1; }
         st=$(sed 's/"per_node".*//' "$TMP/stats.json")
         f=$(jnum faults "$st") pf=$(jnum pages_fetched "$st") ra=$(jnum readahead_pages "$st")
         bi=$(jnum bytes_in "$st") bo=$(jnum bytes_out "$st") ev=$(jnum evictions "$st")
         wb=$(jnum writebacks "$st") p50=$(jnum fault_p50_us "$st") p99=$(jnum fault_p99_us "$st")
-        pm=$(jnum poll_ms "$st")
+        pm=$(jnum poll_ms "$st") hr=$(jnum prefetch_hit_rate "$st") dp=$(jnum discarded_pages "$st")
     fi
     local cgl=''
     [[ $way == zram || $way == disk ]] && cgl=$CG_LIMIT || { pin='' pout=''; }
@@ -361,7 +371,7 @@ one() {
     (IFS=$'\t'; echo "${fields[*]}") >>"$RAW"
     local line="  $wl/$way: ${wall}s wall, ${ops_s} ops/s (${ops_ms} ms), peak RSS $((hwm >> 10)) MiB (anon+shmem $((anon >> 10)) MiB)"
     [[ -n $cgp ]] && line+=", cgroup limit $cgl peak $cgp MiB, swap in/out $pin/$pout pages"
-    [[ -n $f ]] && line+=", $f faults, $pf pages fetched ($ra readahead), $(awk -v b="$bi" 'BEGIN { printf "%.1f", b / 1048576 }') MiB in, $(awk -v b="$bo" 'BEGIN { printf "%.1f", b / 1048576 }') MiB out, $ev evictions, fault p50 ${p50} us, poller ${pm:-0} ms CPU"
+    [[ -n $f ]] && line+=", $f faults, $pf pages fetched ($ra readahead), $(awk -v b="$bi" 'BEGIN { printf "%.1f", b / 1048576 }') MiB in, $(awk -v b="$bo" 'BEGIN { printf "%.1f", b / 1048576 }') MiB out, $ev evictions, fault p50 ${p50} us, probe hit rate $hr, $dp pages discarded, poller ${pm:-0} ms CPU"
     say "$line"
     say "    ${res#GIANTVM-RESULT }"
     [[ $wl == redis ]] && say "    $(tr -d '\r' <"$log" | grep '^GIANTVM-REDIS used_memory' | head -n1)"
@@ -458,8 +468,8 @@ if ((json)); then
     {
         printf '{"commit":"%s","config":{"mem_mib":%s,"local_mem_mib":%s,"cgroup_mem":"%s","ops":%s,"seed":%s,"runs":%s,' \
             "$COMMIT" "$mem" "$budget" "$cg_arg" "$ops" "$seed" "$runs"
-        printf '"redis_keys":%s,"redis_value":%s,"redis_ops":%s,"thp":%s,"servers":"%s","seal":"%s","pin_qemu":"%s","kernel":"%s","cgroup":"%s","zram_comp":"%s","page_cluster":%s,"other_swap":"%s"},"results":[' \
-            "$rkeys" "$rvalue" "$rops" "$( ((thp)) && echo true || echo false)" "$servers" "$seal" "$pin_qemu" "$GVM_KERNEL_PKG" "${CG_KIND:-}" "${Z_COMP:-}" "$(cat /proc/sys/vm/page-cluster)" "$OTHER_SWAP"
+        printf '"redis_keys":%s,"redis_value":%s,"redis_ops":%s,"thp":%s,"servers":"%s","seal":"%s","prefetch":"%s","balloon":%s,"pin_qemu":"%s","kernel":"%s","cgroup":"%s","zram_comp":"%s","page_cluster":%s,"other_swap":"%s"},"results":[' \
+            "$rkeys" "$rvalue" "$rops" "$( ((thp)) && echo true || echo false)" "$servers" "$seal" "${prefetch:-default}" "$( ((balloon)) && echo true || echo false)" "$pin_qemu" "$GVM_KERNEL_PKG" "${CG_KIND:-}" "${Z_COMP:-}" "$(cat /proc/sys/vm/page-cluster)" "$OTHER_SWAP"
         sep=''
         while IFS=$'\t' read -r "${F_AGG[@]}"; do
             undash "${F_AGG[@]}"
