@@ -420,7 +420,22 @@ static void fetch_give_up(struct gvm_engine *e, struct gvm_fetch *f)
 					     e->pool->replicas, nodes);
 	char who[256] = "";
 	size_t off = 0;
+	uint32_t left = 0;
 
+	/* Discarded pages need no replica: they are zero, here. */
+	for (uint32_t i = 0; i < f->count; i++) {
+		uint64_t p = f->page + i;
+		if (!gvm_bitmap_test(f->own, i) || (pg_get(rg->pg, p) & PG_RESIDENT))
+			continue;
+		if (zeroed(rg, p) && install_run(e, rg, p, 1, NULL, IR_LOCAL) == 1)
+			gvm_bitmap_clear(f->own, i);
+		else
+			left++;
+	}
+	if (!left) {
+		fetch_free(e, f);
+		return;
+	}
 	for (unsigned i = 0; i < nr && off < sizeof(who) - 1; i++) {
 		int n = snprintf(who + off, sizeof(who) - off, "%s%s", i ? ", " : "",
 				 gvm_node_name(&e->pool->cfg, nodes[i]));
@@ -433,7 +448,7 @@ static void fetch_give_up(struct gvm_engine *e, struct gvm_fetch *f)
 	       (unsigned long)(rg->base + (f->page << GVM_PAGE_SHIFT)),
 	       (unsigned long)(rg->base + ((f->page + f->count) << GVM_PAGE_SHIFT) - 1), rg->id,
 	       f->page, f->page + f->count - 1, e->pool->deadline_ms, who);
-	uint32_t unpoisoned = f->count;
+	uint32_t unpoisoned = left;
 	int poison_err = 0;
 	if (e->lost_policy == GVM_LOST_POISON && (e->features & UFFD_FEATURE_POISON)) {
 		/* Said first: the accessor may die of the SIGBUS at once. */
@@ -722,11 +737,20 @@ static void on_wp_fault(struct gvm_engine *e, struct gvm_region *rg, uint64_t p,
 	}
 
 	int m = mark_written(rg, p);
-	if (m <= 0) {
-		if (m == 0)
-			defer_fault(e, addr, 1);
-		else
-			uffd_wake(e, addr & ~(uintptr_t)(GVM_PAGE_SIZE - 1), GVM_PAGE_SIZE);
+	if (m == 0) {
+		defer_fault(e, addr, 1);
+		return;
+	}
+	if (m < 0) {
+		/* Not resident as far as the engine knows (dropped or discarded
+		 * since the fault was queued; or left mapped by a failed fill or
+		 * drop): make sure it is gone, so the write faults as missing
+		 * instead of on write-protect again. */
+		uintptr_t a = addr & ~(uintptr_t)(GVM_PAGE_SIZE - 1);
+		if (gvm_madvise(a, GVM_PAGE_SIZE, MADV_DONTNEED) < 0 &&
+		    gvm_madvise(a, GVM_PAGE_SIZE, MADV_DONTNEED_LOCKED) < 0)
+			pr_perror("madvise(%#lx)", (unsigned long)a);
+		uffd_wake(e, a, GVM_PAGE_SIZE);
 		return;
 	}
 	if (p > 0 && (pg_get(rg->pg, p - 1) & (PG_RESIDENT | PG_DIRTY)) == (PG_RESIDENT | PG_DIRTY)) {
@@ -843,7 +867,9 @@ void gvm_fault_discard(struct gvm_engine *e, uintptr_t start, uintptr_t end)
 				run++;
 			} else if (run) {
 				/* Mostly already gone; whatever was installed since is not. */
-				if (gvm_madvise(rg->base + (run0 << GVM_PAGE_SHIFT), run << GVM_PAGE_SHIFT, MADV_DONTNEED) < 0)
+				uintptr_t ra = rg->base + (run0 << GVM_PAGE_SHIFT);
+				if (gvm_madvise(ra, run << GVM_PAGE_SHIFT, MADV_DONTNEED) < 0 &&
+				    gvm_madvise(ra, run << GVM_PAGE_SHIFT, MADV_DONTNEED_LOCKED) < 0)
 					pr_perror("madvise(discarded pages)");
 				run = 0;
 			}
@@ -1131,6 +1157,7 @@ static int seal_reject(struct gvm_engine *e, struct gvm_conn *c, struct gvm_fetc
 			fetch_give_up(e, f);
 			return -EBADMSG;
 		}
+		gvm_bitmap_clear(f->own, i);
 	}
 	return 0;
 }

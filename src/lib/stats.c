@@ -66,7 +66,9 @@ int gvm_engine_stats(struct gvm_engine *e, struct gvm_stats *out)
 	*out = (struct gvm_stats){
 		.faults = __atomic_load_n(&e->ctr.faults, __ATOMIC_RELAXED),
 		.pages_fetched = __atomic_load_n(&e->ctr.pages_fetched, __ATOMIC_RELAXED),
-		.zero_pages = zero_pages,
+		/* A fill that failed is taken back from both: never more zero
+		 * pages than pages, whatever the reader saw in between. */
+		.zero_pages = GVM_MIN(zero_pages, __atomic_load_n(&e->ctr.pages_fetched, __ATOMIC_RELAXED)),
 		.readahead_pages = __atomic_load_n(&e->ctr.readahead_pages, __ATOMIC_RELAXED),
 		.bytes_in = __atomic_load_n(&e->ctr.bytes_in, __ATOMIC_RELAXED),
 		.bytes_out = __atomic_load_n(&e->ctr.bytes_out, __ATOMIC_RELAXED),

@@ -34,6 +34,9 @@ int gvm_split_hostport(const char *spec, char *host, size_t hostlen, uint16_t *p
  * madvise (which tells the engine the owner discards guest memory): for the
  * engine's own drops. */
 int gvm_madvise(uintptr_t addr, size_t len, int advice);
+#ifndef MADV_DONTNEED_LOCKED
+#define MADV_DONTNEED_LOCKED 24 /* Linux 5.18; glibc headers before 2.36 lack it */
+#endif
 
 
 #endif

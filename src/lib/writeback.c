@@ -379,13 +379,13 @@ static int waiter_wait(struct gvm_waiter *wt, uint64_t below)
 	return wt->err;
 }
 
-/* Resident and not lost; or discarded, so the pool's copy is stale (reading
- * it faults it in as zero, and zero goes to the pool). */
+/* Resident and not lost. (Discarded pages that are not resident keep their
+ * stale copy in the pool: this engine reads them as zero, fault.c.) */
 static int flushable(struct gvm_region *rg, uint64_t p)
 {
 	uint8_t s = pg_get(rg->pg, p);
 
-	return ((s & PG_RESIDENT) && !(s & PG_LOST)) || (!(s & PG_RESIDENT) && gvm_region_zeroed(rg, p));
+	return (s & PG_RESIDENT) && !(s & PG_LOST);
 }
 
 int gvm_engine_flush(struct gvm_engine *e)

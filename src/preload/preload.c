@@ -184,10 +184,6 @@ __attribute__((visibility("default"))) int munmap(void *addr, size_t len)
 	return (int)r;
 }
 
-#ifndef MADV_DONTNEED_LOCKED
-#define MADV_DONTNEED_LOCKED 24 /* Linux 5.18; glibc headers before 2.36 lack it */
-#endif
-
 /* Set once guest RAM is attached; the engine is never closed before exit. */
 static struct gvm_engine *discard_engine;
 
