@@ -191,7 +191,7 @@ static uint64_t install_run(struct gvm_engine *e, struct gvm_region *rg, uint64_
 		count_install(e, local, !src, (int64_t)(j - i));
 		int ok = 0;
 		if (from == zero_window) {
-			for (uint64_t k = i; k < j && ok == 0; k += GVM_STRIPE_PAGES)
+			for (uint64_t k = i; k < j && ok >= 0; k += GVM_STRIPE_PAGES)
 				ok = uffd_fill(e, rg->base + ((p + k) << GVM_PAGE_SHIFT), zero_window,
 					       GVM_MIN((uint64_t)GVM_STRIPE_PAGES, j - k) << GVM_PAGE_SHIFT,
 					       protect);
@@ -199,7 +199,7 @@ static uint64_t install_run(struct gvm_engine *e, struct gvm_region *rg, uint64_
 			ok = uffd_fill(e, rg->base + ((p + i) << GVM_PAGE_SHIFT), from,
 				       (j - i) << GVM_PAGE_SHIFT, protect);
 		}
-		if (ok == 0) {
+		if (ok >= 0) {
 			/* Counted before the evictor can see them resident, so its
 			 * `dropped` never passes `installed`. */
 			uint64_t res = pg_add_installed(&e->pages, j - i);
@@ -796,29 +796,10 @@ static int read_then_write(struct gvm_engine *e, struct gvm_region *rg, uint64_t
  */
 static void refill_zero(struct gvm_engine *e, struct gvm_region *rg, uint64_t p)
 {
-	uintptr_t a = rg->base + (p << GVM_PAGE_SHIFT);
-	int r;
-
-	for (unsigned again = 0;; again++) {
-		if (e->wp) {
-			struct uffdio_copy c = { .dst = a, .src = (uintptr_t)zero_window, .len = GVM_PAGE_SIZE,
-						 .mode = UFFDIO_COPY_MODE_WP };
-			r = ioctl(e->uffd, UFFDIO_COPY, &c);
-		} else {
-			struct uffdio_zeropage z = { .range = { .start = a, .len = GVM_PAGE_SIZE } };
-			r = ioctl(e->uffd, UFFDIO_ZEROPAGE, &z);
-		}
-		if (r == 0 || errno != EAGAIN || again >= 100000)
-			break;
-	}
-	if (r == 0) {
+	/* 1: it was there (installed since), its thread woken. */
+	if (uffd_fill(e, rg->base + (p << GVM_PAGE_SHIFT), e->wp ? zero_window : NULL, GVM_PAGE_SIZE,
+		      e->wp) == 0)
 		zeroed_set(rg, p);
-		return;
-	}
-	if (errno == EEXIST)
-		uffd_wake(e, a, GVM_PAGE_SIZE);
-	else if (errno != ENOENT && errno != ESRCH)
-		pr_perror("refilling discarded page %#lx", (unsigned long)a);
 }
 
 /*

@@ -58,7 +58,7 @@ static void *local_thread(void *arg)
 		int r = gvm_uffd_fill(s->uffd, s->base + w0 * GVM_PAGE_SIZE, s->src + w0 * GVM_PAGE_SIZE,
 				      len, 0);
 		s->faults++;
-		if (r && !s->err)
+		if (r < 0 && !s->err)
 			s->err = r;
 	}
 }

@@ -118,6 +118,7 @@ int gvm_uffd_fill(int uffd, uintptr_t dst, const void *src, size_t len, int prot
 {
 	const uint8_t *s = src;
 	unsigned again = 0;
+	int existed = 0;
 
 	while (len) {
 		int64_t done;
@@ -134,7 +135,7 @@ int gvm_uffd_fill(int uffd, uintptr_t dst, const void *src, size_t len, int prot
 			done = z.zeropage;
 		}
 		if (r == 0)
-			return 0;
+			return existed;
 		err = errno;
 		if (done > 0) {
 			dst += (size_t)done;
@@ -145,6 +146,7 @@ int gvm_uffd_fill(int uffd, uintptr_t dst, const void *src, size_t len, int prot
 		if (err == EEXIST) {
 			/* Someone filled this page: wake its waiters and go on. */
 			struct uffdio_range w = { .start = dst, .len = GVM_PAGE_SIZE };
+			existed = 1;
 			if (ioctl(uffd, UFFDIO_WAKE, &w) < 0 && errno != ENOENT)
 				pr_perror("UFFDIO_WAKE %#lx", (unsigned long)dst);
 			dst += GVM_PAGE_SIZE;
@@ -161,5 +163,5 @@ int gvm_uffd_fill(int uffd, uintptr_t dst, const void *src, size_t len, int prot
 		pr_perror("%s at %#lx (+%zu)", s ? "UFFDIO_COPY" : "UFFDIO_ZEROPAGE", (unsigned long)dst, len);
 		return -err;
 	}
-	return 0;
+	return existed;
 }

@@ -61,8 +61,9 @@ int64_t gvm_uffd_probe(void);
  * Install [dst, dst+len) from src (zero pages when src is NULL), write-
  * protected when `protect`. A page that already exists stops the kernel's
  * copy (EEXIST): its waiters are woken and the copy resumes after it; EAGAIN
- * (the mm is changing) is retried, boundedly. Returns 0, or -errno (-ENOENT /
- * -ESRCH quietly: the range is gone, its owner unmapped it or is exiting).
+ * (the mm is changing) is retried, boundedly. Returns 0 (all installed), 1
+ * (some page was there already), or -errno (-ENOENT / -ESRCH quietly: the
+ * range is gone, its owner unmapped it or is exiting).
  */
 int gvm_uffd_fill(int uffd, uintptr_t dst, const void *src, size_t len, int protect);
 /* "WP WP_ASYNC MOVE POISON ..." for a feature mask. */
