@@ -37,9 +37,20 @@ static int quota(const char *self, char *where)
 	return gvm_cpu_quota(self, root, where, 1600);
 }
 
-static int test_cpu_quota(void)
+/* A quota found for /proc/self/cgroup contents `self`, in file ROOT/rel. */
+static int quota_in(const char *self, const char *rel)
 {
 	char where[1600], want[700];
+
+	CHECK_EQ(quota(self, where), 1);
+	snprintf(want, sizeof(want), "%s/%s", root, rel);
+	CHECK(strcmp(where, want) == 0);
+	return 0;
+}
+
+static int test_cpu_quota(void)
+{
+	char where[1600];
 
 	CHECK(mkdtemp(root) != NULL);
 	/* cgroup v1 with cpu and cpuacct mounted together (Debian, Ubuntu). */
@@ -50,15 +61,11 @@ static int test_cpu_quota(void)
 	CHECK_EQ(quota(v1, where), 0);
 	/* libvirt's emulator_quota on the process's own cgroup ... */
 	CHECK(put("cpu,cpuacct/machine/vm1/emulator", "cpu.cfs_quota_us", "50000\n") == 0);
-	CHECK_EQ(quota(v1, where), 1);
-	snprintf(want, sizeof(want), "%s/cpu,cpuacct/machine/vm1/emulator/cpu.cfs_quota_us", root);
-	CHECK(strcmp(where, want) == 0);
+	CHECK(quota_in(v1, "cpu,cpuacct/machine/vm1/emulator/cpu.cfs_quota_us") == 0);
 	/* ... or on an ancestor: it limits the process too. */
 	CHECK(put("cpu,cpuacct/machine/vm1/emulator", "cpu.cfs_quota_us", "-1\n") == 0);
 	CHECK(put("cpu,cpuacct/machine", "cpu.cfs_quota_us", "200000\n") == 0);
-	CHECK_EQ(quota(v1, where), 1);
-	snprintf(want, sizeof(want), "%s/cpu,cpuacct/machine/cpu.cfs_quota_us", root);
-	CHECK(strcmp(where, want) == 0);
+	CHECK(quota_in(v1, "cpu,cpuacct/machine/cpu.cfs_quota_us") == 0);
 	/* Only the line with the cpu controller counts (not cpuset, not cpuacct alone). */
 	CHECK_EQ(quota("3:cpuset:/machine\n2:cpuacct:/machine\n", where), 0);
 
@@ -69,9 +76,7 @@ static int test_cpu_quota(void)
 	const char *v2 = "0::/system.slice/vm.service\n";
 	CHECK_EQ(quota(v2, where), 0);
 	CHECK(put("system.slice/vm.service", "cpu.max", "150000 100000\n") == 0);
-	CHECK_EQ(quota(v2, where), 1);
-	snprintf(want, sizeof(want), "%s/system.slice/vm.service/cpu.max", root);
-	CHECK(strcmp(where, want) == 0);
+	CHECK(quota_in(v2, "system.slice/vm.service/cpu.max") == 0);
 	/* The root cgroup and missing files: none. */
 	CHECK_EQ(quota("0::/\n", where), 0);
 	CHECK_EQ(quota("0::/no/such/group\n", where), 0);
