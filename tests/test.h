@@ -30,6 +30,7 @@
 #include <string.h>
 
 #include "uffd.h"
+#include "util.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -117,6 +118,9 @@ static inline int test_threads_named(const char *name, pid_t *tid)
 
 #define GVM_TEST_SKIP 77
 #define GVM_NEEDS_UFFD (1ull << 63) /* a usable userfaultfd (not a UFFD_FEATURE_ bit) */
+/* process_madvise(MADV_DONTNEED) on this process (Linux 6.13+; the
+ * evictor's batched drops), GIANTVM_UFFD_DISABLE=PROCESS_MADVISE turns it off */
+#define GVM_NEEDS_SELF_MADVISE (1ull << 62)
 
 struct gvm_test { const char *name; int (*fn)(void); uint64_t needs; };
 
@@ -152,10 +156,16 @@ static inline const char *gvm_test_unmet(uint64_t needs, int64_t have, const cha
 		disabled |= UFFD_FEATURE_POISON;
 	if (strstr(off, "MOVE"))
 		disabled |= UFFD_FEATURE_MOVE;
+	if (strstr(off, "PROCESS_MADVISE"))
+		disabled |= GVM_NEEDS_SELF_MADVISE;
 	missing = needs & ~GVM_NEEDS_UFFD & ~(uint64_t)have;
-	if (missing)
+	if (missing & ~GVM_NEEDS_SELF_MADVISE)
 		snprintf(buf, len, "the kernel lacks userfaultfd %s",
-			 gvm_uffd_features_str(missing, names, sizeof(names)));
+			 gvm_uffd_features_str(missing & ~GVM_NEEDS_SELF_MADVISE, names, sizeof(names)));
+	else if (missing)
+		snprintf(buf, len, "the kernel refuses process_madvise(MADV_DONTNEED) on the calling process (Linux 6.13+)");
+	else if (needs & disabled & GVM_NEEDS_SELF_MADVISE)
+		snprintf(buf, len, "GIANTVM_UFFD_DISABLE=%s turns off process_madvise", off);
 	else if (needs & disabled)
 		snprintf(buf, len, "GIANTVM_UFFD_DISABLE=%s turns off %s", off,
 			 gvm_uffd_features_str(needs & disabled, names, sizeof(names)));
@@ -187,6 +197,11 @@ static inline int gvm_test_main(int argc, char **argv, const struct gvm_test *t,
 		if (filter && !strstr(t[k].name, filter)) continue;
 		if (t[k].needs && !probed) {
 			have = gvm_uffd_probe();
+			int fd = have >= 0 ? gvm_self_madvise_fd() : -1;
+			if (fd >= 0) {
+				have |= (int64_t)GVM_NEEDS_SELF_MADVISE;
+				close(fd);
+			}
 			probed = 1;
 		}
 		ran++;

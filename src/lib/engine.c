@@ -396,6 +396,7 @@ int gvm_engine_open(struct gvm_engine **out, struct gvm_pool *pool, const struct
 	if (e->budget_pages) {
 		struct gvm_evict_params ep = {
 			.uffd = e->uffd, .use_move = !!(e->features & UFFD_FEATURE_MOVE),
+			.use_batch = !(off && strstr(off, "PROCESS_MADVISE")),
 			.budget_pages = e->budget_pages, .high_pages = e->high_pages, .low_pages = e->low_pages,
 			.regions = e->regions, .n_regions = &e->n_regions, .count = &e->pages,
 			.ops = &evict_ops, .ctx = e,
@@ -407,7 +408,7 @@ int gvm_engine_open(struct gvm_engine **out, struct gvm_pool *pool, const struct
 		}
 		pr_info("local memory budget %llu MiB: evicting written pages with write-protect "
 			"tracking, dropping with %s", (unsigned long long)(e->budget_pages >> 8),
-			gvm_evictor_uses_move(e->ev) ? "UFFDIO_MOVE" : "MADV_DONTNEED");
+			gvm_evictor_drop_method(e->ev));
 	}
 	pr_debug("userfaultfd features: %s", e->features_str);
 	*out = e;

@@ -36,7 +36,8 @@ struct gvm_evict_ops {
 
 struct gvm_evict_params {
 	int uffd;                            /* the engine's userfaultfd (protect, move) */
-	int use_move;                        /* drop with UFFDIO_MOVE (falls back to MADV_DONTNEED) */
+	int use_batch;                       /* drop a batch with one process_madvise where the kernel can */
+	int use_move;                        /* else drop with UFFDIO_MOVE (falls back to MADV_DONTNEED) */
 	uint64_t budget_pages, high_pages, low_pages;
 	struct gvm_region *const *regions;   /* the engine's regions ... */
 	const unsigned *n_regions;           /* ... how many (read with acquire) */
@@ -62,8 +63,8 @@ void gvm_evictor_free(struct gvm_evictor *ev);
 /* Resident pages passed the high watermark (engine thread, on every such
  * install: cheap when the evictor is already busy). */
 void gvm_evictor_kick(struct gvm_evictor *ev);
-/* 1 if pages are dropped with UFFDIO_MOVE, 0 if with MADV_DONTNEED. */
-int gvm_evictor_uses_move(const struct gvm_evictor *ev);
+/* How pages are dropped: "process_madvise", "UFFDIO_MOVE" or "MADV_DONTNEED". */
+const char *gvm_evictor_drop_method(const struct gvm_evictor *ev);
 /* The evictor's own counters (racy reads, for display). */
 void gvm_evictor_counters(const struct gvm_evictor *ev, struct gvm_evict_counters *c);
 

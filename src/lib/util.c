@@ -5,9 +5,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 int gvm_parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out)
@@ -163,4 +165,47 @@ uint64_t gvm_time_ns(void)
 int gvm_madvise(uintptr_t addr, size_t len, int advice)
 {
 	return (int)syscall(SYS_madvise, addr, len, advice);
+}
+
+long gvm_process_madvise(int pidfd, const struct iovec *iov, size_t n, int advice)
+{
+#ifdef SYS_process_madvise
+	long r = syscall(SYS_process_madvise, pidfd, iov, n, advice, 0u);
+	return r < 0 ? -errno : r;
+#else
+	(void)pidfd, (void)iov, (void)n, (void)advice;
+	return -ENOSYS;
+#endif
+}
+
+int gvm_self_madvise_fd(void)
+{
+#if defined(SYS_pidfd_open) && defined(SYS_process_madvise)
+	long pagesz = sysconf(_SC_PAGESIZE);
+	int fd = (int)syscall(SYS_pidfd_open, getpid(), 0u);
+	void *probe;
+	long r;
+
+	if (fd < 0)
+		return -errno;
+	/* Before 6.13 a process may only give itself the advice another
+	 * process could (MADV_COLD, PAGEOUT, WILLNEED, COLLAPSE): EINVAL. */
+	probe = mmap(NULL, (size_t)pagesz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (probe == MAP_FAILED) {
+		r = -errno;
+		close(fd);
+		return (int)r;
+	}
+	struct iovec iov = { probe, (size_t)pagesz };
+	r = gvm_process_madvise(fd, &iov, 1, MADV_DONTNEED);
+	if (munmap(probe, (size_t)pagesz) < 0 && r >= 0)
+		r = -errno;
+	if (r != pagesz) {
+		close(fd);
+		return r == -EINVAL || r == -EPERM || r >= 0 ? -EOPNOTSUPP : (int)r;
+	}
+	return fd;
+#else
+	return -ENOSYS;
+#endif
 }

@@ -38,5 +38,15 @@ int gvm_madvise(uintptr_t addr, size_t len, int advice);
 #define MADV_DONTNEED_LOCKED 24 /* Linux 5.18; glibc headers before 2.36 lack it */
 #endif
 
+struct iovec;
+/* A pidfd of this process on which process_madvise(MADV_DONTNEED) works
+ * (Linux 6.13+, which lets a process give itself any advice; recent
+ * kernels flush the TLB once for the whole vector), or -errno (-EOPNOTSUPP: the kernel
+ * refuses that advice). The caller closes it. */
+int gvm_self_madvise_fd(void);
+/* process_madvise(2) on such a pidfd: bytes advised (fewer than asked when
+ * a range failed part way), or -errno when the first range failed. */
+long gvm_process_madvise(int pidfd, const struct iovec *iov, size_t n, int advice);
+
 
 #endif

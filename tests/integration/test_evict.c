@@ -2,8 +2,9 @@
  * Eviction under a local memory budget, against real memory servers:
  * a region 4x the budget takes random writes from several threads while the
  * evictor runs, then every page is verified; a page written while it is
- * being evicted keeps the write. Each scenario runs on both drop paths
- * (UFFDIO_MOVE where the kernel has it, and MADV_DONTNEED).
+ * being evicted keeps the write. Each scenario runs on the three drop paths
+ * (one process_madvise per batch on Linux 6.13+, UFFDIO_MOVE per run on
+ * 6.8+, MADV_DONTNEED per run before).
  */
 #include <inttypes.h>
 #include <pthread.h>
@@ -69,21 +70,34 @@ static void *random_writer(void *a)
 	return NULL;
 }
 
+/* How the evictor drops pages (evict.c), set through GIANTVM_UFFD_DISABLE:
+ * one process_madvise per batch, UFFDIO_MOVE per run, or MADV_DONTNEED per
+ * run (Linux 6.13+, 6.8+, and older kernels). */
+enum { DROP_DONTNEED, DROP_MOVE, DROP_BATCH };
+static const char *const drop_off[] = { "MOVE,PROCESS_MADVISE", "PROCESS_MADVISE", "" };
+
+/* A region name per case and drop mode, so no two cases share pages on the servers. */
+static const char *rname(const char *base, int drop)
+{
+	static char buf[64];
+	static const char *const suffix[] = { "dn", "move", "batch" };
+
+	snprintf(buf, sizeof(buf), "%s-%s", base, suffix[drop]);
+	return buf;
+}
+
 /* The _sealed cases: pages sealed (their READ replies opened on the opener
  * thread and installed after later replies and acks were handled). */
 static int sealed;
 
 static int open_engine(struct gvm_pool **pool, struct gvm_engine **e, uint8_t **m, uint64_t region,
-		       const uint8_t *key, int use_move)
+		       const uint8_t *key, int drop)
 {
 	struct gvm_pool_opts po = { .nodes = test_nodes, .n_nodes = 3, .replicas = 2 };
 	struct gvm_engine_opts eo = { .local_mem = BUDGET, .seal = sealed ? GVM_SEAL_ON : GVM_SEAL_OFF };
 	char err[256];
 
-	if (use_move)
-		unsetenv("GIANTVM_UFFD_DISABLE");
-	else
-		setenv("GIANTVM_UFFD_DISABLE", "MOVE", 1);
+	setenv("GIANTVM_UFFD_DISABLE", drop_off[drop], 1);
 	CHECK(test_servers_up(3) == 0);
 	CHECK(gvm_pool_open(pool, &po, err, sizeof(err)) == 0);
 	CHECK(gvm_engine_open(e, *pool, &eo) == 0);
@@ -96,12 +110,12 @@ static int open_engine(struct gvm_pool **pool, struct gvm_engine **e, uint8_t **
 /* A new region named `name`, every page written once (version 1; ver may
  * be NULL): 4x the budget, so most of it is in the pool afterwards. */
 static int open_written(struct gvm_pool **pool, struct gvm_engine **e, uint8_t **m, const char *name,
-			int use_move, uint64_t *seed, uint32_t *ver)
+			int drop, uint64_t *seed, uint32_t *ver)
 {
 	uint8_t key[32];
 
 	CHECK(gvm_random(seed, 8) == 0 && gvm_random(key, 32) == 0);
-	if (open_engine(pool, e, m, gvm_region_id("test-evict", name), key, use_move))
+	if (open_engine(pool, e, m, gvm_region_id("test-evict", name), key, drop))
 		return 1;
 	for (uint64_t p = 0; p < PAGES; p++) {
 		fill(*m + p * 4096, *seed, p, 1);
@@ -145,7 +159,7 @@ static uint64_t rss_of_region(uint8_t *m)
 	return n;
 }
 
-static int random_writes(int use_move)
+static int random_writes(int drop)
 {
 	struct gvm_pool *pool;
 	struct gvm_engine *e;
@@ -158,8 +172,8 @@ static int random_writes(int use_move)
 
 	CHECK(ver);
 	CHECK(gvm_random(&seed, 8) == 0 && gvm_random(key, 32) == 0);
-	if (open_engine(&pool, &e, &m, gvm_region_id("test-evict", use_move ? "rand-move" : "rand-dn"),
-			key, use_move))
+	if (open_engine(&pool, &e, &m, gvm_region_id("test-evict", rname("rand", drop)),
+			key, drop))
 		return 1;
 	for (int i = 0; i < THREADS; i++) {
 		c[i] = (struct ctx){ .m = m, .ver = ver, .seed = seed, .id = i, .writes = 8000 };
@@ -209,7 +223,7 @@ static void *hammer_main(void *a)
 	return NULL;
 }
 
-static int write_during_eviction(int use_move)
+static int write_during_eviction(int drop)
 {
 	struct gvm_pool *pool;
 	struct gvm_engine *e;
@@ -219,8 +233,8 @@ static int write_during_eviction(int use_move)
 	pthread_t th;
 
 	CHECK(gvm_random(key, 32) == 0);
-	if (open_engine(&pool, &e, &m, gvm_region_id("test-evict", use_move ? "race-move" : "race-dn"),
-			key, use_move))
+	if (open_engine(&pool, &e, &m, gvm_region_id("test-evict", rname("race", drop)),
+			key, drop))
 		return 1;
 	h.m = m;
 	CHECK(pthread_create(&th, NULL, hammer_main, &h) == 0);
@@ -257,7 +271,7 @@ static int write_during_eviction(int use_move)
  * the window with the fault, so the run takes far fewer faults than pages,
  * and nothing written is lost while the evictor works on the same pages.
  */
-static int write_run_after_read(int use_move)
+static int write_run_after_read(int drop)
 {
 	struct gvm_pool *pool;
 	struct gvm_engine *e;
@@ -268,7 +282,7 @@ static int write_run_after_read(int use_move)
 	const uint64_t first = 4096, n = 1024; /* 4 MiB: well inside the 16 MiB budget */
 
 	CHECK(ver);
-	if (open_written(&pool, &e, &m, use_move ? "wrun-move" : "wrun-dn", use_move, &seed, ver))
+	if (open_written(&pool, &e, &m, rname("wrun", drop), drop, &seed, ver))
 		return 1;
 	for (uint64_t p = first; p < first + n; p++) /* fetched back by reads: clean */
 		CHECK(check_page(m, seed, p, ver[p]) == 0);
@@ -297,7 +311,7 @@ static int write_run_after_read(int use_move)
  *    drop, so it gets protected; plain CLOCK drops it once per lap (8
  *    laps here; counted with mincore before each read of the set).
  */
-static int policy(int use_move)
+static int policy(int drop)
 {
 	struct gvm_pool *pool;
 	struct gvm_engine *e;
@@ -306,7 +320,7 @@ static int policy(int use_move)
 	uint64_t seed, hot_gone = 0, rounds = 0;
 	const uint64_t nhot = 64, chunk = 256, budget = BUDGET >> 12;
 
-	if (open_written(&pool, &e, &m, use_move ? "policy-move" : "policy-dn", use_move, &seed, NULL))
+	if (open_written(&pool, &e, &m, rname("policy", drop), drop, &seed, NULL))
 		return 1;
 	gvm_engine_stats(e, &st0);
 	for (uint64_t p = 0; p < PAGES; p++)
@@ -342,7 +356,7 @@ static int policy(int use_move)
  * random records of two pages (a run's ramp); a sequential pass grows it
  * back to the full window.
  */
-static int window_adapts(int use_move)
+static int window_adapts(int drop)
 {
 	struct gvm_pool *pool;
 	struct gvm_engine *e;
@@ -350,7 +364,7 @@ static int window_adapts(int use_move)
 	uint8_t *m;
 	uint64_t seed, x, sum = 0;
 
-	if (open_written(&pool, &e, &m, use_move ? "win-move" : "win-dn", use_move, &seed, NULL))
+	if (open_written(&pool, &e, &m, rname("win", drop), drop, &seed, NULL))
 		return 1;
 	CHECK(gvm_random(&x, 8) == 0);
 	x |= 1;
@@ -439,7 +453,7 @@ static void *rmw_main(void *a)
 	return NULL;
 }
 
-static int rmw_under_eviction(int use_move)
+static int rmw_under_eviction(int drop)
 {
 	struct gvm_pool *pool;
 	struct gvm_engine *e;
@@ -451,7 +465,7 @@ static int rmw_under_eviction(int use_move)
 	struct rmw_ctx c[THREADS];
 
 	CHECK(count);
-	if (open_written(&pool, &e, &m, use_move ? "rmw-move" : "rmw-dn", use_move, &seed, NULL))
+	if (open_written(&pool, &e, &m, rname("rmw", drop), drop, &seed, NULL))
 		return 1;
 	for (int i = 0; i < THREADS; i++) {
 		c[i] = (struct rmw_ctx){ .m = m, .count = count, .seed = seed, .id = i, .ops = 6000 };
@@ -480,16 +494,10 @@ static int rmw_under_eviction(int use_move)
 	return 0;
 }
 
-static int test_window_move(void) { return window_adapts(1); }
-static int test_window_dontneed(void) { return window_adapts(0); }
-static int test_rmw_move(void) { return rmw_under_eviction(1); }
-static int test_rmw_dontneed(void) { return rmw_under_eviction(0); }
-static int test_random_writes_move(void) { return random_writes(1); }
-
 static int test_random_writes_sealed(void)
 {
 	sealed = 1;
-	int r = random_writes(1);
+	int r = random_writes(DROP_BATCH);
 	sealed = 0;
 	return r;
 }
@@ -497,7 +505,7 @@ static int test_random_writes_sealed(void)
 static int test_rmw_sealed(void)
 {
 	sealed = 1;
-	int r = rmw_under_eviction(1);
+	int r = rmw_under_eviction(DROP_BATCH);
 	sealed = 0;
 	return r;
 }
@@ -510,7 +518,7 @@ static int sealed_slow_opener(int rmw)
 	sealed = 1;
 	if (setenv("GIANTVM_OPENER_DELAY_US", "20000", 1))
 		return 1;
-	int r = rmw ? rmw_under_eviction(1) : random_writes(1);
+	int r = rmw ? rmw_under_eviction(DROP_BATCH) : random_writes(DROP_BATCH);
 	unsetenv("GIANTVM_OPENER_DELAY_US");
 	sealed = 0;
 	return r;
@@ -545,7 +553,7 @@ static void settle(struct gvm_engine *e)
  * they are evicted; reading one fetches nothing; one written after its
  * discard keeps what was written.
  */
-static int discard(int use_move)
+static int discard(int drop)
 {
 	struct gvm_pool *pool;
 	struct gvm_engine *e;
@@ -556,7 +564,7 @@ static int discard(int use_move)
 	const uint64_t n = 64, clean0 = 1024, pooled0 = 2048, dirty0 = PAGES - 4 * 64;
 
 	CHECK(ver);
-	if (open_written(&pool, &e, &m, use_move ? "discard-move" : "discard-dn", use_move, &seed, ver))
+	if (open_written(&pool, &e, &m, rname("discard", drop), drop, &seed, ver))
 		return 1;
 	/* Read faults apart, so that reads no longer follow a writing run
 	 * (whose windows go in dirty): what is fetched next stays clean. */
@@ -648,7 +656,7 @@ static void *discarding_writer(void *a)
 
 /* Writes and discards from 4 threads over 4x the budget while the evictor
  * runs: every page reads back as last written, or zero if last discarded. */
-static int discard_under_eviction(int use_move)
+static int discard_under_eviction(int drop)
 {
 	struct gvm_pool *pool;
 	struct gvm_engine *e;
@@ -662,7 +670,7 @@ static int discard_under_eviction(int use_move)
 	void *rv;
 
 	CHECK(ver && gen);
-	if (open_written(&pool, &e, &m, use_move ? "dstress-move" : "dstress-dn", use_move, &seed, ver))
+	if (open_written(&pool, &e, &m, rname("dstress", drop), drop, &seed, ver))
 		return 1;
 	for (uint64_t p = 0; p < PAGES; p++)
 		gen[p] = 1;
@@ -687,48 +695,73 @@ static int discard_under_eviction(int use_move)
 	return 0;
 }
 
-static int test_discard_move(void) { return discard(1); }
-static int test_discard_dontneed(void) { return discard(0); }
-static int test_discard_under_eviction_move(void) { return discard_under_eviction(1); }
-static int test_discard_under_eviction_dontneed(void) { return discard_under_eviction(0); }
 
+
+static int test_random_writes_batch(void) { return random_writes(DROP_BATCH); }
+static int test_random_writes_move(void) { return random_writes(DROP_MOVE); }
+static int test_random_writes_dontneed(void) { return random_writes(DROP_DONTNEED); }
+static int test_write_during_eviction_batch(void) { return write_during_eviction(DROP_BATCH); }
+static int test_write_during_eviction_move(void) { return write_during_eviction(DROP_MOVE); }
+static int test_write_during_eviction_dontneed(void) { return write_during_eviction(DROP_DONTNEED); }
+static int test_policy_batch(void) { return policy(DROP_BATCH); }
+static int test_policy_move(void) { return policy(DROP_MOVE); }
+static int test_policy_dontneed(void) { return policy(DROP_DONTNEED); }
+static int test_write_run_after_read_batch(void) { return write_run_after_read(DROP_BATCH); }
+static int test_write_run_after_read_move(void) { return write_run_after_read(DROP_MOVE); }
+static int test_write_run_after_read_dontneed(void) { return write_run_after_read(DROP_DONTNEED); }
+static int test_window_adapts_batch(void) { return window_adapts(DROP_BATCH); }
+static int test_window_adapts_move(void) { return window_adapts(DROP_MOVE); }
+static int test_window_adapts_dontneed(void) { return window_adapts(DROP_DONTNEED); }
+static int test_rmw_under_eviction_batch(void) { return rmw_under_eviction(DROP_BATCH); }
+static int test_rmw_under_eviction_move(void) { return rmw_under_eviction(DROP_MOVE); }
+static int test_rmw_under_eviction_dontneed(void) { return rmw_under_eviction(DROP_DONTNEED); }
+static int test_discard_batch(void) { return discard(DROP_BATCH); }
+static int test_discard_move(void) { return discard(DROP_MOVE); }
+static int test_discard_dontneed(void) { return discard(DROP_DONTNEED); }
+static int test_discard_under_eviction_batch(void) { return discard_under_eviction(DROP_BATCH); }
+static int test_discard_under_eviction_move(void) { return discard_under_eviction(DROP_MOVE); }
+static int test_discard_under_eviction_dontneed(void) { return discard_under_eviction(DROP_DONTNEED); }
 static int test_rmw_sealed_slow_opener(void) { return sealed_slow_opener(1); }
 static int test_random_writes_sealed_slow_opener(void) { return sealed_slow_opener(0); }
-static int test_random_writes_dontneed(void) { return random_writes(0); }
-static int test_write_during_eviction_move(void) { return write_during_eviction(1); }
-static int test_write_during_eviction_dontneed(void) { return write_during_eviction(0); }
-static int test_policy_move(void) { return policy(1); }
-static int test_policy_dontneed(void) { return policy(0); }
-static int test_write_run_move(void) { return write_run_after_read(1); }
-static int test_write_run_dontneed(void) { return write_run_after_read(0); }
 
 /* Every case needs write-protect (a local memory budget); the _move cases
- * also UFFDIO_MOVE: without it the engine silently drops with DONTNEED,
- * and the case would test the other path twice. */
-#define WP   (GVM_NEEDS_UFFD | UFFD_FEATURE_PAGEFAULT_FLAG_WP)
-#define MOVE (WP | UFFD_FEATURE_MOVE)
+ * also UFFDIO_MOVE and the _batch (and sealed) cases process_madvise on
+ * the calling process: without them the engine silently falls back to
+ * the next way, and the case would test that path twice. */
+#define WP    (GVM_NEEDS_UFFD | UFFD_FEATURE_PAGEFAULT_FLAG_WP)
+#define MOVE  (WP | UFFD_FEATURE_MOVE)
+#define BATCH (WP | GVM_NEEDS_SELF_MADVISE)
 static const struct gvm_test tests[] = {
+	{ "random_writes_4x_budget_batch", test_random_writes_batch, BATCH },
 	{ "random_writes_4x_budget_move", test_random_writes_move, MOVE },
 	{ "random_writes_4x_budget_dontneed", test_random_writes_dontneed, WP },
+	{ "write_during_eviction_batch", test_write_during_eviction_batch, BATCH },
 	{ "write_during_eviction_move", test_write_during_eviction_move, MOVE },
 	{ "write_during_eviction_dontneed", test_write_during_eviction_dontneed, WP },
+	{ "policy_batch", test_policy_batch, BATCH },
 	{ "policy_move", test_policy_move, MOVE },
 	{ "policy_dontneed", test_policy_dontneed, WP },
-	{ "write_run_after_read_move", test_write_run_move, MOVE },
-	{ "write_run_after_read_dontneed", test_write_run_dontneed, WP },
-	{ "window_adapts_move", test_window_move, MOVE },
-	{ "window_adapts_dontneed", test_window_dontneed, WP },
-	{ "rmw_under_eviction_move", test_rmw_move, MOVE },
-	{ "rmw_under_eviction_dontneed", test_rmw_dontneed, WP },
-	{ "random_writes_4x_budget_sealed", test_random_writes_sealed, MOVE },
-	{ "rmw_under_eviction_sealed", test_rmw_sealed, MOVE },
-	{ "rmw_under_eviction_sealed_slow_opener", test_rmw_sealed_slow_opener, MOVE },
-	{ "random_writes_4x_budget_sealed_slow_opener", test_random_writes_sealed_slow_opener, MOVE },
+	{ "write_run_after_read_batch", test_write_run_after_read_batch, BATCH },
+	{ "write_run_after_read_move", test_write_run_after_read_move, MOVE },
+	{ "write_run_after_read_dontneed", test_write_run_after_read_dontneed, WP },
+	{ "window_adapts_batch", test_window_adapts_batch, BATCH },
+	{ "window_adapts_move", test_window_adapts_move, MOVE },
+	{ "window_adapts_dontneed", test_window_adapts_dontneed, WP },
+	{ "rmw_under_eviction_batch", test_rmw_under_eviction_batch, BATCH },
+	{ "rmw_under_eviction_move", test_rmw_under_eviction_move, MOVE },
+	{ "rmw_under_eviction_dontneed", test_rmw_under_eviction_dontneed, WP },
+	{ "discard_batch", test_discard_batch, BATCH },
 	{ "discard_move", test_discard_move, MOVE },
 	{ "discard_dontneed", test_discard_dontneed, WP },
+	{ "discard_under_eviction_batch", test_discard_under_eviction_batch, BATCH },
 	{ "discard_under_eviction_move", test_discard_under_eviction_move, MOVE },
 	{ "discard_under_eviction_dontneed", test_discard_under_eviction_dontneed, WP },
+	{ "random_writes_4x_budget_sealed", test_random_writes_sealed, BATCH },
+	{ "rmw_under_eviction_sealed", test_rmw_sealed, BATCH },
+	{ "rmw_under_eviction_sealed_slow_opener", test_rmw_sealed_slow_opener, BATCH },
+	{ "random_writes_4x_budget_sealed_slow_opener", test_random_writes_sealed_slow_opener, BATCH },
 };
+
 
 int main(int argc, char **argv)
 {

@@ -498,7 +498,11 @@ static int passes(struct vm *v, struct gvm_engine *e, uint8_t *mem)
  * then the passes. single_page: no prefetch and no readahead, so that every
  * page the guest touches is a fault of its own raised in KVM. sealed:
  * pages sealed (docs/SECURITY.md), replies opened on the opener thread. */
-static int guest_over_budget(int use_move, int single_page, int sealed)
+/* How the evictor drops pages (evict.c), set through GIANTVM_UFFD_DISABLE:
+ * MADV_DONTNEED per run, UFFDIO_MOVE per run, one process_madvise per batch. */
+enum { DROP_DONTNEED, DROP_MOVE, DROP_BATCH };
+
+static int guest_over_budget(int drop, int single_page, int sealed)
 {
 	struct gvm_pool_opts po = { .nodes = test_nodes, .n_nodes = 3, .replicas = 2 };
 	struct gvm_engine_opts eo = { .local_mem = BUDGET, .seal = sealed ? GVM_SEAL_ON : GVM_SEAL_OFF };
@@ -510,10 +514,10 @@ static int guest_over_budget(int use_move, int single_page, int sealed)
 	char err[256], name[32];
 	int r = 1, rc;
 
-	if (use_move)
-		unsetenv("GIANTVM_UFFD_DISABLE");
-	else
-		setenv("GIANTVM_UFFD_DISABLE", "MOVE", 1);
+	static const char *const drop_off[] = { "MOVE,PROCESS_MADVISE", "PROCESS_MADVISE", "" };
+	static const char *const drop_name[] = { "dontneed", "move", "batch" };
+
+	setenv("GIANTVM_UFFD_DISABLE", drop_off[drop], 1);
 	if (single_page) {
 		eo.prefetch = 1;
 		eo.readahead = -1u;
@@ -532,7 +536,7 @@ static int guest_over_budget(int use_move, int single_page, int sealed)
 		goto close_pool;
 	}
 	printf("  engine: %s\n", gvm_engine_features(e));
-	snprintf(name, sizeof(name), "ram-%s%s%s", use_move ? "move" : "dontneed", single_page ? "-single" : "",
+	snprintf(name, sizeof(name), "ram-%s%s%s", drop_name[drop], single_page ? "-single" : "",
 		 sealed ? "-sealed" : "");
 	rc = gvm_engine_attach(e, gvm_region_id("test-kvm", name), key, mem, REGION_SIZE);
 	if (rc) {
@@ -560,18 +564,27 @@ unmap_mem:
 	return r;
 }
 
-static int test_guest_over_budget_move(void) { return guest_over_budget(1, 0, 0); }
-static int test_guest_over_budget_dontneed(void) { return guest_over_budget(0, 0, 0); }
-static int test_guest_single_page_move(void) { return guest_over_budget(1, 1, 0); }
-static int test_guest_single_page_dontneed(void) { return guest_over_budget(0, 1, 0); }
-static int test_guest_over_budget_sealed(void) { return guest_over_budget(1, 0, 1); }
+static int test_guest_over_budget_batch(void) { return guest_over_budget(DROP_BATCH, 0, 0); }
+static int test_guest_over_budget_move(void) { return guest_over_budget(DROP_MOVE, 0, 0); }
+static int test_guest_over_budget_dontneed(void) { return guest_over_budget(DROP_DONTNEED, 0, 0); }
+static int test_guest_single_page_batch(void) { return guest_over_budget(DROP_BATCH, 1, 0); }
+static int test_guest_single_page_move(void) { return guest_over_budget(DROP_MOVE, 1, 0); }
+static int test_guest_single_page_dontneed(void) { return guest_over_budget(DROP_DONTNEED, 1, 0); }
+static int test_guest_over_budget_sealed(void) { return guest_over_budget(DROP_BATCH, 0, 1); }
 
+/* A drop path the kernel lacks would silently fall back to the next one,
+ * and the case would test that path twice. */
+#define WP    (GVM_NEEDS_UFFD | UFFD_FEATURE_PAGEFAULT_FLAG_WP)
+#define MOVE  (WP | UFFD_FEATURE_MOVE)
+#define BATCH (WP | GVM_NEEDS_SELF_MADVISE)
 static const struct gvm_test tests[] = {
-	{ "guest_4x_budget_move", test_guest_over_budget_move },
-	{ "guest_4x_budget_dontneed", test_guest_over_budget_dontneed },
-	{ "guest_4x_budget_single_page_faults_move", test_guest_single_page_move },
-	{ "guest_4x_budget_single_page_faults_dontneed", test_guest_single_page_dontneed },
-	{ "guest_4x_budget_sealed", test_guest_over_budget_sealed },
+	{ "guest_4x_budget_batch", test_guest_over_budget_batch, BATCH },
+	{ "guest_4x_budget_move", test_guest_over_budget_move, MOVE },
+	{ "guest_4x_budget_dontneed", test_guest_over_budget_dontneed, WP },
+	{ "guest_4x_budget_single_page_faults_batch", test_guest_single_page_batch, BATCH },
+	{ "guest_4x_budget_single_page_faults_move", test_guest_single_page_move, MOVE },
+	{ "guest_4x_budget_single_page_faults_dontneed", test_guest_single_page_dontneed, WP },
+	{ "guest_4x_budget_sealed", test_guest_over_budget_sealed, BATCH },
 };
 
 int main(int argc, char **argv)
