@@ -202,7 +202,7 @@ int gvm_self_madvise_fd(void)
 		r = -errno;
 	if (r != pagesz) {
 		close(fd);
-		return r == -EINVAL || r == -EPERM || r >= 0 ? -EOPNOTSUPP : (int)r;
+		return r == -EINVAL || r >= 0 ? -EOPNOTSUPP : (int)r; /* EPERM, ENOSYS: a filter said no */
 	}
 	return fd;
 #else

@@ -76,7 +76,9 @@ static void *random_writer(void *a)
 enum { DROP_DONTNEED, DROP_MOVE, DROP_BATCH };
 static const char *const drop_off[] = { "MOVE,PROCESS_MADVISE", "PROCESS_MADVISE", "" };
 
-/* A region name per case and drop mode, so no two cases share pages on the servers. */
+/* A region name per case and drop mode. (Cases that share one, such as the
+ * sealed ones and the _batch ones, still share no pages: each has its own
+ * random key, and the servers keep regions by id and key.) */
 static const char *rname(const char *base, int drop)
 {
 	static char buf[64];
@@ -725,9 +727,10 @@ static int test_rmw_sealed_slow_opener(void) { return sealed_slow_opener(1); }
 static int test_random_writes_sealed_slow_opener(void) { return sealed_slow_opener(0); }
 
 /* Every case needs write-protect (a local memory budget); the _move cases
- * also UFFDIO_MOVE and the _batch (and sealed) cases process_madvise on
- * the calling process: without them the engine silently falls back to
- * the next way, and the case would test that path twice. */
+ * also UFFDIO_MOVE and the _batch cases process_madvise on the calling
+ * process: without them the engine silently falls back to the next way,
+ * and the case would test that path twice. The sealed cases take whatever
+ * way the kernel has. */
 #define WP    (GVM_NEEDS_UFFD | UFFD_FEATURE_PAGEFAULT_FLAG_WP)
 #define MOVE  (WP | UFFD_FEATURE_MOVE)
 #define BATCH (WP | GVM_NEEDS_SELF_MADVISE)
@@ -756,10 +759,10 @@ static const struct gvm_test tests[] = {
 	{ "discard_under_eviction_batch", test_discard_under_eviction_batch, BATCH },
 	{ "discard_under_eviction_move", test_discard_under_eviction_move, MOVE },
 	{ "discard_under_eviction_dontneed", test_discard_under_eviction_dontneed, WP },
-	{ "random_writes_4x_budget_sealed", test_random_writes_sealed, BATCH },
-	{ "rmw_under_eviction_sealed", test_rmw_sealed, BATCH },
-	{ "rmw_under_eviction_sealed_slow_opener", test_rmw_sealed_slow_opener, BATCH },
-	{ "random_writes_4x_budget_sealed_slow_opener", test_random_writes_sealed_slow_opener, BATCH },
+	{ "random_writes_4x_budget_sealed", test_random_writes_sealed, WP },
+	{ "rmw_under_eviction_sealed", test_rmw_sealed, WP },
+	{ "rmw_under_eviction_sealed_slow_opener", test_rmw_sealed_slow_opener, WP },
+	{ "random_writes_4x_budget_sealed_slow_opener", test_random_writes_sealed_slow_opener, WP },
 };
 
 

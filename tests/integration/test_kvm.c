@@ -584,7 +584,7 @@ static const struct gvm_test tests[] = {
 	{ "guest_4x_budget_single_page_faults_batch", test_guest_single_page_batch, BATCH },
 	{ "guest_4x_budget_single_page_faults_move", test_guest_single_page_move, MOVE },
 	{ "guest_4x_budget_single_page_faults_dontneed", test_guest_single_page_dontneed, WP },
-	{ "guest_4x_budget_sealed", test_guest_over_budget_sealed, BATCH },
+	{ "guest_4x_budget_sealed", test_guest_over_budget_sealed, WP },
 };
 
 int main(int argc, char **argv)
