@@ -918,6 +918,16 @@ static void on_fault(struct gvm_engine *e, uintptr_t addr, int write, int wp, ui
 		return;
 	}
 	if (fl & PG_RESIDENT) {
+		/* The evictor claimed its drop since the check above (and may
+		 * have zapped it already: a zero filled in now would stay
+		 * present and uncounted once it clears RESIDENT). Its batch
+		 * ends with a replay of this fault. Not for a page it is only
+		 * writing back (EVICTING): its copy may be what faulted here,
+		 * on a page the owner dropped, and must get the zero. */
+		if (fl & PG_DROPPING) {
+			defer_fault(e, addr, write);
+			return;
+		}
 		/* Filled since the fault was queued (wake it), or dropped by
 		 * its owner behind our back (zero is what it reads as). */
 		if (!(fl & PG_LOST))
