@@ -76,7 +76,10 @@
 # default then local-mem + 192).  QEMU's peak RSS (VmHWM) and peak
 # RssAnon + RssShmem (both sampled every 0.5 s from /proc/PID/status) are
 # reported for every way, and the cgroup's limit and peak usage for zram
-# and disk.  A swap boot the cgroup OOM-kills is reported
+# and disk, and for zram the peak of its compressed store (mm_stat
+# mem_used_max): local memory the swap way also uses, which the cgroup does
+# not count (zram's allocations are not charged to a memory cgroup), so
+# zram's whole local memory is the cgroup's peak plus that.  A swap boot the cgroup OOM-kills is reported
 # (oom_killed_at_mib) and retried with the limit 32 MiB higher, at most
 # --oom-retries times (default 3); after that the way has no numbers.
 #
@@ -85,6 +88,7 @@
 #   off), ops_per_s (the guest's timed random phase), ops_ms, peak_rss_mib,
 #   peak_anon_shmem_mib,
 #   cg_limit_mib, cg_peak_mib; swap ways: pswpin/pswpout (host /proc/vmstat deltas, pages);
+#   zram: zram_store_peak_mib;
 #   giantvm: faults, pages_fetched, readahead_pages, bytes_in, bytes_out,
 #   evictions, writebacks, fault_p50_us/p99_us, poll_ms (the poller's CPU
 #   time, docs/DESIGN.md) (GIANTVM_STATS_OUT, the stats
@@ -322,7 +326,7 @@ one() {
     sw1=$(vmstat_swp)
     local hwm anon
     read -r hwm anon <"$TMP/hwm" 2>/dev/null || hwm=0 anon=0
-    local ooms=0
+    local ooms=0 zmem=''
     if [[ $way == zram || $way == disk ]]; then
         cgp=$(cg_peak)
         if [[ ${CG_KIND:-} == v2 ]]; then
@@ -330,6 +334,11 @@ one() {
         else
             ooms=$(awk '$1 == "oom_kill" { print $2 }' "$CG/memory.oom_control" 2>/dev/null)
         fi
+        # zram's compressed store is local memory too, but not charged to
+        # the cgroup (zsmalloc allocations are not memcg-accounted): say how
+        # much it held at its peak (mm_stat field 5, mem_used_max).
+        [[ $way == zram && -r /sys/block/zram$ZN/mm_stat ]] &&
+            zmem=$(awk '{ printf "%.0f", $5 / 1048576 }' "/sys/block/zram$ZN/mm_stat")
         if [[ $way == zram ]]; then zram_down; else swapfile_off; fi
         cgroup_down
     fi
@@ -366,11 +375,12 @@ one() {
     [[ $way == giantvm ]] && GV_HWM[$wl]=$(((anon + 1023) >> 10))
     # empty fields are '-' (tab is whitespace to read, so empty ones would merge)
     local fields=("$wl" "$way" "$round" "$wall" "$ops_s" "$ops_ms" "$((hwm >> 10))" "$((anon >> 10))" "$cgl" "$cgp" "$pin" "$pout"
-        "$f" "$pf" "$ra" "$bi" "$bo" "$ev" "$wb" "$p50" "$p99" "$pm") i
+        "$f" "$pf" "$ra" "$bi" "$bo" "$ev" "$wb" "$p50" "$p99" "$pm" "$zmem") i
     for i in "${!fields[@]}"; do [[ -n ${fields[i]} ]] || fields[i]=-; done
     (IFS=$'\t'; echo "${fields[*]}") >>"$RAW"
     local line="  $wl/$way: ${wall}s wall, ${ops_s} ops/s (${ops_ms} ms), peak RSS $((hwm >> 10)) MiB (anon+shmem $((anon >> 10)) MiB)"
     [[ -n $cgp ]] && line+=", cgroup limit $cgl peak $cgp MiB, swap in/out $pin/$pout pages"
+    [[ -n $zmem ]] && line+=", zram store peak $zmem MiB (outside the cgroup)"
     [[ -n $f ]] && line+=", $f faults, $pf pages fetched ($ra readahead), $(awk -v b="$bi" 'BEGIN { printf "%.1f", b / 1048576 }') MiB in, $(awk -v b="$bo" 'BEGIN { printf "%.1f", b / 1048576 }') MiB out, $ev evictions, fault p50 ${p50} us, probe hit rate $hr, $dp pages discarded, poller ${pm:-0} ms CPU"
     say "$line"
     say "    ${res#GIANTVM-RESULT }"
@@ -428,7 +438,7 @@ agg() {
     {
         key = $1 "\t" $2
         if (!(key in seen)) { seen[key] = 1; order[++nk] = key }
-        for (c = 4; c <= 22; c++) if ($c != "-") v[key, c] = v[key, c] (v[key, c] == "" ? "" : " ") $c
+        for (c = 4; c <= 23; c++) if ($c != "-") v[key, c] = v[key, c] (v[key, c] == "" ? "" : " ") $c
         if ($7 + 0 > mx[key, 7]) mx[key, 7] = $7 + 0
         if ($8 + 0 > mx[key, 8]) mx[key, 8] = $8 + 0
     }
@@ -436,7 +446,7 @@ agg() {
         for (i = 1; i <= nk; i++) {
             k = order[i]
             printf "%s", k
-            for (c = 4; c <= 22; c++) { m = (c == 7 || c == 8) ? mx[k, c] : med(k SUBSEP c); printf "\t%s", (m == "") ? "-" : m }
+            for (c = 4; c <= 23; c++) { m = (c == 7 || c == 8) ? mx[k, c] : med(k SUBSEP c); printf "\t%s", (m == "") ? "-" : m }
             printf "\n"
         }
     }' "$RAW"
@@ -447,11 +457,12 @@ local_wall() { awk -F'\t' -v w="$1" -v y="$2" '$1 == w && $2 == y { print $3 }' 
 say ""
 say "median of $runs: workload way wall ops/s peak_RSS peak_anon+shmem [cgroup limit/peak, swap in/out pages] [giantvm: faults, pages fetched, MiB in, bytes_in/(faults*4096)]"
 undash() { local v; for v in "$@"; do [[ ${!v} == - ]] && printf -v "$v" ''; done; }
-F_AGG=(wl way wall ops_s ops_ms hwm anon cgl cgp pin pout f pf ra bi bo ev wb p50 p99 pm)
+F_AGG=(wl way wall ops_s ops_ms hwm anon cgl cgp pin pout f pf ra bi bo ev wb p50 p99 pm zmem)
 while IFS=$'\t' read -r "${F_AGG[@]}"; do
     undash "${F_AGG[@]}"
     l=$(printf '  %-5s %-7s %8.1f s %9s ops/s %5s MiB RSS %5s MiB anon+shmem' "$wl" "$way" "$wall" "$ops_s" "$hwm" "$anon")
     [[ -n $cgp ]] && l+=" cgroup $cgl/$cgp MiB limit/peak, swap in/out $pin/$pout"
+    [[ -n $zmem ]] && l+=", zram store $zmem MiB"
     [[ -n $f ]] && l+=$(awk -v f="$f" -v pf="$pf" -v bi="$bi" 'BEGIN { printf ", %d faults, %d pages, %.1f MiB in, %.1f x", f, pf, bi / 1048576, (f > 0) ? bi / (f * 4096) : 0 }')
     for other in zram disk; do
         ow=$(local_wall "$wl" "$other")
@@ -477,6 +488,7 @@ if ((json)); then
                 "$sep" "$wl" "$way" "$(wl_mib "$wl")" "$wall" "$(num "$ops_s")" "$(num "$ops_ms")" "$(num "$hwm")" "$(num "$anon")" "$(num "$cgl")" "$(num "$cgp")" "$(num "$pin")" "$(num "$pout")"
             printf ',"faults":%s,"pages_fetched":%s,"readahead_pages":%s,"bytes_in":%s,"bytes_out":%s,"evictions":%s,"writebacks":%s,"fault_p50_us":%s,"fault_p99_us":%s,"poll_ms":%s' \
                 "$(num "$f")" "$(num "$pf")" "$(num "$ra")" "$(num "$bi")" "$(num "$bo")" "$(num "$ev")" "$(num "$wb")" "$(num "$p50")" "$(num "$p99")" "$(num "$pm")"
+            [[ -n $zmem ]] && printf ',"zram_store_peak_mib":%s' "$zmem"
             if [[ -n $f ]]; then
                 printf ',"bytes_in_per_fault_page":%s' "$(awk -v f="$f" -v b="$bi" 'BEGIN { printf "%.3f", (f > 0) ? b / (f * 4096) : 0 }')"
             fi
@@ -494,7 +506,7 @@ if ((json)); then
         done
         printf '],"runs":['
         sep=''
-        F_RAW=(wl way round wall ops_s ops_ms hwm anon cgl cgp pin pout f pf ra bi bo ev wb p50 p99 pm)
+        F_RAW=(wl way round wall ops_s ops_ms hwm anon cgl cgp pin pout f pf ra bi bo ev wb p50 p99 pm zmem)
         while IFS=$'\t' read -r "${F_RAW[@]}"; do
             undash "${F_RAW[@]}"
             printf '%s{"workload":"%s","way":"%s","round":%s,"wall_s":%s,"ops_per_s":%s,"ops_ms":%s,"peak_rss_mib":%s,"peak_anon_shmem_mib":%s,"cg_limit_mib":%s,"cg_peak_mib":%s,"faults":%s,"pages_fetched":%s,"bytes_in":%s}' \
