@@ -678,7 +678,9 @@ static void defer_fault(struct gvm_engine *e, uintptr_t addr, int write)
 		size_t ncap = e->cap_deferred ? e->cap_deferred * 2 : 64;
 		uint64_t *d = realloc(e->deferred, ncap * sizeof(*d));
 		if (!d) {
+			/* Not kept: wake the thread now, it faults again. */
 			pr_err("out of memory deferring a fault");
+			uffd_wake(e, addr & ~(uintptr_t)(GVM_PAGE_SIZE - 1), GVM_PAGE_SIZE);
 			return;
 		}
 		e->deferred = d;
@@ -757,7 +759,7 @@ static void on_wp_fault(struct gvm_engine *e, struct gvm_region *rg, uint64_t p,
 		uint64_t lim = GVM_MIN(p + e->prefetch, rg->npages);
 		while (end < lim) {
 			uint8_t s = pg_get(rg->pg, end);
-			if (!(s & PG_RESIDENT) || (s & (PG_INFLIGHT | PG_LOST)) || end == rg->held ||
+			if (!(s & PG_RESIDENT) || (s & (PG_INFLIGHT | PG_LOST | PG_EVICTING)) || end == rg->held ||
 			    mark_written(rg, end) <= 0)
 				break;
 			end++;
@@ -768,6 +770,16 @@ static void on_wp_fault(struct gvm_engine *e, struct gvm_region *rg, uint64_t p,
 					  .mode = 0 };
 	if (ioctl(e->uffd, UFFDIO_WRITEPROTECT, &wp) < 0 && errno != ENOENT)
 		pr_perror("UFFDIO_WRITEPROTECT (unprotect %#lx)", (unsigned long)wp.range.start);
+	/* The evictor may have taken one of these pages as a dirty victim
+	 * between our mark and the unprotect: cleared DIRTY and protected
+	 * it, which we just undid. Left so, a write from now on would land
+	 * without a fault after its copy, and the page would drop with the
+	 * write lost. Mark it again: the evictor decides the drop only after
+	 * its write-back is acknowledged, which this thread has yet to
+	 * handle, so it will see DIRTY and keep the page. */
+	for (uint64_t k = p; k < end; k++)
+		if ((pg_get(rg->pg, k) & (PG_RESIDENT | PG_DIRTY | PG_DROPPING)) == PG_RESIDENT)
+			mark_written(rg, k);
 }
 
 /* A read fault on p, with write-protect tracking: should its page go in
