@@ -237,6 +237,8 @@ static void *engine_thread(void *arg)
 			gvm_fault_drain(e);
 		}
 		gvm_transport_flush(&e->tp);
+		/* For the evictor's target (fault.c fetch_go). */
+		__atomic_store_n(&e->pages.reserved, e->reserved, __ATOMIC_RELAXED);
 		now = gvm_now_ns();
 		if (now >= next_tick || e->parked || e->parked_wb) {
 			int ms = gvm_transport_tick(&e->tp, now, e->idle_ns);

@@ -440,7 +440,8 @@ static void *evictor_main(void *arg)
 		/* Keep up to EV_PIPE batches in flight: the next batch is copied
 		 * and sent while the previous ones wait for their acks. */
 		while (!__atomic_load_n(&ev->quit, __ATOMIC_ACQUIRE) &&
-		       pg_resident(ev->p.count) > ev->p.low_pages + ws->pending_pages) {
+		       pg_resident(ev->p.count) + __atomic_load_n(&ev->p.count->reserved, __ATOMIC_RELAXED) >
+			       ev->p.low_pages + ws->pending_pages) {
 			if (ws->pending == EV_PIPE) {
 				finish_oldest(ev, ws);
 				continue;

@@ -595,6 +595,11 @@ static void fetch_go(struct gvm_engine *e, struct gvm_fetch *f, uint64_t now)
 			fetch_give_up(e, f);
 			return;
 		}
+		/* Room promised to fetches in flight counts: with fetches
+		 * parked on a dead node holding theirs, the evictor would
+		 * otherwise stop at its low watermark with this one still
+		 * over the budget, until the deadline poisons its page. */
+		__atomic_store_n(&e->pages.reserved, e->reserved, __ATOMIC_RELAXED);
 		gvm_evictor_kick(e->ev);
 		fetch_park(e, f, now, 500000ull);
 		if (!f->room && f->fault_ns)

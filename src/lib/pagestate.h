@@ -52,6 +52,8 @@ static inline int pg_cas(uint8_t *pg, uint64_t p, uint8_t *old, uint8_t new)
 struct gvm_page_count {
 	uint64_t installed;   /* the engine only: pages made resident (installs, present at attach) */
 	uint64_t dropped;     /* evictor only: pages dropped; also its clock for refault distances */
+	uint64_t reserved;    /* the engine only: its `reserved` (room promised to fetches in
+			       * flight and held pages) as of its last look, for the evictor */
 };
 
 /* Pages resident now. `dropped` is read first: it never passes what
