@@ -388,10 +388,41 @@ static int flushable(struct gvm_region *rg, uint64_t p)
 	return (s & PG_RESIDENT) && !(s & PG_LOST);
 }
 
+/*
+ * Hold page p for a flush's copy the way the evictor holds its victims
+ * (EVICTING), so the evictor cannot take it between the copy and its post:
+ * it would post a newer copy first, and the nodes would keep the flush's
+ * older one, which the page, dropped clean, would then read back. 1 if
+ * held; 0 if not resident or the evictor has it.
+ */
+static int flush_hold(struct gvm_region *rg, uint64_t p)
+{
+	uint8_t s = pg_get(rg->pg, p);
+
+	while ((s & PG_RESIDENT) && !(s & (PG_EVICTING | PG_DROPPING | PG_LOST)))
+		if (pg_cas(rg->pg, p, &s, (uint8_t)(s | PG_EVICTING)))
+			return 1;
+	return 0;
+}
+
+/* Copy and post pages [p, s) of rg (held), then let them go. */
+static int flush_run(struct gvm_engine *e, struct gvm_region *rg, uint64_t p, uint64_t s,
+		     struct gvm_waiter *wt)
+{
+	int r = gvm_wb_submit(e, rg, p, (uint32_t)(s - p), wt);
+
+	for (uint64_t k = p; k < s; k++)
+		pg_clear(rg->pg, k, PG_EVICTING);
+	/* Bound the memory queued: 256 stripes (32 MiB) in flight. */
+	return r ? r : waiter_wait(wt, 256);
+}
+
 int gvm_engine_flush(struct gvm_engine *e)
 {
 	struct gvm_waiter wt = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
 	unsigned nreg = __atomic_load_n(&e->n_regions, __ATOMIC_ACQUIRE);
+	struct held { struct gvm_region *rg; uint64_t p; } *busy = NULL;
+	size_t nbusy = 0, capbusy = 0;
 	int r = 0;
 
 	/* A page installed just before this call may be written already and
@@ -407,15 +438,43 @@ int gvm_engine_flush(struct gvm_engine *e)
 				p++;
 				continue;
 			}
-			for (s = p; s < end && flushable(rg, s); s++)
+			if (!flush_hold(rg, p)) {
+				/* The evictor has it: its write-back may predate a
+				 * write, so come back to it once the evictor is done. */
+				if (nbusy == capbusy) {
+					size_t nc = capbusy ? 2 * capbusy : 256;
+					struct held *nb = realloc(busy, nc * sizeof(*nb));
+					if (!nb) {
+						r = -ENOMEM;
+						break;
+					}
+					busy = nb;
+					capbusy = nc;
+				}
+				busy[nbusy++] = (struct held){ rg, p++ };
+				continue;
+			}
+			for (s = p + 1; s < end && flushable(rg, s) && flush_hold(rg, s); s++)
 				;
-			r = gvm_wb_submit(e, rg, p, (uint32_t)(s - p), &wt);
+			r = flush_run(e, rg, p, s, &wt);
 			p = s;
-			/* Bound the memory queued: 256 stripes (32 MiB) in flight. */
-			if (!r)
-				r = waiter_wait(&wt, 256);
 		}
 	}
+	/* Pages the evictor held: once it has dropped them (written back
+	 * first, if written) or kept them, flush what is still resident. */
+	uint64_t until = gvm_now_ns() + (uint64_t)e->pool->deadline_ms * 1000000ull;
+	for (size_t i = 0; i < nbusy && !r; i++) {
+		struct gvm_region *rg = busy[i].rg;
+		uint64_t p = busy[i].p;
+		while ((pg_get(rg->pg, p) & (PG_EVICTING | PG_DROPPING)) && gvm_now_ns() < until)
+			usleep(200);
+		if (flushable(rg, p) && flush_hold(rg, p))
+			r = flush_run(e, rg, p, p + 1, &wt);
+		else if (flushable(rg, p))
+			pr_warn("flush: page %" PRIu64 " of region %016" PRIx64 " still held after %d ms",
+				p, rg->id, e->pool->deadline_ms);
+	}
+	free(busy);
 	int w = waiter_wait(&wt, 0);
 	pthread_mutex_destroy(&wt.mu);
 	pthread_cond_destroy(&wt.cv);

@@ -455,8 +455,33 @@ static void *rmw_main(void *a)
 	return NULL;
 }
 
+/* The _flushing case: gvm_engine_flush() in a loop beside the writers and
+ * the evictor (a flush's copy of a page can reach the nodes after the
+ * evictor's newer one; evict.c keeps such pages dirty). */
+static int flushing;
+
+struct flusher {
+	struct gvm_engine *e;
+	int stop;      /* atomic */
+	unsigned runs; /* flushes done */
+	int err;       /* the first failed flush's return */
+};
+
+static void *flusher_main(void *a)
+{
+	struct flusher *f = a;
+
+	while (!__atomic_load_n(&f->stop, __ATOMIC_ACQUIRE) && !f->err) {
+		f->err = gvm_engine_flush(f->e);
+		f->runs++;
+	}
+	return NULL;
+}
+
 static int rmw_under_eviction(int drop)
 {
+	struct flusher fl = { 0 };
+	pthread_t fth;
 	struct gvm_pool *pool;
 	struct gvm_engine *e;
 	struct gvm_stats st;
@@ -469,12 +494,22 @@ static int rmw_under_eviction(int drop)
 	CHECK(count);
 	if (open_written(&pool, &e, &m, rname("rmw", drop), drop, &seed, NULL))
 		return 1;
+	fl.e = e;
+	if (flushing)
+		CHECK(pthread_create(&fth, NULL, flusher_main, &fl) == 0);
 	for (int i = 0; i < THREADS; i++) {
 		c[i] = (struct rmw_ctx){ .m = m, .count = count, .seed = seed, .id = i, .ops = 6000 };
 		CHECK(pthread_create(&th[i], NULL, rmw_main, &c[i]) == 0);
 	}
 	for (int i = 0; i < THREADS; i++)
 		pthread_join(th[i], NULL);
+	if (flushing) {
+		__atomic_store_n(&fl.stop, 1, __ATOMIC_RELEASE);
+		pthread_join(fth, NULL);
+		printf("  %u flushes beside the writers\n", fl.runs);
+		CHECK_EQ(fl.err, 0);
+		CHECK(fl.runs > 0);
+	}
 	gvm_engine_stats(e, &st);
 	printf("  rmw: %" PRIu64 " faults (%" PRIu64 " write-protect), %" PRIu64 " read faults installed "
 	       "dirty, %" PRIu64 " evictions, %" PRIu64 " write-backs\n", st.faults, st.wp_faults,
@@ -723,6 +758,13 @@ static int test_discard_dontneed(void) { return discard(DROP_DONTNEED); }
 static int test_discard_under_eviction_batch(void) { return discard_under_eviction(DROP_BATCH); }
 static int test_discard_under_eviction_move(void) { return discard_under_eviction(DROP_MOVE); }
 static int test_discard_under_eviction_dontneed(void) { return discard_under_eviction(DROP_DONTNEED); }
+static int test_rmw_flushing(void)
+{
+	flushing = 1;
+	int r = rmw_under_eviction(DROP_BATCH);
+	flushing = 0;
+	return r;
+}
 static int test_rmw_sealed_slow_opener(void) { return sealed_slow_opener(1); }
 static int test_random_writes_sealed_slow_opener(void) { return sealed_slow_opener(0); }
 
@@ -761,6 +803,7 @@ static const struct gvm_test tests[] = {
 	{ "discard_under_eviction_dontneed", test_discard_under_eviction_dontneed, WP },
 	{ "random_writes_4x_budget_sealed", test_random_writes_sealed, WP },
 	{ "rmw_under_eviction_sealed", test_rmw_sealed, WP },
+	{ "rmw_under_eviction_flushing", test_rmw_flushing, WP },
 	{ "rmw_under_eviction_sealed_slow_opener", test_rmw_sealed_slow_opener, WP },
 	{ "random_writes_4x_budget_sealed_slow_opener", test_random_writes_sealed_slow_opener, WP },
 };
