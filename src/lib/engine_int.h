@@ -155,7 +155,8 @@ struct gvm_engine {
 	struct gvm_discard *discards; /* gvm_engine_discard()s waiting for this thread */
 	struct gvm_wb *wb_spare;  /* stripe-sized write-back buffers for reuse */
 	unsigned n_wb_spare;
-	struct gvm_wb *parked_wb; /* write-backs no replica could take yet (engine thread) */
+	struct gvm_wb *parked_wb; /* write-backs no replica could take yet, oldest first (engine thread) */
+	struct gvm_wb *parked_wb_last; /* ... and the newest */
 	struct gvm_wb *wbq_head, *wbq_tail; /* write-backs waiting for the send window (engine thread) */
 	uint64_t wb_inflight;     /* write-back bytes sent to nodes and not answered yet (engine thread) */
 

@@ -119,6 +119,20 @@ static void wb_done(struct gvm_engine *e, struct gvm_wb *w)
 	wb_release(e, w);
 }
 
+/* Park a write-back no replica took, at the end of the list: retries go
+ * oldest first, so two write-backs of one page (a flush's, then the
+ * evictor's newer one) reach a node that comes back in the order they
+ * were made, and it keeps the newer. */
+static void park_wb(struct gvm_engine *e, struct gvm_wb *w)
+{
+	w->next = NULL;
+	if (e->parked_wb)
+		e->parked_wb_last->next = w;
+	else
+		e->parked_wb = w;
+	e->parked_wb_last = w;
+}
+
 static void wb_send(struct gvm_engine *e, struct gvm_wb *w)
 {
 	uint32_t nodes[GVM_MAX_REPLICAS];
@@ -156,8 +170,7 @@ static void wb_send(struct gvm_engine *e, struct gvm_wb *w)
 			return;
 		}
 		w->retry_ns = now + 50ull * 1000000ull;
-		w->next = e->parked_wb;
-		e->parked_wb = w;
+		park_wb(e, w);
 	}
 }
 
@@ -217,9 +230,8 @@ void gvm_wb_on_fail(struct gvm_engine *e, struct gvm_wb *w)
 	e->wb_inflight -= w->len;
 	if (--w->outstanding == 0) {
 		if (w->acks == 0) {
-			w->next = e->parked_wb;
 			w->retry_ns = gvm_now_ns() + 50ull * 1000000ull;
-			e->parked_wb = w;
+			park_wb(e, w);
 		} else {
 			wb_done(e, w);
 		}
@@ -229,15 +241,17 @@ void gvm_wb_on_fail(struct gvm_engine *e, struct gvm_wb *w)
 
 void gvm_wb_retry_parked(struct gvm_engine *e, uint64_t now)
 {
-	struct gvm_wb *w, **pw = &e->parked_wb;
+	struct gvm_wb *w = e->parked_wb, *next;
 
-	while ((w = *pw)) {
-		if (now < w->retry_ns) {
-			pw = &w->next;
-			continue;
-		}
-		*pw = w->next;
-		wb_send(e, w);
+	/* In order, each one parked again at the end if not due (or if still
+	 * no replica takes it): the order stays oldest first. */
+	e->parked_wb = e->parked_wb_last = NULL;
+	for (; w; w = next) {
+		next = w->next;
+		if (now < w->retry_ns)
+			park_wb(e, w);
+		else
+			wb_send(e, w);
 	}
 }
 
