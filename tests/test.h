@@ -124,6 +124,22 @@ static inline int test_threads_named(const char *name, pid_t *tid)
 
 struct gvm_test { const char *name; int (*fn)(void); uint64_t needs; };
 
+/* How the evictor drops pages (evict.c), chosen through GIANTVM_UFFD_DISABLE:
+ * MADV_DONTNEED per run (any kernel), UFFDIO_MOVE per run (6.8+), one
+ * process_madvise per batch (6.13+). A case for one path needs its feature
+ * (UFFD_FEATURE_MOVE, GVM_NEEDS_SELF_MADVISE): without it the engine falls
+ * back silently and the case would test another path. */
+enum { GVM_DROP_DONTNEED, GVM_DROP_MOVE, GVM_DROP_BATCH };
+static const char *const gvm_drop_name[] = { "dontneed", "move", "batch" };
+
+/* Engines opened from now on drop pages the `drop` way. */
+static inline void gvm_test_set_drop(int drop)
+{
+	static const char *const off[] = { "MOVE,PROCESS_MADVISE", "PROCESS_MADVISE", "" };
+
+	setenv("GIANTVM_UFFD_DISABLE", off[drop], 1);
+}
+
 static char gvm_test_skip_why[256];
 
 #define CHECK(cond) do { if (!(cond)) { \

@@ -70,21 +70,14 @@ static void *random_writer(void *a)
 	return NULL;
 }
 
-/* How the evictor drops pages (evict.c), set through GIANTVM_UFFD_DISABLE:
- * one process_madvise per batch, UFFDIO_MOVE per run, or MADV_DONTNEED per
- * run (Linux 6.13+, 6.8+, and older kernels). */
-enum { DROP_DONTNEED, DROP_MOVE, DROP_BATCH };
-static const char *const drop_off[] = { "MOVE,PROCESS_MADVISE", "PROCESS_MADVISE", "" };
-
 /* A region name per case and drop mode. (Cases that share one, such as the
  * sealed ones and the _batch ones, still share no pages: each has its own
  * random key, and the servers keep regions by id and key.) */
 static const char *rname(const char *base, int drop)
 {
 	static char buf[64];
-	static const char *const suffix[] = { "dn", "move", "batch" };
 
-	snprintf(buf, sizeof(buf), "%s-%s", base, suffix[drop]);
+	snprintf(buf, sizeof(buf), "%s-%s", base, gvm_drop_name[drop]);
 	return buf;
 }
 
@@ -99,7 +92,7 @@ static int open_engine(struct gvm_pool **pool, struct gvm_engine **e, uint8_t **
 	struct gvm_engine_opts eo = { .local_mem = BUDGET, .seal = sealed ? GVM_SEAL_ON : GVM_SEAL_OFF };
 	char err[256];
 
-	setenv("GIANTVM_UFFD_DISABLE", drop_off[drop], 1);
+	gvm_test_set_drop(drop);
 	CHECK(test_servers_up(3) == 0);
 	CHECK(gvm_pool_open(pool, &po, err, sizeof(err)) == 0);
 	CHECK(gvm_engine_open(e, *pool, &eo) == 0);
@@ -534,7 +527,7 @@ static int rmw_under_eviction(int drop)
 static int test_random_writes_sealed(void)
 {
 	sealed = 1;
-	int r = random_writes(DROP_BATCH);
+	int r = random_writes(GVM_DROP_BATCH);
 	sealed = 0;
 	return r;
 }
@@ -542,7 +535,7 @@ static int test_random_writes_sealed(void)
 static int test_rmw_sealed(void)
 {
 	sealed = 1;
-	int r = rmw_under_eviction(DROP_BATCH);
+	int r = rmw_under_eviction(GVM_DROP_BATCH);
 	sealed = 0;
 	return r;
 }
@@ -555,7 +548,7 @@ static int sealed_slow_opener(int rmw)
 	sealed = 1;
 	if (setenv("GIANTVM_OPENER_DELAY_US", "20000", 1))
 		return 1;
-	int r = rmw ? rmw_under_eviction(DROP_BATCH) : random_writes(DROP_BATCH);
+	int r = rmw ? rmw_under_eviction(GVM_DROP_BATCH) : random_writes(GVM_DROP_BATCH);
 	unsetenv("GIANTVM_OPENER_DELAY_US");
 	sealed = 0;
 	return r;
@@ -734,34 +727,34 @@ static int discard_under_eviction(int drop)
 
 
 
-static int test_random_writes_batch(void) { return random_writes(DROP_BATCH); }
-static int test_random_writes_move(void) { return random_writes(DROP_MOVE); }
-static int test_random_writes_dontneed(void) { return random_writes(DROP_DONTNEED); }
-static int test_write_during_eviction_batch(void) { return write_during_eviction(DROP_BATCH); }
-static int test_write_during_eviction_move(void) { return write_during_eviction(DROP_MOVE); }
-static int test_write_during_eviction_dontneed(void) { return write_during_eviction(DROP_DONTNEED); }
-static int test_policy_batch(void) { return policy(DROP_BATCH); }
-static int test_policy_move(void) { return policy(DROP_MOVE); }
-static int test_policy_dontneed(void) { return policy(DROP_DONTNEED); }
-static int test_write_run_after_read_batch(void) { return write_run_after_read(DROP_BATCH); }
-static int test_write_run_after_read_move(void) { return write_run_after_read(DROP_MOVE); }
-static int test_write_run_after_read_dontneed(void) { return write_run_after_read(DROP_DONTNEED); }
-static int test_window_adapts_batch(void) { return window_adapts(DROP_BATCH); }
-static int test_window_adapts_move(void) { return window_adapts(DROP_MOVE); }
-static int test_window_adapts_dontneed(void) { return window_adapts(DROP_DONTNEED); }
-static int test_rmw_under_eviction_batch(void) { return rmw_under_eviction(DROP_BATCH); }
-static int test_rmw_under_eviction_move(void) { return rmw_under_eviction(DROP_MOVE); }
-static int test_rmw_under_eviction_dontneed(void) { return rmw_under_eviction(DROP_DONTNEED); }
-static int test_discard_batch(void) { return discard(DROP_BATCH); }
-static int test_discard_move(void) { return discard(DROP_MOVE); }
-static int test_discard_dontneed(void) { return discard(DROP_DONTNEED); }
-static int test_discard_under_eviction_batch(void) { return discard_under_eviction(DROP_BATCH); }
-static int test_discard_under_eviction_move(void) { return discard_under_eviction(DROP_MOVE); }
-static int test_discard_under_eviction_dontneed(void) { return discard_under_eviction(DROP_DONTNEED); }
+static int test_random_writes_batch(void) { return random_writes(GVM_DROP_BATCH); }
+static int test_random_writes_move(void) { return random_writes(GVM_DROP_MOVE); }
+static int test_random_writes_dontneed(void) { return random_writes(GVM_DROP_DONTNEED); }
+static int test_write_during_eviction_batch(void) { return write_during_eviction(GVM_DROP_BATCH); }
+static int test_write_during_eviction_move(void) { return write_during_eviction(GVM_DROP_MOVE); }
+static int test_write_during_eviction_dontneed(void) { return write_during_eviction(GVM_DROP_DONTNEED); }
+static int test_policy_batch(void) { return policy(GVM_DROP_BATCH); }
+static int test_policy_move(void) { return policy(GVM_DROP_MOVE); }
+static int test_policy_dontneed(void) { return policy(GVM_DROP_DONTNEED); }
+static int test_write_run_after_read_batch(void) { return write_run_after_read(GVM_DROP_BATCH); }
+static int test_write_run_after_read_move(void) { return write_run_after_read(GVM_DROP_MOVE); }
+static int test_write_run_after_read_dontneed(void) { return write_run_after_read(GVM_DROP_DONTNEED); }
+static int test_window_adapts_batch(void) { return window_adapts(GVM_DROP_BATCH); }
+static int test_window_adapts_move(void) { return window_adapts(GVM_DROP_MOVE); }
+static int test_window_adapts_dontneed(void) { return window_adapts(GVM_DROP_DONTNEED); }
+static int test_rmw_under_eviction_batch(void) { return rmw_under_eviction(GVM_DROP_BATCH); }
+static int test_rmw_under_eviction_move(void) { return rmw_under_eviction(GVM_DROP_MOVE); }
+static int test_rmw_under_eviction_dontneed(void) { return rmw_under_eviction(GVM_DROP_DONTNEED); }
+static int test_discard_batch(void) { return discard(GVM_DROP_BATCH); }
+static int test_discard_move(void) { return discard(GVM_DROP_MOVE); }
+static int test_discard_dontneed(void) { return discard(GVM_DROP_DONTNEED); }
+static int test_discard_under_eviction_batch(void) { return discard_under_eviction(GVM_DROP_BATCH); }
+static int test_discard_under_eviction_move(void) { return discard_under_eviction(GVM_DROP_MOVE); }
+static int test_discard_under_eviction_dontneed(void) { return discard_under_eviction(GVM_DROP_DONTNEED); }
 static int test_rmw_flushing(void)
 {
 	flushing = 1;
-	int r = rmw_under_eviction(DROP_BATCH);
+	int r = rmw_under_eviction(GVM_DROP_BATCH);
 	flushing = 0;
 	return r;
 }

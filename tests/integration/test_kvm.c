@@ -498,10 +498,6 @@ static int passes(struct vm *v, struct gvm_engine *e, uint8_t *mem)
  * then the passes. single_page: no prefetch and no readahead, so that every
  * page the guest touches is a fault of its own raised in KVM. sealed:
  * pages sealed (docs/SECURITY.md), replies opened on the opener thread. */
-/* How the evictor drops pages (evict.c), set through GIANTVM_UFFD_DISABLE:
- * MADV_DONTNEED per run, UFFDIO_MOVE per run, one process_madvise per batch. */
-enum { DROP_DONTNEED, DROP_MOVE, DROP_BATCH };
-
 static int guest_over_budget(int drop, int single_page, int sealed)
 {
 	struct gvm_pool_opts po = { .nodes = test_nodes, .n_nodes = 3, .replicas = 2 };
@@ -514,10 +510,7 @@ static int guest_over_budget(int drop, int single_page, int sealed)
 	char err[256], name[32];
 	int r = 1, rc;
 
-	static const char *const drop_off[] = { "MOVE,PROCESS_MADVISE", "PROCESS_MADVISE", "" };
-	static const char *const drop_name[] = { "dontneed", "move", "batch" };
-
-	setenv("GIANTVM_UFFD_DISABLE", drop_off[drop], 1);
+	gvm_test_set_drop(drop);
 	if (single_page) {
 		eo.prefetch = 1;
 		eo.readahead = -1u;
@@ -536,7 +529,7 @@ static int guest_over_budget(int drop, int single_page, int sealed)
 		goto close_pool;
 	}
 	printf("  engine: %s\n", gvm_engine_features(e));
-	snprintf(name, sizeof(name), "ram-%s%s%s", drop_name[drop], single_page ? "-single" : "",
+	snprintf(name, sizeof(name), "ram-%s%s%s", gvm_drop_name[drop], single_page ? "-single" : "",
 		 sealed ? "-sealed" : "");
 	rc = gvm_engine_attach(e, gvm_region_id("test-kvm", name), key, mem, REGION_SIZE);
 	if (rc) {
@@ -564,13 +557,13 @@ unmap_mem:
 	return r;
 }
 
-static int test_guest_over_budget_batch(void) { return guest_over_budget(DROP_BATCH, 0, 0); }
-static int test_guest_over_budget_move(void) { return guest_over_budget(DROP_MOVE, 0, 0); }
-static int test_guest_over_budget_dontneed(void) { return guest_over_budget(DROP_DONTNEED, 0, 0); }
-static int test_guest_single_page_batch(void) { return guest_over_budget(DROP_BATCH, 1, 0); }
-static int test_guest_single_page_move(void) { return guest_over_budget(DROP_MOVE, 1, 0); }
-static int test_guest_single_page_dontneed(void) { return guest_over_budget(DROP_DONTNEED, 1, 0); }
-static int test_guest_over_budget_sealed(void) { return guest_over_budget(DROP_BATCH, 0, 1); }
+static int test_guest_over_budget_batch(void) { return guest_over_budget(GVM_DROP_BATCH, 0, 0); }
+static int test_guest_over_budget_move(void) { return guest_over_budget(GVM_DROP_MOVE, 0, 0); }
+static int test_guest_over_budget_dontneed(void) { return guest_over_budget(GVM_DROP_DONTNEED, 0, 0); }
+static int test_guest_single_page_batch(void) { return guest_over_budget(GVM_DROP_BATCH, 1, 0); }
+static int test_guest_single_page_move(void) { return guest_over_budget(GVM_DROP_MOVE, 1, 0); }
+static int test_guest_single_page_dontneed(void) { return guest_over_budget(GVM_DROP_DONTNEED, 1, 0); }
+static int test_guest_over_budget_sealed(void) { return guest_over_budget(GVM_DROP_BATCH, 0, 1); }
 
 /* A drop path the kernel lacks would silently fall back to the next one,
  * and the case would test that path twice. */
