@@ -77,7 +77,12 @@ struct gvm_evictor {
 	struct gvm_evict_params p;
 	int pidfd;              /* this process, for process_madvise drops, or -1 */
 	uint8_t *move_scratch;  /* else the destination of UFFDIO_MOVE drops, or NULL */
-	struct iovec iov[EV_BATCH]; /* evict_finish(): the runs to drop */
+	struct iovec iov[EV_BATCH]; /* evict_finish(): the runs to drop ... */
+	unsigned run_end[EV_BATCH]; /* ... the victim after each run ... */
+	size_t left[EV_BATCH];      /* ... and the bytes of each the kernel would not drop */
+	unsigned drop_warned;   /* drops refused so far (logged once) ... */
+	unsigned pm_warned;     /* ... and batches process_madvise stopped short (logged once) */
+	int advice;             /* process_madvise: MADV_DONTNEED, or _LOCKED once that was needed */
 	pthread_t thread;
 	int quit;
 	pthread_mutex_t mu;     /* guards kick */
@@ -96,6 +101,8 @@ struct ev_state {
 	unsigned cand_ri[EV_BATCH];   /* ... their region index ... */
 	uint64_t cand_at[EV_BATCH];   /* ... and scan position */
 	unsigned head, pending; /* ring of batches in flight */
+	unsigned refused;     /* victims the kernel would not drop this round: pause, do not spin */
+	int fruitless;        /* the last collect() found no victim */
 	uint64_t pending_pages;
 };
 
@@ -238,9 +245,10 @@ static int protect(struct gvm_evictor *ev, struct gvm_region *rg, uint64_t p, ui
  * Drop [a, a+len). With UFFDIO_MOVE, it is moved to the scratch area at
  * *moved (bytes of this batch moved so far), atomically and without a copy;
  * the caller empties the scratch once per batch (scratch_empty): each
- * MADV_DONTNEED is a TLB shootdown.
+ * MADV_DONTNEED is a TLB shootdown. Returns the bytes at the end of the run
+ * that could not be dropped (0: all of it; moves go from the start).
  */
-static void drop(struct gvm_evictor *ev, uintptr_t a, size_t len, size_t *moved)
+static size_t drop(struct gvm_evictor *ev, uintptr_t a, size_t len, size_t *moved)
 {
 	if (ev->move_scratch) {
 		/* Holes: pages the owner dropped itself (a madvise that did not
@@ -249,7 +257,7 @@ static void drop(struct gvm_evictor *ev, uintptr_t a, size_t len, size_t *moved)
 					  .mode = UFFDIO_MOVE_MODE_DONTWAKE | UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES };
 		if (ioctl(ev->p.uffd, UFFDIO_MOVE, &mv) == 0) {
 			*moved += len;
-			return;
+			return 0;
 		}
 		/* Partly moved, or refused (e.g. a huge page that could not be
 		 * split): DONTNEED whatever is left. */
@@ -258,8 +266,15 @@ static void drop(struct gvm_evictor *ev, uintptr_t a, size_t len, size_t *moved)
 		a += mv.move > 0 ? (size_t)mv.move : 0;
 		len -= mv.move > 0 ? (size_t)mv.move : 0;
 	}
-	if (len && gvm_madvise(a, len, MADV_DONTNEED) < 0)
-		pr_perror("madvise(MADV_DONTNEED %#lx+%zu)", (unsigned long)a, len);
+	/* MADV_DONTNEED refuses locked memory (QEMU's -overcommit mem-lock=on). */
+	if (len && gvm_madvise(a, len, MADV_DONTNEED) < 0 && gvm_madvise(a, len, MADV_DONTNEED_LOCKED) < 0) {
+		if (!ev->drop_warned++)
+			pr_perror("madvise(MADV_DONTNEED %#lx+%zu): keeping the pages resident, "
+				  "retrying every 100 ms (the budget is not kept meanwhile)",
+				  (unsigned long)a, len);
+		return len;
+	}
+	return 0;
 }
 
 /* Free what a batch's drops moved to the scratch area. */
@@ -276,28 +291,36 @@ static void scratch_empty(struct gvm_evictor *ev, size_t moved)
  * madvise) is a shootdown per run, an IPI to the CPU running the guest, and
  * random victims are runs of one page (measured here: 512 one-page
  * madvises 2.1 ms and 1024 IPIs, one vector of them 0.33 ms and 2).
- * Whatever the vector left is dropped run by run.
+ * Whatever the vector left is dropped run by run. left[i] receives the
+ * bytes at the end of run i still mapped (0 almost always).
  */
-static void drop_runs(struct gvm_evictor *ev, struct iovec *iov, unsigned n)
+static void drop_runs(struct gvm_evictor *ev, struct iovec *iov, unsigned n, size_t *left)
 {
 	size_t moved = 0;
 	unsigned i = 0;
 
+	memset(left, 0, n * sizeof(*left));
 	if (ev->pidfd >= 0 && n) {
-		long r = gvm_process_madvise(ev->pidfd, iov, n, MADV_DONTNEED);
+		long r = gvm_process_madvise(ev->pidfd, iov, n, ev->advice);
+		/* Locked memory (QEMU's -overcommit mem-lock=on) takes only
+		 * MADV_DONTNEED_LOCKED (Linux 5.18+): from then on, that. */
+		if (r == -EINVAL && ev->advice == MADV_DONTNEED &&
+		    (r = gvm_process_madvise(ev->pidfd, iov, n, MADV_DONTNEED_LOCKED)) >= 0)
+			ev->advice = MADV_DONTNEED_LOCKED;
 		size_t done = r > 0 ? (size_t)r : 0;
 
 		while (i < n && done >= iov[i].iov_len)
 			done -= iov[i++].iov_len;
-		if (i < n) {
+		if (i < n && !ev->pm_warned++)
 			pr_warn("process_madvise(MADV_DONTNEED): %s after %u of %u runs; dropping the rest one by one",
 				r < 0 ? strerror((int)-r) : "stopped", i, n);
+		if (i < n) {
 			iov[i].iov_base = (uint8_t *)iov[i].iov_base + done;
 			iov[i].iov_len -= done;
 		}
 	}
 	for (; i < n; i++)
-		drop(ev, (uintptr_t)iov[i].iov_base, iov[i].iov_len, &moved);
+		left[i] = drop(ev, (uintptr_t)iov[i].iov_base, iov[i].iov_len, &moved);
 	scratch_empty(ev, moved);
 }
 
@@ -330,12 +353,13 @@ static void evict_begin(struct gvm_evictor *ev, struct batch *b)
 	b->err = err;
 }
 
-/* Steps 2 (wait) to 4 for a batch begun earlier. */
-static void evict_finish(struct gvm_evictor *ev, struct batch *b)
+/* Steps 2 (wait) to 4 for a batch begun earlier. Returns how many victims
+ * the kernel would not drop. */
+static unsigned evict_finish(struct gvm_evictor *ev, struct batch *b)
 {
 	struct victim *v = b->v;
 	uint64_t dropped = 0, written = 0, clean = 0;
-	unsigned i, j, n = b->n;
+	unsigned i, j, n = b->n, refused = 0;
 	int err = b->err;
 
 	pthread_mutex_lock(&b->wt.mu);
@@ -376,10 +400,20 @@ static void evict_finish(struct gvm_evictor *ev, struct batch *b)
 			continue;
 		}
 		j = run_end(v, i, n, 0, 0);
+		ev->run_end[nrun] = j;
 		ev->iov[nrun++] = (struct iovec){ (void *)(v[i].rg->base + (v[i].p << GVM_PAGE_SHIFT)),
 						  (size_t)(j - i) << GVM_PAGE_SHIFT };
 	}
-	drop_runs(ev, ev->iov, nrun);
+	drop_runs(ev, ev->iov, nrun, ev->left);
+	/* A run the kernel would not drop (all of it, or its end) stays
+	 * resident: clean now (written back if it was dirty), still protected. */
+	for (unsigned r = 0; r < nrun; r++)
+		for (size_t k = ev->left[r] >> GVM_PAGE_SHIFT; k; k--) {
+			struct victim *x = &v[ev->run_end[r] - k];
+			pg_clear(x->rg->pg, x->p, PG_EVICTING | PG_DROPPING);
+			x->keep = 1;
+			refused++;
+		}
 	uint32_t now = (uint32_t)__atomic_load_n(&ev->p.count->dropped, __ATOMIC_RELAXED) | 1;
 	for (i = 0; i < n; i++) {
 		if (v[i].keep)
@@ -397,13 +431,14 @@ static void evict_finish(struct gvm_evictor *ev, struct batch *b)
 	__atomic_fetch_add(&ev->ctr.writebacks, written, __ATOMIC_RELAXED);
 	__atomic_fetch_add(&ev->ctr.clean_drops, clean, __ATOMIC_RELAXED);
 	ev->p.ops->dropped(ev->p.ctx); /* replay faults deferred on DROPPING pages */
+	return refused;
 }
 
 static void finish_oldest(struct gvm_evictor *ev, struct ev_state *ws)
 {
 	struct batch *b = &ws->b[ws->head];
 
-	evict_finish(ev, b);
+	ws->refused += evict_finish(ev, b);
 	ws->pending_pages -= b->n;
 	ws->head = (ws->head + 1) % EV_PIPE;
 	ws->pending--;
@@ -425,6 +460,14 @@ static void *evictor_main(void *arg)
 	while (!__atomic_load_n(&ev->quit, __ATOMIC_ACQUIRE)) {
 		struct timespec ts;
 
+		if (ws->refused) {
+			/* The kernel would not drop pages (see drop()): retrying at
+			 * once would only spin. */
+			struct timespec pause = { 0, 100 * 1000000 };
+			ws->refused = 0;
+			while (nanosleep(&pause, &pause) < 0 && errno == EINTR)
+				;
+		}
 		pthread_mutex_lock(&ev->mu);
 		clock_gettime(CLOCK_REALTIME, &ts);
 		ts.tv_nsec += 100 * 1000000;
@@ -432,8 +475,10 @@ static void *evictor_main(void *arg)
 			ts.tv_sec++;
 			ts.tv_nsec -= 1000000000;
 		}
+		/* After a round that found nothing to evict (every page in flight,
+		 * held or lost), wait for the next install even above the mark. */
 		while (!ev->kick && !__atomic_load_n(&ev->quit, __ATOMIC_ACQUIRE) &&
-		       pg_resident(ev->p.count) <= ev->p.high_pages)
+		       (ws->fruitless || pg_resident(ev->p.count) <= ev->p.high_pages))
 			if (pthread_cond_timedwait(&ev->cv, &ev->mu, &ts) == ETIMEDOUT)
 				break;
 		pthread_mutex_unlock(&ev->mu);
@@ -448,6 +493,7 @@ static void *evictor_main(void *arg)
 			}
 			struct batch *b = &ws->b[(ws->head + ws->pending) % EV_PIPE];
 			b->n = collect(ev, ws, b->v);
+			ws->fruitless = !b->n;
 			if (!b->n)
 				break;
 			evict_begin(ev, b);
@@ -496,6 +542,7 @@ int gvm_evictor_start(struct gvm_evictor **out, const struct gvm_evict_params *p
 		return -ENOMEM;
 	ev->p = *p;
 	ev->pidfd = -1;
+	ev->advice = MADV_DONTNEED;
 	if (p->use_batch) {
 		r = gvm_self_madvise_fd();
 		if (r >= 0)

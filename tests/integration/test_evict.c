@@ -154,7 +154,9 @@ static uint64_t rss_of_region(uint8_t *m)
 	return n;
 }
 
-static int random_writes(int drop)
+/* locked: the region is mlock()ed as it faults (QEMU's -overcommit
+ * mem-lock=on), where MADV_DONTNEED refuses to drop pages. */
+static int random_writes_in(int drop, int locked)
 {
 	struct gvm_pool *pool;
 	struct gvm_engine *e;
@@ -167,9 +169,22 @@ static int random_writes(int drop)
 
 	CHECK(ver);
 	CHECK(gvm_random(&seed, 8) == 0 && gvm_random(key, 32) == 0);
-	if (open_engine(&pool, &e, &m, gvm_region_id("test-evict", rname("rand", drop)),
+	if (open_engine(&pool, &e, &m, gvm_region_id("test-evict", rname(locked ? "locked" : "rand", drop)),
 			key, drop))
 		return 1;
+	if (locked) {
+		/* Linux 5.18+ drops locked pages with MADV_DONTNEED_LOCKED. */
+		uint8_t *t = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		CHECK(t != MAP_FAILED && mlock(t, 4096) == 0);
+		int lk = madvise(t, 4096, MADV_DONTNEED_LOCKED);
+		munmap(t, 4096);
+		if (lk < 0) {
+			close_engine(pool, e, m);
+			free(ver);
+			SKIP("the kernel lacks MADV_DONTNEED_LOCKED (Linux 5.18+)");
+		}
+		CHECK(mlock2(m, PAGES * 4096ul, MLOCK_ONFAULT) == 0);
+	}
 	for (int i = 0; i < THREADS; i++) {
 		c[i] = (struct ctx){ .m = m, .ver = ver, .seed = seed, .id = i, .writes = 8000 };
 		CHECK(pthread_create(&th[i], NULL, random_writer, &c[i]) == 0);
@@ -193,6 +208,8 @@ static int random_writes(int drop)
 	free(ver);
 	return 0;
 }
+
+static int random_writes(int drop) { return random_writes_in(drop, 0); }
 
 struct hammer {
 	uint8_t *m;
@@ -730,6 +747,9 @@ static int discard_under_eviction(int drop)
 static int test_random_writes_batch(void) { return random_writes(GVM_DROP_BATCH); }
 static int test_random_writes_move(void) { return random_writes(GVM_DROP_MOVE); }
 static int test_random_writes_dontneed(void) { return random_writes(GVM_DROP_DONTNEED); }
+static int test_locked_batch(void) { return random_writes_in(GVM_DROP_BATCH, 1); }
+static int test_locked_move(void) { return random_writes_in(GVM_DROP_MOVE, 1); }
+static int test_locked_dontneed(void) { return random_writes_in(GVM_DROP_DONTNEED, 1); }
 static int test_write_during_eviction_batch(void) { return write_during_eviction(GVM_DROP_BATCH); }
 static int test_write_during_eviction_move(void) { return write_during_eviction(GVM_DROP_MOVE); }
 static int test_write_during_eviction_dontneed(void) { return write_during_eviction(GVM_DROP_DONTNEED); }
@@ -773,6 +793,9 @@ static const struct gvm_test tests[] = {
 	{ "random_writes_4x_budget_batch", test_random_writes_batch, BATCH },
 	{ "random_writes_4x_budget_move", test_random_writes_move, MOVE },
 	{ "random_writes_4x_budget_dontneed", test_random_writes_dontneed, WP },
+	{ "locked_region_batch", test_locked_batch, BATCH },
+	{ "locked_region_move", test_locked_move, MOVE },
+	{ "locked_region_dontneed", test_locked_dontneed, WP },
 	{ "write_during_eviction_batch", test_write_during_eviction_batch, BATCH },
 	{ "write_during_eviction_move", test_write_during_eviction_move, MOVE },
 	{ "write_during_eviction_dontneed", test_write_during_eviction_dontneed, WP },
