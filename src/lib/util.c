@@ -31,34 +31,57 @@ int gvm_parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out)
 	return 0;
 }
 
+/*
+ * Digits, an optional fraction, an optional unit: "4096", "512M", "1.5G",
+ * "2GiB". Not strtod(), which also takes "nan" (no size at all: it became
+ * "no budget" or "unlimited"), "inf", hex and exponents: a size is written
+ * out in decimal or it is a mistake. Integer arithmetic throughout, so no
+ * size near 2^64 is rounded into range.
+ */
 int gvm_parse_size(const char *s, uint64_t *out)
 {
-	char *end;
-	double v;
-	uint64_t mult = 1;
+	const char *p = s, *frac = NULL;
+	uint64_t whole = 0, mult = 1, v;
+	unsigned __int128 f = 0, scale = 1;
 
-	if (!s || !*s || *s == '-' || *s == '+' || *s == ' ')
+	if (!s || *s < '0' || *s > '9')
 		return -EINVAL;
-	errno = 0;
-	v = strtod(s, &end);
-	if (errno || end == s || v < 0)
-		return -EINVAL;
-	switch (*end) {
-	case 'k': case 'K': mult = 1ull << 10; end++; break;
-	case 'm': case 'M': mult = 1ull << 20; end++; break;
-	case 'g': case 'G': mult = 1ull << 30; end++; break;
-	case 't': case 'T': mult = 1ull << 40; end++; break;
+	for (; *p >= '0' && *p <= '9'; p++) {
+		if (whole > (UINT64_MAX - (uint64_t)(*p - '0')) / 10)
+			return -ERANGE;
+		whole = whole * 10 + (uint64_t)(*p - '0');
+	}
+	if (*p == '.') {
+		frac = ++p;
+		while (*p >= '0' && *p <= '9')
+			p++;
+		if (p == frac)
+			return -EINVAL; /* "1." */
+	}
+	switch (*p) {
+	case 'k': case 'K': mult = 1ull << 10; p++; break;
+	case 'm': case 'M': mult = 1ull << 20; p++; break;
+	case 'g': case 'G': mult = 1ull << 30; p++; break;
+	case 't': case 'T': mult = 1ull << 40; p++; break;
 	default: break;
 	}
-	if (mult > 1 && *end == 'i')
-		end++;
-	if (*end == 'B' || *end == 'b')
-		end++;
-	if (*end)
+	if (mult > 1 && *p == 'i')
+		p++;
+	if (*p == 'B' || *p == 'b')
+		p++;
+	if (*p)
 		return -EINVAL;
-	if (v * (double)mult >= 18446744073709551615.0)
+	if (__builtin_mul_overflow(whole, mult, &v))
 		return -ERANGE;
-	*out = (uint64_t)(v * (double)mult);
+	/* The fraction of the unit, rounded down to a byte: 19 digits are
+	 * plenty (beyond them a unit of 2^40 moves by less than a byte). */
+	for (int i = 0; frac && frac[i] >= '0' && frac[i] <= '9' && i < 19; i++) {
+		f = f * 10 + (unsigned)(frac[i] - '0');
+		scale *= 10;
+	}
+	if (__builtin_add_overflow(v, (uint64_t)(f * mult / scale), &v))
+		return -ERANGE;
+	*out = v;
 	return 0;
 }
 
