@@ -60,11 +60,14 @@ static int find_vm(const char *dir, char *name, size_t len, int n, char *vdir, s
 		if (!gvm_ctl_in_use(path))
 			continue;
 		if (n++ == 0) {
+			/* the only one, unless another follows: then it is listed too */
 			snprintf(name, len, "%.*s", (int)(l - 5), de->d_name);
 			snprintf(vdir, vlen, "%s", dir);
-		} else
-			fprintf(stderr, "%s  %.*s\n", n == 2 ? "giantvm stat: several VMs are running; name one:\n" : "",
-				(int)(l - 5), de->d_name);
+			continue;
+		}
+		if (n == 2)
+			fprintf(stderr, "giantvm stat: several VMs are running; name one:\n  %s\n", name);
+		fprintf(stderr, "  %.*s\n", (int)(l - 5), de->d_name);
 	}
 	closedir(d);
 	return n;
@@ -142,7 +145,9 @@ static int serve_metrics(const char *listen)
 	r = gvm_http_open(&h, &ho, err, sizeof(err));
 	if (r < 0) {
 		fprintf(stderr, "giantvm stat: %s\n", err);
-		return 1;
+		/* -EINVAL: an address that is none (bad usage); else it could not
+		 * be had here (in use, no permission, ...) */
+		return r == -EINVAL ? GVM_EXIT_USAGE : 1;
 	}
 	sigemptyset(&sa.sa_mask);
 	if (sigaction(SIGTERM, &sa, NULL) < 0 || sigaction(SIGINT, &sa, NULL) < 0) {
@@ -172,21 +177,23 @@ int cmd_stat(int argc, char **argv)
 	long count = -1;
 
 	for (int i = 1; i < argc; i++) {
+		const char *v;
+		uint64_t n;
 		if (!strcmp(argv[i], "--json")) {
 			json = 1;
 		} else if (!strcmp(argv[i], "--prometheus")) {
 			prom = 1;
-		} else if (!strcmp(argv[i], "--metrics") || !strncmp(argv[i], "--metrics=", 10)) {
-			metrics = cli_optval(argc, argv, &i, "--metrics");
+		} else if ((v = cli_optval(argc, argv, &i, "--metrics"))) {
+			metrics = v;
 		} else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
 			usage(stdout);
 			return 0;
-		} else if (!strcmp(argv[i], "--count") && i + 1 < argc) {
-			count = strtol(argv[++i], NULL, 10);
-			if (count <= 0) {
-				fprintf(stderr, "giantvm stat: --count needs a positive number\n");
+		} else if ((v = cli_optval(argc, argv, &i, "--count"))) {
+			if (gvm_parse_u64(v, 1, LONG_MAX, &n)) {
+				fprintf(stderr, "giantvm stat: --count '%s': a positive whole number\n", v);
 				return GVM_EXIT_USAGE;
 			}
+			count = (long)n;
 		} else if (argv[i][0] == '-') {
 			fprintf(stderr, "giantvm stat: unknown option '%s'\n", argv[i]);
 			usage(stderr);
@@ -194,6 +201,7 @@ int cmd_stat(int argc, char **argv)
 		} else if (!name) {
 			name = argv[i];
 		} else {
+			fprintf(stderr, "giantvm stat: one VM at a time ('%s', then '%s')\n", name, argv[i]);
 			usage(stderr);
 			return GVM_EXIT_USAGE;
 		}
