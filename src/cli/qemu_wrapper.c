@@ -252,8 +252,8 @@ int cmd_qemu_wrapper(int argc, char **argv)
 	if (gvm_qemu_vm_name(argc, argv, name, sizeof(name)))
 		snprintf(name, sizeof(name), "vm-%d", (int)getpid());
 	if (!valid_name(name)) {
-		fprintf(stderr, WRAP ": VM name '%s': giantvm needs 1-48 letters, digits, '-', '_' or '.' "
-				"(the domain's <name>)\n", name);
+		fprintf(stderr, WRAP ": VM name '%s': giantvm needs 1-48 letters, digits, '-', '_' or '.', "
+				"not starting with '.' (the domain's <name>)\n", name);
 		return 1;
 	}
 	gvm_mode_detect(&m);

@@ -196,8 +196,11 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
 		} else if ((v = cli_optval(argc, argv, &i, "--token-file"))) {
 			o->pa.token_file = v;
 		} else if ((v = cli_optval(argc, argv, &i, "--vm-id"))) {
-			if (!*v || strlen(v) > 48 || strspn(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") != strlen(v)) {
-				fprintf(stderr, "giantvm run: --vm-id '%s': 1-48 letters, digits, '-', '_' or '.'\n", v);
+			/* It names RUNTIME_DIR/ID.sock and .log: not "." or "..", no hidden files. */
+			if (!*v || strlen(v) > 48 || v[0] == '.' ||
+			    strspn(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") != strlen(v)) {
+				fprintf(stderr, "giantvm run: --vm-id '%s': 1-48 letters, digits, '-', '_' or '.', "
+						"not starting with '.'\n", v);
 				return -1;
 			}
 			o->vm_id = v;

@@ -236,15 +236,34 @@ static int stat_args(void)
 	return 0;
 }
 
+/* --vm-id names RUNTIME_DIR/ID.sock: ".", ".." and hidden names are refused
+ * before anything runs, as giantvm-qemu refuses such a domain name. */
+static int run_vm_id(void)
+{
+	static const char *const bad[] = { ".", "..", ".hidden", "", "a/b", "a b" };
+
+	for (size_t i = 0; i < GVM_ARRAY_SIZE(bad); i++) {
+		char opt[64], want[80];
+		snprintf(opt, sizeof(opt), "--vm-id=%s", bad[i]);
+		snprintf(want, sizeof(want), "--vm-id '%s': 1-48 letters", bad[i]);
+		if (!*bad[i])
+			snprintf(want, sizeof(want), "--vm-id");
+		CHECK_RUN(gvm("giantvm", "run", opt, "--", "true", NULL), 2, want);
+	}
+	return 0;
+}
+
 /* Each case that runs the binary gets a fresh tmp, removed after it. */
 #define IN_TMP(fn) static int test_##fn(void) { int r; \
 	CHECK(tmp_make() == 0); r = fn(); rm_tree(tmp); qemu_conf = NULL; return r; }
 IN_TMP(stat_several)
 IN_TMP(stat_args)
+IN_TMP(run_vm_id)
 
 static const struct gvm_test tests[] = {
 	{ "parse_size", test_parse_size },
 	{ "stat_several", test_stat_several },
 	{ "stat_args", test_stat_args },
+	{ "run_vm_id", test_run_vm_id },
 };
 GVM_TEST_MAIN(tests)
