@@ -99,13 +99,18 @@ struct listener {
 
 /* Output buffers of connections that went idle, lent to the next one that
  * needs one: a busy client gets a warm buffer instead of a fresh allocation
- * (page faults on every reply), while 10,000 idle clients hold none. */
+ * (page faults on every reply), while 10,000 idle clients hold none. They
+ * count against the buffer budget, so they are a small part of it and are
+ * the first thing given up when the server is over it: memory nobody uses
+ * must never be what holds clients back. */
 #define OUT_SPARES     16
 #define OUT_SPARE_MAX  (1u << 20)
+#define SPARE_SHARE    16               /* spares hold at most 1/16 of the budget */
 struct out_spares {
 	uint8_t *buf[OUT_SPARES];
 	size_t cap[OUT_SPARES];
 	unsigned n;
+	size_t bytes;        /* sum of cap[] */
 };
 
 /* A region this connection has OPENed: its id and the key that names it. */
@@ -443,10 +448,25 @@ static int buf_resize(struct gvm_memserver *s, struct conn *c, uint8_t **buf, si
 	return 0;
 }
 
-/* Over the budget, or this client's address over its share of it: one
- * address (however many connections it opens) cannot take it all. */
-static int over_budget(const struct gvm_memserver *s, const struct conn *c)
+/* The last spare output buffer, scrubbed when it was made one, freed. */
+static void spare_free(struct gvm_memserver *s)
 {
+	struct out_spares *sp = &s->spares;
+
+	sp->n--;
+	free(sp->buf[sp->n]);
+	s->buffered -= sp->cap[sp->n];
+	sp->bytes -= sp->cap[sp->n];
+	s->released = 1;
+}
+
+/* Over the budget, or this client's address over its share of it: one
+ * address (however many connections it opens) cannot take it all. Spares
+ * go before anyone is held back for them. */
+static int over_budget(struct gvm_memserver *s, const struct conn *c)
+{
+	while (s->buffered >= s->budget && s->spares.n)
+		spare_free(s);
 	return s->buffered >= s->budget || c->peer->buffered >= s->peer_budget;
 }
 
@@ -462,13 +482,15 @@ static void out_release(struct conn *c)
 
 	if (!c->out)
 		return;
-	if (sp->n < OUT_SPARES && c->out_cap <= OUT_SPARE_MAX) {
+	if (sp->n < OUT_SPARES && c->out_cap <= OUT_SPARE_MAX &&
+	    sp->bytes + c->out_cap <= s->budget / SPARE_SHARE && s->buffered < s->budget) {
 		/* Still counted in s->buffered while it is a spare. */
 		OPENSSL_cleanse(c->out, c->out_hw);
 		c->peer->buffered -= c->out_cap;
 		s->released = 1;
 		sp->buf[sp->n] = c->out;
 		sp->cap[sp->n] = c->out_cap;
+		sp->bytes += c->out_cap;
 		sp->n++;
 		c->out = NULL;
 		c->out_cap = 0;
@@ -491,6 +513,7 @@ static uint8_t *out_reserve(struct conn *c, size_t n)
 		s->spares.n--;
 		c->out = s->spares.buf[s->spares.n];
 		c->out_cap = s->spares.cap[s->spares.n];
+		s->spares.bytes -= c->out_cap;
 		c->out_hw = 0;
 		c->peer->buffered += c->out_cap;
 	}
@@ -1187,6 +1210,8 @@ static void wake_starved(struct gvm_memserver *s)
 	if (!s->released)
 		return;
 	s->released = 0;
+	while (s->buffered >= s->budget && s->spares.n)
+		spare_free(s);
 	for (c = s->starved.head; c && s->buffered < s->budget && looked < 4096 && woken < MAX_EVENTS;
 	     c = next) {
 		int r = 0;
@@ -1974,11 +1999,8 @@ void gvm_memserver_close(struct gvm_memserver *s)
 		free(s->rbuf);
 	}
 	free(s->tagbuf);
-	while (s->spares.n) {
-		s->spares.n--;
-		OPENSSL_cleanse(s->spares.buf[s->spares.n], s->spares.cap[s->spares.n]);
-		free(s->spares.buf[s->spares.n]);
-	}
+	while (s->spares.n)
+		spare_free(s);
 	free(s->peers);  /* every peer went with its last connection */
 	free(s);
 }

@@ -12,6 +12,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -253,14 +254,14 @@ static int child_stop(struct child *ch)
 
 /* ---------------------------------------------------------------- clients */
 
-/* Connected from src, GREETING read, HELLO (with token's MAC if given) answered 0. */
-static int raw_session(const char *src, int port, const char *token)
+/* On connected fd: GREETING read, HELLO (with token's MAC if given) answered 0;
+ * returns fd, or -errno with fd closed. */
+static int raw_hello(int fd, const char *token)
 {
 	uint8_t pl[GVM_GREETING_SIZE], f[GVM_HDR_SIZE + GVM_HELLO_SIZE], proof[GVM_PROOF_SIZE];
 	struct gvm_hello hello = { .version = GVM_PROTO_VERSION };
 	struct gvm_session sess;
 	struct gvm_hdr h;
-	int fd = tcp_from(src, port, TIMEOUT_MS);
 
 	if (fd < 0)
 		return fd;
@@ -280,6 +281,42 @@ fail:
 	gvm_session_fini(&sess);
 	close(fd);
 	return -EPROTO;
+}
+
+/* Connected from src, GREETING read, HELLO (with token's MAC if given) answered 0. */
+static int raw_session(const char *src, int port, const char *token)
+{
+	return raw_hello(tcp_from(src, port, TIMEOUT_MS), token);
+}
+
+/*
+ * A session from src on a connection whose kernel buffers hold little: a
+ * small receive buffer, and a small MSS, which keeps the server's send
+ * buffer small too (it is sized from the MSS). What the client leaves
+ * unread then stays in the server's own output buffer.
+ */
+static int raw_session_narrow(const char *src, int port)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+	struct sockaddr_in b = { .sin_family = AF_INET };
+	struct timeval tv = { .tv_sec = TIMEOUT_MS / 1000 };
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), rcv = 4096, mss = 536;
+
+	if (fd < 0)
+		return -errno;
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (inet_pton(AF_INET, src, &b.sin_addr) != 1 ||
+	    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv)) < 0 ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_MAXSEG, &mss, sizeof(mss)) < 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0 ||
+	    bind(fd, (struct sockaddr *)&b, sizeof(b)) < 0 ||
+	    connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
+		int r = -errno;
+		close(fd);
+		return r;
+	}
+	return raw_hello(fd, NULL);
 }
 
 static int raw_open(int fd, uint64_t region, const uint8_t *key)
@@ -782,6 +819,73 @@ static int test_buffer_attacks(void)
 	return 0;
 }
 
+/*
+ * Idle output buffers kept as spares never hold the server over its budget:
+ * 20 connections, each from its own address, pipeline four 2^20-page LISTs
+ * (a 512 KiB output buffer each) before reading any reply, then read them,
+ * so their buffers go idle together, more than the 8 MiB budget of them.
+ * Every client is then served, and a new client's HELLO, write and read
+ * still are. (16 spares stayed counted in the budget: every client was
+ * held back for good, HELLOs included.)
+ */
+static int test_spare_buffers(void)
+{
+	enum { N = 20, LISTS = 4, COUNT = 1u << 20 };
+	static uint8_t bm[GVM_BITMAP_BYTES(COUNT)];
+	uint8_t f[LISTS * GVM_HDR_SIZE];
+	struct gvm_client c;
+	struct child ch;
+	uint8_t page[PG];
+	int fds[N];
+
+	CHECK_EQ(child_start(&ch, "budget=8388608", NULL), 0);
+	for (int i = 0; i < N; i++) {
+		char src[32];
+		snprintf(src, sizeof(src), "127.0.0.%d", 40 + i);
+		fds[i] = raw_session_narrow(src, ch.port);
+		CHECK(fds[i] >= 0);
+		CHECK_EQ(raw_open(fds[i], 1, key_a), 0);
+	}
+	for (int k = 0; k < LISTS; k++)
+		mk_hdr(f + k * GVM_HDR_SIZE, GVM_OP_LIST, (uint64_t)k, 1, 0, COUNT, 0);
+	for (int i = 0; i < N; i++)
+		CHECK_EQ(send_all(fds[i], f, sizeof(f)), 0);
+	/* Read in whatever order the server answers (some wait for budget). */
+	size_t want = LISTS * (GVM_HDR_SIZE + sizeof(bm)), got[N] = { 0 };
+	struct pollfd pfd[N];
+	int left = N;
+	uint64_t end = gvm_now_ns() + 5000 * 1000000ull;
+	while (left && gvm_now_ns() < end) {
+		for (int i = 0; i < N; i++)
+			pfd[i] = (struct pollfd){ .fd = got[i] < want ? fds[i] : -1, .events = POLLIN };
+		CHECK(poll(pfd, N, 100) >= 0);
+		for (int i = 0; i < N; i++) {
+			if (!(pfd[i].revents & POLLIN))
+				continue;
+			ssize_t n = recv(fds[i], bm, GVM_MIN(sizeof(bm), want - got[i]), MSG_DONTWAIT);
+			CHECK(n > 0);
+			got[i] += (size_t)n;
+			left -= got[i] == want;
+		}
+	}
+	if (left)
+		fprintf(stderr, "  %d of %d clients still wait for their LIST replies\n", left, N);
+	CHECK_EQ(left, 0);
+	uint64_t t0 = gvm_now_ns();
+	memset(page, 0x6b, sizeof(page));
+	CHECK_EQ(gvm_client_connect(&c, ch.addr, NULL, 0, 2000), 0);
+	CHECK_EQ(gvm_client_open(&c, 2, key_a), 0);
+	CHECK_EQ(gvm_client_write(&c, 2, 0, 1, page), 0);
+	CHECK_EQ(gvm_client_read(&c, 2, 0, 1, page), 0);
+	fprintf(stderr, "  %d clients served 4 LISTs each; then a new client in %.1f ms\n", N,
+		(gvm_now_ns() - t0) / 1e6);
+	gvm_client_close(&c);
+	for (int i = 0; i < N; i++)
+		close(fds[i]);
+	CHECK_EQ(child_stop(&ch), 0);
+	return 0;
+}
+
 /* ---------------------------------------------------------------- descriptors */
 
 struct flood {
@@ -1161,6 +1265,7 @@ static const struct gvm_test tests[] = {
 	{ "sparse_rss", test_sparse_rss },
 	{ "sparse_rss_prealloc", test_sparse_rss_prealloc },
 	{ "buffer_attacks", test_buffer_attacks },
+	{ "spare_buffers", test_spare_buffers },
 	{ "descriptor_floods", test_descriptor_floods },
 	{ "idle_timeout", test_idle_timeout },
 	{ "hello_log_ratelimit", test_hello_log_ratelimit },
