@@ -620,6 +620,7 @@ int cmd_bench(int argc, char **argv)
 	struct gvm_stats st_rand, st_seq;
 	uint64_t t_fill, t_open;
 	uint32_t n_region_nodes;
+	char err[1024];
 	int rc = 1, peak_fds = 0;
 
 	for (int i = 1; i < argc; i++) {
@@ -687,8 +688,10 @@ int cmd_bench(int argc, char **argv)
 	if (gvm_raise_nofile() < 0)
 		fprintf(stderr, "giantvm bench: cannot raise the open-files limit\n");
 	t_open = gvm_time_ns();
-	if (cli_pool_open(&cp, &o.pa))
+	if (cli_pool_open_err(&cp, &o.pa, err, sizeof(err))) {
+		fprintf(stderr, "giantvm bench: %s\n", err);
 		return 1;
+	}
 	t_open = gvm_time_ns() - t_open;
 	bench_seal = o.seal == SEAL_ON || (o.seal == SEAL_DEFAULT && gvm_pool_sealed(cp.pool));
 	if (gvm_random(&seed, sizeof(seed)) || gvm_random(key, sizeof(key))) {

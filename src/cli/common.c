@@ -27,6 +27,19 @@ int cli_pool_open(struct cli_pool *cp, const struct cli_pool_args *a)
 	return r;
 }
 
+/* What named the pool file, for its errors: the caller's label, else the
+ * option or variable, else (./cluster_uffd.conf) just "pool file". */
+static const char *pool_label(const struct cli_pool_args *a, const char *source)
+{
+	if (a->pool_label)
+		return a->pool_label;
+	if (source && !strcmp(source, "--pool"))
+		return "--pool";
+	if (source && !strcmp(source, "GIANTVM_POOL"))
+		return "$GIANTVM_POOL";
+	return "pool file";
+}
+
 int cli_pool_open_err(struct cli_pool *cp, const struct cli_pool_args *a, char *err, size_t errlen)
 {
 	struct gvm_pool_opts po = { .replicas = a->replicas };
@@ -35,9 +48,14 @@ int cli_pool_open_err(struct cli_pool *cp, const struct cli_pool_args *a, char *
 	memset(cp, 0, sizeof(*cp));
 	err[0] = 0;
 	if (a->token_file) {
-		r = gvm_auth_load_token(a->token_file, &cp->token, &cp->token_len, err, errlen);
-		if (r)
+		char why[512];
+		r = gvm_auth_load_token(a->token_file, &cp->token, &cp->token_len, why, sizeof(why));
+		if (r) {
+			/* why is "FILE: reason"; the same file could be named by a
+			 * pool's setting or a command's: say which */
+			snprintf(err, errlen, "%s %s", a->token_label ? a->token_label : "--token-file", why);
 			return 1;
+		}
 		po.token = cp->token;
 		po.token_len = cp->token_len;
 	}
@@ -72,6 +90,14 @@ int cli_pool_open_err(struct cli_pool *cp, const struct cli_pool_args *a, char *
 	}
 	r = gvm_pool_open(&cp->pool, &po, err, errlen);
 	if (r) {
+		size_t n = cp->path ? strlen(cp->path) : 0;
+		/* "FILE: reason" or "FILE:LINE: reason" is about the pool file:
+		 * say where its name came from ("--pool FILE: ..."). */
+		if (n && !strncmp(err, cp->path, n) && err[n] == ':') {
+			char why[512];
+			snprintf(why, sizeof(why), "%s", err);
+			snprintf(err, errlen, "%s %s", pool_label(a, cp->source), why);
+		}
 		cli_pool_close(cp);
 		return 1;
 	}
@@ -95,19 +121,27 @@ void cli_pool_close(struct cli_pool *cp)
 const char *cli_optval(int argc, char **argv, int *i, const char *name)
 {
 	size_t n = strlen(name);
-	const char *a = argv[*i];
+	const char *a = argv[*i], *v;
 
 	if (strncmp(a, name, n))
 		return NULL;
-	if (a[n] == '=')
-		return a + n + 1;
-	if (a[n])
+	if (a[n] == '=') {
+		v = a + n + 1;
+	} else if (a[n]) {
 		return NULL;
-	if (*i + 1 >= argc) {
+	} else if (*i + 1 >= argc) {
 		fprintf(stderr, "giantvm: %s needs a value\n", name);
 		exit(2); /* usage error, like GVM_EXIT_USAGE */
+	} else {
+		v = argv[++*i];
 	}
-	return argv[++*i];
+	/* No option means anything by an empty value: "--pool=" would only
+	 * fail later, as "giantvm: : No such file or directory". */
+	if (!*v) {
+		fprintf(stderr, "giantvm: %s needs a value (it is empty)\n", name);
+		exit(2);
+	}
+	return v;
 }
 
 const char *cli_pool_locate(const char *explicit_path, const char **source)

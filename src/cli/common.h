@@ -23,10 +23,15 @@ struct cli_pool_args {
 	const char *pool_path;         /* --pool */
 	const char *token_file;        /* --token-file */
 	unsigned replicas;             /* --replicas (0 = default) */
+	/* What named each file, put before it in an error about it (a token
+	 * file's, a pool file's: "--token-file /x: No such file or directory");
+	 * NULL: the option, $GIANTVM_POOL or "pool file" as cli_pool_locate() found it. */
+	const char *pool_label, *token_label;
 };
 
 /* Open the pool named by the arguments / environment, or start an embedded
- * server. Prints a clear error and returns non-zero on failure. */
+ * server. Prints a clear error and returns non-zero on failure. An error
+ * about the token or pool file names the setting that named the file. */
 int cli_pool_open(struct cli_pool *cp, const struct cli_pool_args *a);
 /* The same, the error in err instead of on stderr. */
 int cli_pool_open_err(struct cli_pool *cp, const struct cli_pool_args *a, char *err, size_t errlen);
@@ -38,7 +43,8 @@ void cli_pool_close(struct cli_pool *cp);
  * says which ("--pool", "GIANTVM_POOL", "./cluster_uffd.conf"). */
 const char *cli_pool_locate(const char *explicit_path, const char **source);
 
-/* Parse "--opt=value" or "--opt value"; returns the value or NULL. */
+/* Parse "--opt=value" or "--opt value"; returns the value or NULL (argv[*i]
+ * is another option). A missing or empty value exits with status 2. */
 const char *cli_optval(int argc, char **argv, int *i, const char *name);
 
 /* libgiantvm-preload.so: $GIANTVM_PRELOAD, else next to the running binary,

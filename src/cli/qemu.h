@@ -114,6 +114,7 @@ struct gvm_wrapper_conf {
 	char qemu[PATH_MAX];           /* the real QEMU */
 	char pool[PATH_MAX];           /* pool file; required to run a guest */
 	char token[PATH_MAX];
+	int pool_line, token_line;     /* where they were set, for errors about those files */
 	char run_dir[PATH_MAX - 80];
 	char log_dir[PATH_MAX - 80];   /* default: run_dir */
 	char local_mem[32];

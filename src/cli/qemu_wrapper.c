@@ -74,6 +74,7 @@ static int set_str(char *dst, size_t len, const char *v, int must_be_abs, char *
 int gvm_wrapper_conf_parse(const char *path, struct gvm_wrapper_conf *c, char *err, size_t errlen)
 {
 	char line[4096], why[PATH_MAX + 128];
+	struct stat st = { 0 };
 	FILE *f;
 	int ln = 0, rc = 0, log_set = 0;
 
@@ -89,7 +90,14 @@ int gvm_wrapper_conf_parse(const char *path, struct gvm_wrapper_conf *c, char *e
 		snprintf(err, errlen, "%s: %s", path, strerror(errno));
 		return -1;
 	}
+	/* fopen() opens a directory; only the first read would fail */
+	if (fstat(fileno(f), &st) < 0 || S_ISDIR(st.st_mode)) {
+		snprintf(err, errlen, "%s: %s", path, S_ISDIR(st.st_mode) ? strerror(EISDIR) : strerror(errno));
+		fclose(f);
+		return -1;
+	}
 	c->found = 1;
+	errno = 0;
 	while (fgets(line, sizeof(line), f)) {
 		char *k, *v, *eq, *hash;
 		uint64_t n;
@@ -115,9 +123,11 @@ int gvm_wrapper_conf_parse(const char *path, struct gvm_wrapper_conf *c, char *e
 		if (!strcmp(k, "pool")) {
 			if (set_str(c->pool, sizeof(c->pool), v, 1, why, sizeof(why)))
 				goto bad;
+			c->pool_line = ln;
 		} else if (!strcmp(k, "token-file")) {
 			if (set_str(c->token, sizeof(c->token), v, 1, why, sizeof(why)))
 				goto bad;
+			c->token_line = ln;
 		} else if (!strcmp(k, "qemu")) {
 			if (set_str(c->qemu, sizeof(c->qemu), v, 1, why, sizeof(why)))
 				goto bad;
@@ -173,8 +183,9 @@ bad:
 		rc = -1;
 		break;
 	}
+	/* errno is the failed read's: nothing since has set it */
 	if (!rc && ferror(f)) {
-		snprintf(err, errlen, "%s: read error", path);
+		snprintf(err, errlen, "%s: after line %d: %s", path, ln, strerror(errno ? errno : EIO));
 		rc = -1;
 	}
 	fclose(f);
@@ -203,6 +214,7 @@ int cmd_qemu_wrapper(int argc, char **argv)
 	const char *conf_path = getenv("GIANTVM_QEMU_CONF");
 	char err[PATH_MAX + 512], name[128], why[512], preload[PATH_MAX];
 	char ctl_path[PATH_MAX], log_path[PATH_MAX], secret_hex[65];
+	char pool_label[PATH_MAX + 32], token_label[PATH_MAX + 32];
 	struct cli_pool_args pa = { 0 };
 	struct cli_pool cp;
 	struct gvm_mode m;
@@ -273,8 +285,15 @@ int cmd_qemu_wrapper(int argc, char **argv)
 	pa.pool_path = c.pool;
 	pa.token_file = c.token[0] ? c.token : NULL;
 	pa.replicas = c.replicas;
-	if (cli_pool_open(&cp, &pa))
+	/* an error about either file points at the line that named it */
+	snprintf(pool_label, sizeof(pool_label), "%s:%d: pool =", c.path, c.pool_line);
+	snprintf(token_label, sizeof(token_label), "%s:%d: token-file =", c.path, c.token_line);
+	pa.pool_label = pool_label;
+	pa.token_label = token_label;
+	if (cli_pool_open_err(&cp, &pa, err, sizeof(err))) {
+		fprintf(stderr, WRAP ": %s\n", err);
 		return 1;
+	}
 	if (gvm_pool_probe(cp.pool, 3000, err, sizeof(err))) {
 		fprintf(stderr, WRAP ": pool %s not reachable, the guest was not started: %s\n", c.pool, err);
 		cli_pool_close(&cp);

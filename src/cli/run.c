@@ -306,7 +306,9 @@ static int run_original(struct run_opts *o)
 	/* The cluster file has the pool file's syntax; a node's id is its line's rank. */
 	po.config_path = o->orig_conf;
 	if (gvm_pool_open(&cluster, &po, err, sizeof(err))) {
-		fprintf(stderr, "giantvm run: %s\n", err);
+		/* "FILE: reason" / "FILE:LINE: reason": say which option named it */
+		fprintf(stderr, "giantvm run: %s%s\n",
+			!strncmp(err, o->orig_conf, strlen(o->orig_conf)) ? "--giantvm-conf " : "", err);
 		return 1;
 	}
 	n_nodes = gvm_pool_node_count(cluster);
@@ -529,7 +531,7 @@ static int run_uffd(struct run_opts *o, struct gvm_mode *m)
 		return 1;
 	}
 	if (cli_pool_open_err(&cp, &o->pa, err, sizeof(err))) {
-		fail("giantvm: %s\n", err);
+		fail("giantvm run: %s\n", err);
 		return 1;
 	}
 	if (!cp.embedded && gvm_pool_probe(cp.pool, 3000, err, sizeof(err))) {

@@ -2,7 +2,8 @@
  * The command line: what the options accept (sizes), and what the giantvm
  * binary built beside this test says and exits with when they are wrong.
  * The cases that run the binary need nothing but the binary: no pool, no
- * QEMU, no userfaultfd; VMs are stood in for by listening unix sockets (all
+ * QEMU (one case needs a userfaultfd, as `run` checks for it before it
+ * opens the pool); VMs are stood in for by listening unix sockets (all
  * `giantvm stat` checks before it talks to one) in a runtime directory of
  * their own ($GIANTVM_RUNTIME_DIR).
  */
@@ -133,6 +134,8 @@ static int gvm(const char *argv0, ...)
 		if (dup2(p[1], 1) < 0 || dup2(p[1], 2) < 0 || chdir(tmp) < 0)
 			_exit(126);
 		setenv("GIANTVM_RUNTIME_DIR", tmp, 1);
+		/* an empty host: UFFD mode, TCG, whatever this one has loaded */
+		setenv("GIANTVM_SYSROOT", tmp, 1);
 		unsetenv("GIANTVM_POOL");
 		unsetenv("GIANTVM_LOG");
 		if (qemu_conf)
@@ -253,17 +256,86 @@ static int run_vm_id(void)
 	return 0;
 }
 
+/* A SIZE is decimal: "nan" was taken for no budget, "1e9" for a size. */
+static int size_args(void)
+{
+	static const char *const bad[] = { "nan", "inf", "0x1000000", "1e9" };
+
+	for (size_t i = 0; i < GVM_ARRAY_SIZE(bad); i++) {
+		char want[64];
+		snprintf(want, sizeof(want), "--local-mem '%s': a size", bad[i]);
+		CHECK_RUN(gvm("giantvm", "run", "--local-mem", bad[i], "--", "true", NULL), 2, want);
+		snprintf(want, sizeof(want), "--size '%s': a size", bad[i]);
+		CHECK_RUN(gvm("giantvm", "bench", "--size", bad[i], NULL), 2, want);
+	}
+	return 0;
+}
+
+static int write_in_tmp(const char *name, const char *text, char *path, size_t len)
+{
+	snprintf(path, len, "%s/%s", tmp, name);
+	return test_write_text(path, text);
+}
+
+/* An error about a file says which setting named it, and why. */
+static int file_errors(void)
+{
+	char pool[128], want[256];
+
+	CHECK_RUN(gvm("giantvm", "bench", "--token-file", "/nonexistent", NULL), 1,
+		  "giantvm bench: --token-file /nonexistent: No such file or directory");
+	CHECK(write_in_tmp("pool.conf", "# pool\n127.0.0.1:99999\n", pool, sizeof(pool)) == 0);
+	snprintf(want, sizeof(want), "giantvm bench: --pool %s:2: bad port", pool);
+	CHECK_RUN(gvm("giantvm", "bench", "--pool", pool, NULL), 1, want);
+	/* empty: nothing to look for */
+	CHECK_RUN(gvm("giantvm", "bench", "--pool=", NULL), 2, "giantvm: --pool needs a value (it is empty)");
+	CHECK_RUN(gvm("giantvm", "run", "--pool=", "--", "true", NULL), 2, "--pool needs a value (it is empty)");
+	CHECK_RUN(gvm("giantvm", "run", "--token-file", "", "--", "true", NULL), 2, "--token-file needs a value");
+	/* giantvm-qemu's config a directory: why it cannot be read */
+	qemu_conf = tmp;
+	snprintf(want, sizeof(want), "giantvm-qemu: %s: Is a directory", tmp);
+	CHECK_RUN(gvm("giantvm-qemu", "-m", "64", NULL), 1, want);
+	return 0;
+}
+
+/* The same where the run gets as far as the pool: it needs a userfaultfd. */
+static int file_errors_pool(void)
+{
+	char conf[128], want[256];
+
+	CHECK_RUN(gvm("giantvm", "run", "--verbose", "--token-file", "/nonexistent", "--", "true", NULL), 1,
+		  "giantvm run: --token-file /nonexistent: No such file or directory");
+	CHECK_RUN(gvm("giantvm", "run", "--verbose", "--pool", "/nonexistent", "--", "true", NULL), 1,
+		  "giantvm run: --pool /nonexistent: No such file or directory");
+	/* giantvm-qemu: the config's line that named the file */
+	CHECK(write_in_tmp("wrapper.conf", "# libvirt\npool = /nonexistent\n", conf, sizeof(conf)) == 0);
+	qemu_conf = conf;
+	snprintf(want, sizeof(want), "giantvm-qemu: %s:2: pool = /nonexistent: No such file or directory", conf);
+	CHECK_RUN(gvm("giantvm-qemu", "-m", "64", NULL), 1, want);
+	CHECK(write_in_tmp("wrapper.conf", "pool = /nonexistent\n\ntoken-file = /no-token\n", conf,
+			   sizeof(conf)) == 0);
+	snprintf(want, sizeof(want), "giantvm-qemu: %s:3: token-file = /no-token: No such file or directory", conf);
+	CHECK_RUN(gvm("giantvm-qemu", "-m", "64", NULL), 1, want);
+	return 0;
+}
+
 /* Each case that runs the binary gets a fresh tmp, removed after it. */
 #define IN_TMP(fn) static int test_##fn(void) { int r; \
 	CHECK(tmp_make() == 0); r = fn(); rm_tree(tmp); qemu_conf = NULL; return r; }
 IN_TMP(stat_several)
 IN_TMP(stat_args)
 IN_TMP(run_vm_id)
+IN_TMP(size_args)
+IN_TMP(file_errors)
+IN_TMP(file_errors_pool)
 
 static const struct gvm_test tests[] = {
 	{ "parse_size", test_parse_size },
 	{ "stat_several", test_stat_several },
 	{ "stat_args", test_stat_args },
 	{ "run_vm_id", test_run_vm_id },
+	{ "size_args", test_size_args },
+	{ "file_errors", test_file_errors },
+	{ "file_errors_pool", test_file_errors_pool, GVM_NEEDS_UFFD },
 };
 GVM_TEST_MAIN(tests)
