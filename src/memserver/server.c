@@ -879,13 +879,17 @@ static ssize_t conn_parse(struct gvm_memserver *s, struct conn *c, const uint8_t
 {
 	size_t off = 0;
 
-	while (!c->closing && !c->paused && !c->starved && len - off >= GVM_HDR_SIZE) {
+	while (!c->closing && len - off >= GVM_HDR_SIZE) {
 		struct gvm_hdr h;
 		const char *why;
 
-		/* The header is judged as soon as it is here, before any payload is awaited. */
+		/* The header is judged as soon as it is here, before any payload is
+		 * awaited, held back or not: whatever reads c->in later
+		 * (frame_size()) trusts the length of the header at its head. */
 		if (gvm_hdr_decode(buf + off, 0, &h, &why) < 0)
 			return conn_reject(c, why);
+		if (c->paused || c->starved)
+			break;
 		if (!c->authed && h.op != GVM_OP_HELLO) {
 			if (ratelimit_ok(&s->rl_hello, "failed HELLOs"))
 				pr_warn("client %s: %s before HELLO, closing", c->addr, gvm_op_name(h.op));

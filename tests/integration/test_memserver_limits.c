@@ -886,6 +886,39 @@ static int test_spare_buffers(void)
 	return 0;
 }
 
+/*
+ * A header is judged when it arrives, even when the server holds it back:
+ * 32 pipelined 2^20-page LISTs (4 MiB of replies, so the connection stops
+ * being read right after the last) followed by a header announcing a
+ * 4 GiB payload. The server closes the connection instead of receiving
+ * that frame into a buffer grown as its bytes come. (It took the held-back
+ * header's length unchecked and waited for the payload.)
+ */
+static int test_held_header_checked(void)
+{
+	enum { LISTS = 32 };
+	uint8_t f[(LISTS + 1) * GVM_HDR_SIZE];
+	struct child ch;
+	int fd;
+
+	CHECK_EQ(child_start(&ch, "", NULL), 0);
+	fd = raw_session("127.0.0.1", ch.port, NULL);
+	CHECK(fd >= 0);
+	CHECK_EQ(raw_open(fd, 1, key_a), 0);
+	for (int k = 0; k < LISTS; k++)
+		mk_hdr(f + k * GVM_HDR_SIZE, GVM_OP_LIST, (uint64_t)k, 1, 0, 1u << 20, 0);
+	mk_hdr(f + LISTS * GVM_HDR_SIZE, GVM_OP_PING, LISTS, 0, 0, 0, 0);
+	/* The length, bytes 40-43 of the header: 0xfffffff0. */
+	f[LISTS * GVM_HDR_SIZE + 40] = 0xf0;
+	memset(f + LISTS * GVM_HDR_SIZE + 41, 0xff, 3);
+	CHECK_EQ(send_all(fd, f, sizeof(f)), 0);
+	/* Whatever replies were sent are read and dropped. */
+	CHECK_EQ(closed_within(fd, 2000), 0);
+	close(fd);
+	CHECK_EQ(child_stop(&ch), 0);
+	return 0;
+}
+
 /* ---------------------------------------------------------------- descriptors */
 
 struct flood {
@@ -1266,6 +1299,7 @@ static const struct gvm_test tests[] = {
 	{ "sparse_rss_prealloc", test_sparse_rss_prealloc },
 	{ "buffer_attacks", test_buffer_attacks },
 	{ "spare_buffers", test_spare_buffers },
+	{ "held_header_checked", test_held_header_checked },
 	{ "descriptor_floods", test_descriptor_floods },
 	{ "idle_timeout", test_idle_timeout },
 	{ "hello_log_ratelimit", test_hello_log_ratelimit },
