@@ -696,10 +696,11 @@ int gvm_qmp_ram_blocks(int fd, struct run_ram *out, int max, char *buf, size_t l
 
 int gvm_runtime_dir(char *buf, size_t len)
 {
-	const char *xdg = getenv("XDG_RUNTIME_DIR");
+	const char *xdg = getenv("XDG_RUNTIME_DIR"), *env = getenv("GIANTVM_RUNTIME_DIR");
 
-	if (getenv("GIANTVM_RUNTIME_DIR"))
-		snprintf(buf, len, "%s", getenv("GIANTVM_RUNTIME_DIR"));
+	/* empty as unset, like $XDG_RUNTIME_DIR: not "mkdir '': No such file" */
+	if (env && *env)
+		snprintf(buf, len, "%s", env);
 	else if (getuid() == 0)
 		snprintf(buf, len, "/run/giantvm");
 	else if (xdg && *xdg)
