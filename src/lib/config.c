@@ -5,6 +5,7 @@
  * text, a temporary open-addressing hash set for duplicate detection, and
  * two amortised arrays (nodes and a string arena). No allocation per line.
  */
+#define LOG_PREFIX ""
 #include "config.h"
 
 #include <arpa/inet.h>
@@ -19,6 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "log.h"
 #include "util.h"
 
 #define MAX_LINE       1024u              /* bytes per line, excluding the newline */
@@ -425,6 +427,45 @@ static void dup_where(const struct gvm_config *cfg, long idx, char *buf, size_t 
 		snprintf(buf, len, "already in the pool");
 }
 
+/*
+ * Two spellings of one endpoint pass the duplicate check ("localhost:5" and
+ * "127.0.0.1:5", "[::ffff:127.0.0.1]:5"), yet they are two nodes to the
+ * placement, which could put every replica of a stripe on that one server.
+ * Warn, naming both lines. Only what needs no name lookup: localhost, and
+ * IPv4-mapped IPv6 addresses against their IPv4 form; only those nodes
+ * look anything up, so a large pool of plain addresses pays one test each.
+ */
+static void warn_aliases(const struct gvm_config *cfg, const struct nodeset *set)
+{
+	for (uint32_t i = 0; i < cfg->n_nodes; i++) {
+		const struct gvm_node *nd = &cfg->nodes[i];
+		const char *how = "is";
+		char alt[3][NAME_BUF];
+		int n = 0;
+
+		if (nd->family == AF_INET6 && IN6_IS_ADDR_V4MAPPED((const struct in6_addr *)nd->addr)) {
+			snprintf(alt[n++], NAME_BUF, "%u.%u.%u.%u:%u", nd->addr[12], nd->addr[13], nd->addr[14],
+				 nd->addr[15], nd->port);
+		} else if (nd->family == AF_UNSPEC && !strcmp(gvm_node_host(cfg, i), "localhost")) {
+			/* it resolves to one of these on any sane host */
+			how = "may be";
+			snprintf(alt[n++], NAME_BUF, "127.0.0.1:%u", nd->port);
+			snprintf(alt[n++], NAME_BUF, "[::1]:%u", nd->port);
+			snprintf(alt[n++], NAME_BUF, "[::ffff:127.0.0.1]:%u", nd->port);
+		}
+		for (int k = 0; k < n; k++) {
+			uint32_t slot;
+			long j = set_find(set, cfg, alt[k], strlen(alt[k]), &slot);
+			if (j < 0)
+				continue;
+			pr_warn("%s:%u: warning: '%s' %s the same server as '%s' (%s:%u): replicas "
+				"of a stripe may land on it twice; list it once", cfg->path, nd->line,
+				gvm_node_name(cfg, i), how, gvm_node_name(cfg, (uint32_t)j), cfg->path,
+				cfg->nodes[j].line);
+		}
+	}
+}
+
 int gvm_config_parse(struct gvm_config *cfg, const char *path, const char *text, size_t len,
 		     char *err, size_t errlen)
 {
@@ -559,6 +600,7 @@ int gvm_config_parse(struct gvm_config *cfg, const char *path, const char *text,
 		r = -EINVAL;
 		goto fail;
 	}
+	warn_aliases(cfg, &set);
 	free(set.slots);
 	shrink(cfg);
 	return 0;

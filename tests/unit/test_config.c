@@ -7,6 +7,7 @@
 
 #include "common.h"
 #include "config.h"
+#include "log.h"
 #include "util.h"
 #include "test.h"
 
@@ -138,6 +139,63 @@ static int test_duplicates(void)
 	/* Same host, different ports: different nodes. */
 	CHECK_EQ(parse(&c, "10.0.0.1\n10.0.0.1:9998\n"), 0);
 	CHECK_EQ(c.n_nodes, 2);
+	gvm_config_fini(&c);
+	return 0;
+}
+
+/* The warnings a parse logs (the library's log, into a pipe meanwhile). */
+static int parse_logged(struct gvm_config *c, const char *text, char *log, size_t loglen)
+{
+	int p[2], r, level = gvm_log_get_level();
+	ssize_t n;
+
+	if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0)
+		return -errno;
+	gvm_log_set_fd(p[1]);
+	gvm_log_set_level(GVM_LOG_WARN); /* whatever $GIANTVM_LOG says */
+	r = parse(c, text);
+	gvm_log_set_level(level);
+	gvm_log_set_fd(2);
+	n = read(p[0], log, loglen - 1);
+	log[n > 0 ? n : 0] = 0;
+	close(p[0]);
+	close(p[1]);
+	return r;
+}
+
+/* Another spelling of one endpoint: accepted (no name lookup decides it),
+ * with a warning naming both lines; none for distinct endpoints. */
+static int test_aliases(void)
+{
+	struct gvm_config c;
+	char log[2048];
+	int lines = 0;
+
+	gvm_config_init(&c);
+	CHECK_EQ(parse_logged(&c, "# pool\n127.0.0.1:5\nlocalhost:5\n[::ffff:127.0.0.1]:5\n[::1]:6\n"
+				  "localhost:6\n[::FFFF:10.0.0.1]\n10.0.0.1\n", log, sizeof(log)), 0);
+	CHECK_EQ(c.n_nodes, 7);
+	CHECK(strstr(log, "giantvm: " PATH ":3: warning: 'localhost:5' may be the same server as "
+			  "'127.0.0.1:5' (" PATH ":2): replicas of a stripe may land on it twice; list it once\n"));
+	CHECK(strstr(log, PATH ":3: warning: 'localhost:5' may be the same server as '[::ffff:127.0.0.1]:5' ("
+			  PATH ":4)"));
+	CHECK(strstr(log, PATH ":4: warning: '[::ffff:127.0.0.1]:5' is the same server as '127.0.0.1:5' ("
+			  PATH ":2)"));
+	CHECK(strstr(log, PATH ":6: warning: 'localhost:6' may be the same server as '[::1]:6' (" PATH ":5)"));
+	CHECK(strstr(log, PATH ":7: warning: '[::ffff:10.0.0.1]:9999' is the same server as '10.0.0.1:9999' ("
+			  PATH ":8)"));
+	/* each pair once: five lines */
+	for (const char *q = log; (q = strchr(q, '\n')); q++)
+		lines++;
+	CHECK_EQ(lines, 5);
+	/* other ports, other loopback addresses, plain names: nothing to say */
+	CHECK_EQ(parse_logged(&c, "127.0.0.1:5\nlocalhost:6\n127.0.0.2:5\n[::ffff:127.0.0.2]:6\nmem1:5\n"
+				  "[::ffff:10.0.0.1]\n10.0.0.2\n", log, sizeof(log)), 0);
+	CHECK_EQ(c.n_nodes, 7);
+	if (log[0]) {
+		fprintf(stderr, "  unexpected: %s", log);
+		CHECK(0);
+	}
 	gvm_config_fini(&c);
 	return 0;
 }
@@ -573,6 +631,7 @@ static const struct gvm_test tests[] = {
 	{ "basic_syntax", test_basic_syntax },
 	{ "canonical", test_canonical },
 	{ "duplicates", test_duplicates },
+	{ "aliases", test_aliases },
 	{ "errors", test_errors },
 	{ "seal_setting", test_seal_setting },
 	{ "hostname_limits", test_hostname_limits },
