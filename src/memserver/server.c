@@ -148,7 +148,8 @@ struct conn {
 	uint8_t starved;     /* over the buffer budget: on s->starved, not read */
 	uint64_t born_ns;    /* accepted at (for the HELLO timeout) */
 	uint64_t last_req_ns;  /* last request handled (idle timeout) */
-	uint64_t in_since_ns;  /* c->in became non-empty (half-sent frame timeout) */
+	uint64_t in_since_ns;  /* the first byte of the frame at the head of c->in came (I/O timeout) */
+	uint64_t in_recv_ns;   /* the last recv whose bytes are in c->in came */
 	uint64_t out_since_ns; /* output pending and no send progress since */
 	uint64_t starved_ns;   /* starved since */
 	uint8_t *in;         /* unparsed input: an unfinished frame, or frames held back */
@@ -848,6 +849,13 @@ static size_t frame_size(const struct conn *c, const uint8_t *hdr)
 	return GVM_HDR_SIZE + (size_t)le32(hdr + 40) + (c->sess.on ? GVM_TAG_SIZE : 0);
 }
 
+/* The frame at the head of c->in has not all arrived (its header, if
+ * there, was validated by conn_parse()). */
+static int conn_in_partial(const struct conn *c)
+{
+	return c->in_len && (c->in_len < GVM_HDR_SIZE || c->in_len < frame_size(c, c->in));
+}
+
 /* Bytes of the reply a request makes (an upper bound). */
 static size_t reply_size(const struct gvm_hdr *h)
 {
@@ -927,8 +935,12 @@ static ssize_t conn_parse(struct gvm_memserver *s, struct conn *c, const uint8_t
 	return (ssize_t)off;
 }
 
-/* Keep `rest` bytes from src (outside c->in) as the connection's unparsed input. */
-static int conn_keep_input(struct conn *c, const uint8_t *src, size_t rest)
+/*
+ * Keep `rest` bytes from src (outside c->in), just received, as the
+ * connection's unparsed input; since: when the first byte of the frame at
+ * their head came.
+ */
+static int conn_keep_input(struct conn *c, const uint8_t *src, size_t rest, uint64_t since)
 {
 	struct gvm_memserver *s = c->srv;
 
@@ -936,8 +948,8 @@ static int conn_keep_input(struct conn *c, const uint8_t *src, size_t rest)
 		c->in_len = 0;
 		return buf_resize(s, c, &c->in, &c->in_cap, 0, 0);
 	}
-	if (!c->in_len)
-		c->in_since_ns = gvm_now_ns();
+	c->in_since_ns = since;
+	c->in_recv_ns = gvm_now_ns();
 	if (c->in_cap < rest || c->in_cap > rest + 4096) {
 		if (buf_resize(s, c, &c->in, &c->in_cap, rest, 0) < 0)
 			return -ENOMEM;
@@ -955,13 +967,15 @@ static void conn_consume_input(struct conn *c, size_t used)
 	if (!used)
 		return;
 	if (!rest) {
-		conn_keep_input(c, NULL, 0);
+		conn_keep_input(c, NULL, 0, 0);
 		return;
 	}
 	memmove(c->in, c->in + used, rest);
 	OPENSSL_cleanse(c->in + rest, c->in_len - rest);
 	c->in_len = rest;
-	c->in_since_ns = gvm_now_ns();
+	/* Frames beyond the head of c->in came with its last recv (before
+	 * it, c->in held at most the start of one frame): so did the new head. */
+	c->in_since_ns = c->in_recv_ns;
 	if (c->in_cap > rest + 4096)  /* a failed shrink leaves the bigger buffer, which is fine */
 		(void)buf_resize(c->srv, c, &c->in, &c->in_cap, rest, rest);
 }
@@ -1005,11 +1019,12 @@ static int conn_read(struct gvm_memserver *s, struct conn *c)
 			}
 			if (n == 0) {
 				pr_debug("client %s: closed inside a frame", c->addr);
-				conn_keep_input(c, NULL, 0);
+				conn_keep_input(c, NULL, 0, 0);
 				c->closing = 1;
 				return 0;
 			}
 			c->in_len += (size_t)n;
+			c->in_recv_ns = gvm_now_ns();
 			if (c->in_len == need) {
 				ssize_t used = conn_parse(s, c, c->in, c->in_len);
 				if (used < 0)
@@ -1039,18 +1054,23 @@ static int conn_read(struct gvm_memserver *s, struct conn *c)
 			OPENSSL_cleanse(s->rbuf, have);
 			if (have)
 				pr_debug("client %s: closed inside a frame", c->addr);
-			conn_keep_input(c, NULL, 0);
+			conn_keep_input(c, NULL, 0, 0);
 			c->closing = 1;
 			return 0;
 		}
 		size_t total = have + (size_t)n;
+		uint64_t now = gvm_now_ns();
 		ssize_t used = conn_parse(s, c, s->rbuf, total);
 		int r = 0;
 		if (used < 0)
 			r = (int)used;
 		else if (c->closing)
-			conn_keep_input(c, NULL, 0);
-		else if (conn_keep_input(c, s->rbuf + used, total - (size_t)used) < 0)
+			conn_keep_input(c, NULL, 0, 0);
+		/* The frame now at the head began in what was just received once
+		 * the `have` bytes (at most the start of one frame) were handled;
+		 * the I/O timeout runs from there, not from an earlier frame's start. */
+		else if (conn_keep_input(c, s->rbuf + used, total - (size_t)used,
+					 (size_t)used >= have ? now : used ? c->in_recv_ns : c->in_since_ns) < 0)
 			r = conn_reject(c, "out of memory for input");
 		/* The loop-wide buffer held this client's pages: scrub them. */
 		OPENSSL_cleanse(s->rbuf, total);
@@ -1891,11 +1911,12 @@ static void sweep(struct gvm_memserver *s)
 			why = "no HELLO in time", kind = CLOSE_HELLO_TIMEOUT;
 		else if (out_pending(c) && now - c->out_since_ns >= s->io_timeout_ns)
 			why = "replies not read within the I/O timeout";
-		else if (c->in_len && !c->paused && now - c->in_since_ns >= s->io_timeout_ns)
+		else if (conn_in_partial(c) && !c->paused && now - c->in_since_ns >= s->io_timeout_ns)
 			/* Counted from the frame's first byte, held back or not: a
 			 * starved connection is woken whenever its address's buffers
 			 * shrink, reads a little and is starved again, so a clock
-			 * restarted at each starvation never ran out. */
+			 * restarted at each starvation never ran out. Whole frames
+			 * the server holds back are not the client's delay. */
 			why = "frame left unfinished for the I/O timeout";
 		else if (c->starved && c->peer->buffered >= s->peer_budget &&
 			 now - c->starved_ns >= s->io_timeout_ns)

@@ -919,6 +919,56 @@ static int test_held_header_checked(void)
 	return 0;
 }
 
+/*
+ * The I/O timeout of a half-received frame runs from the frame's first
+ * byte: a client streaming one-page WRITEs whose every send ends in the
+ * middle of the next frame (so the server never sees its input end on a
+ * frame boundary) is served for 3 s with --io-timeout 1. (The clock ran
+ * from the first byte of the first frame left unfinished, and such a
+ * client was closed after the I/O timeout although every frame came whole
+ * in 100 ms.)
+ */
+static int test_streamed_frames(void)
+{
+	enum { FRAME = GVM_HDR_SIZE + 8 + PG, HALF = FRAME / 2 };
+	uint8_t f[2 * FRAME], out[FRAME];
+	struct child ch;
+	struct gvm_hdr h;
+	uint64_t k = 0;
+	int fd;
+
+	CHECK_EQ(child_start(&ch, "io_ms=1000", NULL), 0);
+	fd = raw_session("127.0.0.1", ch.port, NULL);
+	CHECK(fd >= 0);
+	CHECK_EQ(raw_open(fd, 1, key_a), 0);
+	for (int i = 0; i < 2; i++) {
+		uint8_t *p = f + i * FRAME;
+		memset(p + GVM_HDR_SIZE, 0, 8);
+		p[GVM_HDR_SIZE] = 1;
+		memset(p + GVM_HDR_SIZE + 8, 0x31 + i, PG);
+	}
+	/* Frame k is f[(k % 2) * FRAME ...]: its second half and the next one's first half go together. */
+	mk_hdr(f, GVM_OP_WRITE, k, 1, k, 1, 8 + PG);
+	CHECK_EQ(send_all(fd, f, HALF), 0);
+	uint64_t end = gvm_now_ns() + 3000 * 1000000ull;
+	for (; gvm_now_ns() < end; k++) {
+		uint8_t *cur = f + (k % 2) * FRAME, *next = f + ((k + 1) % 2) * FRAME;
+		mk_hdr(next, GVM_OP_WRITE, k + 1, 1, k + 1, 1, 8 + PG);
+		memcpy(out, cur + HALF, FRAME - HALF);
+		memcpy(out + FRAME - HALF, next, HALF);
+		CHECK_EQ(send_all(fd, out, FRAME), 0);
+		CHECK_EQ(raw_reply(fd, &h, NULL, 0), 0);
+		CHECK_EQ(h.id, k);
+		CHECK_EQ(h.status, 0);
+		usleep(100000);
+	}
+	fprintf(stderr, "  %" PRIu64 " WRITEs, each send ending mid-frame, over 3 s (I/O timeout 1 s)\n", k);
+	CHECK(k >= 20);
+	close(fd);
+	CHECK_EQ(child_stop(&ch), 0);
+	return 0;
+}
+
 /* ---------------------------------------------------------------- descriptors */
 
 struct flood {
@@ -1300,6 +1350,7 @@ static const struct gvm_test tests[] = {
 	{ "buffer_attacks", test_buffer_attacks },
 	{ "spare_buffers", test_spare_buffers },
 	{ "held_header_checked", test_held_header_checked },
+	{ "streamed_frames", test_streamed_frames },
 	{ "descriptor_floods", test_descriptor_floods },
 	{ "idle_timeout", test_idle_timeout },
 	{ "hello_log_ratelimit", test_hello_log_ratelimit },
