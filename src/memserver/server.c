@@ -150,7 +150,8 @@ struct conn {
 	uint64_t last_req_ns;  /* last request handled (idle timeout) */
 	uint64_t in_since_ns;  /* the first byte of the frame at the head of c->in came (I/O timeout) */
 	uint64_t in_recv_ns;   /* the last recv whose bytes are in c->in came */
-	uint64_t out_since_ns; /* output pending and no send progress since */
+	uint64_t out_since_ns; /* the output pending then must be sent within the I/O timeout ... */
+	uint64_t out_mark;     /* ... i.e. once bytes_out reaches this */
 	uint64_t starved_ns;   /* starved since */
 	uint8_t *in;         /* unparsed input: an unfinished frame, or frames held back */
 	size_t in_len, in_cap;
@@ -476,6 +477,19 @@ static size_t out_pending(const struct conn *c)
 	return c->out_len - c->out_off;
 }
 
+/*
+ * Start the clock of the output pending now: all of it must be sent within
+ * the I/O timeout, so a reply is sent within twice the timeout of being
+ * queued. Mere progress (a client reading a segment now and then) does not
+ * restart it, or a trickle would hold its buffers, and keep the clients
+ * waiting for the budget waiting, forever.
+ */
+static void out_clock_start(struct conn *c)
+{
+	c->out_since_ns = gvm_now_ns();
+	c->out_mark = c->bytes_out + out_pending(c);
+}
+
 static void out_release(struct conn *c)
 {
 	struct gvm_memserver *s = c->srv;
@@ -543,8 +557,8 @@ static void reply_commit(struct conn *c, const struct gvm_hdr *req, int status, 
 		.flags = status == 0 && req->op == GVM_OP_READ ? (req->flags & GVM_HF_TAGS) : 0,
 	};
 
-	if (!out_pending(c))
-		c->out_since_ns = gvm_now_ns();
+	int idle = !out_pending(c);
+
 	if (req->op < METRIC_OPS) {
 		c->srv->op_requests[req->op]++;
 		c->srv->op_errors[req->op] += status < 0;
@@ -562,6 +576,8 @@ static void reply_commit(struct conn *c, const struct gvm_hdr *req, int status, 
 		c->out_len += GVM_TAG_SIZE;
 	}
 	c->out_hw = GVM_MAX(c->out_hw, c->out_len);
+	if (idle)
+		out_clock_start(c);
 }
 
 static int reply_status(struct conn *c, const struct gvm_hdr *req, int status)
@@ -1095,9 +1111,10 @@ static int conn_flush(struct gvm_memserver *s, struct conn *c)
 			return r;
 		}
 		c->out_off += (size_t)n;
-		c->out_since_ns = gvm_now_ns();
 		s->bytes_out += (uint64_t)n;
 		c->bytes_out += (uint64_t)n;
+		if (c->bytes_out >= c->out_mark)
+			out_clock_start(c);
 	}
 	if (!out_pending(c)) {
 		/* Idle connections hold no output buffer (it goes to the spares). */
@@ -1394,7 +1411,8 @@ static void conn_new(struct gvm_memserver *s, int fd, const struct sockaddr *sa)
 	s->n_unauthed++;
 	fifo_push(&s->unauthed, c, &c->ulink, ULINK);
 	c->peer->unauthed++;
-	c->born_ns = c->last_req_ns = c->out_since_ns = gvm_now_ns();
+	c->born_ns = c->last_req_ns = gvm_now_ns();
+	out_clock_start(c);  /* the greeting */
 	pr_debug("client %s: connected", c->addr);
 	if (conn_pump(s, c) < 0)
 		conn_close(s, c);
@@ -1881,7 +1899,7 @@ int gvm_memserver_port(const struct gvm_memserver *s, unsigned idx)
 /*
  * Close clients past a timeout: no HELLO in time, idle (authenticated, no
  * request, nothing owed), a frame left half-sent, or replies left unread
- * (no send progress). The last two are what bound how long a client waiting
+ * (the output waiting when the clock started not all sent: out_clock_start()). The last two are what bound how long a client waiting
  * for the buffer budget can be kept waiting. Runs at most a few times per
  * shortest timeout and at most every second: 10,000 clients cost a walk of
  * a list that often.

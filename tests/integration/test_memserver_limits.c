@@ -295,12 +295,12 @@ static int raw_session(const char *src, int port, const char *token)
  * buffer small too (it is sized from the MSS). What the client leaves
  * unread then stays in the server's own output buffer.
  */
-static int raw_session_narrow(const char *src, int port)
+static int raw_session_narrow(const char *src, int port, int rcv)
 {
 	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
 	struct sockaddr_in b = { .sin_family = AF_INET };
 	struct timeval tv = { .tv_sec = TIMEOUT_MS / 1000 };
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), rcv = 4096, mss = 536;
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), mss = 536;
 
 	if (fd < 0)
 		return -errno;
@@ -842,7 +842,7 @@ static int test_spare_buffers(void)
 	for (int i = 0; i < N; i++) {
 		char src[32];
 		snprintf(src, sizeof(src), "127.0.0.%d", 40 + i);
-		fds[i] = raw_session_narrow(src, ch.port);
+		fds[i] = raw_session_narrow(src, ch.port, 4096);
 		CHECK(fds[i] >= 0);
 		CHECK_EQ(raw_open(fds[i], 1, key_a), 0);
 	}
@@ -966,6 +966,55 @@ static int test_streamed_frames(void)
 	CHECK(k >= 20);
 	close(fd);
 	CHECK_EQ(child_stop(&ch), 0);
+	return 0;
+}
+
+/*
+ * A client that reads its replies in a trickle (32 KiB every 50 ms, over a
+ * connection with small kernel buffers, two 4 MiB READs pipelined) holds its
+ * output buffers only for about --io-timeout: the output waiting when the
+ * clock starts must all be sent within it. (Each partial send restarted the
+ * clock, so a client reading a segment now and then kept its buffers, its
+ * address's share of the budget, for as long as it liked: here past 8 s.)
+ */
+static int test_slow_reader(void)
+{
+	enum { PAGES = 1024 };
+	uint8_t *data = malloc((size_t)PAGES * PG), f[2 * GVM_HDR_SIZE];
+	struct gvm_client c;
+	struct child ch;
+	int fd, closed = 0;
+	size_t got = 0;
+
+	CHECK(data);
+	CHECK_EQ(child_start(&ch, "io_ms=3000", NULL), 0);
+	fill_random(data, (size_t)PAGES * PG);
+	CHECK_EQ(gvm_client_connect(&c, ch.addr, NULL, 0, TIMEOUT_MS), 0);
+	CHECK_EQ(gvm_client_open(&c, 1, key_a), 0);
+	CHECK_EQ(gvm_client_write(&c, 1, 0, PAGES, data), 0);
+	gvm_client_close(&c);
+	fd = raw_session_narrow("127.0.0.2", ch.port, 65536);
+	CHECK(fd >= 0);
+	CHECK_EQ(raw_open(fd, 1, key_a), 0);
+	for (int k = 0; k < 2; k++)
+		mk_hdr(f + k * GVM_HDR_SIZE, GVM_OP_READ, (uint64_t)k, 1, 0, PAGES, 0);
+	CHECK_EQ(send_all(fd, f, sizeof(f)), 0);
+	/* Closed as the server sees it: what it had queued in the kernel may
+	 * still be arriving. */
+	uint64_t t0 = gvm_now_ns();
+	while (!closed && gvm_now_ns() - t0 < 8000 * 1000000ull) {
+		ssize_t n = recv(fd, data, 32768, MSG_DONTWAIT);
+		if (n > 0)
+			got += (size_t)n;
+		closed = node_stat(ch.addr, 1) == 0;
+		usleep(50000);
+	}
+	fprintf(stderr, "  trickle reader: %s after %.1f s, %zu KiB read (I/O timeout 3 s)\n",
+		closed ? "closed" : "still open", (gvm_now_ns() - t0) / 1e9, got >> 10);
+	CHECK(closed);
+	close(fd);
+	CHECK_EQ(child_stop(&ch), 0);
+	free(data);
 	return 0;
 }
 
@@ -1351,6 +1400,7 @@ static const struct gvm_test tests[] = {
 	{ "spare_buffers", test_spare_buffers },
 	{ "held_header_checked", test_held_header_checked },
 	{ "streamed_frames", test_streamed_frames },
+	{ "slow_reader", test_slow_reader },
 	{ "descriptor_floods", test_descriptor_floods },
 	{ "idle_timeout", test_idle_timeout },
 	{ "hello_log_ratelimit", test_hello_log_ratelimit },
