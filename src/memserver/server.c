@@ -49,6 +49,7 @@
 #include "auth.h"
 #include "log.h"
 #include "proto.h"
+#include "siphash.h"
 #include "store.h"
 #include "util.h"
 
@@ -202,6 +203,8 @@ struct gvm_memserver {
 	uint64_t buffered;         /* bytes of all input, output and spare buffers */
 	struct peer **peers;
 	size_t peers_cap, peers_n;
+	struct gvm_sipkey peer_hkey;  /* the peer table's hash (clients choose their addresses) */
+	struct gvm_sipkey owner_hkey; /* a peer's owner id for the store's quotas */
 	int released;              /* buffers shrank since starved clients were last looked at */
 	/* limits */
 	uint64_t budget;
@@ -312,7 +315,7 @@ static void fifo_del(struct fifo *f, struct conn *c, struct link *l, size_t off)
 
 static size_t peer_home(const struct gvm_memserver *s, const uint8_t addr[16], size_t cap)
 {
-	return (size_t)gvm_hash_bytes(addr, 16, (uint64_t)(uintptr_t)s) & (cap - 1);
+	return (size_t)gvm_siphash24(&s->peer_hkey, addr, 16) & (cap - 1);
 }
 
 static struct peer *peer_find(struct gvm_memserver *s, const uint8_t addr[16])
@@ -372,7 +375,7 @@ static struct peer *peer_get(struct gvm_memserver *s, const uint8_t addr[16], in
 		return NULL;
 	memcpy(p->addr, addr, 16);
 	p->conns = 1;
-	p->owner = gvm_hash_bytes(addr, 16, 0x70656572ull) | 1;
+	p->owner = gvm_siphash24(&s->owner_hkey, addr, 16) | 1;
 	size_t mask = s->peers_cap - 1, i = peer_home(s, addr, s->peers_cap);
 	while (s->peers[i])
 		i = (i + 1) & mask;
@@ -1785,6 +1788,10 @@ int gvm_memserver_open(struct gvm_memserver **out, const struct gvm_memserver_op
 	}
 	for (unsigned i = 0; i < GVM_MEMSERVER_MAX_LISTEN; i++)
 		s->lis[i].fd = -1;
+	if ((r = gvm_sipkey_random(&s->peer_hkey)) < 0 || (r = gvm_sipkey_random(&s->owner_hkey)) < 0) {
+		pr_err("getrandom: %s", strerror(-r));
+		goto out_close;
+	}
 
 	if (opts->token_file) {
 		r = gvm_auth_load_token(opts->token_file, &s->token, &s->token_len, err, sizeof(err));

@@ -23,6 +23,7 @@
 #include "auth.h"
 #include "log.h"
 #include "giantvm_memserver.h"
+#include "siphash.h"
 #include "util.h"
 
 #define EMPTY_INDEX      UINT64_MAX
@@ -74,6 +75,7 @@ struct region {
 struct gvm_store {
 	/* Random, so clients cannot pick region/page numbers that collide in the tables. */
 	uint64_t seed;
+	struct gvm_sipkey hkey;  /* the region table's hash: clients choose ids and keys */
 	uint64_t capacity_pages;
 	uint64_t pages_stored;
 	uint64_t max_regions;
@@ -302,9 +304,14 @@ static void owner_put(struct gvm_store *st, struct owner *o)
 
 /* ---------------------------------------------------------------- region table */
 
+/* Keyed (siphash.h): an unkeyed hash's collisions would collide whatever the seed. */
 static uint64_t region_hash(const struct gvm_store *st, uint64_t id, const uint8_t key[GVM_KEY_SIZE])
 {
-	return gvm_hash_bytes(key, GVM_KEY_SIZE, gvm_mix64(id ^ st->seed));
+	uint8_t in[8 + GVM_KEY_SIZE];
+
+	put64(in, id);
+	memcpy(in + 8, key, GVM_KEY_SIZE);
+	return gvm_siphash24(&st->hkey, in, sizeof(in));
 }
 
 static struct region *region_find(struct gvm_store *st, uint64_t id, const uint8_t key[GVM_KEY_SIZE])
@@ -1048,7 +1055,7 @@ int gvm_store_open(struct gvm_store **out, const struct gvm_store_opts *o, char 
 	st->arena_pages = ARENA_PAGES_MAX;
 	if (o->capacity_pages && o->capacity_pages < ARENA_PAGES_MAX)
 		st->arena_pages = (uint32_t)((o->capacity_pages + 511) / 512 * 512);
-	if ((r = gvm_random(&st->seed, sizeof(st->seed))) < 0) {
+	if ((r = gvm_random(&st->seed, sizeof(st->seed))) < 0 || (r = gvm_sipkey_random(&st->hkey)) < 0) {
 		snprintf(err, errlen, "getrandom: %s", strerror(-r));
 		goto out_free;
 	}
