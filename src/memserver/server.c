@@ -63,6 +63,7 @@
 #define ADDR_LEN          56             /* "[v6 address]:65535" */
 #define DEFAULT_LISTEN    "127.0.0.1:9999"
 #define FD_RESERVE        64             /* descriptors kept for the server itself */
+#define ACCEPT_RETRY_NS   (100 * 1000000ull) /* a listener set aside out of descriptors, looked at again */
 #define LOG_BURST         10             /* rate-limited warnings: this many per second */
 /* replies allowed over the budget (see DESIGN): a status, or HELLO's proof */
 #define SMALL_REPLY       (GVM_HDR_SIZE + GVM_PROOF_SIZE)
@@ -95,6 +96,7 @@ struct listener {
 	int kind;
 	int fd;
 	int port;
+	int off;             /* not watched: out of descriptors (accept_shed()) */
 	char name[ADDR_LEN];
 };
 
@@ -216,6 +218,7 @@ struct gvm_memserver {
 	int keepalive_s;
 	uint64_t next_sweep_ns;    /* next look for clients past a timeout */
 	uint64_t last_accept_warn_ns;
+	uint64_t listen_retry_ns;  /* listeners set aside are watched again then (0: none is) */
 	struct ratelimit rl_hello, rl_refuse;
 	uint64_t refused;          /* connections refused or evicted by a limit */
 	/* --metrics: the responder and what only it reads (this thread's counters) */
@@ -1200,6 +1203,8 @@ static void conn_close_as(struct gvm_memserver *s, struct conn *c, int later)
 	if (c->starved)
 		fifo_del(&s->starved, c, &c->slink, SLINK);
 	pr_debug("client %s: disconnected", c->addr);
+	if (s->listen_retry_ns)
+		s->listen_retry_ns = 1;  /* a descriptor is free: accept again */
 	buf_resize(s, c, &c->in, &c->in_cap, 0, 0);
 	out_release(c);
 	peer_put(s, c->peer);
@@ -1439,20 +1444,53 @@ static void accept_warn(struct gvm_memserver *s, struct listener *l, int err, co
 	}
 }
 
-/* Out of fds: accept and drop one connection so the listener stops firing. */
+static void listener_watch(struct gvm_memserver *s, struct listener *l, int on)
+{
+	struct epoll_event ev = { .events = on ? EPOLLIN : 0, .data.ptr = l };
+
+	if (epoll_ctl(s->epfd, EPOLL_CTL_MOD, l->fd, &ev) < 0) {
+		pr_warn("listener %s: epoll_ctl: %s", l->name, strerror(errno));
+		return;
+	}
+	l->off = !on;
+}
+
+/*
+ * Out of fds: accept and drop one connection so the listener stops firing.
+ * When that cannot be done (the system's file table is full: the accept
+ * fails, or the spare descriptor cannot be had again), the listener stays
+ * readable and, level-triggered, would wake the loop at once forever: it is
+ * set aside for ACCEPT_RETRY_NS, or until a connection closes.
+ */
 static void accept_shed(struct gvm_memserver *s, struct listener *l, int err)
 {
-	int fd;
+	int fd = -1;
 
 	accept_warn(s, l, err, "; dropping new connections");
 	s->refused_by[REFUSE_FDS]++;
+	if (s->spare_fd >= 0) {
+		close(s->spare_fd);
+		fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
+		if (fd >= 0)
+			close(fd);
+		s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	}
+	if (fd < 0 || s->spare_fd < 0) {
+		listener_watch(s, l, 0);
+		if (l->off && !s->listen_retry_ns)
+			s->listen_retry_ns = gvm_now_ns() + ACCEPT_RETRY_NS;
+	}
+}
+
+/* Watch the listeners set aside again (the time has come, or a descriptor was freed). */
+static void listeners_retry(struct gvm_memserver *s)
+{
+	s->listen_retry_ns = 0;
 	if (s->spare_fd < 0)
-		return;
-	close(s->spare_fd);
-	fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
-	if (fd >= 0)
-		close(fd);
-	s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+		s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	for (unsigned i = 0; i < s->n_lis; i++)
+		if (s->lis[i].off)
+			listener_watch(s, &s->lis[i], 1);
 }
 
 static void listener_accept(struct gvm_memserver *s, struct listener *l)
@@ -1968,6 +2006,12 @@ int gvm_memserver_run(struct gvm_memserver *s)
 		int wait_ms = s->conns ? (int)(sweep_period(s) / 1000000ull) : -1;
 		if (s->metrics_next_ms >= 0)
 			wait_ms = wait_ms < 0 ? s->metrics_next_ms : GVM_MIN(wait_ms, s->metrics_next_ms);
+		if (s->listen_retry_ns) {
+			uint64_t now = gvm_now_ns();
+			int ms = now >= s->listen_retry_ns ? 0 :
+				 (int)((s->listen_retry_ns - now + 999999) / 1000000ull);
+			wait_ms = wait_ms < 0 ? ms : GVM_MIN(wait_ms, ms);
+		}
 		int n = epoll_wait(s->epfd, ev, MAX_EVENTS, s->starved.head && s->released ? 0 : wait_ms);
 		int stop = 0;
 
@@ -2000,6 +2044,8 @@ int gvm_memserver_run(struct gvm_memserver *s)
 		free_zombies(s);
 		if (stop)
 			return 0;
+		if (s->listen_retry_ns && gvm_now_ns() >= s->listen_retry_ns)
+			listeners_retry(s);
 		wake_starved(s);
 		sweep(s);
 		if (s->metrics_next_ms >= 0)
