@@ -37,6 +37,9 @@
 #define MAX_FRAMES       (1ull << 32)   /* frame numbers are u32: 16 TiB */
 #define FILE_HDR_SIZE    32u
 #define MIN_CHUNK_TAB    8u
+/* Freed slots waiting for an fdatasync (see slot_release()): at this many
+ * the next new chunk syncs and reuses them rather than growing the file. */
+#define SLOTS_UNSYNCED_MAX 64u
 
 struct chunk {
 	uint64_t index;   /* chunk index within the region; EMPTY_INDEX = unused entry */
@@ -105,6 +108,8 @@ struct gvm_store {
 	uint64_t n_slots;    /* slots the file spans */
 	uint64_t *free_slots;
 	size_t n_free_slots, cap_free_slots;
+	uint64_t *unsynced_slots;  /* freed since the last fdatasync: not reused before it */
+	size_t n_unsynced_slots;   /* room: cap_free_slots */
 };
 
 static void put64(uint8_t *p, uint64_t v) { for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i)); }
@@ -638,6 +643,7 @@ static int pread_full(struct gvm_store *st, void *buf, size_t len, uint64_t off)
 	return 0;
 }
 
+/* fdatasync; the slots freed before it may then be reused. */
 static int store_sync(struct gvm_store *st)
 {
 	if (fdatasync(st->fd) < 0) {
@@ -645,6 +651,11 @@ static int store_sync(struct gvm_store *st)
 		pr_err("backing file %s: fdatasync: %s", st->path, strerror(-r));
 		return r;
 	}
+	if (st->n_unsynced_slots)
+		memcpy(st->free_slots + st->n_free_slots, st->unsynced_slots,
+		       st->n_unsynced_slots * sizeof(*st->free_slots));
+	st->n_free_slots += st->n_unsynced_slots;
+	st->n_unsynced_slots = 0;
 	return 0;
 }
 
@@ -702,9 +713,13 @@ static void punch_pages(struct gvm_store *st, uint64_t slot, uint64_t bits)
 	}
 }
 
-/* Slot numbers handed out by slot_alloc() always fit on the free list. */
+/* Slot numbers handed out by slot_alloc() always fit on the free list and
+ * on the unsynced list (both have room for every slot of the file). */
 static int slot_alloc(struct gvm_store *st, uint64_t *slot)
 {
+	/* A failed sync leaves the slots waiting: the file grows instead. */
+	if (!st->n_free_slots && st->n_unsynced_slots >= SLOTS_UNSYNCED_MAX)
+		(void)store_sync(st);
 	if (st->n_free_slots) {
 		*slot = st->free_slots[--st->n_free_slots];
 		return 0;
@@ -715,15 +730,26 @@ static int slot_alloc(struct gvm_store *st, uint64_t *slot)
 		if (!f)
 			return -ENOMEM;
 		st->free_slots = f;
+		f = realloc(st->unsynced_slots, cap * sizeof(*f));
+		if (!f)
+			return -ENOMEM;  /* free_slots grew, which is harmless */
+		st->unsynced_slots = f;
 		st->cap_free_slots = cap;
 	}
 	*slot = st->n_slots++;
 	return 0;
 }
 
+/*
+ * A slot whose header was cleared (or that a failed WRITE filled but never
+ * named) is reused only after the next fdatasync: with --fsync never, the
+ * kernel may write the next owner's pages to disk before the cleared header,
+ * and a power loss would then leave the old header (the freed region's key)
+ * over another region's pages.
+ */
 static void slot_release(struct gvm_store *st, uint64_t slot)
 {
-	st->free_slots[st->n_free_slots++] = slot;
+	st->unsynced_slots[st->n_unsynced_slots++] = slot;
 }
 
 /* Make a slot free on disk: zero header first, so a crash never shows stale data. */
@@ -991,7 +1017,8 @@ static int open_backing(struct gvm_store *st, const char *path, char *err, size_
 		ERR(-EFBIG, "%s: file too large", path);
 	st->cap_free_slots = nslots ? (size_t)nslots : 64;
 	st->free_slots = malloc(st->cap_free_slots * sizeof(uint64_t));
-	if (!st->free_slots)
+	st->unsynced_slots = malloc(st->cap_free_slots * sizeof(uint64_t));
+	if (!st->free_slots || !st->unsynced_slots)
 		ERR(-ENOMEM, "%s: out of memory", path);
 	for (uint64_t s = 0; s < nslots; s++) {
 		ssize_t n = pread_upto(st->fd, h, sizeof(h), slot_off(s));
@@ -1021,6 +1048,12 @@ static int open_backing(struct gvm_store *st, const char *path, char *err, size_
 	}
 	st->n_slots = nslots;
 	r = sc.version == 1 ? upgrade_v1(st, &sc, err, errlen) : 0;
+	/* A server killed before it synced may have freed slots in the page
+	 * cache only: make that durable before they are given out again. */
+	if (!r && st->n_free_slots && fdatasync(st->fd) < 0) {
+		r = -errno;
+		snprintf(err, errlen, "%s: fdatasync: %s", path, strerror(-r));
+	}
 out:
 	free(sc.keys);
 	free(sc.chunks);
@@ -1122,6 +1155,7 @@ void gvm_store_close(struct gvm_store *st)
 	free(st->free_fr);
 	free(st->batch);
 	free(st->free_slots);
+	free(st->unsynced_slots);
 	free(st->rtab);
 	for (size_t i = 0; st->otab && i < st->otab_cap; i++)
 		free(st->otab[i]);
@@ -1157,8 +1191,11 @@ struct wplan {
 static void plan_release(struct gvm_store *st, struct wplan *pl, unsigned from, unsigned to)
 {
 	for (unsigned k = from; k < to; k++) {
-		if (pl[k].fresh)
+		if (pl[k].fresh) {
+			/* Pages of a WRITE that failed: not for the slot's next owner. */
+			punch(st, slot_data_off(pl[k].slot, 0), GVM_CHUNK_BYTES);
 			slot_release(st, pl[k].slot);
+		}
 		pl[k].fresh = 0;
 		free(pl[k].nfr);
 		pl[k].nfr = NULL;
