@@ -964,7 +964,7 @@ static int fnv_key(const int d[32], uint8_t key[GVM_KEY_SIZE])
 static double region_ms(const uint8_t (*keys)[GVM_KEY_SIZE], unsigned n)
 {
 	struct gvm_store *st = ram_store(0);
-	uint8_t pl[8 + PG] = { 1 }, bm[1];
+	uint8_t pl[8 + PG] = { 1 }, bm[GVM_BITMAP_BYTES(1)];
 	uint64_t t0 = gvm_now_ns();
 
 	if (!st)
