@@ -132,12 +132,18 @@ struct gvm_test { const char *name; int (*fn)(void); uint64_t needs; };
 enum { GVM_DROP_DONTNEED, GVM_DROP_MOVE, GVM_DROP_BATCH };
 static const char *const gvm_drop_name[] = { "dontneed", "move", "batch" };
 
+/* More for GIANTVM_UFFD_DISABLE (e.g. "DONTNEED_LOCKED": a kernel before 5.18). */
+static const char *gvm_test_off_extra = "";
+
 /* Engines opened from now on drop pages the `drop` way. */
 static inline void gvm_test_set_drop(int drop)
 {
 	static const char *const off[] = { "MOVE,PROCESS_MADVISE", "PROCESS_MADVISE", "" };
+	char v[128];
 
-	setenv("GIANTVM_UFFD_DISABLE", off[drop], 1);
+	snprintf(v, sizeof(v), "%s%s%s", off[drop], *off[drop] && *gvm_test_off_extra ? "," : "",
+		 gvm_test_off_extra);
+	setenv("GIANTVM_UFFD_DISABLE", v, 1);
 }
 
 static char gvm_test_skip_why[256];

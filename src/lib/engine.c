@@ -402,6 +402,7 @@ int gvm_engine_open(struct gvm_engine **out, struct gvm_pool *pool, const struct
 		struct gvm_evict_params ep = {
 			.uffd = e->uffd, .use_move = !!(e->features & UFFD_FEATURE_MOVE),
 			.use_batch = !(off && strstr(off, "PROCESS_MADVISE")),
+			.use_locked = !(off && strstr(off, "DONTNEED_LOCKED")),
 			.budget_pages = e->budget_pages, .high_pages = e->high_pages, .low_pages = e->low_pages,
 			.regions = e->regions, .n_regions = &e->n_regions, .count = &e->pages,
 			.ops = &evict_ops, .ctx = e,

@@ -79,7 +79,7 @@ struct gvm_evictor {
 	uint8_t *move_scratch;  /* else the destination of UFFDIO_MOVE drops, or NULL */
 	struct iovec iov[EV_BATCH]; /* evict_finish(): the runs to drop ... */
 	unsigned run_end[EV_BATCH]; /* ... the victim after each run ... */
-	size_t left[EV_BATCH];      /* ... and the bytes of each the kernel would not drop */
+	uint8_t refused[EV_BATCH];  /* ... and whether the kernel refused (part of) it */
 	unsigned drop_warned;   /* drops refused so far (logged once) ... */
 	unsigned pm_warned;     /* ... and batches process_madvise stopped short (logged once) */
 	int advice;             /* process_madvise: MADV_DONTNEED, or _LOCKED once that was needed */
@@ -245,10 +245,10 @@ static int protect(struct gvm_evictor *ev, struct gvm_region *rg, uint64_t p, ui
  * Drop [a, a+len). With UFFDIO_MOVE, it is moved to the scratch area at
  * *moved (bytes of this batch moved so far), atomically and without a copy;
  * the caller empties the scratch once per batch (scratch_empty): each
- * MADV_DONTNEED is a TLB shootdown. Returns the bytes at the end of the run
- * that could not be dropped (0: all of it; moves go from the start).
+ * MADV_DONTNEED is a TLB shootdown. Returns -1 if the kernel refused some
+ * of it (which part: see evict_finish), else 0.
  */
-static size_t drop(struct gvm_evictor *ev, uintptr_t a, size_t len, size_t *moved)
+static int drop(struct gvm_evictor *ev, uintptr_t a, size_t len, size_t *moved)
 {
 	if (ev->move_scratch) {
 		/* Holes: pages the owner dropped itself (a madvise that did not
@@ -267,14 +267,17 @@ static size_t drop(struct gvm_evictor *ev, uintptr_t a, size_t len, size_t *move
 		len -= mv.move > 0 ? (size_t)mv.move : 0;
 	}
 	/* MADV_DONTNEED refuses locked memory (QEMU's -overcommit mem-lock=on). */
-	if (len && gvm_madvise(a, len, MADV_DONTNEED) < 0 && gvm_madvise(a, len, MADV_DONTNEED_LOCKED) < 0) {
-		if (!ev->drop_warned++)
-			pr_perror("madvise(MADV_DONTNEED %#lx+%zu): keeping the pages resident, "
-				  "retrying every 100 ms (the budget is not kept meanwhile)",
-				  (unsigned long)a, len);
-		return len;
-	}
-	return 0;
+	if (!len || gvm_madvise(a, len, MADV_DONTNEED) == 0 ||
+	    (ev->p.use_locked && gvm_madvise(a, len, MADV_DONTNEED_LOCKED) == 0))
+		return 0;
+	if (!ev->drop_warned++)
+		pr_perror("madvise(MADV_DONTNEED %#lx+%zu): keeping locked pages resident, "
+			  "retrying every 100 ms", (unsigned long)a, len);
+	/* The run may span mappings, the refusing one first: page by page,
+	 * so only the pages refused stay. */
+	for (size_t off = 0; len > GVM_PAGE_SIZE && off < len; off += GVM_PAGE_SIZE)
+		(void)gvm_madvise(a + off, GVM_PAGE_SIZE, MADV_DONTNEED); /* mincore tells (evict_finish) */
+	return -1;
 }
 
 /* Free what a batch's drops moved to the scratch area. */
@@ -291,20 +294,20 @@ static void scratch_empty(struct gvm_evictor *ev, size_t moved)
  * madvise) is a shootdown per run, an IPI to the CPU running the guest, and
  * random victims are runs of one page (measured here: 512 one-page
  * madvises 2.1 ms and 1024 IPIs, one vector of them 0.33 ms and 2).
- * Whatever the vector left is dropped run by run. left[i] receives the
- * bytes at the end of run i still mapped (0 almost always).
+ * Whatever the vector left is dropped run by run. refused[i] is set if the
+ * kernel would not drop (all or part of) run i.
  */
-static void drop_runs(struct gvm_evictor *ev, struct iovec *iov, unsigned n, size_t *left)
+static void drop_runs(struct gvm_evictor *ev, struct iovec *iov, unsigned n, uint8_t *refused)
 {
 	size_t moved = 0;
 	unsigned i = 0;
 
-	memset(left, 0, n * sizeof(*left));
+	memset(refused, 0, n);
 	if (ev->pidfd >= 0 && n) {
 		long r = gvm_process_madvise(ev->pidfd, iov, n, ev->advice);
 		/* Locked memory (QEMU's -overcommit mem-lock=on) takes only
 		 * MADV_DONTNEED_LOCKED (Linux 5.18+): from then on, that. */
-		if (r == -EINVAL && ev->advice == MADV_DONTNEED &&
+		if (r == -EINVAL && ev->advice == MADV_DONTNEED && ev->p.use_locked &&
 		    (r = gvm_process_madvise(ev->pidfd, iov, n, MADV_DONTNEED_LOCKED)) >= 0)
 			ev->advice = MADV_DONTNEED_LOCKED;
 		size_t done = r > 0 ? (size_t)r : 0;
@@ -320,7 +323,7 @@ static void drop_runs(struct gvm_evictor *ev, struct iovec *iov, unsigned n, siz
 		}
 	}
 	for (; i < n; i++)
-		left[i] = drop(ev, (uintptr_t)iov[i].iov_base, iov[i].iov_len, &moved);
+		refused[i] = drop(ev, (uintptr_t)iov[i].iov_base, iov[i].iov_len, &moved) < 0;
 	scratch_empty(ev, moved);
 }
 
@@ -351,6 +354,37 @@ static void evict_begin(struct gvm_evictor *ev, struct batch *b)
 		err = ev->p.ops->write_back(ev->p.ctx, v[i].rg, v[i].p, (uint32_t)(j - i), &b->wt);
 	}
 	b->err = err;
+}
+
+/*
+ * The kernel refused to drop (part of) the n victims at v, one run (e.g.
+ * locked memory on a kernel without MADV_DONTNEED_LOCKED; a run across two
+ * mappings may be half dropped). Those still mapped stay resident: clean
+ * (written back if they were dirty), still protected. The rest count as
+ * dropped: one counted resident but gone would read as zero at its next
+ * fault (fault.c refill_zero), where one counted dropped but still mapped
+ * is only memory the budget does not see (its next write zaps it). So if
+ * mincore fails, all count as dropped. Returns how many stay.
+ */
+static unsigned keep_present(struct victim *v, unsigned n)
+{
+	unsigned char vec[EV_BATCH];
+	unsigned kept = 0;
+
+	if (mincore((void *)(v[0].rg->base + (v[0].p << GVM_PAGE_SHIFT)), (size_t)n << GVM_PAGE_SHIFT, vec) < 0) {
+		pr_perror("mincore");
+		return 0;
+	}
+	for (unsigned k = 0; k < n; k++) {
+		if (!(vec[k] & 1))
+			continue;
+		/* Last choice from now on, like a page in the working set. */
+		__atomic_store_n(&v[k].rg->hot[v[k].p], 1, __ATOMIC_RELAXED);
+		pg_clear(v[k].rg->pg, v[k].p, PG_EVICTING | PG_DROPPING);
+		v[k].keep = 1;
+		kept++;
+	}
+	return kept;
 }
 
 /* Steps 2 (wait) to 4 for a batch begun earlier. Returns how many victims
@@ -404,16 +438,11 @@ static unsigned evict_finish(struct gvm_evictor *ev, struct batch *b)
 		ev->iov[nrun++] = (struct iovec){ (void *)(v[i].rg->base + (v[i].p << GVM_PAGE_SHIFT)),
 						  (size_t)(j - i) << GVM_PAGE_SHIFT };
 	}
-	drop_runs(ev, ev->iov, nrun, ev->left);
-	/* A run the kernel would not drop (all of it, or its end) stays
-	 * resident: clean now (written back if it was dirty), still protected. */
+	drop_runs(ev, ev->iov, nrun, ev->refused);
 	for (unsigned r = 0; r < nrun; r++)
-		for (size_t k = ev->left[r] >> GVM_PAGE_SHIFT; k; k--) {
-			struct victim *x = &v[ev->run_end[r] - k];
-			pg_clear(x->rg->pg, x->p, PG_EVICTING | PG_DROPPING);
-			x->keep = 1;
-			refused++;
-		}
+		if (ev->refused[r])
+			refused += keep_present(&v[ev->run_end[r] - (ev->iov[r].iov_len >> GVM_PAGE_SHIFT)],
+						 ev->iov[r].iov_len >> GVM_PAGE_SHIFT);
 	uint32_t now = (uint32_t)__atomic_load_n(&ev->p.count->dropped, __ATOMIC_RELAXED) | 1;
 	for (i = 0; i < n; i++) {
 		if (v[i].keep)

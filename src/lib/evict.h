@@ -38,6 +38,7 @@ struct gvm_evict_params {
 	int uffd;                            /* the engine's userfaultfd (protect, move) */
 	int use_batch;                       /* drop a batch with one process_madvise where the kernel can */
 	int use_move;                        /* else drop with UFFDIO_MOVE (falls back to MADV_DONTNEED) */
+	int use_locked;                      /* drop locked memory with MADV_DONTNEED_LOCKED (Linux 5.18+) */
 	uint64_t budget_pages, high_pages, low_pages;
 	struct gvm_region *const *regions;   /* the engine's regions ... */
 	const unsigned *n_regions;           /* ... how many (read with acquire) */

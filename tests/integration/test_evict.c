@@ -211,6 +211,71 @@ static int random_writes_in(int drop, int locked)
 
 static int random_writes(int drop) { return random_writes_in(drop, 0); }
 
+/*
+ * A kernel that will not drop locked memory (before 5.18; forced here with
+ * GIANTVM_UFFD_DISABLE=DONTNEED_LOCKED): short locked stretches spread over
+ * the region. Runs of victims that cross into one are dropped up to it and
+ * refused after: the dropped part must count as dropped (counted resident,
+ * a page gone would read as zero at its next fault), the locked part stays
+ * resident, and every page reads back as written.
+ */
+#define NSTRETCH 16u
+#define STRETCH  16u /* pages: 256 locked in all, 1/16 of the budget */
+static uint8_t *stretch(uint8_t *m, unsigned i)
+{
+	return m + ((size_t)i * (PAGES / NSTRETCH) + PAGES / NSTRETCH / 2) * 4096;
+}
+
+static int locked_refused(void)
+{
+	struct gvm_pool *pool;
+	struct gvm_engine *e;
+	struct gvm_stats st;
+	uint8_t *m, key[32];
+	uint64_t seed;
+	uint32_t *ver = calloc(PAGES, sizeof(*ver));
+	pthread_t th[THREADS];
+	struct ctx c[THREADS];
+	unsigned present = 0;
+
+	CHECK(ver);
+	CHECK(gvm_random(&seed, 8) == 0 && gvm_random(key, 32) == 0);
+	gvm_test_off_extra = "DONTNEED_LOCKED";
+	int r = open_engine(&pool, &e, &m, gvm_region_id("test-evict", "locked-refused"), key, GVM_DROP_DONTNEED);
+	gvm_test_off_extra = "";
+	if (r)
+		return 1;
+	for (unsigned i = 0; i < NSTRETCH; i++)
+		CHECK(mlock2(stretch(m, i), STRETCH * 4096ul, MLOCK_ONFAULT) == 0);
+	for (int pass = 0; pass < 2; pass++)
+		for (uint64_t p = 0; p < PAGES; p++)
+			fill(m + p * 4096, seed, p, ++ver[p]);
+	for (int i = 0; i < THREADS; i++) {
+		c[i] = (struct ctx){ .m = m, .ver = ver, .seed = seed, .id = i, .writes = 4000 };
+		CHECK(pthread_create(&th[i], NULL, random_writer, &c[i]) == 0);
+	}
+	for (int i = 0; i < THREADS; i++)
+		pthread_join(th[i], NULL);
+	if (verify_all(m, seed, ver))
+		return 1;
+	gvm_engine_stats(e, &st);
+	for (unsigned i = 0; i < NSTRETCH; i++) {
+		unsigned char vec[STRETCH];
+		CHECK(mincore(stretch(m, i), STRETCH * 4096ul, vec) == 0);
+		for (unsigned k = 0; k < STRETCH; k++)
+			present += vec[k] & 1;
+	}
+	printf("  resident %" PRIu64 " pages (budget %" PRIu64 "), evictions %" PRIu64
+	       ", locked pages present %u of %u\n", st.resident_pages, st.budget_pages, st.evictions,
+	       present, NSTRETCH * STRETCH);
+	CHECK(st.evictions > 0);
+	CHECK_EQ(present, NSTRETCH * STRETCH); /* never dropped */
+	CHECK(rss_of_region(m) <= st.budget_pages + st.budget_pages / 8);
+	close_engine(pool, e, m);
+	free(ver);
+	return 0;
+}
+
 struct hammer {
 	uint8_t *m;
 	volatile int stop;
@@ -796,6 +861,7 @@ static const struct gvm_test tests[] = {
 	{ "locked_region_batch", test_locked_batch, BATCH },
 	{ "locked_region_move", test_locked_move, MOVE },
 	{ "locked_region_dontneed", test_locked_dontneed, WP },
+	{ "locked_region_refused_dontneed", locked_refused, WP },
 	{ "write_during_eviction_batch", test_write_during_eviction_batch, BATCH },
 	{ "write_during_eviction_move", test_write_during_eviction_move, MOVE },
 	{ "write_during_eviction_dontneed", test_write_during_eviction_dontneed, WP },
