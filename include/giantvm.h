@@ -116,7 +116,9 @@ int gvm_engine_attach_flags(struct gvm_engine *e, uint64_t region,
 			    const uint8_t key[GVM_REGION_KEY_SIZE], void *addr, size_t len,
 			    unsigned flags);
 /* Write every resident page of every region to the pool and wait for the
- * acknowledgements. Zero pages are not sent (the pool forgets them). */
+ * acknowledgements. Zero pages are not sent (the pool forgets them). 0, or
+ * -errno: -ETIMEDOUT if a page the evictor held was not let go within the
+ * fault deadline (it was not flushed), or the first write-back's error. */
 int gvm_engine_flush(struct gvm_engine *e);
 /*
  * The owner dropped [addr, addr+len) with MADV_DONTNEED (a balloon, free

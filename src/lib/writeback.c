@@ -133,6 +133,16 @@ static void park_wb(struct gvm_engine *e, struct gvm_wb *w)
 	e->parked_wb_last = w;
 }
 
+/* A parked write-back that shares a page with w (from ahead of it: the
+ * parked list is oldest first), which must reach the nodes before w. */
+static int parked_overlap(const struct gvm_engine *e, const struct gvm_wb *w)
+{
+	for (const struct gvm_wb *o = e->parked_wb; o; o = o->next)
+		if (o->region == w->region && o->page < w->page + w->count && w->page < o->page + o->count)
+			return 1;
+	return 0;
+}
+
 static void wb_send(struct gvm_engine *e, struct gvm_wb *w)
 {
 	uint32_t nodes[GVM_MAX_REPLICAS];
@@ -140,7 +150,17 @@ static void wb_send(struct gvm_engine *e, struct gvm_wb *w)
 					     e->pool->replicas, nodes);
 	uint64_t now = gvm_now_ns();
 
+	/* Behind an older write-back of the same pages that no replica took
+	 * yet: wait with it (parked, in order), or a node that came back
+	 * before that one's retry would take this one first and then the
+	 * older one over it. */
+	if (e->parked_wb && parked_overlap(e, w)) {
+		w->retry_ns = now;
+		park_wb(e, w);
+		return;
+	}
 	w->outstanding = 0;
+	w->err = 0; /* a retry: an error reply to an earlier try is history */
 	w->nreplicas = nr;
 	if (w->rg) {
 		uint64_t s = w->page / GVM_STRIPE_PAGES;
@@ -244,7 +264,8 @@ void gvm_wb_retry_parked(struct gvm_engine *e, uint64_t now)
 	struct gvm_wb *w = e->parked_wb, *next;
 
 	/* In order, each one parked again at the end if not due (or if still
-	 * no replica takes it): the order stays oldest first. */
+	 * no replica takes it, or an older one of the same pages is still
+	 * parked: wb_send): the order stays oldest first. */
 	e->parked_wb = e->parked_wb_last = NULL;
 	for (; w; w = next) {
 		next = w->next;
@@ -437,7 +458,7 @@ int gvm_engine_flush(struct gvm_engine *e)
 	unsigned nreg = __atomic_load_n(&e->n_regions, __ATOMIC_ACQUIRE);
 	struct held { struct gvm_region *rg; uint64_t p; } *busy = NULL;
 	size_t nbusy = 0, capbusy = 0;
-	int r = 0;
+	int r = 0, late = 0;
 
 	/* A page installed just before this call may be written already and
 	 * not yet marked resident: let the engine finish marking it. */
@@ -482,18 +503,21 @@ int gvm_engine_flush(struct gvm_engine *e)
 		uint64_t p = busy[i].p;
 		while ((pg_get(rg->pg, p) & (PG_EVICTING | PG_DROPPING)) && gvm_now_ns() < until)
 			usleep(200);
-		if (flushable(rg, p) && flush_hold(rg, p))
+		if (flushable(rg, p) && flush_hold(rg, p)) {
 			r = flush_run(e, rg, p, p + 1, &wt);
-		else if (flushable(rg, p))
+		} else if (flushable(rg, p)) {
+			/* Not flushed: said to the caller, not only in the log. */
 			pr_warn("flush: page %" PRIu64 " of region %016" PRIx64 " still held after %d ms",
 				p, rg->id, e->pool->deadline_ms);
+			late = -ETIMEDOUT;
+		}
 	}
 	free(busy);
 	int w = waiter_wait(&wt, 0);
 	pthread_mutex_destroy(&wt.mu);
 	pthread_cond_destroy(&wt.cv);
-	if (r || w)
-		return r ? r : w;
+	if (r || w || late)
+		return r ? r : w ? w : late;
 	/* A replica that failed and came back during the flush lacks what it
 	 * missed until the re-sync copies it: another process reading it then
 	 * would see old pages. Wait for the copies, up to the fault deadline
