@@ -218,6 +218,9 @@ static uint64_t install_run(struct gvm_engine *e, struct gvm_region *rg, uint64_
 			count_install(e, local, !src, -(int64_t)(j - i));
 			for (uint64_t k = i; k < j; k++)
 				pg_clear(rg->pg, p + k, PG_INFLIGHT | PG_WANTED);
+			/* A thread waiting on one of them faults again (and gets
+			 * a new fetch) instead of waiting for good. */
+			uffd_wake(e, rg->base + ((p + i) << GVM_PAGE_SHIFT), (j - i) << GVM_PAGE_SHIFT);
 		}
 		i = j;
 	}
@@ -636,6 +639,8 @@ static void fetch_start(struct gvm_engine *e, struct gvm_region *rg, uint64_t pa
 	f = fetch_alloc(e);
 	if (!f) {
 		pr_err("out of memory for a fetch");
+		if (fault_page != UINT64_MAX) /* it faults again */
+			uffd_wake(e, rg->base + (fault_page << GVM_PAGE_SHIFT), GVM_PAGE_SIZE);
 		return;
 	}
 	for (uint32_t i = 0; i < count; i++)
@@ -773,8 +778,10 @@ static void on_wp_fault(struct gvm_engine *e, struct gvm_region *rg, uint64_t p,
 	struct uffdio_writeprotect wp = { .range = { rg->base + (p << GVM_PAGE_SHIFT),
 						     (end - p) << GVM_PAGE_SHIFT },
 					  .mode = 0 };
-	if (ioctl(e->uffd, UFFDIO_WRITEPROTECT, &wp) < 0 && errno != ENOENT)
+	if (ioctl(e->uffd, UFFDIO_WRITEPROTECT, &wp) < 0 && errno != ENOENT) {
 		pr_perror("UFFDIO_WRITEPROTECT (unprotect %#lx)", (unsigned long)wp.range.start);
+		uffd_wake(e, addr & ~(uintptr_t)(GVM_PAGE_SIZE - 1), GVM_PAGE_SIZE); /* it faults again */
+	}
 	/* The evictor may have taken one of these pages as a dirty victim
 	 * between our mark and the unprotect: cleared DIRTY and protected
 	 * it, which we just undid. Left so, a write from now on would land
@@ -813,10 +820,24 @@ static int read_then_write(struct gvm_engine *e, struct gvm_region *rg, uint64_t
  */
 static void refill_zero(struct gvm_engine *e, struct gvm_region *rg, uint64_t p)
 {
-	/* 1: it was there (installed since), its thread woken. */
-	if (uffd_fill(e, rg->base + (p << GVM_PAGE_SHIFT), e->wp ? zero_window : NULL, GVM_PAGE_SIZE,
-		      e->wp) == 0)
-		zeroed_set(rg, p);
+	uintptr_t a = rg->base + (p << GVM_PAGE_SHIFT);
+	/* 1: it was there (installed since); < 0: failed (the thread faults again). */
+	int r = gvm_uffd_fill(e->uffd, a, e->wp ? zero_window : NULL, GVM_PAGE_SIZE,
+			      (e->wp ? GVM_FILL_WP : 0) | GVM_FILL_DONTWAKE);
+
+	if (r == 0) {
+		/* It was gone. Its owner dropped it, unless the evictor took it
+		 * between the caller's look at its flags and the fill, and
+		 * dropped it (DROPPING, then RESIDENT cleared): then this zero
+		 * must not stay, the pool has the page. */
+		uint8_t s = pg_get(rg->pg, p);
+		if ((s & PG_RESIDENT) && !(s & PG_DROPPING))
+			zeroed_set(rg, p);
+		else if (gvm_madvise(a, GVM_PAGE_SIZE, MADV_DONTNEED) < 0 &&
+			 gvm_madvise(a, GVM_PAGE_SIZE, MADV_DONTNEED_LOCKED) < 0)
+			pr_perror("madvise(%#lx)", (unsigned long)a);
+	}
+	uffd_wake(e, a, GVM_PAGE_SIZE);
 }
 
 /*

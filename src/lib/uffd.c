@@ -114,8 +114,9 @@ int64_t gvm_uffd_features(char *buf, size_t len)
 	return f;
 }
 
-int gvm_uffd_fill(int uffd, uintptr_t dst, const void *src, size_t len, int protect)
+int gvm_uffd_fill(int uffd, uintptr_t dst, const void *src, size_t len, int flags)
 {
+	uint64_t dontwake = flags & GVM_FILL_DONTWAKE ? UFFDIO_COPY_MODE_DONTWAKE : 0;
 	const uint8_t *s = src;
 	unsigned again = 0;
 	int existed = 0;
@@ -126,11 +127,12 @@ int gvm_uffd_fill(int uffd, uintptr_t dst, const void *src, size_t len, int prot
 
 		if (s) {
 			struct uffdio_copy c = { .dst = dst, .src = (uintptr_t)s, .len = len,
-						 .mode = protect ? UFFDIO_COPY_MODE_WP : 0 };
+						 .mode = (flags & GVM_FILL_WP ? UFFDIO_COPY_MODE_WP : 0) | dontwake };
 			r = ioctl(uffd, UFFDIO_COPY, &c);
 			done = c.copy;
 		} else {
-			struct uffdio_zeropage z = { .range = { .start = dst, .len = len } };
+			/* UFFDIO_ZEROPAGE_MODE_DONTWAKE is the same bit. */
+			struct uffdio_zeropage z = { .range = { .start = dst, .len = len }, .mode = dontwake };
 			r = ioctl(uffd, UFFDIO_ZEROPAGE, &z);
 			done = z.zeropage;
 		}

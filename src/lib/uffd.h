@@ -59,13 +59,16 @@ int gvm_uffd_open(uint64_t wanted, uint64_t *got, uint64_t *avail);
 int64_t gvm_uffd_probe(void);
 /*
  * Install [dst, dst+len) from src (zero pages when src is NULL), write-
- * protected when `protect`. A page that already exists stops the kernel's
+ * protected when `flags` has GVM_FILL_WP, without waking the threads that
+ * wait on it when GVM_FILL_DONTWAKE (the caller wakes them). A page that already exists stops the kernel's
  * copy (EEXIST): its waiters are woken and the copy resumes after it; EAGAIN
  * (the mm is changing) is retried, boundedly. Returns 0 (all installed), 1
  * (some page was there already), or -errno (-ENOENT / -ESRCH quietly: the
  * range is gone, its owner unmapped it or is exiting).
  */
-int gvm_uffd_fill(int uffd, uintptr_t dst, const void *src, size_t len, int protect);
+#define GVM_FILL_WP       1
+#define GVM_FILL_DONTWAKE 2
+int gvm_uffd_fill(int uffd, uintptr_t dst, const void *src, size_t len, int flags);
 /* "WP WP_ASYNC MOVE POISON ..." for a feature mask. */
 const char *gvm_uffd_features_str(uint64_t f, char *buf, size_t len);
 
