@@ -443,7 +443,9 @@ static void warn_aliases(const struct gvm_config *cfg, const struct nodeset *set
 		char alt[3][NAME_BUF];
 		int n = 0;
 
-		if (nd->family == AF_INET6 && IN6_IS_ADDR_V4MAPPED((const struct in6_addr *)nd->addr)) {
+		/* ::ffff:a.b.c.d, byte by byte: addr[] is not aligned for struct in6_addr. */
+		static const uint8_t v4mapped[12] = { [10] = 0xff, [11] = 0xff };
+		if (nd->family == AF_INET6 && !memcmp(nd->addr, v4mapped, sizeof(v4mapped))) {
 			snprintf(alt[n++], NAME_BUF, "%u.%u.%u.%u:%u", nd->addr[12], nd->addr[13], nd->addr[14],
 				 nd->addr[15], nd->port);
 		} else if (nd->family == AF_UNSPEC && !strcmp(gvm_node_host(cfg, i), "localhost")) {
