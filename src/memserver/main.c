@@ -28,7 +28,7 @@ static const char usage_text[] =
 	"\n"
 	"  --listen HOST:PORT   address to listen on; repeatable (up to 16); IPv6 as [ADDR]:PORT;\n"
 	"                       port 0 picks a free port (default 127.0.0.1:9999)\n"
-	"  --capacity SIZE      most non-zero page bytes to hold, e.g. 16G (default: unlimited)\n"
+	"  --capacity SIZE      most non-zero page bytes to hold, e.g. 16G (default, or 0: unlimited)\n"
 	"  --prealloc           with --capacity (RAM store): populate that much memory at start\n"
 	"                       (huge pages where THP allows) and keep it, so storing a page\n"
 	"                       never waits for the kernel to find and zero fresh memory\n"
