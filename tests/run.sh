@@ -8,6 +8,8 @@
 set -u
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
+# Some scripts take the build directory as GVM_BUILD_DIR (absolute), others as BUILD.
+case $BUILD in /*) BUILD_ABS=$BUILD ;; *) BUILD_ABS=$PWD/$BUILD ;; esac
 what=${1:-all}
 case $what in
 unit | integration | e2e | all) ;;
@@ -47,12 +49,12 @@ if [ "$what" = all ] || [ "$what" = integration ]; then
 	done
 	for s in tests/integration/*.sh; do
 		[ -e "$s" ] || continue
-		run_one "integration/$(basename "$s" .sh)" 900 env BUILD="$BUILD" bash "$s"
+		run_one "integration/$(basename "$s" .sh)" 900 env BUILD="$BUILD" GVM_BUILD_DIR="$BUILD_ABS" bash "$s"
 	done
 fi
 if [ "$what" = all ] || [ "$what" = e2e ]; then
 	for s in tests/e2e/test_*.sh; do
-		run_one "e2e/$(basename "$s" .sh)" 1200 env BUILD="$BUILD" bash "$s"
+		run_one "e2e/$(basename "$s" .sh)" 1200 env BUILD="$BUILD" GVM_BUILD_DIR="$BUILD_ABS" bash "$s"
 	done
 fi
 
