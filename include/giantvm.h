@@ -100,7 +100,10 @@ int gvm_engine_open(struct gvm_engine **out, struct gvm_pool *pool, const struct
 /*
  * Register [addr, addr+len) (page aligned, anonymous private memory) with
  * userfaultfd under `region` and its key. Pages already present stay as they
- * are and count as resident. Returns 0 or -errno.
+ * are and count as resident (dirty: the pool does not have them). No thread
+ * may touch the range until this returns: a page first touched in between
+ * would be missed by that count, and a fault taken before the region is
+ * known would wait for good. Returns 0 or -errno.
  */
 int gvm_engine_attach(struct gvm_engine *e, uint64_t region, const uint8_t key[GVM_REGION_KEY_SIZE],
 		      void *addr, size_t len);
