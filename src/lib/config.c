@@ -752,12 +752,16 @@ nomem:
 int gvm_config_all_loopback(const struct gvm_config *cfg)
 {
 	static const uint8_t v6_loop[16] = { [15] = 1 };
+	static const uint8_t v4mapped[12] = { [10] = 0xff, [11] = 0xff };
 
 	for (uint32_t i = 0; i < cfg->n_nodes; i++) {
 		const struct gvm_node *n = &cfg->nodes[i];
 		if (n->family == AF_INET && n->addr[0] == 127)
 			continue;
 		if (n->family == AF_INET6 && !memcmp(n->addr, v6_loop, 16))
+			continue;
+		/* ::ffff:127.x.y.z is IPv4 loopback too. */
+		if (n->family == AF_INET6 && !memcmp(n->addr, v4mapped, 12) && n->addr[12] == 127)
 			continue;
 		if (n->family != AF_INET && n->family != AF_INET6 && !strcmp(gvm_node_host(cfg, i), "localhost"))
 			continue;

@@ -285,6 +285,10 @@ static int test_seal_setting(void)
 	CHECK_EQ(gvm_config_all_loopback(&c), 1);
 	CHECK_EQ(parse(&c, "127.0.0.1\nmem1.example\n"), 0);
 	CHECK_EQ(gvm_config_all_loopback(&c), 0);
+	CHECK_EQ(parse(&c, "[::ffff:127.0.0.1]:9\n[::1]:9\n"), 0); /* IPv4-mapped loopback */
+	CHECK_EQ(gvm_config_all_loopback(&c), 1);
+	CHECK_EQ(parse(&c, "[::ffff:10.0.0.1]:9\n"), 0);
+	CHECK_EQ(gvm_config_all_loopback(&c), 0);
 	for (size_t i = 0; i < GVM_ARRAY_SIZE(bad); i++) {
 		CHECK_EQ(parse(&c, bad[i].text), -EINVAL);
 		if (strncmp(err, bad[i].want, strlen(bad[i].want))) {
