@@ -70,6 +70,21 @@ static void *random_writer(void *a)
 	return NULL;
 }
 
+/* THREADS random writers, `writes` writes each; returns when all are done. */
+static int random_writers(uint8_t *m, uint32_t *ver, uint64_t seed, unsigned writes)
+{
+	pthread_t th[THREADS];
+	struct ctx c[THREADS];
+
+	for (int i = 0; i < THREADS; i++) {
+		c[i] = (struct ctx){ .m = m, .ver = ver, .seed = seed, .id = i, .writes = writes };
+		CHECK(pthread_create(&th[i], NULL, random_writer, &c[i]) == 0);
+	}
+	for (int i = 0; i < THREADS; i++)
+		pthread_join(th[i], NULL);
+	return 0;
+}
+
 /* A region name per case and drop mode. (Cases that share one, such as the
  * sealed ones and the _batch ones, still share no pages: each has its own
  * random key, and the servers keep regions by id and key.) */
@@ -164,8 +179,6 @@ static int random_writes_in(int drop, int locked)
 	uint8_t *m, key[32];
 	uint64_t seed;
 	uint32_t *ver = calloc(PAGES, sizeof(*ver));
-	pthread_t th[THREADS];
-	struct ctx c[THREADS];
 
 	CHECK(ver);
 	CHECK(gvm_random(&seed, 8) == 0 && gvm_random(key, 32) == 0);
@@ -185,12 +198,8 @@ static int random_writes_in(int drop, int locked)
 		}
 		CHECK(mlock2(m, PAGES * 4096ul, MLOCK_ONFAULT) == 0);
 	}
-	for (int i = 0; i < THREADS; i++) {
-		c[i] = (struct ctx){ .m = m, .ver = ver, .seed = seed, .id = i, .writes = 8000 };
-		CHECK(pthread_create(&th[i], NULL, random_writer, &c[i]) == 0);
-	}
-	for (int i = 0; i < THREADS; i++)
-		pthread_join(th[i], NULL);
+	if (random_writers(m, ver, seed, 8000))
+		return 1;
 	gvm_engine_stats(e, &st);
 	uint64_t rss = rss_of_region(m);
 	printf("  after writes: resident %" PRIu64 " pages (mincore %" PRIu64 "), budget %" PRIu64
@@ -234,8 +243,6 @@ static int locked_refused(void)
 	uint8_t *m, key[32];
 	uint64_t seed;
 	uint32_t *ver = calloc(PAGES, sizeof(*ver));
-	pthread_t th[THREADS];
-	struct ctx c[THREADS];
 	unsigned present = 0;
 
 	CHECK(ver);
@@ -250,13 +257,7 @@ static int locked_refused(void)
 	for (int pass = 0; pass < 2; pass++)
 		for (uint64_t p = 0; p < PAGES; p++)
 			fill(m + p * 4096, seed, p, ++ver[p]);
-	for (int i = 0; i < THREADS; i++) {
-		c[i] = (struct ctx){ .m = m, .ver = ver, .seed = seed, .id = i, .writes = 4000 };
-		CHECK(pthread_create(&th[i], NULL, random_writer, &c[i]) == 0);
-	}
-	for (int i = 0; i < THREADS; i++)
-		pthread_join(th[i], NULL);
-	if (verify_all(m, seed, ver))
+	if (random_writers(m, ver, seed, 4000) || verify_all(m, seed, ver))
 		return 1;
 	gvm_engine_stats(e, &st);
 	for (unsigned i = 0; i < NSTRETCH; i++) {
