@@ -133,7 +133,7 @@ struct fifo {
 /* What the connections from one address hold. Kept in an open-addressing
  * table of pointers (backward-shift deletion); freed with its last connection. */
 struct peer {
-	uint8_t addr[16];    /* IPv4 as ::ffff:a.b.c.d, IPv6 its /64 (peer_key()) */
+	uint8_t addr[16];    /* IPv4 as ::ffff:a.b.c.d */
 	uint32_t conns;
 	uint32_t unauthed;   /* of those, before HELLO */
 	uint64_t owner;      /* its id for the store's quotas (non-zero) */
@@ -412,13 +412,6 @@ static void peer_put(struct gvm_memserver *s, struct peer *p)
 	free(p);
 }
 
-/*
- * The "address" the per-address limits count: an IPv4 address, or the /64
- * of an IPv6 one. A host is usually given a whole /64 (SLAAC, a /64 per
- * host or per LAN) and may use any address in it, so counting /128s would
- * give one host as many shares as it likes; hosts sharing a /64 share its
- * limits, like hosts behind one NAT (docs/MEMSERVER.md, "Limits").
- */
 static void peer_key(const struct sockaddr *sa, uint8_t out[16])
 {
 	memset(out, 0, 16);
@@ -426,9 +419,7 @@ static void peer_key(const struct sockaddr *sa, uint8_t out[16])
 		out[10] = out[11] = 0xff;
 		memcpy(out + 12, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, 4);
 	} else if (sa->sa_family == AF_INET6) {
-		const struct in6_addr *a = &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr;
-		/* A v4-mapped peer (on a dual-stack listener) is an IPv4 address. */
-		memcpy(out, a, IN6_IS_ADDR_V4MAPPED(a) ? 16 : 8);
+		memcpy(out, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, 16);
 	}
 }
 

@@ -11,8 +11,6 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <fcntl.h>
-#include <net/if.h>
-#include <sched.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -24,7 +22,6 @@
 #include <stddef.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -1469,130 +1466,6 @@ static int test_cli_core_and_flags(void)
 	return 0;
 }
 
-/* ---------------------------------------------------------------- IPv6 */
-
-/* SIOCSIFADDR's argument for AF_INET6 (linux/ipv6.h's struct in6_ifreq). */
-struct v6_ifreq {
-	struct in6_addr addr;
-	uint32_t prefixlen;
-	int ifindex;
-};
-
-/* In a network namespace of its own: lo up, with the given IPv6 addresses (/64). */
-static int netns_v6(const char *const *addrs, unsigned n)
-{
-	struct ifreq ifr = { 0 };
-	int fd, r = 0;
-
-	if (unshare(CLONE_NEWNET) < 0)
-		return -errno;
-	fd = socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -errno;
-	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "lo");
-	if (ioctl(fd, SIOCGIFFLAGS, &ifr) < 0)
-		r = -errno;
-	ifr.ifr_flags |= IFF_UP;
-	if (!r && ioctl(fd, SIOCSIFFLAGS, &ifr) < 0)
-		r = -errno;
-	for (unsigned i = 0; !r && i < n; i++) {
-		struct v6_ifreq v = { .prefixlen = 64, .ifindex = (int)if_nametoindex("lo") };
-		if (inet_pton(AF_INET6, addrs[i], &v.addr) != 1)
-			r = -EINVAL;
-		else if (ioctl(fd, SIOCSIFADDR, &v) < 0)
-			r = -errno;
-	}
-	close(fd);
-	return r;
-}
-
-/* Connected from src to [::1]:port; 1 if the server sent its GREETING, 0 if it
- * closed the connection first (refused by a limit), -errno. */
-static int v6_greeted(const char *src, int port)
-{
-	struct sockaddr_in6 a = { .sin6_family = AF_INET6, .sin6_port = htons((uint16_t)port),
-				  .sin6_addr = IN6ADDR_LOOPBACK_INIT };
-	struct sockaddr_in6 b = { .sin6_family = AF_INET6 };
-	struct timeval tv = { .tv_sec = 5 };
-	uint8_t pl[GVM_GREETING_SIZE];
-	struct gvm_hdr h;
-	int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0), r;
-
-	if (fd < 0)
-		return -errno;
-	if (inet_pton(AF_INET6, src, &b.sin6_addr) != 1 ||
-	    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0 ||
-	    bind(fd, (struct sockaddr *)&b, sizeof(b)) < 0 ||
-	    connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
-		r = -errno;
-		close(fd);
-		return r;
-	}
-	r = raw_reply(fd, &h, pl, sizeof(pl));
-	if (r == 0 && h.op == GVM_OP_GREETING)
-		return fd;  /* kept open: it holds its address's connection */
-	close(fd);
-	return r == -ECONNRESET ? 0 : r < 0 ? r : -EPROTO;
-}
-
-static void *v6_server_main(void *arg)
-{
-	return (void *)(intptr_t)gvm_memserver_run(arg);
-}
-
-/* The child of test_ipv6_peer_prefix, in its own network namespace: 0 pass, 77 skip, 1 fail. */
-static int ipv6_peer_prefix_child(void)
-{
-	static const char *const addrs[] = { "fd00:0:0:1::a", "fd00:0:0:1::b", "fd00:0:0:2::a" };
-	struct gvm_memserver_opts o = { .n_listen = 1, .listen = { "[::1]:0" }, .max_peer_conns = 1 };
-	struct gvm_memserver *srv;
-	pthread_t th;
-	int r = netns_v6(addrs, GVM_ARRAY_SIZE(addrs)), a, b, c, fail = 0;
-
-	if (r < 0) {
-		fprintf(stderr, "  no network namespace with IPv6 addresses: %s\n", strerror(-r));
-		return GVM_TEST_SKIP;
-	}
-	if (gvm_memserver_open(&srv, &o) < 0 || pthread_create(&th, NULL, v6_server_main, srv))
-		return 1;
-	int port = gvm_memserver_port(srv, 0);
-	a = v6_greeted(addrs[0], port);  /* its /64's one connection */
-	b = v6_greeted(addrs[1], port);  /* the same /64: refused */
-	c = v6_greeted(addrs[2], port);  /* another /64 */
-	fprintf(stderr, "  --max-peer-conns 1: %s %s, %s %s, %s %s\n", addrs[0], a > 0 ? "served" : "refused",
-		addrs[1], b > 0 ? "served" : "refused", addrs[2], c > 0 ? "served" : "refused");
-	fail = !(a > 0 && b == 0 && c > 0);
-	gvm_memserver_stop(srv);
-	pthread_join(th, NULL);
-	gvm_memserver_close(srv);
-	return fail;
-}
-
-/*
- * IPv6 clients are limited per /64 (one host usually holds a whole /64 and
- * can pick any address in it): with --max-peer-conns 1, a second address
- * of the same /64 is refused, one of another /64 is served. (They were
- * keyed by the full address: one host escaped every per-address limit.)
- * Runs in a network namespace of its own, with addresses on its lo.
- */
-static int test_ipv6_peer_prefix(void)
-{
-	int status;
-	pid_t pid;
-
-	fflush(NULL);
-	pid = fork();
-	CHECK(pid >= 0);
-	if (pid == 0)
-		_exit(ipv6_peer_prefix_child());
-	CHECK_EQ(waitpid(pid, &status, 0), pid);
-	CHECK(WIFEXITED(status));
-	if (WEXITSTATUS(status) == GVM_TEST_SKIP)
-		SKIP("cannot make a network namespace with IPv6 addresses (needs CAP_SYS_ADMIN)");
-	CHECK_EQ(WEXITSTATUS(status), 0);
-	return 0;
-}
-
 static int test_cleanup(void)
 {
 	unlink(tmp_path("admin-token"));
@@ -1620,7 +1493,6 @@ static const struct gvm_test tests[] = {
 	{ "stat_per_tenant", test_stat_per_tenant },
 	{ "scrub_after_free", test_scrub_after_free },
 	{ "cli_core_and_flags", test_cli_core_and_flags },
-	{ "ipv6_peer_prefix", test_ipv6_peer_prefix },
 	{ "cleanup", test_cleanup },
 };
 
