@@ -160,7 +160,7 @@ struct conn {
 	size_t in_len, in_cap;
 	uint8_t *out;        /* unsent output, from out_off to out_len */
 	size_t out_off, out_len, out_cap;
-	size_t out_hw;       /* highest out_len since the buffer was taken: bytes to scrub */
+	size_t out_hw;       /* end of what was reserved since the buffer was taken: bytes to scrub */
 	struct conn_region *regions; /* OPENed regions, sorted by id */
 	uint32_t n_regions, cap_regions;
 	uint64_t reads, writes, bytes_in, bytes_out; /* this connection's, for its STAT */
@@ -456,12 +456,14 @@ static int buf_resize(struct gvm_memserver *s, struct conn *c, uint8_t **buf, si
 	return 0;
 }
 
-/* The last spare output buffer, scrubbed when it was made one, freed. */
+/* The last spare output buffer, scrubbed and freed: all of it, not only
+ * up to the out_hw it was scrubbed to when it became a spare. */
 static void spare_free(struct gvm_memserver *s)
 {
 	struct out_spares *sp = &s->spares;
 
 	sp->n--;
+	OPENSSL_cleanse(sp->buf[sp->n], sp->cap[sp->n]);
 	free(sp->buf[sp->n]);
 	s->buffered -= sp->cap[sp->n];
 	sp->bytes -= sp->cap[sp->n];
@@ -549,6 +551,9 @@ static uint8_t *out_reserve(struct conn *c, size_t n)
 			return NULL;
 		c->out_hw = c->out_len;
 	}
+	/* The caller may write all of it and then not commit (a READ that
+	 * fails after copying pages): scrubbed all the same. */
+	c->out_hw = GVM_MAX(c->out_hw, c->out_len + n);
 	return c->out + c->out_len;
 }
 
@@ -1403,7 +1408,7 @@ static void conn_new(struct gvm_memserver *s, int fd, const struct sockaddr *sa)
 	}
 	gvm_hdr_encode(&h, p);
 	gvm_greeting_encode(&g, p + GVM_HDR_SIZE);
-	c->out_len = c->out_hw = GVM_HDR_SIZE + GVM_GREETING_SIZE;
+	c->out_len = GVM_HDR_SIZE + GVM_GREETING_SIZE;  /* out_reserve() set out_hw */
 
 	ev.data.ptr = c;
 	c->events = EPOLLIN;
