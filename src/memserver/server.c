@@ -986,6 +986,18 @@ static int conn_keep_input(struct conn *c, const uint8_t *src, size_t rest, uint
 	return 0;
 }
 
+/*
+ * Held-back input is about to be parsed again, after a pause or a
+ * starvation. The frames behind its head came with its last recv, but the
+ * rest of the last one may have waited in the kernel since, unread while the
+ * server held the connection back: the clock of each frame that becomes the
+ * head from here runs from now (conn_consume_input()), not from that recv.
+ */
+static void conn_resume_input(struct conn *c)
+{
+	c->in_recv_ns = gvm_now_ns();
+}
+
 /* Drop the first `used` bytes of c->in. */
 static void conn_consume_input(struct conn *c, size_t used)
 {
@@ -1001,7 +1013,8 @@ static void conn_consume_input(struct conn *c, size_t used)
 	OPENSSL_cleanse(c->in + rest, c->in_len - rest);
 	c->in_len = rest;
 	/* Frames beyond the head of c->in came with its last recv (before
-	 * it, c->in held at most the start of one frame): so did the new head. */
+	 * it, c->in held at most the start of one frame), or were held back
+	 * since it: the new head is timed from then, or from the resume. */
 	c->in_since_ns = c->in_recv_ns;
 	if (c->in_cap > rest + 4096)  /* a failed shrink leaves the bigger buffer, which is fine */
 		(void)buf_resize(c->srv, c, &c->in, &c->in_cap, rest, rest);
@@ -1167,6 +1180,7 @@ static int conn_pump(struct gvm_memserver *s, struct conn *c)
 		if (c->in_len >= GVM_HDR_SIZE && c->in_len < frame_size(c, c->in) &&
 		    frame_size(c, c->in) > RBUF_SIZE)
 			break;
+		conn_resume_input(c);
 		ssize_t used = conn_parse(s, c, c->in, c->in_len);
 		if (used < 0)
 			return (int)used;
@@ -1280,6 +1294,7 @@ static void wake_starved(struct gvm_memserver *s)
 		if (c->in_len) {
 			size_t need = c->in_len >= GVM_HDR_SIZE ? frame_size(c, c->in) : 0;
 			if (need <= RBUF_SIZE || c->in_len >= need) {
+				conn_resume_input(c);
 				ssize_t used = conn_parse(s, c, c->in, c->in_len);
 				if (used < 0)
 					r = (int)used;

@@ -995,6 +995,74 @@ static int test_streamed_frames(void)
 }
 
 /*
+ * Input the server held back is timed from when it resumes, not from when
+ * it came: a client pipelines eleven 4 MiB READs and the first half of a
+ * WRITE, reads one reply every 250 ms (each well within the 2 s I/O
+ * timeout), and sends the rest of the WRITE 1 s after the last reply. The
+ * server held the half WRITE back for 2.5 s; its clock starts once the READ
+ * before it was handled, and the WRITE is served. (The clock ran from the
+ * recv that brought the held frames: the connection was closed for a frame
+ * left unfinished, with the rest of it on its way.)
+ */
+static int test_resumed_frame(void)
+{
+	enum { PAGES = 1024, READS = 11, WFRAME = GVM_HDR_SIZE + 8 + PG, WHALF = WFRAME / 2 };
+	size_t rlen = gvm_pages_len(PAGES, PAGES);
+	uint8_t *data = malloc((size_t)PAGES * PG), *reply = malloc(rlen);
+	uint8_t held[(READS - 1) * GVM_HDR_SIZE + WFRAME], *w = held + (READS - 1) * GVM_HDR_SIZE;
+	struct gvm_client c;
+	struct gvm_hdr h;
+	struct child ch;
+	int fd;
+
+	CHECK(data && reply);
+	CHECK_EQ(child_start(&ch, "io_ms=2000", NULL), 0);
+	fill_random(data, (size_t)PAGES * PG);
+	CHECK_EQ(gvm_client_connect(&c, ch.addr, NULL, 0, TIMEOUT_MS), 0);
+	CHECK_EQ(gvm_client_open(&c, 1, key_a), 0);
+	CHECK_EQ(gvm_client_write(&c, 1, 0, PAGES, data), 0);
+	gvm_client_close(&c);
+	fd = raw_session_narrow("127.0.0.2", ch.port, 65536);
+	CHECK(fd >= 0);
+	CHECK_EQ(raw_open(fd, 1, key_a), 0);
+	/* READ 0 alone: its reply pauses the connection, so the rest waits in
+	 * the kernel and comes in one recv once the reply is read. */
+	mk_hdr(held, GVM_OP_READ, 0, 1, 0, PAGES, 0);
+	CHECK_EQ(send_all(fd, held, GVM_HDR_SIZE), 0);
+	struct pollfd pfd = { .fd = fd, .events = POLLIN };
+	CHECK_EQ(poll(&pfd, 1, TIMEOUT_MS), 1);
+	for (int k = 1; k < READS; k++)
+		mk_hdr(held + (k - 1) * GVM_HDR_SIZE, GVM_OP_READ, (uint64_t)k, 1, 0, PAGES, 0);
+	mk_hdr(w, GVM_OP_WRITE, READS, 1, 0, 1, 8 + PG);
+	memset(w + GVM_HDR_SIZE, 0, 8);
+	w[GVM_HDR_SIZE] = 1;
+	memcpy(w + GVM_HDR_SIZE + 8, data, PG);
+	CHECK_EQ(send_all(fd, held, (READS - 1) * GVM_HDR_SIZE + WHALF), 0);
+	uint64_t t0 = gvm_now_ns();
+	for (int k = 0; k < READS; k++) {
+		if (k)
+			usleep(250000);
+		CHECK_EQ(raw_reply(fd, &h, reply, rlen), 0);
+		CHECK_EQ(h.id, (uint64_t)k);
+		CHECK_EQ(h.status, 0);
+	}
+	uint64_t t1 = gvm_now_ns();
+	usleep(1000000);
+	CHECK_EQ(send_all(fd, w + WHALF, WFRAME - WHALF), 0);
+	int r = raw_reply(fd, &h, NULL, 0);
+	fprintf(stderr, "  half a WRITE held back behind %d READs for %.1f s, its rest sent %.1f s later: %s\n",
+		READS - 1, (t1 - t0) / 1e9, (gvm_now_ns() - t1) / 1e9, r ? strerror(-r) : "served");
+	CHECK_EQ(r, 0);
+	CHECK_EQ(h.id, READS);
+	CHECK_EQ(h.status, 0);
+	close(fd);
+	CHECK_EQ(child_stop(&ch), 0);
+	free(data);
+	free(reply);
+	return 0;
+}
+
+/*
  * A client that reads its replies in a trickle (32 KiB every 50 ms, over a
  * connection with small kernel buffers, two 4 MiB READs pipelined) holds its
  * output buffers only for about --io-timeout: the output waiting when the
@@ -1485,6 +1553,7 @@ static const struct gvm_test tests[] = {
 	{ "spare_buffers", test_spare_buffers },
 	{ "held_header_checked", test_held_header_checked },
 	{ "streamed_frames", test_streamed_frames },
+	{ "resumed_frame", test_resumed_frame },
 	{ "slow_reader", test_slow_reader },
 	{ "enfile_no_spin", test_enfile_no_spin },
 	{ "descriptor_floods", test_descriptor_floods },
