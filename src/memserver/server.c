@@ -1185,6 +1185,12 @@ static int conn_pump(struct gvm_memserver *s, struct conn *c)
 		if (used < 0)
 			return (int)used;
 		conn_consume_input(c, (size_t)used);
+		/* Held back again with nothing handled (over the budget, its
+		 * output not all sent): only sending more changes that, and a
+		 * later EPOLLOUT does it. Going round again would spin here for
+		 * as long as the client does not read. */
+		if (!used && c->paused)
+			break;
 	}
 	/* Done: everything owed to a closing client has been sent. */
 	if (c->closing && !out_pending(c))

@@ -995,6 +995,46 @@ static int test_streamed_frames(void)
 }
 
 /*
+ * A client held back because its address is over its share of the budget,
+ * with less than 1 MiB of its output unsent and requests still to handle,
+ * waits for its output to drain: one that pipelines 100 2^20-page LISTs
+ * (128 KiB replies) and never reads, with a 4 MiB budget (1 MiB share),
+ * fills the kernel's socket buffers, then its own output buffer to its
+ * share, and the server goes on serving another client. (conn_pump() went
+ * round again and again, resuming it and holding it back with nothing sent
+ * or handled: the server spun at 100% CPU and answered no one.)
+ */
+static int test_paused_over_share(void)
+{
+	enum { LISTS = 100 };
+	uint8_t f[LISTS * GVM_HDR_SIZE], page[PG];
+	struct gvm_client c;
+	struct child ch;
+	int fd;
+
+	CHECK_EQ(child_start(&ch, "budget=4194304", NULL), 0);
+	fd = raw_session("127.0.0.2", ch.port, NULL);
+	CHECK(fd >= 0);
+	CHECK_EQ(raw_open(fd, 1, key_a), 0);
+	for (int k = 0; k < LISTS; k++)
+		mk_hdr(f + k * GVM_HDR_SIZE, GVM_OP_LIST, (uint64_t)k, 1, 0, 1u << 20, 0);
+	CHECK_EQ(send_all(fd, f, sizeof(f)), 0);
+	usleep(200000);
+	uint64_t t0 = gvm_now_ns();
+	memset(page, 0x5c, sizeof(page));
+	CHECK_EQ(gvm_client_connect(&c, ch.addr, NULL, 0, 2000), 0);
+	CHECK_EQ(gvm_client_open(&c, 2, key_a), 0);
+	CHECK_EQ(gvm_client_write(&c, 2, 0, 1, page), 0);
+	CHECK_EQ(gvm_client_read(&c, 2, 0, 1, page), 0);
+	fprintf(stderr, "  a client over its share, not reading: another served in %.1f ms\n",
+		(gvm_now_ns() - t0) / 1e6);
+	gvm_client_close(&c);
+	close(fd);
+	CHECK_EQ(child_stop(&ch), 0);
+	return 0;
+}
+
+/*
  * Input the server held back is timed from when it resumes, not from when
  * it came: a client pipelines eleven 4 MiB READs and the first half of a
  * WRITE, reads one reply every 250 ms (each well within the 2 s I/O
@@ -1554,6 +1594,7 @@ static const struct gvm_test tests[] = {
 	{ "held_header_checked", test_held_header_checked },
 	{ "streamed_frames", test_streamed_frames },
 	{ "resumed_frame", test_resumed_frame },
+	{ "paused_over_share", test_paused_over_share },
 	{ "slow_reader", test_slow_reader },
 	{ "enfile_no_spin", test_enfile_no_spin },
 	{ "descriptor_floods", test_descriptor_floods },
