@@ -11,8 +11,9 @@
  *  - buffers: every input and output buffer counts against one budget; over
  *    it, a connection is not read (it waits on a FIFO, woken as buffers
  *    drain) and no new reply bigger than a header is produced; a client that
- *    leaves replies unread or a frame half-sent for the I/O timeout is
- *    closed, which is what bounds how long the others wait;
+ *    leaves replies unread or a frame half-sent for the I/O timeout, or
+ *    whose requests were held back that long, is closed, which is what
+ *    bounds how long the others wait;
  *  - descriptors: a total cap, a cap per peer address, at most max_unauthed
  *    connections before HELLO (a new one evicts the oldest: an attacker
  *    cannot hold the slots honest clients need for their few milliseconds of
@@ -1969,11 +1970,12 @@ int gvm_memserver_port(const struct gvm_memserver *s, unsigned idx)
 
 /*
  * Close clients past a timeout: no HELLO in time, idle (authenticated, no
- * request, nothing owed), a frame left half-sent, or replies left unread
- * (the output waiting when the clock started not all sent: out_clock_start()). The last two are what bound how long a client waiting
- * for the buffer budget can be kept waiting. Runs at most a few times per
- * shortest timeout and at most every second: 10,000 clients cost a walk of
- * a list that often.
+ * request, nothing owed), a frame left half-sent, replies left unread (the
+ * output waiting when the clock started not all sent: out_clock_start()),
+ * or requests read and held back for the budget that long. The last three
+ * are what bound how long a client waiting for the buffer budget can be
+ * kept waiting. Runs at most a few times per shortest timeout and at most
+ * every second: 10,000 clients cost a walk of a list that often.
  */
 static uint64_t sweep_period(const struct gvm_memserver *s)
 {
@@ -2007,6 +2009,13 @@ static void sweep(struct gvm_memserver *s)
 			 * restarted at each starvation never ran out. Whole frames
 			 * the server holds back are not the client's delay. */
 			why = "frame left unfinished for the I/O timeout";
+		else if (c->starved && c->in_len && now - c->starved_ns >= s->io_timeout_ns)
+			/* Whole requests read and held back for the budget: not the
+			 * client's delay, but buffers nothing above times (the head
+			 * frame is whole, nothing is owed, its address may be under
+			 * its share); spread over enough addresses, such inputs alone
+			 * keep the server over its budget and nobody is woken again. */
+			why = "requests held back for the buffer budget for the I/O timeout";
 		else if (c->starved && c->peer->buffered >= s->peer_budget &&
 			 now - c->starved_ns >= s->io_timeout_ns)
 			/* Held back because its own address's connections hold their

@@ -19,6 +19,7 @@
 #include <stdint.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <linux/sockios.h>
 #include <stddef.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -994,6 +995,115 @@ static int test_streamed_frames(void)
 	return 0;
 }
 
+/* Wait until the peer's kernel has acknowledged all that was sent on fd. */
+static int sent_all(int fd)
+{
+	uint64_t end = gvm_now_ns() + TIMEOUT_MS * 1000000ull;
+	int n;
+
+	while (gvm_now_ns() < end) {
+		if (ioctl(fd, SIOCOUTQ, &n) < 0)
+			return -errno;
+		if (!n)
+			return 0;
+		usleep(1000);
+	}
+	return -ETIMEDOUT;
+}
+
+/*
+ * A client held back for the buffer budget with whole requests read is
+ * closed after the I/O timeout, although its address is under its share:
+ * else held inputs spread over enough addresses kept the server over its
+ * budget with nothing to time them, and no client was ever woken again.
+ * Two clients, X and Y, pipeline 4 MiB READs, each with 511 READs read and
+ * held, and the budget lies between one reply's buffer plus one held input
+ * and one reply's buffer plus both: once X has read its replies it is held
+ * back (Y's reply buffer and the two inputs fill the budget) and never
+ * woken, since Y, read every 300 ms, always has its next reply queued. X is
+ * closed after the 2 s timeout; Y goes on. (X stayed open: its input was
+ * timed by no rule.) The amounts are exact: each client's input is sent
+ * while its first reply, unread (a narrow socket), holds it back, and is
+ * then taken in one recv; a reply's buffer is the room out_reserve() gives
+ * a 1024-page READ.
+ */
+static int test_held_requests(void)
+{
+	enum { PAGES = 1024, HELD = 512 };
+	const size_t rlen = gvm_pages_len(PAGES, PAGES), cap = GVM_HDR_SIZE + rlen + GVM_TAG_SIZE;
+	const size_t held = (HELD - 1) * GVM_HDR_SIZE;  /* what stays once the first READ is handled */
+	uint8_t *data = malloc((size_t)PAGES * PG), *reply = malloc(rlen);
+	uint8_t *reads = calloc(HELD, GVM_HDR_SIZE);
+	struct gvm_client c;
+	struct gvm_hdr h;
+	struct child ch;
+	char opts[64];
+	int fd[2];
+
+	CHECK(data && reply && reads);
+	snprintf(opts, sizeof(opts), "budget=%zu,io_ms=2000", cap + held + held / 2);
+	CHECK_EQ(child_start(&ch, opts, NULL), 0);
+	fill_random(data, (size_t)PAGES * PG);
+	CHECK_EQ(gvm_client_connect(&c, ch.addr, NULL, 0, TIMEOUT_MS), 0);
+	CHECK_EQ(gvm_client_open(&c, 1, key_a), 0);
+	for (unsigned p = 0; p < PAGES; p += 64)  /* a frame within one address's share */
+		CHECK_EQ(gvm_client_write(&c, 1, p, 64, data + (size_t)p * PG), 0);
+	gvm_client_close(&c);
+	for (int k = 0; k < HELD; k++)
+		mk_hdr(reads + k * GVM_HDR_SIZE, GVM_OP_READ, (uint64_t)k + 1, 1, 0, PAGES, 0);
+	/* Each sends one READ, whose unread reply pauses it, then its input. */
+	for (int i = 0; i < 2; i++) {
+		uint8_t f[GVM_HDR_SIZE];
+		struct pollfd p = { .events = POLLIN };
+		fd[i] = raw_session_narrow(i ? "127.0.0.3" : "127.0.0.2", ch.port, 65536);
+		CHECK(fd[i] >= 0);
+		CHECK_EQ(raw_open(fd[i], 1, key_a), 0);
+		mk_hdr(f, GVM_OP_READ, 0, 1, 0, PAGES, 0);
+		CHECK_EQ(send_all(fd[i], f, sizeof(f)), 0);
+		p.fd = fd[i];
+		CHECK_EQ(poll(&p, 1, TIMEOUT_MS), 1);
+		CHECK_EQ(send_all(fd[i], reads, HELD * GVM_HDR_SIZE), 0);
+		CHECK_EQ(sent_all(fd[i]), 0);
+	}
+	/* Y, then X, read their first reply: each is read again (its input
+	 * taken whole) and handles one READ; then X reads its second. */
+	const int order[3] = { 1, 0, 0 };
+	for (int k = 0; k < 3; k++) {
+		int i = order[k];
+		struct pollfd p = { .fd = fd[i], .events = POLLIN };
+		CHECK_EQ(raw_reply(fd[i], &h, reply, rlen), 0);
+		CHECK_EQ(h.status, 0);
+		if (k < 2)
+			CHECK_EQ(poll(&p, 1, TIMEOUT_MS), 1);
+	}
+	uint64_t t0 = gvm_now_ns();
+	int closed = 0;
+	unsigned served = 0;
+	while (!closed && gvm_now_ns() - t0 < 6000 * 1000000ull) {
+		uint8_t b;
+		ssize_t n = recv(fd[0], &b, 1, MSG_DONTWAIT);
+		CHECK(n <= 0);  /* held back: no reply comes */
+		closed = n == 0 || (n < 0 && (errno == ECONNRESET || errno == EPIPE));
+		CHECK_EQ(raw_reply(fd[1], &h, reply, rlen), 0);
+		CHECK_EQ(h.status, 0);
+		served++;
+		usleep(300000);
+	}
+	fprintf(stderr, "  requests held back for the budget: %s after %.1f s (I/O timeout 2 s); "
+		"the other client served %u 4 MiB READs meanwhile\n", closed ? "closed" : "still open",
+		(gvm_now_ns() - t0) / 1e9, served);
+	CHECK(closed);
+	CHECK_EQ(raw_reply(fd[1], &h, reply, rlen), 0);
+	CHECK_EQ(h.status, 0);
+	close(fd[0]);
+	close(fd[1]);
+	CHECK_EQ(child_stop(&ch), 0);
+	free(data);
+	free(reply);
+	free(reads);
+	return 0;
+}
+
 /*
  * A client held back because its address is over its share of the budget,
  * with less than 1 MiB of its output unsent and requests still to handle,
@@ -1595,6 +1705,7 @@ static const struct gvm_test tests[] = {
 	{ "streamed_frames", test_streamed_frames },
 	{ "resumed_frame", test_resumed_frame },
 	{ "paused_over_share", test_paused_over_share },
+	{ "held_requests", test_held_requests },
 	{ "slow_reader", test_slow_reader },
 	{ "enfile_no_spin", test_enfile_no_spin },
 	{ "descriptor_floods", test_descriptor_floods },
