@@ -226,6 +226,7 @@ void gvm_prom_lat_histogram(struct gvm_prom *p, const char *name, const char *la
 #define HTTP_DEF_CONNS  8
 #define HTTP_DEF_TIMEOUT_MS 5000
 #define HTTP_ACCEPTS    32   /* per service call: then let the caller's loop run */
+#define HTTP_ACCEPT_RETRY_NS (100 * 1000000ull) /* a listener set aside out of descriptors, looked at again */
 
 struct http_conn {
 	int fd;
@@ -249,6 +250,7 @@ struct gvm_http {
 	void *arg;
 	struct http_conn *conns;   /* oldest last */
 	struct gvm_http_counters ctr;
+	uint64_t accept_retry_ns;  /* listener set aside (out of descriptors) until then; 0: watched */
 };
 
 static void http_conn_close(struct gvm_http *h, struct http_conn *c)
@@ -266,6 +268,8 @@ static void http_conn_close(struct gvm_http *h, struct http_conn *c)
 	h->ctr.active--;
 	free(c->out);
 	free(c);
+	if (h->accept_retry_ns)
+		h->accept_retry_ns = 1;  /* a descriptor is free: accept again */
 }
 
 /* Queue a response (head, and body unless HEAD) and switch to sending. */
@@ -384,6 +388,18 @@ static int http_write(struct http_conn *c)
 	return 1;
 }
 
+/* Watch the listener, or set it aside for HTTP_ACCEPT_RETRY_NS. */
+static void http_listen_watch(struct gvm_http *h, int on)
+{
+	struct epoll_event ev = { .events = on ? EPOLLIN : 0, .data.ptr = NULL };
+
+	if (epoll_ctl(h->epfd, EPOLL_CTL_MOD, h->lfd, &ev) < 0) {
+		pr_warn("listener %s: epoll_ctl: %s", h->name, strerror(errno));
+		return;
+	}
+	h->accept_retry_ns = on ? 0 : gvm_now_ns() + HTTP_ACCEPT_RETRY_NS;
+}
+
 static void http_accept(struct gvm_http *h)
 {
 	for (int i = 0; i < HTTP_ACCEPTS; i++) {
@@ -393,8 +409,17 @@ static void http_accept(struct gvm_http *h)
 		if (fd < 0) {
 			if (errno == EINTR || errno == ECONNABORTED)
 				continue;
-			if (errno != EAGAIN && errno != EWOULDBLOCK)
+			if (errno == EMFILE || errno == ENFILE) {
+				/* The scraper stays in the backlog and the listener,
+				 * level-triggered, readable: watched, it would wake the
+				 * caller's loop at once forever. Set it aside for a while,
+				 * or until one of ours closes, as the memory server does
+				 * its own listeners. */
+				pr_debug("accept: %s; not accepting for 100 ms", strerror(errno));
+				http_listen_watch(h, 0);
+			} else if (errno != EAGAIN && errno != EWOULDBLOCK) {
 				pr_debug("accept: %s", strerror(errno));
+			}
 			return;
 		}
 		if (h->ctr.active >= h->max_conns || !(c = calloc(1, sizeof(*c)))) {
@@ -419,7 +444,8 @@ static void http_accept(struct gvm_http *h)
 	}
 }
 
-/* Close connections past their deadline; the ms until the next one, or -1. */
+/* Close connections past their deadline; the ms until the next one (or
+ * until the listener set aside is looked at again), or -1. */
 static int http_sweep(struct gvm_http *h)
 {
 	uint64_t now = gvm_now_ns(), next = UINT64_MAX;
@@ -433,8 +459,12 @@ static int http_sweep(struct gvm_http *h)
 			next = GVM_MIN(next, c->deadline_ns);
 		}
 	}
+	if (h->accept_retry_ns)
+		next = GVM_MIN(next, h->accept_retry_ns);
 	if (next == UINT64_MAX)
 		return -1;
+	if (next <= now)
+		return 0;
 	return (int)GVM_MIN((next - now + 999999) / 1000000, (uint64_t)h->timeout_ns / 1000000 + 1);
 }
 
@@ -443,6 +473,8 @@ int gvm_http_service(struct gvm_http *h, int wait_ms)
 	struct epoll_event ev[16];
 	int n;
 
+	if (h->accept_retry_ns && gvm_now_ns() >= h->accept_retry_ns)
+		http_listen_watch(h, 1);
 	do
 		n = epoll_wait(h->epfd, ev, 16, wait_ms);
 	while (n < 0 && errno == EINTR && wait_ms == 0);
