@@ -37,9 +37,13 @@
 #define MAX_FRAMES       (1ull << 32)   /* frame numbers are u32: 16 TiB */
 #define FILE_HDR_SIZE    32u
 #define MIN_CHUNK_TAB    8u
-/* Freed slots waiting for an fdatasync (see slot_release()): at this many
- * the next new chunk syncs and reuses them rather than growing the file. */
-#define SLOTS_UNSYNCED_MAX 64u
+/* Freed slots waiting for an fdatasync (see slot_release()): once at least
+ * this many, and an eighth of the file's slots, wait, the next new chunk
+ * syncs and reuses them rather than growing the file. The sync writes back
+ * all the file's dirty pages inside the event loop, stalling every client,
+ * so it must be rare: the file spans at most that many slots more. */
+#define SLOTS_UNSYNCED_MIN   64u
+#define SLOTS_UNSYNCED_SHARE 8u
 
 struct chunk {
 	uint64_t index;   /* chunk index within the region; EMPTY_INDEX = unused entry */
@@ -718,7 +722,8 @@ static void punch_pages(struct gvm_store *st, uint64_t slot, uint64_t bits)
 static int slot_alloc(struct gvm_store *st, uint64_t *slot)
 {
 	/* A failed sync leaves the slots waiting: the file grows instead. */
-	if (!st->n_free_slots && st->n_unsynced_slots >= SLOTS_UNSYNCED_MAX)
+	if (!st->n_free_slots &&
+	    st->n_unsynced_slots >= GVM_MAX((uint64_t)SLOTS_UNSYNCED_MIN, st->n_slots / SLOTS_UNSYNCED_SHARE))
 		(void)store_sync(st);
 	if (st->n_free_slots) {
 		*slot = st->free_slots[--st->n_free_slots];

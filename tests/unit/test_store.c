@@ -726,6 +726,50 @@ static int test_backing_slot_reuse(void)
 	return 0;
 }
 
+/*
+ * The fdatasync that lets freed slots be reused runs in the event loop and
+ * writes back all the file's dirty pages, stalling every client: it waits
+ * for an eighth of the file's slots (at least 64) to be freed. With 1024
+ * slots in use, 100 freed are left alone (a new chunk takes a fresh slot);
+ * with 128 the next new chunk syncs and reuses one. (It synced once 64 were
+ * freed, whatever the file's size.)
+ */
+static int test_backing_sync_rare(void)
+{
+	enum { N = 1024 };
+	const char *p = tmp_path("sync-rare.store");
+	uint8_t *q = make_pages(1, 0, NULL);
+	char path[128], err[512];
+	struct gvm_store *st;
+	struct stat sb;
+	unsigned reused = 0;
+
+	CHECK(p && q);
+	snprintf(path, sizeof(path), "%s", p);
+	unlink(path);
+	CHECK_EQ(open_backing(&st, path, GVM_FSYNC_NONE, err, sizeof(err)), 0);
+	for (uint64_t r = 1; r <= N; r++)
+		CHECK_EQ(put(st, r, 0, 1, q), 0);
+	for (uint64_t r = 1; r <= 100; r++)
+		CHECK_EQ(gvm_store_free(st, r, key_a), 0);
+	CHECK_EQ(put(st, 2000, 0, 1, q), 0);
+	CHECK_EQ(slot_region(path, N), 2000);  /* a fresh slot */
+	for (uint64_t r = 101; r <= 128; r++)
+		CHECK_EQ(gvm_store_free(st, r, key_a), 0);
+	CHECK_EQ(put(st, 2001, 0, 1, q), 0);
+	for (uint64_t n = 0; n < 128; n++)
+		reused += slot_region(path, n) == 2001;
+	CHECK_EQ(reused, 1);
+	CHECK_EQ(stat(path, &sb), 0);
+	CHECK((uint64_t)sb.st_size <= slot_at(N + 1));
+	CHECK_EQ(get_cmp(st, 2000, 0, 1, q), 0);
+	CHECK_EQ(get_cmp(st, 2001, 0, 1, q), 0);
+	gvm_store_close(st);
+	unlink(path);
+	free(q);
+	return 0;
+}
+
 static int test_backing_corrupt(void)
 {
 	const char *p = tmp_path("corrupt.store");
@@ -1041,6 +1085,7 @@ static const struct gvm_test tests[] = {
 	{ "backing_roundtrip", test_backing_roundtrip },
 	{ "backing_locked", test_backing_locked },
 	{ "backing_slot_reuse", test_backing_slot_reuse },
+	{ "backing_sync_rare", test_backing_sync_rare },
 	{ "backing_corrupt", test_backing_corrupt },
 	{ "backing_v1_upgrade", test_backing_v1_upgrade },
 	{ "siphash", test_siphash },
