@@ -114,6 +114,8 @@ struct gvm_store {
 	size_t n_free_slots, cap_free_slots;
 	uint64_t *unsynced_slots;  /* freed since the last fdatasync: not reused before it */
 	size_t n_unsynced_slots;   /* room: cap_free_slots */
+	int sync_failed;           /* the last sync failed: their cleared headers are written again */
+	unsigned test_fail_syncs;
 };
 
 static void put64(uint8_t *p, uint64_t v) { for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i)); }
@@ -647,14 +649,40 @@ static int pread_full(struct gvm_store *st, void *buf, size_t len, uint64_t off)
 	return 0;
 }
 
-/* fdatasync; the slots freed before it may then be reused. */
+/* A slot header that names nothing, written over slot's. */
+static int slot_zero_hdr(struct gvm_store *st, uint64_t slot)
+{
+	uint8_t z[GVM_STORE_SLOT_HDR_SIZE] = { 0 };
+
+	return pwrite_full(st, z, sizeof(z), slot_off(slot));
+}
+
+/*
+ * fdatasync; the slots freed before it may then be reused. Linux reports a
+ * write-back error once: the pages it could not write may be marked clean,
+ * and the next sync succeed without them. So after a failed sync the
+ * cleared headers of the slots waiting are written again first, and the
+ * slots stay waiting until a sync after that rewrite succeeds.
+ */
 static int store_sync(struct gvm_store *st)
 {
-	if (fdatasync(st->fd) < 0) {
-		int r = -errno;
+	int r = 0;
+
+	for (size_t i = 0; st->sync_failed && i < st->n_unsynced_slots; i++)
+		if ((r = slot_zero_hdr(st, st->unsynced_slots[i])) < 0)
+			return r;  /* logged; still failed */
+	if (st->test_fail_syncs) {
+		st->test_fail_syncs--;
+		r = -EIO;
+	} else if (fdatasync(st->fd) < 0) {
+		r = -errno;
+	}
+	if (r < 0) {
 		pr_err("backing file %s: fdatasync: %s", st->path, strerror(-r));
+		st->sync_failed = 1;
 		return r;
 	}
+	st->sync_failed = 0;
 	if (st->n_unsynced_slots)
 		memcpy(st->free_slots + st->n_free_slots, st->unsynced_slots,
 		       st->n_unsynced_slots * sizeof(*st->free_slots));
@@ -760,8 +788,7 @@ static void slot_release(struct gvm_store *st, uint64_t slot)
 /* Make a slot free on disk: zero header first, so a crash never shows stale data. */
 static int slot_clear(struct gvm_store *st, uint64_t slot)
 {
-	uint8_t z[GVM_STORE_SLOT_HDR_SIZE] = { 0 };
-	int r = pwrite_full(st, z, sizeof(z), slot_off(slot));
+	int r = slot_zero_hdr(st, slot);
 
 	if (r < 0)
 		return r;
@@ -1084,6 +1111,7 @@ int gvm_store_open(struct gvm_store **out, const struct gvm_store_opts *o, char 
 	st->max_regions = o->max_regions ? o->max_regions : GVM_STORE_MAX_REGIONS;
 	st->fsync_mode = o->fsync_mode;
 	st->punch_ok = 1;
+	st->test_fail_syncs = o->test_fail_syncs;
 	st->rtab_cap = 16;
 	st->otab_cap = 16;
 	st->max_owner_regions = o->max_owner_regions;

@@ -45,6 +45,7 @@ struct gvm_store_opts {
 	uint64_t max_regions;     /* regions holding pages; 0 = GVM_STORE_MAX_REGIONS */
 	uint64_t max_owner_regions; /* regions one owner may have created; 0 = no quota */
 	uint64_t max_owner_pages;   /* pages in the regions one owner created; 0 = no quota */
+	unsigned test_fail_syncs;   /* tests: the next this many syncs fail as a write-back error does */
 };
 
 struct gvm_store_stats {
