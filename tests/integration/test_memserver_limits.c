@@ -996,7 +996,7 @@ static int test_streamed_frames(void)
 		usleep(100000);
 	}
 	fprintf(stderr, "  %" PRIu64 " WRITEs, each send ending mid-frame, over 3 s (I/O timeout 1 s)\n", k);
-	CHECK(k >= 20);
+	CHECK(k >= 10);  /* at most 300 ms a round trip, sleep included: a loaded machine is slow */
 	close(fd);
 	CHECK_EQ(child_stop(&ch), 0);
 	return 0;

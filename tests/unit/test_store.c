@@ -1115,11 +1115,18 @@ static int test_region_hash_keyed(void)
 			uint64_t v = rnd();
 			memcpy(rand_keys[i] + j, &v, 8);
 		}
-	double t_rand = region_ms(rand_keys, N), t_coll = region_ms(coll, N);
-	fprintf(stderr, "  %u regions: random keys %.1f ms, keys colliding in FNV-1a %.1f ms\n", N,
-		t_rand, t_coll);
-	CHECK(t_rand >= 0 && t_coll >= 0);
-	CHECK(t_coll < 3 * t_rand + 20);
+	/* Best of three of each, and a wide margin (the collisions cost 35-50x
+	 * before): a loaded machine slows single runs down by whole factors. */
+	double t_rand = -1, t_coll = -1;
+	for (int i = 0; i < 3; i++) {
+		double r = region_ms(rand_keys, N), c = region_ms(coll, N);
+		CHECK(r >= 0 && c >= 0);
+		t_rand = t_rand < 0 ? r : GVM_MIN(t_rand, r);
+		t_coll = t_coll < 0 ? c : GVM_MIN(t_coll, c);
+	}
+	fprintf(stderr, "  %u regions, best of 3: random keys %.1f ms, keys colliding in FNV-1a %.1f ms\n",
+		N, t_rand, t_coll);
+	CHECK(t_coll < 10 * t_rand + 10);
 	return 0;
 }
 
