@@ -1153,17 +1153,19 @@ static int test_paused_over_share(void)
 
 /*
  * Input the server held back is timed from when it resumes, not from when
- * it came: a client pipelines eleven 4 MiB READs and the first half of a
- * WRITE, reads one reply every 250 ms (each well within the 2 s I/O
- * timeout), and sends the rest of the WRITE 1 s after the last reply. The
- * server held the half WRITE back for 2.5 s; its clock starts once the READ
- * before it was handled, and the WRITE is served. (The clock ran from the
- * recv that brought the held frames: the connection was closed for a frame
- * left unfinished, with the rest of it on its way.)
+ * it came: a client pipelines thirteen 4 MiB READs and the first half of a
+ * WRITE, reads one reply every 200 ms (each well within the 2 s I/O
+ * timeout), and sends the rest of the WRITE 0.8 s after the last reply. The
+ * server held the half WRITE back for about 2.4 s (2.2 s if the kernel's
+ * buffers let it run one reply ahead); its clock starts once the READ
+ * before it was handled, at most 0.4 s before the last reply was read, and
+ * the WRITE is served. (The clock ran from the recv that brought the held
+ * frames: the connection was closed for a frame left unfinished, with the
+ * rest of it on its way.)
  */
 static int test_resumed_frame(void)
 {
-	enum { PAGES = 1024, READS = 11, WFRAME = GVM_HDR_SIZE + 8 + PG, WHALF = WFRAME / 2 };
+	enum { PAGES = 1024, READS = 13, WFRAME = GVM_HDR_SIZE + 8 + PG, WHALF = WFRAME / 2 };
 	size_t rlen = gvm_pages_len(PAGES, PAGES);
 	uint8_t *data = malloc((size_t)PAGES * PG), *reply = malloc(rlen);
 	uint8_t held[(READS - 1) * GVM_HDR_SIZE + WFRAME], *w = held + (READS - 1) * GVM_HDR_SIZE;
@@ -1198,13 +1200,13 @@ static int test_resumed_frame(void)
 	uint64_t t0 = gvm_now_ns();
 	for (int k = 0; k < READS; k++) {
 		if (k)
-			usleep(250000);
+			usleep(200000);
 		CHECK_EQ(raw_reply(fd, &h, reply, rlen), 0);
 		CHECK_EQ(h.id, (uint64_t)k);
 		CHECK_EQ(h.status, 0);
 	}
 	uint64_t t1 = gvm_now_ns();
-	usleep(1000000);
+	usleep(800000);  /* longer than the sweep's period, 0.5 s: closed by now if it were timed */
 	CHECK_EQ(send_all(fd, w + WHALF, WFRAME - WHALF), 0);
 	int r = raw_reply(fd, &h, NULL, 0);
 	fprintf(stderr, "  half a WRITE held back behind %d READs for %.1f s, its rest sent %.1f s later: %s\n",
