@@ -2009,13 +2009,17 @@ static void sweep(struct gvm_memserver *s)
 			 * restarted at each starvation never ran out. Whole frames
 			 * the server holds back are not the client's delay. */
 			why = "frame left unfinished for the I/O timeout";
-		else if (c->starved && c->in_len && now - c->starved_ns >= s->io_timeout_ns)
+		else if (c->starved && c->in_len && now - c->starved_ns >= 2 * s->io_timeout_ns + sweep_period(s))
 			/* Whole requests read and held back for the budget: not the
 			 * client's delay, but buffers nothing above times (the head
 			 * frame is whole, nothing is owed, its address may be under
 			 * its share); spread over enough addresses, such inputs alone
-			 * keep the server over its budget and nobody is woken again. */
-			why = "requests held back for the buffer budget for the I/O timeout";
+			 * keep the server over its budget and nobody is woken again.
+			 * Only after twice the I/O timeout: by then every connection
+			 * holding buffers that a rule above can end has been closed,
+			 * so an honest client that merely lost the race for room to
+			 * busier ones is not closed while room is still coming. */
+			why = "requests held back for the buffer budget for twice the I/O timeout";
 		else if (c->starved && c->peer->buffered >= s->peer_budget &&
 			 now - c->starved_ns >= s->io_timeout_ns)
 			/* Held back because its own address's connections hold their
