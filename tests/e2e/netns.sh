@@ -188,14 +188,28 @@ gvm_netns_down() {
             [[ -n $pids ]] && kill -9 $pids 2>/dev/null
             ip netns del "${GVM_NETNS[i]}" 2>/dev/null || { _gvmn_err "cannot delete namespace ${GVM_NETNS[i]}"; rc=1; }
         fi
+        # The ns's deletion destroys the pair asynchronously: a veth still
+        # listed may be going away as we delete it. An error counts only if
+        # it is still there a second later.
         if [[ -n ${GVM_NETNS_VETH_HOST[i]:-} ]] && ip link show "${GVM_NETNS_VETH_HOST[i]}" >/dev/null 2>&1; then
-            ip link del "${GVM_NETNS_VETH_HOST[i]}" 2>/dev/null || { _gvmn_err "cannot delete veth ${GVM_NETNS_VETH_HOST[i]}"; rc=1; }
+            ip link del "${GVM_NETNS_VETH_HOST[i]}" 2>/dev/null || ! _gvmn_link_lingers "${GVM_NETNS_VETH_HOST[i]}" ||
+                { _gvmn_err "cannot delete veth ${GVM_NETNS_VETH_HOST[i]}"; rc=1; }
         fi
     done
     GVM_NETNS=("") GVM_NETNS_IP=("") GVM_NETNS_HOST_IP=("")
     GVM_NETNS_VETH_NS=("") GVM_NETNS_VETH_HOST=("")
     GVM_NETNS_N=0 GVM_NETNS_NAMES='' GVM_NETNS_IPS=''
     return $rc
+}
+
+# True if link $1 still exists after up to a second.
+_gvmn_link_lingers() {
+    local t
+    for ((t = 0; t < 10; t++)); do
+        ip link show "$1" >/dev/null 2>&1 || return 1
+        sleep 0.1
+    done
+    return 0
 }
 
 _gvmn_check_index() {
