@@ -366,6 +366,26 @@ static int raw_open(int fd, uint64_t region, const uint8_t *key)
 	return h.status;
 }
 
+/* A session from src with region 1 (key_a) open; rcv > 0 narrows its
+ * receive buffer (raw_session_narrow). The fd, or -1. */
+static int raw_client(const char *src, int port, int rcv)
+{
+	int fd = rcv > 0 ? raw_session_narrow(src, port, rcv) : raw_session(src, port, NULL);
+
+	if (fd >= 0 && raw_open(fd, 1, key_a) != 0) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/* n LIST headers of region 1 for `count` pages each, ids 0..n-1, at f. */
+static void mk_lists(uint8_t *f, int n, uint32_t count)
+{
+	for (int k = 0; k < n; k++)
+		mk_hdr(f + k * GVM_HDR_SIZE, GVM_OP_LIST, (uint64_t)k, 1, 0, count, 0);
+}
+
 /* 0 once the server has closed fd (EOF or reset) within ms, -1 otherwise. */
 static int closed_within(int fd, int ms)
 {
@@ -875,12 +895,10 @@ static int test_spare_buffers(void)
 	for (int i = 0; i < N; i++) {
 		char src[32];
 		snprintf(src, sizeof(src), "127.0.0.%d", 40 + i);
-		fds[i] = raw_session_narrow(src, ch.port, 4096);
+		fds[i] = raw_client(src, ch.port, 4096);
 		CHECK(fds[i] >= 0);
-		CHECK_EQ(raw_open(fds[i], 1, key_a), 0);
 	}
-	for (int k = 0; k < LISTS; k++)
-		mk_hdr(f + k * GVM_HDR_SIZE, GVM_OP_LIST, (uint64_t)k, 1, 0, COUNT, 0);
+	mk_lists(f, LISTS, COUNT);
 	for (int i = 0; i < N; i++)
 		CHECK_EQ(send_all(fds[i], f, sizeof(f)), 0);
 	/* Read in whatever order the server answers (some wait for budget). */
@@ -935,11 +953,9 @@ static int test_held_header_checked(void)
 	int fd;
 
 	CHECK_EQ(child_start(&ch, "", NULL), 0);
-	fd = raw_session("127.0.0.1", ch.port, NULL);
+	fd = raw_client("127.0.0.1", ch.port, 0);
 	CHECK(fd >= 0);
-	CHECK_EQ(raw_open(fd, 1, key_a), 0);
-	for (int k = 0; k < LISTS; k++)
-		mk_hdr(f + k * GVM_HDR_SIZE, GVM_OP_LIST, (uint64_t)k, 1, 0, 1u << 20, 0);
+	mk_lists(f, LISTS, 1u << 20);
 	mk_hdr(f + LISTS * GVM_HDR_SIZE, GVM_OP_PING, LISTS, 0, 0, 0, 0);
 	/* The length, bytes 40-43 of the header: 0xfffffff0. */
 	f[LISTS * GVM_HDR_SIZE + 40] = 0xf0;
@@ -971,9 +987,8 @@ static int test_streamed_frames(void)
 	int fd;
 
 	CHECK_EQ(child_start(&ch, "io_ms=1000", NULL), 0);
-	fd = raw_session("127.0.0.1", ch.port, NULL);
+	fd = raw_client("127.0.0.1", ch.port, 0);
 	CHECK(fd >= 0);
-	CHECK_EQ(raw_open(fd, 1, key_a), 0);
 	for (int i = 0; i < 2; i++) {
 		uint8_t *p = f + i * FRAME;
 		memset(p + GVM_HDR_SIZE, 0, 8);
@@ -1130,11 +1145,9 @@ static int test_paused_over_share(void)
 	int fd;
 
 	CHECK_EQ(child_start(&ch, "budget=4194304", NULL), 0);
-	fd = raw_session("127.0.0.2", ch.port, NULL);
+	fd = raw_client("127.0.0.2", ch.port, 0);
 	CHECK(fd >= 0);
-	CHECK_EQ(raw_open(fd, 1, key_a), 0);
-	for (int k = 0; k < LISTS; k++)
-		mk_hdr(f + k * GVM_HDR_SIZE, GVM_OP_LIST, (uint64_t)k, 1, 0, 1u << 20, 0);
+	mk_lists(f, LISTS, 1u << 20);
 	CHECK_EQ(send_all(fd, f, sizeof(f)), 0);
 	usleep(200000);
 	uint64_t t0 = gvm_now_ns();
@@ -1181,9 +1194,8 @@ static int test_resumed_frame(void)
 	CHECK_EQ(gvm_client_open(&c, 1, key_a), 0);
 	CHECK_EQ(gvm_client_write(&c, 1, 0, PAGES, data), 0);
 	gvm_client_close(&c);
-	fd = raw_session_narrow("127.0.0.2", ch.port, 65536);
+	fd = raw_client("127.0.0.2", ch.port, 65536);
 	CHECK(fd >= 0);
-	CHECK_EQ(raw_open(fd, 1, key_a), 0);
 	/* READ 0 alone: its reply pauses the connection, so the rest waits in
 	 * the kernel and comes in one recv once the reply is read. */
 	mk_hdr(held, GVM_OP_READ, 0, 1, 0, PAGES, 0);
@@ -1245,9 +1257,8 @@ static int test_slow_reader(void)
 	CHECK_EQ(gvm_client_open(&c, 1, key_a), 0);
 	CHECK_EQ(gvm_client_write(&c, 1, 0, PAGES, data), 0);
 	gvm_client_close(&c);
-	fd = raw_session_narrow("127.0.0.2", ch.port, 65536);
+	fd = raw_client("127.0.0.2", ch.port, 65536);
 	CHECK(fd >= 0);
-	CHECK_EQ(raw_open(fd, 1, key_a), 0);
 	for (int k = 0; k < 2; k++)
 		mk_hdr(f + k * GVM_HDR_SIZE, GVM_OP_READ, (uint64_t)k, 1, 0, PAGES, 0);
 	CHECK_EQ(send_all(fd, f, sizeof(f)), 0);
