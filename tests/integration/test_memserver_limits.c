@@ -379,6 +379,20 @@ static int raw_client(const char *src, int port, int rcv)
 	return fd;
 }
 
+/* Pages 0..n-1 of region 1 (key_a) on the server: random, also left in data. */
+static int store_random(const struct child *ch, uint8_t *data, unsigned n)
+{
+	struct gvm_client c;
+	int r;
+
+	fill_random(data, (size_t)n * PG);
+	if (gvm_client_connect(&c, ch->addr, NULL, 0, TIMEOUT_MS) < 0)
+		return -1;
+	r = gvm_client_open(&c, 1, key_a) == 0 && gvm_client_write(&c, 1, 0, n, data) == 0 ? 0 : -1;
+	gvm_client_close(&c);
+	return r;
+}
+
 /* n LIST headers of region 1 for `count` pages each, ids 0..n-1, at f. */
 static void mk_lists(uint8_t *f, int n, uint32_t count)
 {
@@ -1182,18 +1196,13 @@ static int test_resumed_frame(void)
 	size_t rlen = gvm_pages_len(PAGES, PAGES);
 	uint8_t *data = malloc((size_t)PAGES * PG), *reply = malloc(rlen);
 	uint8_t held[(READS - 1) * GVM_HDR_SIZE + WFRAME], *w = held + (READS - 1) * GVM_HDR_SIZE;
-	struct gvm_client c;
 	struct gvm_hdr h;
 	struct child ch;
 	int fd;
 
 	CHECK(data && reply);
 	CHECK_EQ(child_start(&ch, "io_ms=2000", NULL), 0);
-	fill_random(data, (size_t)PAGES * PG);
-	CHECK_EQ(gvm_client_connect(&c, ch.addr, NULL, 0, TIMEOUT_MS), 0);
-	CHECK_EQ(gvm_client_open(&c, 1, key_a), 0);
-	CHECK_EQ(gvm_client_write(&c, 1, 0, PAGES, data), 0);
-	gvm_client_close(&c);
+	CHECK_EQ(store_random(&ch, data, PAGES), 0);
 	fd = raw_client("127.0.0.2", ch.port, 65536);
 	CHECK(fd >= 0);
 	/* READ 0 alone: its reply pauses the connection, so the rest waits in
@@ -1245,18 +1254,13 @@ static int test_slow_reader(void)
 {
 	enum { PAGES = 1024 };
 	uint8_t *data = malloc((size_t)PAGES * PG), f[2 * GVM_HDR_SIZE];
-	struct gvm_client c;
 	struct child ch;
 	int fd, closed = 0;
 	size_t got = 0;
 
 	CHECK(data);
 	CHECK_EQ(child_start(&ch, "io_ms=3000", NULL), 0);
-	fill_random(data, (size_t)PAGES * PG);
-	CHECK_EQ(gvm_client_connect(&c, ch.addr, NULL, 0, TIMEOUT_MS), 0);
-	CHECK_EQ(gvm_client_open(&c, 1, key_a), 0);
-	CHECK_EQ(gvm_client_write(&c, 1, 0, PAGES, data), 0);
-	gvm_client_close(&c);
+	CHECK_EQ(store_random(&ch, data, PAGES), 0);
 	fd = raw_client("127.0.0.2", ch.port, 65536);
 	CHECK(fd >= 0);
 	for (int k = 0; k < 2; k++)
